@@ -1,0 +1,11 @@
+//! postgate: an authenticated SMTP submission relay ("smarthost gateway").
+//!
+//! Module map (see DESIGN.md for the message path):
+//! - [`config`]: the TOML configuration, validated once at start;
+//! - [`store`]: all state, behind the `Store` trait (PostgreSQL, SQLite);
+//! - [`password`]: password hashing and verification (argon2id, imports);
+//! - [`policy`]: sender permissions (PURE).
+
+pub mod password;
+pub mod policy;
+pub mod store;

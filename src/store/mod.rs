@@ -1,0 +1,363 @@
+//! The store: every byte of state postgate keeps, behind one trait.
+//!
+//! Two backends implement [`Store`]: [`postgres::PgStore`] (production, shared
+//! by several nodes) and [`sqlite::SqliteStore`] (embedded default). They are
+//! picked by URL scheme in [`open`]. All SQL of postgate lives below this
+//! module; callers see only the types declared here.
+//!
+//! Conventions every method follows:
+//! - timestamps are Unix milliseconds (`i64`), passed in by the caller when
+//!   the method's outcome depends on "now" (so tests control time);
+//! - usernames are stored and compared lower-cased ([`normalize_username`]);
+//! - each method is one transaction: it either happens whole or not at all;
+//! - errors are [`StoreError`]; `NotFound`/`Conflict`/`Invalid` are the
+//!   caller's fault and name what is wrong, `Unavailable` means "try later".
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+/// What went wrong in the store. Messages never contain secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named thing does not exist (e.g. `user "bob"`).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The thing exists already (e.g. `user "bob" already exists`).
+    #[error("{0}")]
+    Conflict(String),
+    /// The input was rejected (bad pattern, bad username, constraint).
+    #[error("{0}")]
+    Invalid(String),
+    /// The database could not be reached or failed; retrying later may work.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+/// Result type of every store method.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Lower-cases and checks a username: 1..=255 bytes, no whitespace or
+/// control characters. Usernames are case-insensitive everywhere.
+pub fn normalize_username(name: &str) -> StoreResult<String> {
+    let lower = name.trim().to_lowercase();
+    if lower.is_empty() || lower.len() > 255 {
+        return Err(StoreError::Invalid(format!(
+            "invalid username {name:?}: must be 1 to 255 bytes"
+        )));
+    }
+    if lower.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(StoreError::Invalid(format!(
+            "invalid username {name:?}: no spaces or control characters allowed"
+        )));
+    }
+    Ok(lower)
+}
+
+/// Checks a credential label: 1..=64 of `[A-Za-z0-9._-]`.
+pub fn validate_label(label: &str) -> StoreResult<()> {
+    let ok = !label.is_empty()
+        && label.len() <= 64
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "invalid credential label {label:?}: use 1 to 64 of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+/// Per-user or per-credential limit overrides; `None` means "config default".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitOverrides {
+    pub messages_per_minute: Option<u32>,
+    pub messages_per_hour: Option<u32>,
+    pub messages_per_day: Option<u32>,
+    pub recipients_per_day: Option<u32>,
+    /// Users only; always `None` on a credential.
+    pub concurrent_sessions: Option<u32>,
+}
+
+/// One row of `user list`.
+#[derive(Debug, Clone)]
+pub struct UserSummary {
+    pub id: i64,
+    pub username: String,
+    pub enabled: bool,
+    pub credentials: i64,
+    pub senders: i64,
+    pub created_at: i64,
+}
+
+/// One row of `user credential list`. Never carries the hash.
+#[derive(Debug, Clone)]
+pub struct CredentialSummary {
+    pub label: String,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// Everything login needs about one user, loaded in one query.
+/// Only returned for an enabled user; `credentials` holds only enabled ones.
+#[derive(Debug, Clone)]
+pub struct LoginRecord {
+    pub user_id: i64,
+    pub username: String,
+    pub limits: LimitOverrides,
+    pub normalize_line_endings: Option<bool>,
+    pub credentials: Vec<LoginCredential>,
+    /// Sender permissions: exact lower-case addresses or `@domain`.
+    pub senders: Vec<String>,
+}
+
+/// One enabled credential of a [`LoginRecord`].
+#[derive(Debug, Clone)]
+pub struct LoginCredential {
+    pub id: i64,
+    pub label: String,
+    /// PHC string (argon2id) or an imported crypt hash (`$2b$`, `$6$`).
+    pub password_hash: String,
+    pub limits: LimitOverrides,
+}
+
+/// Accounts: users, their credentials and sender permissions.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates `username` with one credential `label` holding `password_hash`.
+    /// `Conflict` if the user exists.
+    async fn user_add(&self, username: &str, label: &str, password_hash: &str) -> StoreResult<()>;
+    /// Replaces the hash of credential `label` of `username`. `NotFound` if either is missing.
+    async fn credential_set_hash(
+        &self,
+        username: &str,
+        label: &str,
+        password_hash: &str,
+    ) -> StoreResult<()>;
+    /// Enables or disables a user. `NotFound` if missing.
+    async fn user_set_enabled(&self, username: &str, enabled: bool) -> StoreResult<()>;
+    /// Deletes a user with its credentials and sender permissions. `NotFound` if missing.
+    async fn user_delete(&self, username: &str) -> StoreResult<()>;
+    /// All users, ordered by username.
+    async fn user_list(&self) -> StoreResult<Vec<UserSummary>>;
+    /// Sets the per-user limit overrides (all fields replace the stored ones).
+    async fn user_set_limits(&self, username: &str, limits: &LimitOverrides) -> StoreResult<()>;
+    /// Adds credential `label` to `username`. `Conflict` if the label exists.
+    async fn credential_add(
+        &self,
+        username: &str,
+        label: &str,
+        password_hash: &str,
+    ) -> StoreResult<()>;
+    /// Credentials of `username`, ordered by label.
+    async fn credential_list(&self, username: &str) -> StoreResult<Vec<CredentialSummary>>;
+    /// Deletes credential `label` of `username`. `NotFound` if missing.
+    async fn credential_revoke(&self, username: &str, label: &str) -> StoreResult<()>;
+    /// Allows `username` to send as `pattern` (already validated and
+    /// lower-cased by [`crate::policy::SenderPattern`]). `Conflict` if present.
+    async fn sender_allow(&self, username: &str, pattern: &str) -> StoreResult<()>;
+    /// Removes a sender permission. `NotFound` if missing.
+    async fn sender_revoke(&self, username: &str, pattern: &str) -> StoreResult<()>;
+    /// Sender permissions of `username`, ordered.
+    async fn sender_list(&self, username: &str) -> StoreResult<Vec<String>>;
+    /// The login record of an enabled user, or `None` (unknown or disabled:
+    /// the caller must not be able to tell which).
+    async fn login_lookup(&self, username: &str) -> StoreResult<Option<LoginRecord>>;
+    /// Records a successful login of credential `credential_id` at `now`, and
+    /// replaces its hash with `upgraded_hash` when given (rehash on login).
+    /// Must be cheap: one short UPDATE.
+    async fn credential_used(
+        &self,
+        credential_id: i64,
+        now: i64,
+        upgraded_hash: Option<&str>,
+    ) -> StoreResult<()>;
+}
+
+/// A recipient of a message being queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecipient {
+    pub address: String,
+    /// RFC 3461 NOTIFY parameter as given (e.g. `FAILURE,DELAY`).
+    pub notify: Option<String>,
+    /// RFC 3461 ORCPT parameter as given.
+    pub orcpt: Option<String>,
+}
+
+/// A message ready to be committed to the queue. `body` is final: the bytes
+/// stored are the bytes delivered (fixups and DKIM already applied).
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Queue id, unique (see [`new_queue_id`]).
+    pub id: String,
+    /// Envelope sender; empty only for DSNs postgate generates.
+    pub sender: String,
+    pub recipients: Vec<NewRecipient>,
+    pub user_id: Option<i64>,
+    pub username: Option<String>,
+    pub credential: Option<String>,
+    pub body: bytes::Bytes,
+    pub envid: Option<String>,
+    /// RFC 3461 RET: `FULL` or `HDRS`.
+    pub dsn_ret: Option<String>,
+    pub is_dsn: bool,
+    pub smtputf8: bool,
+    pub received_at: i64,
+    pub expires_at: i64,
+}
+
+/// A new, time-ordered queue id (UUID v7, 32 lower-case hex digits).
+pub fn new_queue_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// The queue: accepted messages and per-recipient delivery state.
+///
+/// Delivery-side methods (claiming, outcomes, admin) are added by the
+/// delivery subsystem; `enqueue` is the durability point of the whole system.
+#[async_trait]
+pub trait QueueStore: Send + Sync {
+    /// Commits message, envelope and one row per recipient (status `queued`,
+    /// due at `received_at`) in one transaction. When this returns `Ok` the
+    /// message survives a crash; only then may the client be told 250.
+    async fn enqueue(&self, message: &NewMessage) -> StoreResult<()>;
+}
+
+/// Liveness of the store itself.
+#[async_trait]
+pub trait HealthStore: Send + Sync {
+    /// Ok when the database answers and the queue is writable.
+    async fn check_ready(&self) -> StoreResult<()>;
+}
+
+/// The whole store. Cheap to clone behind an `Arc`.
+pub trait Store: AccountStore + QueueStore + HealthStore + Send + Sync {
+    /// `"postgres"` or `"sqlite"`, for logs and metrics.
+    fn backend(&self) -> &'static str;
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            connect_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens the store named by `url` (`postgres://…`/`postgresql://…` or
+/// `sqlite://PATH`, `sqlite::memory:`), without migrating it.
+pub async fn open(url: &str, options: &StoreOptions) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url, options).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url, options).await?))
+    } else {
+        Err(StoreError::Invalid(
+            "store url must start with postgres://, postgresql:// or sqlite:".into(),
+        ))
+    }
+}
+
+/// Opens the store named by `url` and applies pending migrations.
+pub async fn open_and_migrate(url: &str, options: &StoreOptions) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = postgres::PgStore::connect(url, options).await?;
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::connect(url, options).await?;
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    } else {
+        open(url, options).await
+    }
+}
+
+/// Maps an sqlx error to a [`StoreError`], naming `what` on constraint errors.
+pub(crate) fn map_sqlx(err: sqlx::Error, what: &str) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(format!("{what} already exists"))
+        }
+        sqlx::Error::Database(db) if db.is_check_violation() || db.is_foreign_key_violation() => {
+            StoreError::Invalid(format!("{what} rejected by the database: {}", db.message()))
+        }
+        sqlx::Error::RowNotFound => StoreError::NotFound(what.to_string()),
+        _ => StoreError::Unavailable(redact_url(&err.to_string())),
+    }
+}
+
+/// Removes a password from any `scheme://user:password@` in `text`.
+pub fn redact_url(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_lowercased_and_checked() {
+        assert_eq!(
+            normalize_username(" Alice@Example.COM ").unwrap(),
+            "alice@example.com"
+        );
+        assert!(normalize_username("").is_err());
+        assert!(normalize_username("a b").is_err());
+        assert!(normalize_username("a\u{0}b").is_err());
+        assert!(normalize_username(&"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn labels_are_checked() {
+        assert!(validate_label("printer-3rd-floor").is_ok());
+        assert!(validate_label("").is_err());
+        assert!(validate_label("has space").is_err());
+    }
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact_url("error connecting to postgres://app:s3cret@db:5432/pg"),
+            "error connecting to postgres://app:***@db:5432/pg"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

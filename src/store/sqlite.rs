@@ -1,0 +1,444 @@
+//! SQLite backend: the embedded default for one node. WAL mode,
+//! `synchronous = FULL` (a committed enqueue survives power loss), foreign keys on.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::*;
+
+/// Embedded store on one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pub(crate) pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `url`.
+    pub async fn connect(url: &str, options: &StoreOptions) -> StoreResult<Self> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Invalid(format!("bad sqlite url {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.connect_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {url}: {e}")))?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Applies pending migrations from `migrations/sqlite` (embedded at build time).
+    pub async fn migrate(&self) -> StoreResult<()> {
+        sqlx::migrate!("migrations/sqlite")
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))
+    }
+
+    /// The underlying pool, for the other SQLite modules of the store.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn user_id<'e, E: sqlx::SqliteExecutor<'e>>(exec: E, username: &str) -> StoreResult<i64> {
+    let name = normalize_username(username)?;
+    sqlx::query_scalar::<_, i64>("SELECT id FROM users WHERE username = ?1")
+        .bind(&name)
+        .fetch_optional(exec)
+        .await
+        .map_err(|e| map_sqlx(e, "user"))?
+        .ok_or_else(|| StoreError::NotFound(format!("user {name:?}")))
+}
+
+fn opt_u32(v: Option<i64>) -> Option<u32> {
+    v.and_then(|n| u32::try_from(n).ok())
+}
+
+#[async_trait]
+impl AccountStore for SqliteStore {
+    async fn user_add(&self, username: &str, label: &str, password_hash: &str) -> StoreResult<()> {
+        let name = normalize_username(username)?;
+        validate_label(label)?;
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "user"))?;
+        let id: i64 = sqlx::query_scalar("INSERT INTO users (username) VALUES (?1) RETURNING id")
+            .bind(&name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, &format!("user {name:?}")))?;
+        sqlx::query("INSERT INTO credentials (user_id, label, password_hash) VALUES (?1, ?2, ?3)")
+            .bind(id)
+            .bind(label)
+            .bind(password_hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, &format!("credential {label:?}")))?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "user"))
+    }
+
+    async fn credential_set_hash(
+        &self,
+        username: &str,
+        label: &str,
+        password_hash: &str,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "user"))?;
+        let uid = user_id(&mut *tx, username).await?;
+        let done = sqlx::query(
+            "UPDATE credentials SET password_hash = ?1, updated_at = ?2 WHERE user_id = ?3 AND label = ?4",
+        )
+        .bind(password_hash)
+        .bind(now_ms())
+        .bind(uid)
+        .bind(label)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx(e, "credential"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "credential {label:?} of user {:?}",
+                username.to_lowercase()
+            )));
+        }
+        tx.commit().await.map_err(|e| map_sqlx(e, "credential"))
+    }
+
+    async fn user_set_enabled(&self, username: &str, enabled: bool) -> StoreResult<()> {
+        let name = normalize_username(username)?;
+        let done =
+            sqlx::query("UPDATE users SET enabled = ?1, updated_at = ?2 WHERE username = ?3")
+                .bind(enabled)
+                .bind(now_ms())
+                .bind(&name)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| map_sqlx(e, "user"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {name:?}")));
+        }
+        Ok(())
+    }
+
+    async fn user_delete(&self, username: &str) -> StoreResult<()> {
+        let name = normalize_username(username)?;
+        let done = sqlx::query("DELETE FROM users WHERE username = ?1")
+            .bind(&name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "user"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {name:?}")));
+        }
+        Ok(())
+    }
+
+    async fn user_list(&self) -> StoreResult<Vec<UserSummary>> {
+        let rows = sqlx::query(
+            "SELECT u.id, u.username, u.enabled, u.created_at,
+                    (SELECT count(*) FROM credentials c WHERE c.user_id = u.id) AS creds,
+                    (SELECT count(*) FROM sender_permissions s WHERE s.user_id = u.id) AS senders
+             FROM users u ORDER BY u.username",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "users"))?;
+        Ok(rows
+            .iter()
+            .map(|r| UserSummary {
+                id: r.get("id"),
+                username: r.get("username"),
+                enabled: r.get("enabled"),
+                credentials: r.get("creds"),
+                senders: r.get("senders"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+
+    async fn user_set_limits(&self, username: &str, l: &LimitOverrides) -> StoreResult<()> {
+        let name = normalize_username(username)?;
+        let done = sqlx::query(
+            "UPDATE users SET max_messages_per_minute = ?1, max_messages_per_hour = ?2,
+                    max_messages_per_day = ?3, max_recipients_per_day = ?4,
+                    max_concurrent_sessions = ?5, updated_at = ?6
+             WHERE username = ?7",
+        )
+        .bind(l.messages_per_minute.map(i64::from))
+        .bind(l.messages_per_hour.map(i64::from))
+        .bind(l.messages_per_day.map(i64::from))
+        .bind(l.recipients_per_day.map(i64::from))
+        .bind(l.concurrent_sessions.map(i64::from))
+        .bind(now_ms())
+        .bind(&name)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "user limits"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {name:?}")));
+        }
+        Ok(())
+    }
+
+    async fn credential_add(
+        &self,
+        username: &str,
+        label: &str,
+        password_hash: &str,
+    ) -> StoreResult<()> {
+        validate_label(label)?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| map_sqlx(e, "credential"))?;
+        let uid = user_id(&mut *tx, username).await?;
+        sqlx::query("INSERT INTO credentials (user_id, label, password_hash) VALUES (?1, ?2, ?3)")
+            .bind(uid)
+            .bind(label)
+            .bind(password_hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, &format!("credential {label:?}")))?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "credential"))
+    }
+
+    async fn credential_list(&self, username: &str) -> StoreResult<Vec<CredentialSummary>> {
+        let uid = user_id(&self.pool, username).await?;
+        let rows = sqlx::query(
+            "SELECT label, enabled, created_at, last_used_at FROM credentials WHERE user_id = ?1 ORDER BY label",
+        )
+        .bind(uid)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "credentials"))?;
+        Ok(rows
+            .iter()
+            .map(|r| CredentialSummary {
+                label: r.get("label"),
+                enabled: r.get("enabled"),
+                created_at: r.get("created_at"),
+                last_used_at: r.get("last_used_at"),
+            })
+            .collect())
+    }
+
+    async fn credential_revoke(&self, username: &str, label: &str) -> StoreResult<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| map_sqlx(e, "credential"))?;
+        let uid = user_id(&mut *tx, username).await?;
+        let done = sqlx::query("DELETE FROM credentials WHERE user_id = ?1 AND label = ?2")
+            .bind(uid)
+            .bind(label)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "credential"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("credential {label:?}")));
+        }
+        tx.commit().await.map_err(|e| map_sqlx(e, "credential"))
+    }
+
+    async fn sender_allow(&self, username: &str, pattern: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "sender"))?;
+        let uid = user_id(&mut *tx, username).await?;
+        sqlx::query("INSERT INTO sender_permissions (user_id, pattern) VALUES (?1, ?2)")
+            .bind(uid)
+            .bind(pattern)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, &format!("sender permission {pattern:?}")))?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "sender"))
+    }
+
+    async fn sender_revoke(&self, username: &str, pattern: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "sender"))?;
+        let uid = user_id(&mut *tx, username).await?;
+        let done =
+            sqlx::query("DELETE FROM sender_permissions WHERE user_id = ?1 AND pattern = ?2")
+                .bind(uid)
+                .bind(pattern)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "sender"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "sender permission {pattern:?}"
+            )));
+        }
+        tx.commit().await.map_err(|e| map_sqlx(e, "sender"))
+    }
+
+    async fn sender_list(&self, username: &str) -> StoreResult<Vec<String>> {
+        let uid = user_id(&self.pool, username).await?;
+        sqlx::query_scalar(
+            "SELECT pattern FROM sender_permissions WHERE user_id = ?1 ORDER BY pattern",
+        )
+        .bind(uid)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "senders"))
+    }
+
+    async fn login_lookup(&self, username: &str) -> StoreResult<Option<LoginRecord>> {
+        let Ok(name) = normalize_username(username) else {
+            return Ok(None);
+        };
+        let Some(u) = sqlx::query(
+            "SELECT id, username, max_messages_per_minute, max_messages_per_hour, max_messages_per_day,
+                    max_recipients_per_day, max_concurrent_sessions, normalize_line_endings
+             FROM users WHERE username = ?1 AND enabled = 1",
+        )
+        .bind(&name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "user"))?
+        else {
+            return Ok(None);
+        };
+        let user_id: i64 = u.get("id");
+        let creds = sqlx::query(
+            "SELECT id, label, password_hash, max_messages_per_minute, max_messages_per_hour,
+                    max_messages_per_day, max_recipients_per_day
+             FROM credentials WHERE user_id = ?1 AND enabled = 1 ORDER BY id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "credentials"))?;
+        let senders: Vec<String> = sqlx::query_scalar(
+            "SELECT pattern FROM sender_permissions WHERE user_id = ?1 ORDER BY pattern",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "senders"))?;
+        Ok(Some(LoginRecord {
+            user_id,
+            username: u.get("username"),
+            limits: LimitOverrides {
+                messages_per_minute: opt_u32(u.get("max_messages_per_minute")),
+                messages_per_hour: opt_u32(u.get("max_messages_per_hour")),
+                messages_per_day: opt_u32(u.get("max_messages_per_day")),
+                recipients_per_day: opt_u32(u.get("max_recipients_per_day")),
+                concurrent_sessions: opt_u32(u.get("max_concurrent_sessions")),
+            },
+            normalize_line_endings: u.get("normalize_line_endings"),
+            credentials: creds
+                .iter()
+                .map(|c| LoginCredential {
+                    id: c.get("id"),
+                    label: c.get("label"),
+                    password_hash: c.get("password_hash"),
+                    limits: LimitOverrides {
+                        messages_per_minute: opt_u32(c.get("max_messages_per_minute")),
+                        messages_per_hour: opt_u32(c.get("max_messages_per_hour")),
+                        messages_per_day: opt_u32(c.get("max_messages_per_day")),
+                        recipients_per_day: opt_u32(c.get("max_recipients_per_day")),
+                        concurrent_sessions: None,
+                    },
+                })
+                .collect(),
+            senders,
+        }))
+    }
+
+    async fn credential_used(
+        &self,
+        credential_id: i64,
+        now: i64,
+        upgraded_hash: Option<&str>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE credentials SET last_used_at = ?1,
+                    password_hash = COALESCE(?2, password_hash),
+                    updated_at = CASE WHEN ?2 IS NULL THEN updated_at ELSE ?1 END
+             WHERE id = ?3",
+        )
+        .bind(now)
+        .bind(upgraded_hash)
+        .bind(credential_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "credential"))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl QueueStore for SqliteStore {
+    async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        sqlx::query(
+            "INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body, envid,
+                    dsn_ret, is_dsn, smtputf8, received_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .bind(&m.id)
+        .bind(&m.sender)
+        .bind(m.user_id)
+        .bind(&m.username)
+        .bind(&m.credential)
+        .bind(m.body.len() as i64)
+        .bind(&m.body[..])
+        .bind(&m.envid)
+        .bind(&m.dsn_ret)
+        .bind(m.is_dsn)
+        .bind(m.smtputf8)
+        .bind(m.received_at)
+        .bind(m.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx(e, "queued message"))?;
+        for r in &m.recipients {
+            sqlx::query(
+                "INSERT INTO queue_recipients (message_id, recipient, notify, orcpt, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(&m.id)
+            .bind(&r.address)
+            .bind(&r.notify)
+            .bind(&r.orcpt)
+            .bind(m.received_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "queued recipient"))?;
+        }
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
+    }
+}
+
+#[async_trait]
+impl HealthStore for SqliteStore {
+    async fn check_ready(&self) -> StoreResult<()> {
+        // A write that changes nothing proves the file is writable (not read-only, disk not full).
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "health"))?;
+        sqlx::query("DELETE FROM limit_counters WHERE key = '' AND 0")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "health"))?;
+        tx.rollback().await.map_err(|e| map_sqlx(e, "health"))
+    }
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

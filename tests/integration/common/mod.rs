@@ -1,0 +1,81 @@
+//! Shared test setup: real stores on both backends.
+//!
+//! PostgreSQL: the test command (`tests/run.sh`) starts a throwaway cluster
+//! and exports `POSTGATE_TEST_PG_URL` (a server URL; each test gets a fresh
+//! database of its own). Without it, PostgreSQL tests fail loudly unless
+//! `POSTGATE_TEST_SKIP_PG=1` is set for a quick local run.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use postgate::store::{self, Store, StoreOptions};
+
+/// A store under test plus what keeps it alive (temp dir for SQLite).
+pub struct TestStore {
+    pub store: Arc<dyn Store>,
+    pub url: String,
+    pub backend: &'static str,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A fresh, migrated SQLite store in a temp dir.
+pub async fn sqlite_store() -> TestStore {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("postgate.db").display());
+    let store = store::open_and_migrate(&url, &StoreOptions::default())
+        .await
+        .expect("open sqlite");
+    TestStore {
+        store,
+        url,
+        backend: "sqlite",
+        _dir: Some(dir),
+    }
+}
+
+/// A fresh, migrated PostgreSQL database, or `None` when skipping PostgreSQL.
+pub async fn pg_store() -> Option<TestStore> {
+    let url = pg_database_url().await?;
+    let store = store::open_and_migrate(&url, &StoreOptions::default())
+        .await
+        .expect("open postgres");
+    Some(TestStore {
+        store,
+        url,
+        backend: "postgres",
+        _dir: None,
+    })
+}
+
+/// The URL of a new, empty PostgreSQL database, or `None` when skipping PostgreSQL.
+pub async fn pg_database_url() -> Option<String> {
+    let Ok(server) = std::env::var("POSTGATE_TEST_PG_URL") else {
+        if std::env::var("POSTGATE_TEST_SKIP_PG").as_deref() == Ok("1") {
+            return None;
+        }
+        panic!("POSTGATE_TEST_PG_URL is not set: run the suite with tests/run.sh (or set POSTGATE_TEST_SKIP_PG=1)");
+    };
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("connect to test postgres");
+    let name = format!("pgt_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let base = server
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or(server);
+    Some(format!("{base}/{name}"))
+}
+
+/// Both backends: SQLite always, PostgreSQL unless skipped.
+pub async fn all_stores() -> Vec<TestStore> {
+    let mut v = vec![sqlite_store().await];
+    if let Some(pg) = pg_store().await {
+        v.push(pg);
+    }
+    v
+}

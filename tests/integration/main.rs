@@ -1,0 +1,5 @@
+//! Integration tests: one binary (one link step) with a module per area.
+//! Real stores (SQLite files and a real PostgreSQL), real TLS, real clients.
+
+mod common;
+mod store_accounts;

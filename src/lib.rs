@@ -6,6 +6,10 @@
 //! - [`password`]: password hashing and verification (argon2id, imports);
 //! - [`policy`]: sender permissions (PURE).
 
+pub mod auth;
+pub mod intake;
 pub mod password;
 pub mod policy;
+pub mod smtp;
 pub mod store;
+pub mod tls;

@@ -18,18 +18,33 @@ impl PgStore {
         let connect: PgConnectOptions = url.parse().map_err(|e| {
             StoreError::Invalid(format!("bad postgres url {}: {e}", redact_url(url)))
         })?;
+        // One direct connection first: the pool retries until its timeout and
+        // would hide the real reason (refused, auth failed, no such database).
+        use sqlx::Connection;
+        let probe = tokio::time::timeout(
+            options.connect_timeout,
+            sqlx::PgConnection::connect_with(&connect),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::Unavailable(format!(
+                "cannot connect to {}: timed out after {:?}",
+                redact_url(url),
+                options.connect_timeout
+            ))
+        })?
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot connect to {}: {}",
+                redact_url(url),
+                redact_url(&e.to_string())
+            ))
+        })?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.connect_timeout)
-            .connect_with(connect)
-            .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot connect to {}: {}",
-                    redact_url(url),
-                    redact_url(&e.to_string())
-                ))
-            })?;
+            .connect_lazy_with(connect);
         Ok(PgStore { pool })
     }
 

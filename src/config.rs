@@ -398,3 +398,69 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// deploy/postgate.example.toml documents every key and must load as-is.
+    #[test]
+    fn example_config_loads_as_is() {
+        let text = include_str!("../deploy/postgate.example.toml");
+        let c =
+            Config::parse(text, "deploy/postgate.example.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.server.hostname, "relay.example.com");
+    }
+
+    /// Every key of the configuration (as rendered from the defaults and from
+    /// the example itself) is written, set or commented out, in the example.
+    #[test]
+    fn example_config_documents_every_key() {
+        let text = include_str!("../deploy/postgate.example.toml");
+        let example = Config::parse(text, "example").unwrap();
+        let mut missing = Vec::new();
+        for rendered in [
+            Config::default().to_redacted_toml(),
+            example.to_redacted_toml(),
+        ] {
+            let value: toml::Value = toml::from_str(&rendered).unwrap();
+            collect_missing(&value, "", text, &mut missing);
+        }
+        missing.sort();
+        missing.dedup();
+        assert!(
+            missing.is_empty(),
+            "keys not documented in deploy/postgate.example.toml: {missing:?}"
+        );
+    }
+
+    fn collect_missing(v: &toml::Value, path: &str, text: &str, missing: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    let documented = text.lines().any(|l| {
+                        let l = l.trim_start_matches(['#', ' ']);
+                        l.starts_with(&format!("{k} ="))
+                            || l.starts_with(&format!("[{p}]"))
+                            || l.starts_with(&format!("[[{p}]]"))
+                    });
+                    if !documented {
+                        missing.push(p.clone());
+                    }
+                    collect_missing(v, &p, text, missing);
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items {
+                    collect_missing(item, path, text, missing);
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -6,7 +6,9 @@
 //! - [`password`]: password hashing and verification (argon2id, imports);
 //! - [`policy`]: sender permissions (PURE).
 
+pub mod accounts;
 pub mod auth;
+pub mod config;
 pub mod intake;
 pub mod password;
 pub mod policy;

@@ -145,9 +145,14 @@ impl Authenticator for StoreAuthenticator {
             },
             Err(_) => None,
         };
-        let credentials: Vec<LoginCredential> =
-            record.as_ref().map(|r| r.credentials.clone()).unwrap_or_default();
-        let hashes = credentials.iter().map(|c| c.password_hash.clone()).collect();
+        let credentials: Vec<LoginCredential> = record
+            .as_ref()
+            .map(|r| r.credentials.clone())
+            .unwrap_or_default();
+        let hashes = credentials
+            .iter()
+            .map(|c| c.password_hash.clone())
+            .collect();
         let Some((index, needs_upgrade)) = self.verify(password, hashes).await else {
             return AuthOutcome::Failed;
         };

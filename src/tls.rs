@@ -55,9 +55,12 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
     let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)
         .map_err(|e| file_err(key, format!("unsupported private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| file_err(key, format!("key does not match certificate {}: {e}", cert.display())))?;
+    certified.keys_match().map_err(|e| {
+        file_err(
+            key,
+            format!("key does not match certificate {}: {e}", cert.display()),
+        )
+    })?;
     Ok(certified)
 }
 
@@ -135,9 +138,10 @@ pub fn self_signed(hostnames: &[String]) -> Result<(String, String), TlsError> {
     let key = rcgen::KeyPair::generate().map_err(setup)?;
     let mut params = rcgen::CertificateParams::new(hostnames.to_vec()).map_err(setup)?;
     params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, hostnames.first().cloned().unwrap_or_default());
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        hostnames.first().cloned().unwrap_or_default(),
+    );
     let cert = params.self_signed(&key).map_err(setup)?;
     Ok((cert.pem(), key.serialize_pem()))
 }

@@ -149,8 +149,14 @@ pub enum Command {
     Mail(MailParams),
     Rcpt(RcptParams),
     Data,
-    Bdat { size: usize, last: bool },
-    Auth { mechanism: Mechanism, initial: Option<String> },
+    Bdat {
+        size: usize,
+        last: bool,
+    },
+    Auth {
+        mechanism: Mechanism,
+        initial: Option<String>,
+    },
     StartTls,
     Rset,
     Noop,
@@ -335,12 +341,27 @@ mod tests {
 
     #[test]
     fn parses_core_commands() {
-        assert_eq!(p("EHLO client.example\r\n"), Ok(Command::Ehlo("client.example".into())));
+        assert_eq!(
+            p("EHLO client.example\r\n"),
+            Ok(Command::Ehlo("client.example".into()))
+        );
         assert_eq!(p("ehlo x\n"), Ok(Command::Ehlo("x".into())));
         assert_eq!(p("QUIT\r\n"), Ok(Command::Quit));
         assert_eq!(p("STARTTLS\r\n"), Ok(Command::StartTls));
-        assert_eq!(p("BDAT 100 LAST\r\n"), Ok(Command::Bdat { size: 100, last: true }));
-        assert_eq!(p("BDAT 7\r\n"), Ok(Command::Bdat { size: 7, last: false }));
+        assert_eq!(
+            p("BDAT 100 LAST\r\n"),
+            Ok(Command::Bdat {
+                size: 100,
+                last: true
+            })
+        );
+        assert_eq!(
+            p("BDAT 7\r\n"),
+            Ok(Command::Bdat {
+                size: 7,
+                last: false
+            })
+        );
         assert_eq!(p("EXPN list\r\n"), Ok(Command::NotImplemented("EXPN")));
         assert_eq!(p("VRFY bob\r\n"), Ok(Command::Vrfy));
         assert_eq!(
@@ -352,7 +373,10 @@ mod tests {
         );
         assert_eq!(
             p("AUTH LOGIN\r\n"),
-            Ok(Command::Auth { mechanism: Mechanism::Login, initial: None })
+            Ok(Command::Auth {
+                mechanism: Mechanism::Login,
+                initial: None
+            })
         );
         assert_eq!(p("FOO bar\r\n"), Err(CommandError::Unknown));
     }
@@ -370,7 +394,9 @@ mod tests {
         assert!(m.smtputf8);
         assert_eq!(m.ret.as_deref(), Some("HDRS"));
         assert_eq!(m.envid.as_deref(), Some("abc"));
-        let Ok(Command::Mail(null)) = p("MAIL FROM:<>\r\n") else { panic!() };
+        let Ok(Command::Mail(null)) = p("MAIL FROM:<>\r\n") else {
+            panic!()
+        };
         assert_eq!(null.address, "");
         let Ok(Command::Rcpt(r)) =
             p("RCPT TO:<b@example.org> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b@example.org\r\n")
@@ -405,7 +431,10 @@ mod tests {
     fn framer_caps_lines_and_resynchronises() {
         let mut f = LineFramer::default();
         let mut buf = BytesMut::from(&b"NOOP\r\nQUIT"[..]);
-        assert_eq!(f.next_line(&mut buf, 512).unwrap().unwrap(), &b"NOOP\r\n"[..]);
+        assert_eq!(
+            f.next_line(&mut buf, 512).unwrap().unwrap(),
+            &b"NOOP\r\n"[..]
+        );
         assert!(f.next_line(&mut buf, 512).is_none());
         assert_eq!(&buf[..], b"QUIT");
 
@@ -417,10 +446,16 @@ mod tests {
             f.next_line(&mut buf, 512).unwrap(),
             Err(CommandError::LineTooLong { max: 512 })
         );
-        assert_eq!(f.next_line(&mut buf, 512).unwrap().unwrap(), &b"NOOP\r\n"[..]);
+        assert_eq!(
+            f.next_line(&mut buf, 512).unwrap().unwrap(),
+            &b"NOOP\r\n"[..]
+        );
 
         let mut buf = BytesMut::from(format!("{}\r\nNOOP\r\n", "z".repeat(600)).as_bytes());
         assert!(f.next_line(&mut buf, 512).unwrap().is_err());
-        assert_eq!(f.next_line(&mut buf, 512).unwrap().unwrap(), &b"NOOP\r\n"[..]);
+        assert_eq!(
+            f.next_line(&mut buf, 512).unwrap().unwrap(),
+            &b"NOOP\r\n"[..]
+        );
     }
 }

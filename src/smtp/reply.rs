@@ -153,7 +153,11 @@ impl Reply {
     }
     /// 504 5.5.4: SASL mechanism other than PLAIN/LOGIN.
     pub fn unknown_mechanism() -> Self {
-        Reply::new(504, "5.5.4", "unrecognized authentication mechanism; use PLAIN or LOGIN")
+        Reply::new(
+            504,
+            "5.5.4",
+            "unrecognized authentication mechanism; use PLAIN or LOGIN",
+        )
     }
     /// 535 5.7.8: bad credentials. Never says whether the user exists (RFC 4954 §6).
     pub fn auth_failed() -> Self {
@@ -186,7 +190,11 @@ impl Reply {
     }
     /// 553 5.6.7: a non-ASCII address without SMTPUTF8 (RFC 6531 §3.5).
     pub fn utf8_required() -> Self {
-        Reply::new(553, "5.6.7", "non-ASCII address requires the SMTPUTF8 parameter")
+        Reply::new(
+            553,
+            "5.6.7",
+            "non-ASCII address requires the SMTPUTF8 parameter",
+        )
     }
     /// 552 5.3.4: message larger than the limit (RFC 1870 §6).
     pub fn too_big(max: usize) -> Self {
@@ -198,11 +206,19 @@ impl Reply {
     }
     /// 452 4.5.3: too many recipients (RFC 5321 §4.5.3.1.10).
     pub fn too_many_recipients(max: usize) -> Self {
-        Reply::new(452, "4.5.3", format!("too many recipients (at most {max} per message)"))
+        Reply::new(
+            452,
+            "4.5.3",
+            format!("too many recipients (at most {max} per message)"),
+        )
     }
     /// 500 5.5.2: command line longer than allowed (RFC 5321 §4.5.3.1.4).
     pub fn line_too_long(max: usize) -> Self {
-        Reply::new(500, "5.5.2", format!("line too long (at most {max} octets)"))
+        Reply::new(
+            500,
+            "5.5.2",
+            format!("line too long (at most {max} octets)"),
+        )
     }
     /// 554 5.5.1: DATA or BDAT LAST with no accepted recipient.
     pub fn no_recipients() -> Self {
@@ -233,21 +249,37 @@ impl Reply {
 
     /// Connection refused by a rate limit: 421 4.7.0 and close.
     pub fn connection_limited(r: &LimitRefusal) -> Self {
-        Reply::new(421, "4.7.0", format!("{}, try again in {} s", r.reason, retry_secs(r)))
-            .closing()
+        Reply::new(
+            421,
+            "4.7.0",
+            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+        )
+        .closing()
     }
     /// Login refused by a rate limit: 454 4.7.0.
     pub fn auth_limited(r: &LimitRefusal) -> Self {
-        Reply::new(454, "4.7.0", format!("{}, try again in {} s", r.reason, retry_secs(r)))
+        Reply::new(
+            454,
+            "4.7.0",
+            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+        )
     }
     /// Concurrent-session cap: 421 4.7.0 and close.
     pub fn session_limited(r: &LimitRefusal) -> Self {
-        Reply::new(421, "4.7.0", format!("{}, try again in {} s", r.reason, retry_secs(r)))
-            .closing()
+        Reply::new(
+            421,
+            "4.7.0",
+            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+        )
+        .closing()
     }
     /// Message or recipient rate: 451 4.7.1 (RFC 3463 §3.8).
     pub fn message_limited(r: &LimitRefusal) -> Self {
-        Reply::new(451, "4.7.1", format!("{}, try again in {} s", r.reason, retry_secs(r)))
+        Reply::new(
+            451,
+            "4.7.1",
+            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+        )
     }
 }
 
@@ -264,9 +296,7 @@ impl From<&CommandError> for Reply {
             CommandError::BareCr => Reply::new(500, "5.5.2", "bare CR in command line"),
             CommandError::Syntax(s) => Reply::new(501, "5.5.2", format!("syntax: {s}")),
             CommandError::BadSender => Reply::new(501, "5.1.7", "bad sender address syntax"),
-            CommandError::BadRecipient => {
-                Reply::new(501, "5.1.3", "bad recipient address syntax")
-            }
+            CommandError::BadRecipient => Reply::new(501, "5.1.3", "bad recipient address syntax"),
             CommandError::BadParameter(p) => {
                 Reply::new(501, "5.5.4", format!("invalid parameter {p}"))
             }
@@ -336,7 +366,10 @@ mod tests {
             Reply::ehlo(vec!["mx.example".into(), "PIPELINING".into()]).to_wire(),
             "250-mx.example\r\n250 PIPELINING\r\n"
         );
-        assert_eq!(Reply::challenge("VXNlcm5hbWU6").to_wire(), "334 VXNlcm5hbWU6\r\n");
+        assert_eq!(
+            Reply::challenge("VXNlcm5hbWU6").to_wire(),
+            "334 VXNlcm5hbWU6\r\n"
+        );
     }
 
     #[test]

@@ -124,7 +124,9 @@ fn plain(bytes: &[u8]) -> Result<Credentials, SaslError> {
     let (Some(authz), Some(authc), Some(pass), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(SaslError::Malformed("PLAIN needs authzid NUL authcid NUL password"));
+        return Err(SaslError::Malformed(
+            "PLAIN needs authzid NUL authcid NUL password",
+        ));
     };
     let username = text(authc.to_vec(), MAX_USERNAME, "username")?;
     let password = text(pass.to_vec(), MAX_PASSWORD, "password")?;
@@ -152,7 +154,10 @@ mod tests {
     #[test]
     fn plain_with_and_without_initial_response() {
         let ir = b64(b"\0bob\0s3cret");
-        assert_eq!(start(Mechanism::Plain, Some(&ir)), Ok(creds("bob", "s3cret")));
+        assert_eq!(
+            start(Mechanism::Plain, Some(&ir)),
+            Ok(creds("bob", "s3cret"))
+        );
         let Ok(Step::Challenge(ex, "")) = start(Mechanism::Plain, None) else {
             panic!()
         };
@@ -186,16 +191,33 @@ mod tests {
         let Ok(Step::Challenge(ex, _)) = start(Mechanism::Login, Some(&b64(b"bob"))) else {
             panic!()
         };
-        assert_eq!(ex, Exchange::LoginPassword { username: "bob".into() });
+        assert_eq!(
+            ex,
+            Exchange::LoginPassword {
+                username: "bob".into()
+            }
+        );
     }
 
     #[test]
     fn cancel_and_invalid_base64() {
         assert_eq!(Exchange::Plain.respond("*"), Err(SaslError::Cancelled));
-        assert_eq!(Exchange::LoginUsername.respond("*"), Err(SaslError::Cancelled));
-        assert_eq!(start(Mechanism::Plain, Some("*")), Err(SaslError::Cancelled));
-        assert_eq!(Exchange::Plain.respond("!!notbase64"), Err(SaslError::Base64));
-        assert_eq!(Exchange::LoginUsername.respond("YWJj="), Err(SaslError::Base64));
+        assert_eq!(
+            Exchange::LoginUsername.respond("*"),
+            Err(SaslError::Cancelled)
+        );
+        assert_eq!(
+            start(Mechanism::Plain, Some("*")),
+            Err(SaslError::Cancelled)
+        );
+        assert_eq!(
+            Exchange::Plain.respond("!!notbase64"),
+            Err(SaslError::Base64)
+        );
+        assert_eq!(
+            Exchange::LoginUsername.respond("YWJj="),
+            Err(SaslError::Base64)
+        );
     }
 
     #[test]

@@ -555,7 +555,12 @@ impl Session {
         };
     }
 
-    async fn on_bdat_chunk_end(&mut self, size: usize, last: bool, refusal: Option<Reply>) -> Reply {
+    async fn on_bdat_chunk_end(
+        &mut self,
+        size: usize,
+        last: bool,
+        refusal: Option<Reply>,
+    ) -> Reply {
         if let Some(r) = refusal {
             return r;
         }

@@ -251,14 +251,12 @@ impl BdatChunk {
 mod tests {
     use super::*;
 
+    /// The result and the octets left after the end marker.
+    type Outcome = (Result<Vec<u8>, DataError>, Vec<u8>);
+
     /// Feeds `input` in pieces of `step` octets; returns the result and the
     /// octets left after the end marker.
-    fn read(
-        input: &[u8],
-        step: usize,
-        max: usize,
-        normalize: bool,
-    ) -> Option<(Result<Vec<u8>, DataError>, Vec<u8>)> {
+    fn read(input: &[u8], step: usize, max: usize, normalize: bool) -> Option<Outcome> {
         let mut r = DataReader::new(max, normalize);
         let mut pos = 0;
         while pos < input.len() {
@@ -272,7 +270,7 @@ mod tests {
         None
     }
 
-    fn all_steps(input: &[u8], normalize: bool) -> Option<(Result<Vec<u8>, DataError>, Vec<u8>)> {
+    fn all_steps(input: &[u8], normalize: bool) -> Option<Outcome> {
         let whole = read(input, input.len().max(1), 1 << 20, normalize);
         for step in 1..8 {
             assert_eq!(read(input, step, 1 << 20, normalize), whole, "step {step}");

@@ -3,4 +3,8 @@
 
 mod cli_accounts;
 mod common;
+mod smtp_clients;
+#[path = "common/smtp.rs"]
+mod smtp_harness;
+mod smtp_security;
 mod store_accounts;

@@ -131,6 +131,30 @@ impl ServerTls {
     }
 }
 
+/// Reloads the certificate on every SIGHUP until `shutdown` is cancelled,
+/// logging the outcome (a failed reload keeps the old certificate).
+pub async fn reload_on_sighup(
+    tls: ServerTls,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            got = hup.recv() => {
+                if got.is_none() {
+                    return Ok(());
+                }
+                match tls.reload() {
+                    Ok(()) => tracing::info!(cert = %tls.files.cert.display(), "TLS certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one"),
+                }
+            }
+        }
+    }
+}
+
 /// A self-signed end-entity (CA:FALSE) certificate for `hostnames`, for
 /// development and the quick start: `(cert_pem, key_pem)`.
 pub fn self_signed(hostnames: &[String]) -> Result<(String, String), TlsError> {

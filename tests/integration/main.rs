@@ -3,6 +3,7 @@
 
 mod cli_accounts;
 mod common;
+mod smtp_auth;
 mod smtp_clients;
 #[path = "common/smtp.rs"]
 mod smtp_harness;

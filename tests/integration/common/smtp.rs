@@ -41,6 +41,7 @@ pub fn cheap() -> HashParams {
 /// A test CA and a CA:FALSE leaf for `127.0.0.1` and `localhost`, as files.
 pub struct Certs {
     _dir: tempfile::TempDir,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -55,20 +56,30 @@ pub fn certs() -> Certs {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "postgate test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    leaf.is_ca = IsCa::ExplicitNoCa;
-    let leaf = leaf.signed_by(&leaf_key, &ca).unwrap();
     let p = |n: &str| dir.path().join(n);
     std::fs::write(p("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(p("cert.pem"), leaf.pem()).unwrap();
-    std::fs::write(p("key.pem"), leaf_key.serialize_pem()).unwrap();
-    Certs {
+    let certs = Certs {
         ca: p("ca.pem"),
         cert: p("cert.pem"),
         key: p("key.pem"),
         _dir: dir,
+        issuer: ca,
+    };
+    certs.issue_leaf();
+    certs
+}
+
+impl Certs {
+    /// Issues a new leaf for 127.0.0.1/localhost and writes cert.pem and key.pem.
+    pub fn issue_leaf(&self) {
+        use rcgen::{CertificateParams, IsCa, KeyPair};
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        leaf.is_ca = IsCa::ExplicitNoCa;
+        let leaf = leaf.signed_by(&leaf_key, &self.issuer).unwrap();
+        std::fs::write(&self.cert, leaf.pem()).unwrap();
+        std::fs::write(&self.key, leaf_key.serialize_pem()).unwrap();
     }
 }
 
@@ -83,6 +94,8 @@ pub async fn add_user(store: &dyn Store) {
 /// (loopback), unless the config tweak changed them.
 pub struct Harness {
     pub addrs: Vec<SocketAddr>,
+    /// The server's TLS handle (reload it to rotate the certificate).
+    pub tls: ServerTls,
     pub certs: Certs,
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<()>,
@@ -160,7 +173,7 @@ pub async fn start_with_limits(
     let server = Server::new(
         "relay.test".into(),
         config,
-        Some(tls),
+        Some(tls.clone()),
         ports,
         Duration::from_secs(2),
     )
@@ -169,6 +182,7 @@ pub async fn start_with_limits(
     let handle = tokio::spawn(server.serve(bound, shutdown.clone()));
     Harness {
         addrs,
+        tls,
         certs,
         shutdown,
         handle,
@@ -248,6 +262,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A raw SMTP client for the security tests.
 pub struct Raw {
+    /// DER of the server's leaf certificate once TLS is up.
+    pub peer: Option<Vec<u8>>,
     tcp: Option<TcpStream>,
     tls: Option<Box<dyn Io>>,
     buf: Vec<u8>,
@@ -276,6 +292,14 @@ pub fn tls_connector(ca: &PathBuf) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
+fn leaf_of(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> Option<Vec<u8>> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+}
+
 fn server_name() -> rustls_pki_types::ServerName<'static> {
     rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap()
 }
@@ -285,6 +309,7 @@ impl Raw {
     pub async fn connect(addr: SocketAddr, h: &Harness) -> (Raw, Got) {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let mut raw = Raw {
+            peer: None,
             tcp: Some(tcp),
             tls: None,
             buf: Vec::new(),
@@ -301,7 +326,9 @@ impl Raw {
             .connect(server_name(), tcp)
             .await
             .unwrap();
+        let peer = leaf_of(&tls);
         let mut raw = Raw {
+            peer,
             tcp: None,
             tls: Some(Box::new(tls)),
             buf: Vec::new(),
@@ -318,6 +345,7 @@ impl Raw {
             .connect(server_name(), tcp)
             .await
             .unwrap();
+        self.peer = leaf_of(&tls);
         self.tls = Some(Box::new(tls));
         self.buf.clear();
     }

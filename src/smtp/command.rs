@@ -458,4 +458,38 @@ mod tests {
             &b"NOOP\r\n"[..]
         );
     }
+
+    /// Random bytes never panic the framer or the parser.
+    #[test]
+    fn random_lines_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4954);
+        let words: [&[u8]; 12] = [
+            b"MAIL FROM:<",
+            b"RCPT TO:<",
+            b"a@b.c",
+            b">",
+            b" SIZE=",
+            b"BDAT ",
+            b"AUTH ",
+            b"\r\n",
+            b"\n",
+            b"\0",
+            b"\xff",
+            b"99999999999999999999",
+        ];
+        let mut f = LineFramer::default();
+        let mut buf = BytesMut::new();
+        for _ in 0..5000 {
+            for _ in 0..rng.gen_range(1..6) {
+                buf.extend_from_slice(words[rng.gen_range(0..words.len())]);
+            }
+            while let Some(line) = f.next_line(&mut buf, 64) {
+                if let Ok(l) = line {
+                    let _ = parse(&l);
+                }
+            }
+            assert!(buf.len() < 64 + 32);
+        }
+    }
 }

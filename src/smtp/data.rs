@@ -414,4 +414,33 @@ mod tests {
         BdatChunk::new(10).feed(b"0123456789", &mut body);
         assert_eq!(body.finish(), Err(DataError::TooBig { max: 4 }));
     }
+
+    /// Random inputs over a small alphabet rich in CR, LF and dots: the
+    /// result never depends on how the input is split, a body is never
+    /// returned with a bare CR/LF, and the end is always a real CRLF.CRLF.
+    #[test]
+    fn random_inputs_are_split_independent_and_clean() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5321);
+        let alphabet = b"\r\n.a";
+        for _ in 0..3000 {
+            let len = rng.gen_range(0..40);
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            for normalize in [false, true] {
+                let whole = read(&input, input.len().max(1), 1 << 20, normalize);
+                let step = rng.gen_range(1..5);
+                assert_eq!(read(&input, step, 1 << 20, normalize), whole, "{input:?}");
+                if let Some((res, rest)) = whole {
+                    let consumed = &input[..input.len() - rest.len()];
+                    let ends_properly = consumed == b".\r\n" || consumed.ends_with(b"\r\n.\r\n");
+                    assert!(ends_properly, "{input:?} ended at {consumed:?}");
+                    if let Ok(body) = res {
+                        assert!(!has_bare(&body), "{input:?} -> {body:?}");
+                    }
+                }
+            }
+        }
+    }
 }

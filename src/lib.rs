@@ -6,6 +6,9 @@
 //! - [`password`]: password hashing and verification (argon2id, imports);
 //! - [`policy`]: sender permissions (PURE).
 
+pub mod http;
+pub mod logging;
+pub mod metrics;
 pub mod password;
 pub mod policy;
 pub mod store;

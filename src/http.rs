@@ -1,1 +1,638 @@
+//! The operations HTTP server, on its own address (default `127.0.0.1:9587`).
+//!
+//! | path | method | answer |
+//! | --- | --- | --- |
+//! | `/metrics` | GET | every metric, Prometheus text format 0.0.4 |
+//! | `/healthz` | GET | 200 while the process serves requests (liveness) |
+//! | `/readyz` | GET | 200 when the store answers and the queue is writable and at least one upstream is usable; 503 otherwise, and while draining |
+//! | `/admin/queue?limit=N` | GET | queued messages |
+//! | `/admin/queue/{id}` | GET, DELETE | one message; delete it |
+//! | `/admin/queue/{id}/retry` | POST | make it due now |
+//! | `/admin/limits`, `/admin/limits/{subject}` | GET | limiter state |
+//! | `/admin/limits/{subject}/reset` | POST | clear a lockout or quota (`user:NAME`, `ip:ADDR`) |
+//!
+//! Admin endpoints need `Authorization: Bearer TOKEN` (RFC 6750 §2.1),
+//! compared in constant time; 401 without it or with a wrong one. With no
+//! token or no [`Admin`] implementation configured they do not exist (404).
+//! Answers of `/readyz` and `/admin` are JSON.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::{Metrics, MetricsOptions, StoreOperation};
+use crate::store::{HealthStore, StoreError};
+
+/// Concurrent HTTP connections; more wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request head within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests may take to finish once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Minimum admin token length: a short token is guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The `[http]` section of the config.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the operations HTTP server; default `127.0.0.1:9587`.
+    pub address: SocketAddr,
+    /// Bearer token of the `/admin` endpoints (at least 16 characters);
+    /// none (default) disables them.
+    pub admin_token: Option<String>,
+    /// Export per-user series (`postgate_user_*`); default false.
+    pub per_user_metrics: bool,
+    /// Distinct users with their own series; later users count as `_other`.
+    /// Default 1000.
+    pub per_user_metrics_cap: usize,
+    /// How long `/readyz` waits for the store; default 2s.
+    #[serde(with = "humantime_serde")]
+    pub readiness_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 9587)),
+            admin_token: None,
+            per_user_metrics: false,
+            per_user_metrics_cap: 1000,
+            readiness_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("address", &self.address)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("per_user_metrics", &self.per_user_metrics)
+            .field("per_user_metrics_cap", &self.per_user_metrics_cap)
+            .field("readiness_timeout", &self.readiness_timeout)
+            .finish()
+    }
+}
+
+impl HttpConfig {
+    /// The metric options this section implies.
+    pub fn metrics_options(&self) -> MetricsOptions {
+        MetricsOptions {
+            per_user: self.per_user_metrics,
+            per_user_cap: self.per_user_metrics_cap,
+        }
+    }
+
+    /// The admin token, checked; `Ok(None)` when none is configured.
+    pub fn admin_token(&self) -> Result<Option<AdminToken>, HttpError> {
+        self.admin_token.clone().map(AdminToken::new).transpose()
+    }
+}
+
+/// Errors of this module (configuration only: serving never fails as a whole).
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("http.admin_token must be at least {MIN_TOKEN_LEN} characters")]
+    WeakToken,
+}
+
+/// The admin bearer token. Never printed; compared in constant time.
+#[derive(Clone)]
+pub struct AdminToken(Arc<[u8; 32]>);
+
+impl AdminToken {
+    /// Accepts a token of at least [`MIN_TOKEN_LEN`] characters.
+    pub fn new(token: String) -> Result<AdminToken, HttpError> {
+        if token.chars().count() < MIN_TOKEN_LEN {
+            return Err(HttpError::WeakToken);
+        }
+        Ok(AdminToken(Arc::new(
+            Sha256::digest(token.as_bytes()).into(),
+        )))
+    }
+
+    /// True when `candidate` is the token. Both sides are hashed first, so
+    /// neither the content nor the length leaks through timing.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(candidate).into();
+        bool::from(digest.ct_eq(&self.0[..]))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// How many upstreams delivery may use now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamStatus {
+    /// Upstreams whose circuit is closed or half-open.
+    pub usable: usize,
+    /// Upstreams in the config.
+    pub configured: usize,
+}
+
+/// Readiness of the upstreams, supplied by delivery. Must be cheap (no I/O):
+/// it reads circuit-breaker state. Any `Fn() -> UpstreamStatus` works.
+pub trait UpstreamHealth: Send + Sync {
+    /// The current status.
+    fn upstream_status(&self) -> UpstreamStatus;
+}
+
+impl<F> UpstreamHealth for F
+where
+    F: Fn() -> UpstreamStatus + Send + Sync,
+{
+    fn upstream_status(&self) -> UpstreamStatus {
+        self()
+    }
+}
+
+/// What an admin request may fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// 404: no such message, user or IP.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// 400: a malformed id or subject.
+    #[error("{0}")]
+    Invalid(String),
+    /// 503: the store cannot be reached; retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => AdminError::NotFound(what),
+            StoreError::Invalid(what) | StoreError::Conflict(what) => AdminError::Invalid(what),
+            other => AdminError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Parameters of `GET /admin/queue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueQuery {
+    /// At most this many messages, oldest first (1..=1000, default 100).
+    pub limit: u32,
+}
+
+/// The queue and limits operations of the CLI, over HTTP. Implemented by the
+/// daemon over delivery and limits; every answer is JSON the operator reads
+/// (the same data `postgate queue ...` / `limits ...` print). Each method is
+/// one store transaction and is safe to call on any node.
+#[async_trait]
+pub trait Admin: Send + Sync {
+    /// Messages in the queue, oldest first.
+    async fn queue_list(&self, query: &QueueQuery) -> Result<Value, AdminError>;
+    /// One message: envelope, recipients with status, attempts, last reply.
+    async fn queue_show(&self, id: &str) -> Result<Value, AdminError>;
+    /// Makes every pending recipient of `id` due now (clears the backoff).
+    async fn queue_retry(&self, id: &str) -> Result<Value, AdminError>;
+    /// Removes `id` from the queue without a DSN.
+    async fn queue_delete(&self, id: &str) -> Result<Value, AdminError>;
+    /// Limiter state: all subjects with active counters or lockouts when
+    /// `subject` is `None`, else that one (`user:NAME` or `ip:ADDR`).
+    async fn limits_show(&self, subject: Option<&str>) -> Result<Value, AdminError>;
+    /// Clears the counters and lockout of `subject`.
+    async fn limits_reset(&self, subject: &str) -> Result<Value, AdminError>;
+}
+
+/// Everything the HTTP server reads. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    /// The store's readiness (`Arc<dyn Store>` coerces to this).
+    pub health: Arc<dyn HealthStore>,
+    /// Upstream readiness; `None` skips that check.
+    pub upstreams: Option<Arc<dyn UpstreamHealth>>,
+    /// Admin operations; `None` (or no token) disables `/admin`.
+    pub admin: Option<Arc<dyn Admin>>,
+    pub admin_token: Option<AdminToken>,
+    /// Once cancelled, `/readyz` answers 503 `draining` (load balancers
+    /// stop sending new sessions) while `/metrics` keeps working.
+    pub draining: CancellationToken,
+    /// How long `/readyz` waits for the store.
+    pub readiness_timeout: Duration,
+}
+
+impl HttpState {
+    /// State with metrics and store health only: no upstream check, no admin.
+    pub fn new(metrics: Arc<Metrics>, health: Arc<dyn HealthStore>) -> HttpState {
+        HttpState {
+            metrics,
+            health,
+            upstreams: None,
+            admin: None,
+            admin_token: None,
+            draining: CancellationToken::new(),
+            readiness_timeout: HttpConfig::default().readiness_timeout,
+        }
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` is cancelled, then stops
+/// accepting, lets in-flight requests finish (up to a few seconds) and
+/// returns. Never fails: accept errors are logged and retried.
+pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
+    let state = Arc::new(state);
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(address = %addr, "http listening");
+    }
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "http connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+type Body = Full<Bytes>;
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn respond_json(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    respond(status, "application/json", body)
+}
+
+fn error_json(status: StatusCode, message: &str) -> Response<Body> {
+    respond_json(status, &json!({ "error": message }))
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = error_json(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// Answers one request. The request body is never read (no endpoint takes one).
+async fn route<B>(state: &HttpState, req: Request<B>) -> Response<Body> {
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    match req.uri().path() {
+        "/metrics" if read_only => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.render(),
+        ),
+        "/healthz" if read_only => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
+        "/readyz" if read_only => readiness(state).await,
+        "/metrics" | "/healthz" | "/readyz" => method_not_allowed("GET, HEAD"),
+        p if p == "/admin" || p.starts_with("/admin/") => admin(state, &req).await,
+        _ => error_json(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+async fn readiness(state: &HttpState) -> Response<Body> {
+    if state.draining.is_cancelled() {
+        return respond_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "draining" }),
+        );
+    }
+    let started = Instant::now();
+    let store =
+        match tokio::time::timeout(state.readiness_timeout, state.health.check_ready()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "store did not answer within {}",
+                humantime::format_duration(state.readiness_timeout)
+            )),
+        };
+    state
+        .metrics
+        .store_operation(StoreOperation::Health, started.elapsed(), store.is_err());
+    let upstreams = state.upstreams.as_ref().map(|u| u.upstream_status());
+    let ready = store.is_ok() && upstreams.is_none_or(|u| u.usable > 0);
+    let mut checks =
+        json!({ "store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.clone() } });
+    if let Some(u) = upstreams {
+        checks["upstreams"] = json!({ "usable": u.usable, "configured": u.configured });
+    }
+    if !ready {
+        tracing::warn!(checks = %checks, "not ready");
+    }
+    let (status, word) = if ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    };
+    respond_json(status, &json!({ "status": word, "checks": checks }))
+}
+
+/// The admin routes, after the token check.
+#[derive(Debug, PartialEq, Eq)]
+enum AdminRoute {
+    QueueList(QueueQuery),
+    QueueShow(String),
+    QueueRetry(String),
+    QueueDelete(String),
+    LimitsShow(Option<String>),
+    LimitsReset(String),
+}
+
+/// Maps method, path and query to a route; `Err` is the error response.
+fn admin_route(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Result<AdminRoute, Response<Body>> {
+    let rest = path.trim_start_matches("/admin").trim_matches('/');
+    let segments: Vec<String> = if rest.is_empty() {
+        Vec::new()
+    } else {
+        rest.split('/')
+            .map(percent_decode)
+            .collect::<Option<_>>()
+            .ok_or_else(|| error_json(StatusCode::BAD_REQUEST, "bad percent-encoding in path"))?
+    };
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let get = *method == Method::GET;
+    let post = *method == Method::POST;
+    match seg.as_slice() {
+        ["queue"] if get => Ok(AdminRoute::QueueList(QueueQuery {
+            limit: queue_limit(query)?,
+        })),
+        ["queue"] => Err(method_not_allowed("GET")),
+        ["queue", id] if get => Ok(AdminRoute::QueueShow(id.to_string())),
+        ["queue", id] if *method == Method::DELETE => Ok(AdminRoute::QueueDelete(id.to_string())),
+        ["queue", _] => Err(method_not_allowed("GET, DELETE")),
+        ["queue", id, "retry"] if post => Ok(AdminRoute::QueueRetry(id.to_string())),
+        ["queue", _, "retry"] => Err(method_not_allowed("POST")),
+        ["limits"] if get => Ok(AdminRoute::LimitsShow(None)),
+        ["limits", subject] if get => Ok(AdminRoute::LimitsShow(Some(subject.to_string()))),
+        ["limits"] | ["limits", _] => Err(method_not_allowed("GET")),
+        ["limits", subject, "reset"] if post => Ok(AdminRoute::LimitsReset(subject.to_string())),
+        ["limits", _, "reset"] => Err(method_not_allowed("POST")),
+        _ => Err(error_json(StatusCode::NOT_FOUND, "not found")),
+    }
+}
+
+fn queue_limit(query: Option<&str>) -> Result<u32, Response<Body>> {
+    let bad = || error_json(StatusCode::BAD_REQUEST, "limit must be 1 to 1000");
+    let mut limit = 100;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("limit", v)) => limit = v.parse().map_err(|_| bad())?,
+            _ => {
+                return Err(error_json(
+                    StatusCode::BAD_REQUEST,
+                    "unknown query parameter",
+                ))
+            }
+        }
+    }
+    if (1..=1000).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(bad())
+    }
+}
+
+/// Decodes `%XX` escapes (RFC 3986 §2.1); `None` on a bad escape or non-UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn admin<B>(state: &HttpState, req: &Request<B>) -> Response<Body> {
+    let (Some(admin), Some(token)) = (&state.admin, &state.admin_token) else {
+        return error_json(StatusCode::NOT_FOUND, "not found");
+    };
+    // RFC 6750 §2.1: "Bearer" is case-insensitive, then one space, then the token.
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..]);
+    if !presented.is_some_and(|t| token.matches(t)) {
+        tracing::warn!(
+            path = req.uri().path(),
+            "admin request with a missing or wrong token"
+        );
+        let mut r = error_json(StatusCode::UNAUTHORIZED, "bearer token required");
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"postgate-admin\""),
+        );
+        return r;
+    }
+    let route = match admin_route(req.method(), req.uri().path(), req.uri().query()) {
+        Ok(route) => route,
+        Err(response) => return response,
+    };
+    tracing::info!(route = ?route, "admin request");
+    let started = Instant::now();
+    let result = match &route {
+        AdminRoute::QueueList(q) => admin.queue_list(q).await,
+        AdminRoute::QueueShow(id) => admin.queue_show(id).await,
+        AdminRoute::QueueRetry(id) => admin.queue_retry(id).await,
+        AdminRoute::QueueDelete(id) => admin.queue_delete(id).await,
+        AdminRoute::LimitsShow(s) => admin.limits_show(s.as_deref()).await,
+        AdminRoute::LimitsReset(s) => admin.limits_reset(s).await,
+    };
+    state.metrics.store_operation(
+        StoreOperation::Admin,
+        started.elapsed(),
+        matches!(result, Err(AdminError::Unavailable(_))),
+    );
+    match result {
+        Ok(value) => respond_json(StatusCode::OK, &value),
+        Err(e @ AdminError::NotFound(_)) => error_json(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e @ AdminError::Invalid(_)) => error_json(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ AdminError::Unavailable(_)) => {
+            error_json(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_only_themselves() {
+        let t = AdminToken::new("correct horse battery".into()).unwrap();
+        assert!(t.matches(b"correct horse battery"));
+        assert!(!t.matches(b"correct horse batterY"));
+        assert!(!t.matches(b"correct horse battery "));
+        assert!(!t.matches(b""));
+        assert!(AdminToken::new("short".into()).is_err());
+        assert_eq!(format!("{t:?}"), "AdminToken(<redacted>)");
+    }
+
+    #[test]
+    fn config_defaults_and_redaction() {
+        let c: HttpConfig = toml::from_str("").unwrap();
+        assert_eq!(c.address.to_string(), "127.0.0.1:9587");
+        assert!(c.admin_token.is_none() && !c.per_user_metrics);
+        assert_eq!(c.per_user_metrics_cap, 1000);
+        assert_eq!(c.readiness_timeout, Duration::from_secs(2));
+        let c: HttpConfig = toml::from_str(
+            "address = \"0.0.0.0:9000\"\nadmin_token = \"0123456789abcdef-secret\"\nper_user_metrics = true\nper_user_metrics_cap = 5\nreadiness_timeout = \"500ms\"",
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("secret"));
+        assert!(c.admin_token().unwrap().is_some());
+        assert_eq!(c.metrics_options().per_user_cap, 5);
+        assert!(toml::from_str::<HttpConfig>("listen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn admin_paths_route_by_method() {
+        let r = |m: Method, p: &str, q: Option<&str>| admin_route(&m, p, q).map_err(|e| e.status());
+        assert_eq!(
+            r(Method::GET, "/admin/queue", None),
+            Ok(AdminRoute::QueueList(QueueQuery { limit: 100 }))
+        );
+        assert_eq!(
+            r(Method::GET, "/admin/queue", Some("limit=5")),
+            Ok(AdminRoute::QueueList(QueueQuery { limit: 5 }))
+        );
+        assert_eq!(
+            r(Method::GET, "/admin/queue", Some("limit=0")),
+            Err(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            r(Method::GET, "/admin/queue/abc", None),
+            Ok(AdminRoute::QueueShow("abc".into()))
+        );
+        assert_eq!(
+            r(Method::DELETE, "/admin/queue/abc", None),
+            Ok(AdminRoute::QueueDelete("abc".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/admin/queue/abc/retry", None),
+            Ok(AdminRoute::QueueRetry("abc".into()))
+        );
+        assert_eq!(
+            r(Method::GET, "/admin/queue/abc/retry", None),
+            Err(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            r(Method::GET, "/admin/limits", None),
+            Ok(AdminRoute::LimitsShow(None))
+        );
+        assert_eq!(
+            r(
+                Method::POST,
+                "/admin/limits/user:alice%40example.com/reset",
+                None
+            ),
+            Ok(AdminRoute::LimitsReset("user:alice@example.com".into()))
+        );
+        assert_eq!(
+            r(Method::GET, "/admin/limits/ip:%2", None),
+            Err(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            r(Method::GET, "/admin/nothing", None),
+            Err(StatusCode::NOT_FOUND)
+        );
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            percent_decode("ip:2001%3Adb8%3A%3A1").as_deref(),
+            Some("ip:2001:db8::1")
+        );
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+    }
+}

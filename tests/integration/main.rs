@@ -2,4 +2,6 @@
 //! Real stores (SQLite files and a real PostgreSQL), real TLS, real clients.
 
 mod common;
+mod ops_deploy;
+mod ops_http;
 mod store_accounts;

@@ -26,12 +26,13 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Secret;
 use crate::metrics::{Metrics, MetricsOptions, StoreOperation};
 use crate::store::HealthStore;
 
@@ -46,15 +47,16 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The `[http]` section of the config.
-#[derive(Clone, Deserialize)]
+/// The `[http]` section of the config. `Debug` and `Serialize` redact the token.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the operations HTTP server; default `127.0.0.1:9587`.
     pub address: SocketAddr,
-    /// Bearer token of the `/admin` endpoints (at least 16 characters);
-    /// none (default) disables them.
-    pub admin_token: Option<String>,
+    /// Bearer token of the `/admin` endpoints (at least 16 characters; a
+    /// secret: inline, `{ env = "VAR" }` or `{ file = "PATH" }`); none
+    /// (default) disables them.
+    pub admin_token: Option<Secret>,
     /// Export per-user series (`postgate_user_*`); default false.
     pub per_user_metrics: bool,
     /// Distinct users with their own series; later users count as `_other`.
@@ -77,21 +79,6 @@ impl Default for HttpConfig {
     }
 }
 
-impl std::fmt::Debug for HttpConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpConfig")
-            .field("address", &self.address)
-            .field(
-                "admin_token",
-                &self.admin_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("per_user_metrics", &self.per_user_metrics)
-            .field("per_user_metrics_cap", &self.per_user_metrics_cap)
-            .field("readiness_timeout", &self.readiness_timeout)
-            .finish()
-    }
-}
-
 impl HttpConfig {
     /// The metric options this section implies.
     pub fn metrics_options(&self) -> MetricsOptions {
@@ -103,7 +90,10 @@ impl HttpConfig {
 
     /// The admin token, checked; `Ok(None)` when none is configured.
     pub fn admin_token(&self) -> Result<Option<AdminToken>, HttpError> {
-        self.admin_token.clone().map(AdminToken::new).transpose()
+        self.admin_token
+            .as_ref()
+            .map(|t| AdminToken::new(t.expose().to_string()))
+            .transpose()
     }
 }
 
@@ -335,6 +325,7 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("secret"));
+        assert!(!toml::to_string(&c).unwrap().contains("secret"));
         assert!(c.admin_token().unwrap().is_some());
         assert_eq!(c.metrics_options().per_user_cap, 5);
         assert!(toml::from_str::<HttpConfig>("listen = \"x\"").is_err());

@@ -466,8 +466,8 @@ fn ops_dockerfile_is_multi_stage_and_non_root() {
     assert!(text.contains("COPY --from=builder"));
     let user = text
         .lines()
-        .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
         .expect("USER");
     assert!(
         !user.starts_with("root") && !user.starts_with("0"),

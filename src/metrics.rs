@@ -26,6 +26,9 @@ use prometheus::{
 };
 
 mod labels;
+mod sampler;
+
+pub use sampler::{run_queue_sampler, QueueStats};
 
 pub use labels::{
     AuthResult, CircuitState, ConnectionRefusal, DeliveryResult, DkimAlgorithm, DkimResult,

@@ -547,3 +547,38 @@ async fn ops_admin_needs_the_bearer_token() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn ops_shutdown_closes_idle_and_keepalive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ts = common::sqlite_store().await;
+    let server = start(HttpState::new(metrics(), ts.store.clone())).await;
+    // One client that never sends a byte, one that keeps its connection alive.
+    let idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut keepalive = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    keepalive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = keepalive.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Both connections were closed by the server.
+    let mut keepalive_rest = Vec::new();
+    keepalive.read_to_end(&mut keepalive_rest).await.unwrap();
+    let mut idle = idle;
+    let mut idle_rest = Vec::new();
+    idle.read_to_end(&mut idle_rest).await.unwrap();
+}

@@ -160,6 +160,28 @@ impl HttpState {
             readiness_timeout: HttpConfig::default().readiness_timeout,
         }
     }
+
+    /// State for the daemon: token and readiness timeout from `config`,
+    /// the admin operations, the upstream check, and the token that marks
+    /// the node as draining. Fails only on a weak admin token.
+    pub fn from_config(
+        config: &HttpConfig,
+        metrics: Arc<Metrics>,
+        health: Arc<dyn HealthStore>,
+        admin: Option<Arc<dyn Admin>>,
+        upstreams: Option<Arc<dyn UpstreamHealth>>,
+        draining: CancellationToken,
+    ) -> Result<HttpState, HttpError> {
+        Ok(HttpState {
+            metrics,
+            health,
+            upstreams,
+            admin,
+            admin_token: config.admin_token()?,
+            draining,
+            readiness_timeout: config.readiness_timeout,
+        })
+    }
 }
 
 /// Serves HTTP on `listener` until `shutdown` is cancelled, then stops

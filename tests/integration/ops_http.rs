@@ -448,8 +448,25 @@ async fn ops_admin_needs_the_bearer_token() {
     server.stop().await;
     assert!(admin.calls.lock().unwrap().is_empty());
 
-    state.admin_token = Some(AdminToken::new(token.to_string()).unwrap());
-    let server = start(state).await;
+    // A weak token is refused at configuration time.
+    let mut config = http::HttpConfig {
+        admin_token: Some(postgate::config::Secret::inline("short")),
+        ..Default::default()
+    };
+    assert!(AdminToken::new("short".to_string()).is_err());
+    let build = |config: &http::HttpConfig| {
+        HttpState::from_config(
+            config,
+            state.metrics.clone(),
+            ts.store.clone(),
+            Some(admin.clone()),
+            None,
+            CancellationToken::new(),
+        )
+    };
+    assert!(build(&config).is_err());
+    config.admin_token = Some(postgate::config::Secret::inline(token));
+    let server = start(build(&config).unwrap()).await;
     let url = |p: &str| format!("http://{}{p}", server.addr);
 
     let r = curl("GET", url("/admin/queue"), None).await;

@@ -9,7 +9,7 @@
 //! | `/admin/queue/{id}` | GET, DELETE | one message; delete it |
 //! | `/admin/queue/{id}/retry` | POST | make it due now |
 //! | `/admin/limits`, `/admin/limits/{subject}` | GET | limiter state |
-//! | `/admin/limits/{subject}/reset` | POST | clear a lockout or quota (`user:NAME`, `ip:ADDR`) |
+//! | `/admin/limits/{subject}/reset` | POST | clear a lockout or quota (subject as `postgate limits reset` takes it: an IP address, a username, `uid:ID`, `cred:ID`) |
 //!
 //! Admin endpoints need `Authorization: Bearer TOKEN` (RFC 6750 §2.1),
 //! compared in constant time; 401 without it or with a wrong one. With no

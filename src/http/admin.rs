@@ -93,7 +93,8 @@ pub trait Admin: Send + Sync {
     /// Removes `id` from the queue without a DSN.
     async fn queue_delete(&self, id: &str) -> Result<Value, AdminError>;
     /// Limiter state: all subjects with active counters or lockouts when
-    /// `subject` is `None`, else that one (`user:NAME` or `ip:ADDR`).
+    /// `subject` is `None`, else that one. Subjects are what `postgate limits
+    /// reset` takes: an IP address, a username, `uid:ID` or `cred:ID`.
     async fn limits_show(&self, subject: Option<&str>) -> Result<Value, AdminError>;
     /// Clears the counters and lockout of `subject`.
     async fn limits_reset(&self, subject: &str) -> Result<Value, AdminError>;

@@ -537,15 +537,10 @@ async fn ops_admin_needs_the_bearer_token() {
             .status,
         405
     );
-    let r = curl(
-        "GET",
-        url("/admin/limits/user:bob%40example.com"),
-        Some(token),
-    )
-    .await;
+    let r = curl("GET", url("/admin/limits/bob%40example.com"), Some(token)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
-        curl("POST", url("/admin/limits/ip:192.0.2.7/reset"), Some(token))
+        curl("POST", url("/admin/limits/2001:db8::7/reset"), Some(token))
             .await
             .status,
         200
@@ -558,8 +553,8 @@ async fn ops_admin_needs_the_bearer_token() {
             "retry 0191aa",
             "delete 0191aa",
             "show ffff",
-            "limits Some(\"user:bob@example.com\")",
-            "reset ip:192.0.2.7"
+            "limits Some(\"bob@example.com\")",
+            "reset 2001:db8::7"
         ]
     );
     server.stop().await;

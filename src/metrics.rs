@@ -25,9 +25,11 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+mod cert;
 mod labels;
 mod sampler;
 
+pub use cert::certificate_not_after;
 pub use sampler::{run_queue_sampler, QueueStats};
 
 pub use labels::{

@@ -55,8 +55,9 @@ pub enum LogFormat {
     #[default]
     Human,
     /// One JSON object per line: `timestamp`, `level`, `target`, the event's
-    /// fields (flattened, with `message`), and `span` / `spans` with the
-    /// fields of the enclosing spans (`session`, `queue_id`).
+    /// fields (flattened, with `message`), `span` (the innermost span's
+    /// fields) and `spans` (every enclosing span, outermost first), so
+    /// `session` and `queue_id` are found even inside nested spans.
     Json,
 }
 
@@ -138,7 +139,7 @@ where
                 .json()
                 .flatten_event(true)
                 .with_current_span(true)
-                .with_span_list(false)
+                .with_span_list(true)
                 .finish(),
         ),
     }
@@ -233,6 +234,8 @@ mod tests {
         assert_eq!(lines[1]["rcpts"], 2);
         assert_eq!(lines[1]["span"]["queue_id"], "0191aa");
         assert_eq!(lines[1]["span"]["session"], "9f1c");
+        assert_eq!(lines[1]["spans"][0]["name"], "session");
+        assert_eq!(lines[1]["spans"][0]["queue_id"], "0191aa");
     }
 
     #[test]

@@ -132,6 +132,7 @@ where
 /// Everything the HTTP server reads. Cheap to clone.
 #[derive(Clone)]
 pub struct HttpState {
+    /// What `/metrics` renders.
     pub metrics: Arc<Metrics>,
     /// The store's readiness (`Arc<dyn Store>` coerces to this).
     pub health: Arc<dyn HealthStore>,
@@ -139,6 +140,7 @@ pub struct HttpState {
     pub upstreams: Option<Arc<dyn UpstreamHealth>>,
     /// Admin operations; `None` (or no token) disables `/admin`.
     pub admin: Option<Arc<dyn Admin>>,
+    /// The bearer token of `/admin`; `None` disables `/admin`.
     pub admin_token: Option<AdminToken>,
     /// Once cancelled, `/readyz` answers 503 `draining` (load balancers
     /// stop sending new sessions) while `/metrics` keeps working.

@@ -43,17 +43,24 @@ pub const OTHER_USER: &str = "_other";
 /// The Prometheus type of a catalogue entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
+    /// Only goes up (name ends in `_total`).
     Counter,
+    /// Goes up and down.
     Gauge,
+    /// Buckets, sum and count of observations.
     Histogram,
 }
 
 /// One declared metric, as data (for docs and the deploy checks).
 #[derive(Debug, Clone)]
 pub struct MetricInfo {
+    /// Full name, e.g. `postgate_auth_attempts_total`.
     pub name: String,
+    /// Counter, gauge or histogram.
     pub kind: MetricKind,
+    /// Label names, in order.
     pub labels: Vec<String>,
+    /// The HELP text.
     pub help: String,
 }
 

@@ -32,11 +32,17 @@ label_enum!(
 label_enum!(
     /// Why a connection was refused at accept (421 4.7.0).
     ConnectionRefusal {
+        /// `smtp.max_connections` reached.
         GlobalCap => "global_cap",
+        /// `smtp.max_connections_per_ip` or a per-IP concurrency limit reached.
         IpCap => "ip_cap",
+        /// Per-IP connection rate exceeded.
         RateLimited => "rate_limited",
+        /// The IP is locked out after failed logins.
         LockedOut => "locked_out",
+        /// Missing, malformed or untrusted PROXY header.
         ProxyHeader => "proxy_header",
+        /// Accepted while draining, answered 421 4.3.2.
         ShuttingDown => "shutting_down",
     }
 );
@@ -44,7 +50,9 @@ label_enum!(
 label_enum!(
     /// SASL mechanism of an AUTH attempt.
     Mechanism {
+        /// RFC 4616.
         Plain => "plain",
+        /// The LOGIN mechanism (draft-murchison-sasl-login).
         Login => "login",
     }
 );
@@ -67,16 +75,27 @@ label_enum!(
     /// Why a message (or a transaction) was refused. A closed list: add a
     /// variant here rather than inventing label values at the call site.
     RejectReason {
+        /// MAIL without AUTH (530 5.7.0).
         AuthRequired => "auth_required",
+        /// MAIL FROM not among the user's permissions (553 5.7.1).
         SenderNotAllowed => "sender_not_allowed",
+        /// Header From not permitted (5xx at end of data).
         FromNotAllowed => "from_not_allowed",
+        /// Past the recipients cap (452 4.5.3).
         TooManyRecipients => "too_many_recipients",
+        /// SIZE or data over the limit (552 5.3.4).
         TooLarge => "too_large",
+        /// Bare CR or LF in DATA (refused by default).
         BareLineEnding => "bare_line_ending",
+        /// A text line over 998 octets.
         LineTooLong => "line_too_long",
+        /// A message or recipient quota (451 4.7.1).
         RateLimited => "rate_limited",
+        /// No DKIM key for the From domain and `require_signature` set.
         SignatureRequired => "signature_required",
+        /// The queue commit failed (451 4.3.0).
         StoreUnavailable => "store_unavailable",
+        /// Any other failure on our side.
         Internal => "internal",
     }
 );
@@ -84,9 +103,13 @@ label_enum!(
 label_enum!(
     /// Who a rate limit applies to.
     LimitScope {
+        /// Per user.
         User => "user",
+        /// Per credential of a user.
         Credential => "credential",
+        /// Per client IP (or IPv6 prefix).
         Ip => "ip",
+        /// A provider throttle of an upstream.
         Upstream => "upstream",
     }
 );
@@ -94,10 +117,15 @@ label_enum!(
 label_enum!(
     /// What a rate limit counts.
     LimitKind {
+        /// Messages per minute, hour or day.
         Messages => "messages",
+        /// Recipients per day.
         Recipients => "recipients",
+        /// Concurrent sessions.
         Sessions => "sessions",
+        /// Connections per minute or concurrent connections.
         Connections => "connections",
+        /// Failed logins in a window (tarpit or lockout).
         AuthFailures => "auth_failures",
     }
 );
@@ -117,7 +145,9 @@ label_enum!(
 label_enum!(
     /// DKIM signing algorithm (RFC 6376, RFC 8463).
     DkimAlgorithm {
+        /// RFC 6376.
         RsaSha256 => "rsa-sha256",
+        /// RFC 8463.
         Ed25519Sha256 => "ed25519-sha256",
     }
 );
@@ -125,7 +155,9 @@ label_enum!(
 label_enum!(
     /// Outcome of one DKIM signature.
     DkimResult {
+        /// A signature was added.
         Signed => "signed",
+        /// Signing failed (the message is relayed or refused per policy).
         Failed => "failed",
     }
 );
@@ -133,16 +165,27 @@ label_enum!(
 label_enum!(
     /// The store operation being timed (label `operation`).
     StoreOperation {
+        /// `QueueStore::enqueue`, on the path to 250.
         Enqueue => "enqueue",
+        /// Claiming due recipients with a lease.
         Claim => "claim",
+        /// Recording delivery outcomes.
         RecordOutcome => "record_outcome",
+        /// `AccountStore::login_lookup` at AUTH.
         LoginLookup => "login_lookup",
+        /// `AccountStore::credential_used` after a login.
         CredentialUsed => "credential_used",
+        /// Shared limit counters.
         Limits => "limits",
+        /// Loading DKIM keys.
         Dkim => "dkim",
+        /// Admin requests over HTTP.
         Admin => "admin",
+        /// `HealthStore::check_ready` (`/readyz`).
         Health => "health",
+        /// The queue sampler.
         QueueStats => "queue_stats",
+        /// Expiring leases, old log rows and counters.
         Cleanup => "cleanup",
     }
 );

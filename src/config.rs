@@ -228,6 +228,8 @@ impl StoreConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub http: crate::http::HttpConfig,
+    pub log: crate::logging::LogConfig,
 }
 
 impl Config {
@@ -288,6 +290,9 @@ impl Config {
                 "store.max_connections",
                 "must be at least 1".into(),
             ));
+        }
+        if let Err(e) = self.http.admin_token() {
+            return Err(invalid("http.admin_token", e.to_string()));
         }
         if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
             return Err(invalid(

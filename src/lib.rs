@@ -6,6 +6,8 @@
 //! - [`password`]: password hashing and verification (argon2id, imports);
 //! - [`policy`]: sender permissions (PURE).
 
+pub mod dkim;
+pub mod fixups;
 pub mod password;
 pub mod policy;
 pub mod store;

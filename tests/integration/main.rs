@@ -2,5 +2,7 @@
 //! Real stores (SQLite files and a real PostgreSQL), real TLS, real clients.
 
 mod common;
+mod dkim_sign;
 mod dkim_store;
+mod dkim_verify;
 mod store_accounts;

@@ -54,6 +54,15 @@ pub enum DkimError {
     Sign(String),
 }
 
+impl DkimError {
+    /// Whether the message itself is at fault (reply 5xx: no key under
+    /// `require_signature`, unusable header From) rather than the system
+    /// (store, key or signing failure: reply 4xx, the client retries).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, DkimError::NoKey { .. } | DkimError::Header(_))
+    }
+}
+
 /// What to do with a header From the login may not use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -79,8 +88,8 @@ pub struct DkimConfig {
     /// Signature lifetime, sets `x=` (RFC 6376 §3.5), e.g. "7d". Default none.
     #[serde(with = "humantime_serde")]
     pub expiry: Option<Duration>,
-    /// Refuse (5.7.1... see `DkimError::NoKey`) a message whose From domain has
-    /// no active key, instead of relaying it unsigned. Default false.
+    /// Refuse a message whose From domain has no active key
+    /// ([`DkimError::NoKey`]) instead of relaying it unsigned. Default false.
     pub require_signature: bool,
     /// Header From policy: "enforce" (default) or "off".
     pub header_from: HeaderFromPolicy,

@@ -5,6 +5,14 @@
 //! domain; [`Signer::reload`] swaps in a fresh set (call it periodically and
 //! on SIGHUP). [`Signer::sign`] picks the keys by the header From domain and
 //! returns the `DKIM-Signature` fields to prepend, one per active key.
+//!
+//! At end of DATA, intake does, in this order:
+//! 1. with `header_from = "enforce"`: [`crate::fixups::check_header_from`]
+//!    against the login's sender patterns (refuse 550 5.7.1 with its message);
+//! 2. [`crate::fixups::apply`] (Received, Date, Message-ID, removals);
+//! 3. `signer.sign(fixed.clone())` on the fixed-up bytes, then
+//!    [`Signatures::prepend_to`]: the result is what the queue stores
+//!    (RFC 6376 §5: sign last, after every change to the header block).
 
 mod cli;
 pub mod key;

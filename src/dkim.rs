@@ -268,11 +268,17 @@ impl Signer {
     /// The domain whose keys sign mail from `from_domain`, if any: the domain
     /// itself, or with `parent_domain_fallback` its nearest parent with keys.
     pub fn signing_domain(&self, from_domain: &str) -> Option<String> {
+        self.pick(from_domain).map(|(d, _)| d)
+    }
+
+    /// The signing domain and its keys, from one snapshot of the key set
+    /// (a concurrent reload cannot leave a domain without keys).
+    fn pick(&self, from_domain: &str) -> Option<(String, Vec<Arc<LoadedKey>>)> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut d = from_domain.trim_end_matches('.').to_ascii_lowercase();
         loop {
-            if keys.contains_key(&d) {
-                return Some(d);
+            if let Some(k) = keys.get(&d) {
+                return Some((d, k.clone()));
             }
             if !self.config.parent_domain_fallback {
                 return None;
@@ -300,17 +306,13 @@ impl Signer {
             .and_then(|a| a.rsplit_once('@'))
             .map(|(_, d)| d.to_ascii_lowercase())
             .unwrap_or_default();
-        let Some(domain) = self.signing_domain(&from_domain) else {
+        let Some((domain, keys)) = self.pick(&from_domain) else {
             if self.config.require_signature {
                 return Err(DkimError::NoKey {
                     domain: from_domain,
                 });
             }
             return Ok(Signatures::default());
-        };
-        let keys = {
-            let map = self.keys.read().unwrap_or_else(|e| e.into_inner());
-            map.get(&domain).cloned().unwrap_or_default()
         };
         let headers = headers_to_sign(&message)?;
         let expiry = self.config.expiry.map(|d| d.as_secs()).unwrap_or(0);

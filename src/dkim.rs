@@ -293,14 +293,21 @@ impl Signer {
 
     /// Signs `message` (final bytes: fixups applied) with every active key
     /// of the header From domain (the first From address if several).
-    /// Unsigned result (`domain: None`) when signing is disabled or no key
-    /// matches and `require_signature` is off; `NoKey` when it is on.
+    /// Unsigned result (`domain: None`) when signing is disabled, or no key
+    /// matches or the header From is unusable (none, several, malformed) and
+    /// `require_signature` is off; `NoKey` / `Header` when it is on.
     /// RSA signing runs on the blocking pool.
     pub async fn sign(&self, message: bytes::Bytes) -> Result<Signatures, DkimError> {
         if !self.config.enabled {
             return Ok(Signatures::default());
         }
-        let from = fixups::header_from_addresses(&message)?;
+        // No usable From: nothing to pick a key by. Refused only when a
+        // signature is required (header_from = "enforce" refuses earlier).
+        let from = match fixups::header_from_addresses(&message) {
+            Ok(from) => from,
+            Err(e) if self.config.require_signature => return Err(e.into()),
+            Err(_) => return Ok(Signatures::default()),
+        };
         let from_domain = from
             .first()
             .and_then(|a| a.rsplit_once('@'))

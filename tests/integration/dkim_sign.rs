@@ -259,12 +259,14 @@ async fn keys_are_picked_by_header_from_domain_with_optional_parent_fallback() {
         matches!(&err, DkimError::NoKey { domain } if domain == "mail.example.com"),
         "{err}"
     );
-    // No From at all: an error, not a silent unsigned message.
-    let err = strict
-        .sign(b"Subject: x\r\n\r\n".to_vec().into())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, DkimError::Header(_)), "{err}");
+    // No From at all: refused when a signature is required, else unsigned.
+    let no_from = bytes::Bytes::from_static(b"Subject: x\r\n\r\n");
+    let err = required.sign(no_from.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, DkimError::Header(_)) && err.is_permanent(),
+        "{err}"
+    );
+    assert_eq!(strict.sign(no_from).await.unwrap().domain, None);
     // Signing disabled: nothing added.
     let off = Signer::new(
         t.store.clone(),

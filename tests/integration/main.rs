@@ -6,4 +6,6 @@ mod common;
 mod dkim_sign;
 mod dkim_store;
 mod dkim_verify;
+mod ops_deploy;
+mod ops_http;
 mod store_accounts;

@@ -8,6 +8,8 @@
 
 pub mod accounts;
 pub mod config;
+pub mod dkim;
+pub mod fixups;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -3,6 +3,9 @@
 
 mod cli_accounts;
 mod common;
+mod dkim_sign;
+mod dkim_store;
+mod dkim_verify;
 mod ops_deploy;
 mod ops_http;
 mod store_accounts;

@@ -26,7 +26,7 @@ use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::{Canonicalization, DkimSigner};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::fixups::{self, FixupError};
 use crate::store::{DkimAlgorithm, DkimSigningKey, Store, StoreError};
@@ -72,7 +72,7 @@ impl DkimError {
 }
 
 /// What to do with a header From the login may not use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HeaderFromPolicy {
     /// Refuse the message (5.7.1) unless a sender permission of the login
@@ -84,7 +84,7 @@ pub enum HeaderFromPolicy {
 }
 
 /// The `[dkim]` config section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DkimConfig {
     /// Sign at all (default true). Off: messages are relayed unsigned.

@@ -8,7 +8,7 @@ mod address;
 
 use std::net::IpAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use address::parse_address_list;
 
@@ -42,7 +42,7 @@ pub enum FromPolicyError {
 }
 
 /// The `[fixups]` config section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FixupsConfig {
     /// The Received field postgate adds.
@@ -58,7 +58,7 @@ pub struct FixupsConfig {
 }
 
 /// The `[fixups.received]` config sub-section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReceivedConfig {
     /// Leave the client's HELO name, IP address and host name out of the

@@ -9,7 +9,12 @@
 pub mod accounts;
 pub mod auth;
 pub mod config;
+pub mod dkim;
+pub mod fixups;
+pub mod http;
 pub mod intake;
+pub mod logging;
+pub mod metrics;
 pub mod password;
 pub mod policy;
 pub mod smtp;

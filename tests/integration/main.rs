@@ -3,6 +3,11 @@
 
 mod cli_accounts;
 mod common;
+mod dkim_sign;
+mod dkim_store;
+mod dkim_verify;
+mod ops_deploy;
+mod ops_http;
 mod smtp_auth;
 mod smtp_clients;
 #[path = "common/smtp.rs"]

@@ -99,10 +99,18 @@ impl StoreIntake {
         StoreIntake { store, lifetime }
     }
 
-    /// The bytes stored and delivered. THE place where header fixups
-    /// (Received, Message-ID, Date; RFC 6409 §8) and DKIM signing are
-    /// applied, once, before enqueue. Today: the body as received.
-    pub fn final_body(&self, submission: &Submission) -> Result<Bytes, IntakeError> {
+    /// The bytes stored and delivered for `submission`, queued as
+    /// `queue_id` at `received_at` (Unix ms). THE place where header
+    /// fixups (Received, Message-ID, Date; RFC 6409 §8), the header From
+    /// check ([`IntakeError::Rejected`]) and DKIM signing are applied, once,
+    /// before enqueue. Today: the body as received.
+    pub async fn final_body(
+        &self,
+        submission: &Submission,
+        queue_id: &str,
+        received_at: i64,
+    ) -> Result<Bytes, IntakeError> {
+        let _ = (queue_id, received_at);
         Ok(submission.body.clone())
     }
 }
@@ -117,10 +125,11 @@ fn now_ms() -> i64 {
 #[async_trait]
 impl Intake for StoreIntake {
     async fn submit(&self, submission: Submission) -> Result<String, IntakeError> {
-        let body = self.final_body(&submission)?;
+        let id = store::new_queue_id();
         let received_at = now_ms();
+        let body = self.final_body(&submission, &id, received_at).await?;
         let message = NewMessage {
-            id: store::new_queue_id(),
+            id,
             sender: submission.sender,
             recipients: submission.recipients,
             user_id: Some(submission.identity.user_id),

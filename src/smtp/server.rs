@@ -267,16 +267,7 @@ impl Server {
         }
         let ip = client.ip();
         tracing::info!(session = %id, client = %client, peer = %peer, listener = %cfg.address, "connect");
-        if !self.conns.acquire_ip(&mut slot, ip) {
-            tracing::info!(session = %id, client = %ip, "per-IP connection cap reached");
-            refuse(&mut tcp, implicit, &Reply::too_many_connections()).await;
-            return;
-        }
-        if let Err(refusal) = self.ports.limits.connection(ip).await {
-            tracing::info!(session = %id, client = %ip, reason = %refusal.reason, "connection rate-limited");
-            refuse(&mut tcp, implicit, &Reply::connection_limited(&refusal)).await;
-            return;
-        }
+        let refusal = self.admission(&id, &mut slot, ip).await;
         let settings = Arc::new(SessionSettings {
             hostname: self.hostname.clone(),
             max_message_size: self.config.max_message_size,
@@ -297,11 +288,22 @@ impl Server {
             let Some((mut stream, info)) = self.handshake(&id, tls, tcp).await else {
                 return;
             };
+            // RFC 8314 §3.3: on implicit TLS, even a refusal is sent in TLS.
+            if let Some(reply) = refusal {
+                let mut out = reply.to_wire().into_bytes();
+                write_out(&mut stream, &mut out, Duration::from_secs(5)).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
             let mut session = Session::new(id, settings, self.ports.clone(), ip, Some(info));
             let greeting = session.greeting();
             drive(&mut stream, &mut session, &mut inbuf, Some(greeting), &ctx).await;
             let _ = stream.shutdown().await;
             tracing::info!(session = %session.id(), "disconnect");
+            return;
+        }
+        if let Some(reply) = refusal {
+            refuse(&mut tcp, false, &reply).await;
             return;
         }
         let mut session = Session::new(id.clone(), settings, self.ports.clone(), ip, None);
@@ -322,6 +324,20 @@ impl Server {
             }
         }
         tracing::info!(session = %id, "disconnect");
+    }
+
+    /// Per-IP cap and connection rate limit for the real client `ip`:
+    /// `Some(refusal)` to send before closing.
+    async fn admission(&self, id: &str, slot: &mut Slot, ip: IpAddr) -> Option<Reply> {
+        if !self.conns.acquire_ip(slot, ip) {
+            tracing::info!(session = %id, client = %ip, "per-IP connection cap reached");
+            return Some(Reply::too_many_connections());
+        }
+        if let Err(refusal) = self.ports.limits.connection(ip).await {
+            tracing::info!(session = %id, client = %ip, reason = %refusal.reason, "connection rate-limited");
+            return Some(Reply::connection_limited(&refusal));
+        }
+        None
     }
 
     async fn handshake(

@@ -339,3 +339,145 @@ async fn shutdown_tells_idle_sessions_421_4_3_2() {
         let _ = tokio::time::timeout(Duration::from_secs(10), srv.handle).await;
     }
 }
+
+/// Limits refusing according to flags, to check where each refusal lands.
+#[derive(Default)]
+struct Flaky {
+    connection: bool,
+    auth: bool,
+    tarpit: Duration,
+    session: bool,
+    message: bool,
+}
+
+fn refusal(reason: &str) -> postgate::smtp::ports::LimitRefusal {
+    postgate::smtp::ports::LimitRefusal {
+        retry_after: Duration::from_secs(42),
+        reason: reason.into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl postgate::smtp::ports::SessionLimits for Flaky {
+    async fn connection(
+        &self,
+        _ip: std::net::IpAddr,
+    ) -> Result<(), postgate::smtp::ports::LimitRefusal> {
+        if self.connection {
+            return Err(refusal("connection rate exceeded"));
+        }
+        Ok(())
+    }
+    async fn auth_allowed(
+        &self,
+        _ip: std::net::IpAddr,
+        _u: &str,
+    ) -> Result<Duration, postgate::smtp::ports::LimitRefusal> {
+        if self.auth {
+            return Err(refusal("too many failed logins"));
+        }
+        Ok(self.tarpit)
+    }
+    async fn auth_result(&self, _ip: std::net::IpAddr, _u: &str, _ok: bool) {}
+    async fn session_start(
+        &self,
+        _i: &postgate::auth::Identity,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, postgate::smtp::ports::LimitRefusal> {
+        if self.session {
+            return Err(refusal("too many concurrent sessions"));
+        }
+        Ok(Box::new(()))
+    }
+    async fn message(
+        &self,
+        _i: &postgate::auth::Identity,
+        _n: u32,
+    ) -> Result<(), postgate::smtp::ports::LimitRefusal> {
+        if self.message {
+            return Err(refusal("message rate exceeded"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn limit_refusals_reach_the_client_with_their_codes() {
+    use std::sync::Arc;
+    let cases: [(Flaky, &str); 4] = [
+        (
+            Flaky {
+                connection: true,
+                ..Default::default()
+            },
+            "connection",
+        ),
+        (
+            Flaky {
+                auth: true,
+                ..Default::default()
+            },
+            "auth",
+        ),
+        (
+            Flaky {
+                session: true,
+                ..Default::default()
+            },
+            "session",
+        ),
+        (
+            Flaky {
+                message: true,
+                ..Default::default()
+            },
+            "message",
+        ),
+    ];
+    for (limits, which) in cases {
+        let db = crate::common::sqlite_store().await;
+        let srv = h::start_with_limits(&db, Arc::new(limits), |_| {}).await;
+        let (mut c, greeting) = Raw::connect_tls(srv.implicit(), &srv).await;
+        if which == "connection" {
+            expect(&greeting, 421, "4.7.0");
+            assert!(greeting.text.contains("try again in 42 s"), "{greeting:?}");
+            assert!(c.closed(Duration::from_secs(2)).await);
+            srv.stop().await;
+            continue;
+        }
+        c.cmd("EHLO client.test").await;
+        let auth = c.login().await;
+        match which {
+            "auth" => expect(&auth, 454, "4.7.0"),
+            "session" => {
+                expect(&auth, 421, "4.7.0");
+                assert!(c.closed(Duration::from_secs(2)).await);
+            }
+            _ => {
+                expect(&auth, 235, "2.7.0");
+                c.cmd("MAIL FROM:<bob@example.com>").await;
+                c.cmd("RCPT TO:<x@dest.example>").await;
+                let r = c.cmd("DATA").await;
+                expect(&r, 451, "4.7.1");
+                assert!(r.text.contains("message rate exceeded, try again in 42 s"));
+            }
+        }
+        srv.stop().await;
+    }
+    // Tarpit: the reply to AUTH waits for the delay the limits ask for.
+    let db = crate::common::sqlite_store().await;
+    let tarpit = Flaky {
+        tarpit: Duration::from_millis(600),
+        ..Default::default()
+    };
+    let srv = h::start_with_limits(&db, Arc::new(tarpit), |_| {}).await;
+    let (mut c, _) = Raw::connect_tls(srv.implicit(), &srv).await;
+    c.cmd("EHLO client.test").await;
+    let t = std::time::Instant::now();
+    expect(&c.login().await, 235, "2.7.0");
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+    srv.stop().await;
+}

@@ -262,6 +262,7 @@ async fn idle_client_gets_421_4_4_2_and_error_cap_closes() {
     for ts in all_stores().await {
         let srv = h::start(&ts, |c| {
             c.command_timeout = Duration::from_millis(500);
+            c.data_timeout = Duration::from_millis(500);
             c.max_errors = 3;
         })
         .await;
@@ -272,6 +273,21 @@ async fn idle_client_gets_421_4_4_2_and_error_cap_closes() {
             .expect("421 on idle");
         expect(&r, 421, "4.4.2");
         assert!(c.closed(Duration::from_secs(2)).await);
+
+        // Stalled in the middle of DATA: the data timeout applies.
+        let (mut c, _) = Raw::connect_tls(srv.implicit(), &srv).await;
+        c.cmd("EHLO client.test").await;
+        c.login().await;
+        c.cmd("MAIL FROM:<bob@example.com>").await;
+        c.cmd("RCPT TO:<x@dest.example>").await;
+        expect(&c.cmd("DATA").await, 354, "2.0.0");
+        c.send(b"Subject: half a message\r\n").await;
+        let r = c
+            .try_reply(Duration::from_secs(5))
+            .await
+            .expect("421 in DATA");
+        expect(&r, 421, "4.4.2");
+        assert!(h::queued(&srv).await.is_empty());
 
         let (mut c, _) = Raw::connect(srv.starttls(), &srv).await;
         for _ in 0..3 {
@@ -319,6 +335,15 @@ async fn connection_caps_and_proxy_header_from_trusted_peer() {
             assert_eq!(line.starts_with("421 4.7.0"), !ok, "{src}: {line}");
             conns.push(tcp);
         }
+        srv.stop().await;
+
+        // The global cap counts every listener.
+        let srv = h::start(&ts, |c| c.max_connections = 1).await;
+        let (_keep, g) = Raw::connect(srv.starttls(), &srv).await;
+        assert_eq!(g.code, 220);
+        let (mut over, g) = Raw::connect(srv.plain(), &srv).await;
+        expect(&g, 421, "4.7.0");
+        assert!(over.closed(Duration::from_secs(2)).await);
         srv.stop().await;
     }
 }

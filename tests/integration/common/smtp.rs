@@ -83,11 +83,16 @@ impl Certs {
     }
 }
 
-/// Creates user `bob` (one credential) allowed to send as `@example.com`.
+/// Creates user `bob` (one credential) allowed to send as `@example.com`,
+/// unless it exists already (a second server on the same store).
 pub async fn add_user(store: &dyn Store) {
+    use postgate::store::StoreError;
     let hash = password::hash(PASSWORD, &cheap()).unwrap();
-    store.user_add(USER, "default", &hash).await.unwrap();
-    store.sender_allow(USER, "@example.com").await.unwrap();
+    match store.user_add(USER, "default", &hash).await {
+        Ok(()) => store.sender_allow(USER, "@example.com").await.unwrap(),
+        Err(StoreError::Conflict(_)) => {}
+        Err(e) => panic!("add user: {e}"),
+    }
 }
 
 /// A running server. Listeners, in order: starttls, implicit-tls, plain

@@ -87,31 +87,134 @@ pub trait Intake: Send + Sync {
     async fn submit(&self, submission: Submission) -> Result<String, IntakeError>;
 }
 
-/// The real intake: final body, then one `store.enqueue`.
+/// How accepted messages are changed before they are stored: the header
+/// From policy, RFC 6409 §8 fixups and DKIM signing, in that order.
+pub struct MessageProcessing {
+    /// Our host name (Received `by`, Message-ID right side).
+    pub hostname: String,
+    /// Header From must be a permitted sender of the login (`dkim.header_from = "enforce"`).
+    pub enforce_header_from: bool,
+    pub fixups: crate::fixups::FixupsConfig,
+    /// `None` when signing is off (`dkim.enabled = false`).
+    pub signer: Option<Arc<crate::dkim::Signer>>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// The production [`Intake`]: processes the message (see
+/// [`MessageProcessing`]) and commits it to the store's queue.
 pub struct StoreIntake {
     store: Arc<dyn Store>,
     lifetime: Duration,
+    processing: Option<MessageProcessing>,
 }
 
 impl StoreIntake {
-    /// Intake into `store`; messages expire `lifetime` after they were received.
+    /// Stores bodies unchanged; messages expire `lifetime` after acceptance.
     pub fn new(store: Arc<dyn Store>, lifetime: Duration) -> Self {
-        StoreIntake { store, lifetime }
+        StoreIntake {
+            store,
+            lifetime,
+            processing: None,
+        }
     }
 
-    /// The bytes stored and delivered for `submission`, queued as
-    /// `queue_id` at `received_at` (Unix ms). THE place where header
-    /// fixups (Received, Message-ID, Date; RFC 6409 §8), the header From
-    /// check ([`IntakeError::Rejected`]) and DKIM signing are applied, once,
-    /// before enqueue. Today: the body as received.
+    /// Adds header policy, fixups and signing before the commit.
+    pub fn with_processing(mut self, processing: MessageProcessing) -> Self {
+        self.processing = Some(processing);
+        self
+    }
+
+    /// The bytes to store (and later deliver) for `submission`: the one
+    /// place where the message is changed. Refusals are 5xx replies naming
+    /// the rule; a signing failure of the system is 451 (the client retries).
     pub async fn final_body(
         &self,
         submission: &Submission,
         queue_id: &str,
         received_at: i64,
     ) -> Result<Bytes, IntakeError> {
-        let _ = (queue_id, received_at);
-        Ok(submission.body.clone())
+        let Some(p) = &self.processing else {
+            return Ok(submission.body.clone());
+        };
+        let rejected = |code: u16, enhanced: &str, text: String| IntakeError::Rejected {
+            code,
+            enhanced: enhanced.to_string(),
+            text,
+        };
+        if p.enforce_header_from {
+            crate::fixups::check_header_from(&submission.body, &submission.identity.senders)
+                .map_err(|e| rejected(550, "5.7.1", e.to_string()))?;
+        }
+        let recipients: Vec<String> = submission
+            .recipients
+            .iter()
+            .map(|r| r.address.clone())
+            .collect();
+        let ctx = crate::fixups::FixupContext {
+            hostname: &p.hostname,
+            now_ms: received_at,
+            queue_id,
+            authenticated: true,
+            tls: submission
+                .client
+                .tls
+                .as_ref()
+                .map(|t| crate::fixups::TlsInfo {
+                    version: &t.protocol,
+                    cipher: &t.cipher,
+                }),
+            smtputf8: submission.smtputf8,
+            helo: Some(&submission.client.helo),
+            client_ip: Some(submission.client.ip),
+            client_host: None,
+            recipients: &recipients,
+            config: &p.fixups,
+        };
+        let fixed = Bytes::from(
+            crate::fixups::apply(&submission.body, &ctx)
+                .map_err(|e| rejected(550, "5.6.0", e.to_string()))?,
+        );
+        let Some(signer) = &p.signer else {
+            return Ok(fixed);
+        };
+        match signer.sign(fixed.clone()).await {
+            Ok(sigs) => {
+                if let Some(m) = &p.metrics {
+                    use crate::metrics::{DkimAlgorithm, DkimResult};
+                    if sigs.headers.is_empty() {
+                        m.dkim_unsigned();
+                    }
+                    for sel in &sigs.selectors {
+                        let alg = if sel.contains("ed25519") {
+                            DkimAlgorithm::Ed25519Sha256
+                        } else {
+                            DkimAlgorithm::RsaSha256
+                        };
+                        m.dkim_signature(alg, DkimResult::Signed);
+                    }
+                }
+                if sigs.headers.is_empty() {
+                    Ok(fixed)
+                } else {
+                    Ok(Bytes::from(sigs.prepend_to(&fixed)))
+                }
+            }
+            Err(e) if e.is_permanent() => Err(rejected(550, "5.7.1", e.to_string())),
+            Err(e) => {
+                if let Some(m) = &p.metrics {
+                    m.dkim_signature(
+                        crate::metrics::DkimAlgorithm::RsaSha256,
+                        crate::metrics::DkimResult::Failed,
+                    );
+                }
+                tracing::error!(queue_id, error = %e, "DKIM signing failed");
+                Err(rejected(
+                    451,
+                    "4.3.0",
+                    "cannot sign the message now, try again later".into(),
+                ))
+            }
+        }
     }
 }
 

@@ -17,6 +17,8 @@ pub mod logging;
 pub mod metrics;
 pub mod password;
 pub mod policy;
+pub mod quickstart;
+pub mod run;
 pub mod smtp;
 pub mod store;
 pub mod tls;

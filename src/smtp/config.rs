@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// How a listener speaks TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ListenerMode {
     /// Submission (RFC 6409), plain text until STARTTLS (RFC 3207). Port 587.
@@ -19,7 +19,7 @@ pub enum ListenerMode {
 }
 
 /// One `[[smtp.listener]]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Address and port to bind, e.g. `"0.0.0.0:587"` or `"[::]:465"`.
@@ -51,7 +51,7 @@ pub enum SmtpConfigError {
 }
 
 /// `[smtp]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// Listeners (`[[smtp.listener]]`). Default: `0.0.0.0:587` starttls and

@@ -8,11 +8,13 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use crate::metrics::{Metrics, StoreOperation};
 use crate::password::{self, HashParams, Verification};
 use crate::smtp::ports::{AuthOutcome, Authenticator};
 use crate::store::{self, LimitOverrides, LoginCredential, Store};
@@ -81,6 +83,7 @@ pub struct StoreAuthenticator {
     params: HashParams,
     dummy: Arc<str>,
     verifications: Arc<Semaphore>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl StoreAuthenticator {
@@ -94,7 +97,21 @@ impl StoreAuthenticator {
             params: config.hash,
             dummy: password::dummy_hash(&config.hash)?.into(),
             verifications: Arc::new(Semaphore::new(config.max_concurrent_verifications)),
+            metrics: None,
         })
+    }
+
+    /// Times the store operations of each login (`login_lookup`,
+    /// `credential_used`) into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn timed(&self, operation: StoreOperation, started: Instant, failed: bool) {
+        if let Some(m) = &self.metrics {
+            m.store_operation(operation, started.elapsed(), failed);
+        }
     }
 
     /// Verifies `password` against each hash (or the dummy hash when there
@@ -136,7 +153,12 @@ fn now_ms() -> i64 {
 impl Authenticator for StoreAuthenticator {
     async fn authenticate(&self, username: &str, password: &str, _ip: IpAddr) -> AuthOutcome {
         let record = match store::normalize_username(username) {
-            Ok(name) => match self.store.login_lookup(&name).await {
+            Ok(name) => match {
+                let started = Instant::now();
+                let r = self.store.login_lookup(&name).await;
+                self.timed(StoreOperation::LoginLookup, started, r.is_err());
+                r
+            } {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "login lookup failed");
@@ -170,11 +192,13 @@ impl Authenticator for StoreAuthenticator {
         } else {
             None
         };
-        if let Err(e) = self
+        let started = Instant::now();
+        let used = self
             .store
             .credential_used(credential.id, now_ms(), upgraded.as_deref())
-            .await
-        {
+            .await;
+        self.timed(StoreOperation::CredentialUsed, started, used.is_err());
+        if let Err(e) = used {
             // The login itself is valid; only the bookkeeping failed.
             tracing::warn!(error = %e, "recording credential use failed");
         }

@@ -111,10 +111,10 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             metrics: Some(metrics.clone()),
         });
     let ports = crate::smtp::session::Ports {
-        authenticator: Arc::new(crate::auth::StoreAuthenticator::new(
-            store.clone(),
-            &config.auth,
-        )?),
+        authenticator: Arc::new(
+            crate::auth::StoreAuthenticator::new(store.clone(), &config.auth)?
+                .with_metrics(metrics.clone()),
+        ),
         intake: Arc::new(intake),
         limits: Arc::new(crate::smtp::ports::NoLimits),
     };
@@ -124,7 +124,8 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         tls.clone(),
         ports,
         config.server.shutdown_grace,
-    )?;
+    )?
+    .with_metrics(metrics.clone());
 
     let draining = CancellationToken::new();
     let http_shutdown = CancellationToken::new();

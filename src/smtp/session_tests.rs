@@ -84,6 +84,7 @@ fn settings() -> SessionSettings {
         starttls_available: true,
         auth_without_tls: false,
         normalize_line_endings: false,
+        metrics: SessionMetrics::default(),
     }
 }
 

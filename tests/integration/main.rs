@@ -6,6 +6,7 @@ mod common;
 mod dkim_sign;
 mod dkim_store;
 mod dkim_verify;
+mod e2e_metrics;
 mod ops_deploy;
 mod ops_http;
 mod smtp_auth;

@@ -1,0 +1,379 @@
+//! A whole node (`postgate::run::run`, config as an operator writes it) on
+//! each store backend, driven by a real client (Python smtplib over
+//! STARTTLS) and read by a real scraper (curl on /metrics, then Prometheus'
+//! own `promtool check metrics`): each SMTP event moves exactly its counter.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use postgate::config::Config;
+use postgate::run::{Bound, Control};
+use postgate::smtp::server::Server;
+use tokio::net::TcpListener;
+
+use crate::common;
+
+const USER: &str = "carol";
+const PASSWORD: &str = "metrics are counted once";
+/// The listener's name in the metrics: its configured address.
+const LISTENER: &str = "127.0.0.1:0";
+
+/// One STARTTLS session: a failed AUTH, a good AUTH, one good message, one
+/// message with a header From the user may not use, one refused envelope
+/// sender. Then a second connection whose TLS handshake is garbage.
+const PY: &str = r#"
+import os, smtplib, socket, ssl
+port = int(os.environ["PORT"])
+ctx = ssl.create_default_context(cafile=os.environ["CA"])
+s = smtplib.SMTP("127.0.0.1", port, timeout=30)
+s.starttls(context=ctx)
+s.ehlo("client.test")
+s.user, s.password = os.environ["USER_"], "wrong password"
+try:
+    s.auth("PLAIN", s.auth_plain)
+    raise SystemExit("wrong password accepted")
+except smtplib.SMTPAuthenticationError as e:
+    assert e.smtp_code == 535, e
+s.user, s.password = os.environ["USER_"], os.environ["PASS"]
+code, resp = s.auth("PLAIN", s.auth_plain)
+assert code == 235, (code, resp)
+good = b"From: carol@example.com\r\nTo: x@dest.example\r\nSubject: counted\r\n\r\nhello\r\n"
+assert s.sendmail("carol@example.com", ["x@dest.example", "y@dest.example"], good) == {}
+bad_from = b"From: eve@other.example\r\nTo: x@dest.example\r\nSubject: spoof\r\n\r\nhi\r\n"
+try:
+    s.sendmail("carol@example.com", ["x@dest.example"], bad_from)
+    raise SystemExit("foreign header From accepted")
+except smtplib.SMTPDataError as e:
+    assert e.smtp_code == 550, e
+code, resp = s.mail("eve@other.example")
+assert code == 553, (code, resp)
+s.rset()
+s.quit()
+
+t = socket.create_connection(("127.0.0.1", port), timeout=30)
+f = t.makefile("rb")
+assert f.readline().startswith(b"220")
+t.sendall(b"EHLO client.test\r\n")
+while True:
+    line = f.readline()
+    assert line.startswith(b"250"), line
+    if line[3:4] == b" ":
+        break
+t.sendall(b"STARTTLS\r\n")
+assert f.readline().startswith(b"220")
+t.sendall(b"this is not a TLS ClientHello\r\n" * 8)
+try:
+    while t.recv(4096):
+        pass
+except OSError:
+    pass
+t.close()
+"#;
+
+/// Runs the client script against `port`, trusting `ca`.
+async fn client(port: u16, ca: String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("timeout")
+            .args(["60", "python3", "-c", PY])
+            .env("PORT", port.to_string())
+            .env("CA", ca)
+            .env("USER_", USER)
+            .env("PASS", PASSWORD)
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "smtplib script failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await
+    .unwrap();
+}
+
+/// GET /metrics with curl: the body (status must be 200).
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+            .arg(format!("http://{addr}/metrics"))
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "curl failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        assert_eq!(status, "200", "{body}");
+        body.to_string()
+    })
+    .await
+    .unwrap()
+}
+
+/// The value of the series written exactly as `series` (name and labels).
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The sum of every series of metric `name` whose labels contain `filter`.
+fn total(body: &str, name: &str, filter: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            (rest.is_empty() || rest.starts_with('{')).then_some(())?;
+            rest.contains(filter).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+fn promtool_accepts(body: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by tests/run.sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The config of the node, as TOML (cheap argon2 so the test is fast).
+fn config(store_url: &str, dir: &std::path::Path) -> Config {
+    let d = dir.display();
+    let text = format!(
+        r#"
+[server]
+hostname = "relay.test"
+shutdown_grace = "2s"
+
+[store]
+url = "{store_url}"
+
+[tls]
+cert = "{d}/cert.pem"
+key = "{d}/key.pem"
+
+[[smtp.listener]]
+address = "{LISTENER}"
+mode = "starttls"
+
+[auth]
+max_concurrent_verifications = 2
+
+[auth.hash]
+memory_kib = 1024
+iterations = 1
+parallelism = 1
+
+[http]
+address = "127.0.0.1:0"
+"#
+    );
+    Config::parse(&text, "e2e_metrics.toml").expect("valid config")
+}
+
+async fn scenario(store_url: String, backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        postgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key).unwrap();
+    let config = config(&store_url, dir.path());
+
+    let store = postgate::store::open_and_migrate(&store_url, &config.store.options())
+        .await
+        .unwrap();
+    postgate::accounts::user_add(&*store, USER, "default", PASSWORD, &config.auth.hash)
+        .await
+        .unwrap();
+    postgate::accounts::sender_allow(&*store, USER, "@example.com")
+        .await
+        .unwrap();
+
+    let bound = Bound {
+        smtp: Server::bind(&config.smtp.listeners).await.unwrap(),
+        http: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+    };
+    let smtp_port = bound.smtp[0].1.local_addr().unwrap().port();
+    let http = bound.http.as_ref().unwrap().local_addr().unwrap();
+    let control = Control::default();
+    let node = tokio::spawn(postgate::run::run(config, bound, control.clone()));
+
+    let before = scrape(http).await;
+    let auth = |result: &str| {
+        format!("postgate_auth_attempts_total{{mechanism=\"plain\",result=\"{result}\"}}")
+    };
+    assert_eq!(sample(&before, &auth("success")), Some(0.0), "{backend}");
+    assert_eq!(
+        total(&before, "postgate_messages_rejected_total", ""),
+        0.0,
+        "{backend}"
+    );
+
+    client(smtp_port, dir.path().join("cert.pem").display().to_string()).await;
+
+    // The server ends a session after the client hung up: wait for both
+    // sessions to be closed, then read everything from that one scrape.
+    let active = format!("postgate_sessions_active{{listener=\"{LISTENER}\"}}");
+    let mut after = scrape(http).await;
+    for _ in 0..100 {
+        if sample(&after, &active) == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = scrape(http).await;
+    }
+    let b = backend;
+    assert_eq!(
+        sample(&after, &active),
+        Some(0.0),
+        "{b}: sessions still open"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            &format!("postgate_connections_total{{listener=\"{LISTENER}\",tls=\"starttls\"}}")
+        ),
+        Some(2.0),
+        "{b}"
+    );
+    assert_eq!(
+        total(&after, "postgate_connections_refused_total", ""),
+        0.0,
+        "{b}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            &format!("postgate_tls_handshake_failures_total{{listener=\"{LISTENER}\"}}")
+        ),
+        Some(1.0),
+        "{b}"
+    );
+    assert_eq!(sample(&after, &auth("success")), Some(1.0), "{b}");
+    assert_eq!(sample(&after, &auth("failed")), Some(1.0), "{b}");
+    assert_eq!(
+        total(&after, "postgate_auth_attempts_total", ""),
+        2.0,
+        "{b}"
+    );
+    // The good message and the one with a foreign header From were both
+    // received in full; only the good one was queued.
+    assert_eq!(
+        sample(&after, "postgate_messages_received_total"),
+        Some(2.0),
+        "{b}"
+    );
+    assert_eq!(
+        sample(&after, "postgate_messages_queued_total"),
+        Some(1.0),
+        "{b}"
+    );
+    assert_eq!(
+        sample(&after, "postgate_recipients_total"),
+        Some(2.0),
+        "{b}"
+    );
+    assert_eq!(
+        sample(&after, "postgate_message_size_bytes_count"),
+        Some(1.0),
+        "{b}"
+    );
+    let reason = |r: &str| format!("postgate_messages_rejected_total{{reason=\"{r}\"}}");
+    assert_eq!(
+        sample(&after, &reason("sender_not_allowed")),
+        Some(1.0),
+        "{b}"
+    );
+    assert_eq!(
+        sample(&after, &reason("from_not_allowed")),
+        Some(1.0),
+        "{b}"
+    );
+    assert_eq!(
+        total(&after, "postgate_messages_rejected_total", ""),
+        2.0,
+        "{b}: no other refusal counted"
+    );
+    assert_eq!(
+        total(&after, "postgate_rate_limit_rejections_total", ""),
+        0.0,
+        "{b}"
+    );
+    // Store timings: one enqueue, two login lookups, one credential use; no errors.
+    let op =
+        |o: &str| format!("postgate_store_operation_duration_seconds_count{{operation=\"{o}\"}}");
+    assert_eq!(sample(&after, &op("enqueue")), Some(1.0), "{b}");
+    assert_eq!(sample(&after, &op("login_lookup")), Some(2.0), "{b}");
+    assert_eq!(sample(&after, &op("credential_used")), Some(1.0), "{b}");
+    assert_eq!(total(&after, "postgate_store_errors_total", ""), 0.0, "{b}");
+
+    // The stored size is what the histogram saw (after fixups and signing).
+    let stored = stored_sizes(&store_url).await;
+    assert_eq!(stored.len(), 1, "{b}: one message in the queue");
+    assert_eq!(
+        sample(&after, "postgate_message_size_bytes_sum"),
+        Some(stored[0] as f64),
+        "{b}"
+    );
+
+    promtool_accepts(&after);
+
+    control.shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(15), node)
+        .await
+        .expect("run() returns after shutdown")
+        .unwrap();
+    assert!(result.is_ok(), "{b}: run() failed: {result:?}");
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "{b}: HTTP still listening after shutdown"
+    );
+}
+
+/// The size of every queued message body, read with plain SQL.
+async fn stored_sizes(url: &str) -> Vec<u64> {
+    use sqlx::Row;
+    let sql = "SELECT body FROM queue_messages ORDER BY received_at, id";
+    macro_rules! read {
+        ($pool:expr) => {{
+            let pool = $pool;
+            let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap();
+            pool.close().await;
+            rows.iter()
+                .map(|r| r.get::<Vec<u8>, _>("body").len() as u64)
+                .collect()
+        }};
+    }
+    if url.starts_with("sqlite:") {
+        read!(sqlx::SqlitePool::connect(url).await.unwrap())
+    } else {
+        read!(sqlx::PgPool::connect(url).await.unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_metrics_count_a_scripted_session_on_both_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("postgate.db").display());
+    scenario(sqlite, "sqlite").await;
+    if let Some(pg) = common::pg_database_url().await {
+        scenario(pg, "postgres").await;
+    }
+}

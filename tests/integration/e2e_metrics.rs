@@ -153,8 +153,9 @@ fn promtool_accepts(body: &str) {
     );
 }
 
-/// The config of the node, as TOML (cheap argon2 so the test is fast).
-fn config(store_url: &str, dir: &std::path::Path) -> Config {
+/// The config of the node, as TOML (cheap argon2 so the test is fast);
+/// `smtp` adds keys to `[smtp]`.
+fn config(store_url: &str, dir: &std::path::Path, smtp: &str) -> Config {
     let d = dir.display();
     let text = format!(
         r#"
@@ -168,6 +169,9 @@ url = "{store_url}"
 [tls]
 cert = "{d}/cert.pem"
 key = "{d}/key.pem"
+
+[smtp]
+{smtp}
 
 [[smtp.listener]]
 address = "{LISTENER}"
@@ -188,63 +192,108 @@ address = "127.0.0.1:0"
     Config::parse(&text, "e2e_metrics.toml").expect("valid config")
 }
 
-async fn scenario(store_url: String, backend: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) =
-        postgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("key.pem"), key).unwrap();
-    let config = config(&store_url, dir.path());
+/// A node started with [`postgate::run::run`] on sockets bound to port 0.
+struct Node {
+    smtp_port: u16,
+    http: std::net::SocketAddr,
+    control: Control,
+    task: tokio::task::JoinHandle<Result<(), postgate::run::RunError>>,
+    /// Holds the certificate files.
+    dir: tempfile::TempDir,
+}
 
-    let store = postgate::store::open_and_migrate(&store_url, &config.store.options())
-        .await
-        .unwrap();
-    postgate::accounts::user_add(&*store, USER, "default", PASSWORD, &config.auth.hash)
-        .await
-        .unwrap();
-    postgate::accounts::sender_allow(&*store, USER, "@example.com")
-        .await
-        .unwrap();
+impl Node {
+    /// Writes a self-signed certificate, creates the user, binds and runs
+    /// the node on `store_url`; `smtp` adds keys to `[smtp]`.
+    async fn start(store_url: &str, smtp: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) =
+            postgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key).unwrap();
+        let config = config(store_url, dir.path(), smtp);
 
-    let bound = Bound {
-        smtp: Server::bind(&config.smtp.listeners).await.unwrap(),
-        http: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
-    };
-    let smtp_port = bound.smtp[0].1.local_addr().unwrap().port();
-    let http = bound.http.as_ref().unwrap().local_addr().unwrap();
-    let control = Control::default();
-    let node = tokio::spawn(postgate::run::run(config, bound, control.clone()));
+        let store = postgate::store::open_and_migrate(store_url, &config.store.options())
+            .await
+            .unwrap();
+        postgate::accounts::user_add(&*store, USER, "default", PASSWORD, &config.auth.hash)
+            .await
+            .unwrap();
+        postgate::accounts::sender_allow(&*store, USER, "@example.com")
+            .await
+            .unwrap();
 
-    let before = scrape(http).await;
+        let bound = Bound {
+            smtp: Server::bind(&config.smtp.listeners).await.unwrap(),
+            http: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        };
+        let smtp_port = bound.smtp[0].1.local_addr().unwrap().port();
+        let http = bound.http.as_ref().unwrap().local_addr().unwrap();
+        let control = Control::default();
+        let task = tokio::spawn(postgate::run::run(config, bound, control.clone()));
+        Node {
+            smtp_port,
+            http,
+            control,
+            task,
+            dir,
+        }
+    }
+
+    /// The certificate, for the client to trust.
+    fn ca(&self) -> String {
+        self.dir.path().join("cert.pem").display().to_string()
+    }
+
+    /// Scrapes until no session is open (the server ends a session shortly
+    /// after the client hung up) and returns that scrape.
+    async fn scrape_idle(&self) -> String {
+        let active = format!("postgate_sessions_active{{listener=\"{LISTENER}\"}}");
+        let mut body = scrape(self.http).await;
+        for _ in 0..100 {
+            if sample(&body, &active) == Some(0.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            body = scrape(self.http).await;
+        }
+        assert_eq!(sample(&body, &active), Some(0.0), "sessions still open");
+        body
+    }
+
+    /// Shuts down through `Control`: `run` must return `Ok` and the HTTP
+    /// port must be closed.
+    async fn stop(self) {
+        self.control.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("run() returns after shutdown")
+            .unwrap();
+        assert!(result.is_ok(), "run() failed: {result:?}");
+        assert!(
+            tokio::net::TcpStream::connect(self.http).await.is_err(),
+            "HTTP still listening after shutdown"
+        );
+    }
+}
+
+async fn scenario(store_url: String, b: &str) {
+    let node = Node::start(&store_url, "").await;
+    let before = scrape(node.http).await;
     let auth = |result: &str| {
         format!("postgate_auth_attempts_total{{mechanism=\"plain\",result=\"{result}\"}}")
     };
-    assert_eq!(sample(&before, &auth("success")), Some(0.0), "{backend}");
+    assert_eq!(sample(&before, &auth("success")), Some(0.0), "{b}");
     assert_eq!(
         total(&before, "postgate_messages_rejected_total", ""),
         0.0,
-        "{backend}"
+        "{b}"
     );
 
-    client(smtp_port, dir.path().join("cert.pem").display().to_string()).await;
+    client(node.smtp_port, node.ca()).await;
 
-    // The server ends a session after the client hung up: wait for both
-    // sessions to be closed, then read everything from that one scrape.
-    let active = format!("postgate_sessions_active{{listener=\"{LISTENER}\"}}");
-    let mut after = scrape(http).await;
-    for _ in 0..100 {
-        if sample(&after, &active) == Some(0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        after = scrape(http).await;
-    }
-    let b = backend;
-    assert_eq!(
-        sample(&after, &active),
-        Some(0.0),
-        "{b}: sessions still open"
-    );
+    // Both sessions are over: everything is read from that one scrape.
+    let after = node.scrape_idle().await;
     assert_eq!(
         sample(
             &after,
@@ -334,17 +383,7 @@ async fn scenario(store_url: String, backend: &str) {
     );
 
     promtool_accepts(&after);
-
-    control.shutdown.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(15), node)
-        .await
-        .expect("run() returns after shutdown")
-        .unwrap();
-    assert!(result.is_ok(), "{b}: run() failed: {result:?}");
-    assert!(
-        tokio::net::TcpStream::connect(http).await.is_err(),
-        "{b}: HTTP still listening after shutdown"
-    );
+    node.stop().await;
 }
 
 /// The size of every queued message body, read with plain SQL.
@@ -376,4 +415,107 @@ async fn e2e_metrics_count_a_scripted_session_on_both_stores() {
     if let Some(pg) = common::pg_database_url().await {
         scenario(pg, "postgres").await;
     }
+}
+
+/// A raw SMTP connection to the node.
+struct Raw {
+    r: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Raw {
+    async fn connect(port: u16) -> Raw {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (r, w) = tcp.into_split();
+        Raw {
+            r: tokio::io::BufReader::new(r),
+            w,
+        }
+    }
+
+    /// The last line of the next reply.
+    async fn reply(&mut self) -> String {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut line))
+                .await
+                .expect("reply in time")
+                .unwrap();
+            assert!(n > 0, "connection closed");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line;
+            }
+        }
+    }
+
+    async fn cmd(&mut self, line: &str) -> String {
+        use tokio::io::AsyncWriteExt;
+        self.w
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.reply().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_metrics_count_connection_refusals_and_open_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("postgate.db").display());
+    let node = Node::start(&url, "max_connections_per_ip = 1").await;
+    let active = format!("postgate_sessions_active{{listener=\"{LISTENER}\"}}");
+    let refused = |r: &str| {
+        format!("postgate_connections_refused_total{{listener=\"{LISTENER}\",reason=\"{r}\"}}")
+    };
+
+    let mut first = Raw::connect(node.smtp_port).await;
+    assert!(first.reply().await.starts_with("220 "));
+    // Before STARTTLS, MAIL is refused: a transaction refused for want of AUTH.
+    assert!(first.cmd("EHLO client.test").await.starts_with("250 "));
+    let r = first.cmd("MAIL FROM:<carol@example.com>").await;
+    assert!(r.starts_with("530 "), "{r}");
+    let open = scrape(node.http).await;
+    assert_eq!(sample(&open, &active), Some(1.0), "one session open");
+
+    // A second connection from the same IP: over the per-IP cap.
+    let mut second = Raw::connect(node.smtp_port).await;
+    let r = second.reply().await;
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    let during = scrape(node.http).await;
+    assert_eq!(sample(&during, &refused("ip_cap")), Some(1.0));
+    assert_eq!(
+        sample(&during, &active),
+        Some(1.0),
+        "a refusal is no session"
+    );
+
+    assert!(first.cmd("QUIT").await.starts_with("221 "));
+    drop((first, second));
+    let after = node.scrape_idle().await;
+    assert_eq!(
+        sample(
+            &after,
+            &format!("postgate_connections_total{{listener=\"{LISTENER}\",tls=\"starttls\"}}")
+        ),
+        Some(2.0),
+        "refused connections were accepted first"
+    );
+    assert_eq!(total(&after, "postgate_connections_refused_total", ""), 1.0);
+    assert_eq!(
+        sample(
+            &after,
+            "postgate_messages_rejected_total{reason=\"auth_required\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(total(&after, "postgate_messages_rejected_total", ""), 1.0);
+    assert_eq!(
+        total(&after, "postgate_tls_handshake_failures_total", ""),
+        0.0
+    );
+    promtool_accepts(&after);
+    node.stop().await;
 }

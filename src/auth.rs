@@ -108,6 +108,14 @@ impl StoreAuthenticator {
         self
     }
 
+    /// `login_lookup`, timed.
+    async fn login_lookup(&self, name: &str) -> store::StoreResult<Option<store::LoginRecord>> {
+        let started = Instant::now();
+        let r = self.store.login_lookup(name).await;
+        self.timed(StoreOperation::LoginLookup, started, r.is_err());
+        r
+    }
+
     fn timed(&self, operation: StoreOperation, started: Instant, failed: bool) {
         if let Some(m) = &self.metrics {
             m.store_operation(operation, started.elapsed(), failed);
@@ -153,12 +161,7 @@ fn now_ms() -> i64 {
 impl Authenticator for StoreAuthenticator {
     async fn authenticate(&self, username: &str, password: &str, _ip: IpAddr) -> AuthOutcome {
         let record = match store::normalize_username(username) {
-            Ok(name) => match {
-                let started = Instant::now();
-                let r = self.store.login_lookup(&name).await;
-                self.timed(StoreOperation::LoginLookup, started, r.is_err());
-                r
-            } {
+            Ok(name) => match self.login_lookup(&name).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "login lookup failed");

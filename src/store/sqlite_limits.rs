@@ -87,12 +87,11 @@ impl LimitStore for SqliteStore {
 
     async fn limit_delete_prefix(&self, prefix: &str) -> StoreResult<u64> {
         // substr() rather than LIKE: keys may contain % and _.
-        let done =
-            sqlx::query("DELETE FROM limit_counters WHERE substr(key, 1, length(?1)) = ?1")
-                .bind(prefix)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| map_sqlx(e, "limit counter"))?;
+        let done = sqlx::query("DELETE FROM limit_counters WHERE substr(key, 1, length(?1)) = ?1")
+            .bind(prefix)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "limit counter"))?;
         Ok(done.rows_affected())
     }
 

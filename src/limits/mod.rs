@@ -1,0 +1,669 @@
+//! Rate limits and brute-force protection (issue #6).
+//!
+//! One [`Limiter`] per process answers every limit question of an SMTP
+//! session: may this IP connect, may this AUTH proceed (and after what
+//! delay), may this user open another session, may this message with N
+//! recipients be accepted. Refusals are [`LimitRefusal`]s carrying a human
+//! reason and a retry-after; the SMTP layer maps them to replies
+//! (`421 4.7.0` at connect, `454 4.7.0` at AUTH, `451 4.7.1` otherwise).
+//!
+//! Rates use GCRA ([`gcra`]), kept either in this process
+//! (`backend = "local"`: no I/O) or in the store's `limit_counters` table
+//! (`"postgres"`/`"store"`: one database round trip per counter checked,
+//! shared by every node). Concurrency limits (sessions per user, connections
+//! per IP) are always counted per node, with guards released on drop.
+//!
+//! When the store cannot be reached, rate checks fail open (logged): an
+//! outage of the limit store must not stop mail that the queue accepts.
+
+pub mod clock;
+pub mod config;
+mod counters;
+pub mod gcra;
+pub mod keys;
+mod slots;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
+pub use config::{LimitsBackend, LimitsConfig};
+pub use slots::SlotGuard;
+
+use counters::{Counters, LocalCounters};
+use gcra::Rate;
+use keys::kind;
+use slots::Slots;
+
+use crate::store::{
+    GcraOutcome, LimitCounter, LimitOverrides, LimitStore, LoginCredential, LoginRecord, StoreError,
+};
+
+const MINUTE_MS: u64 = 60_000;
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 86_400_000;
+
+/// A limit was reached. `reason` is for humans (SMTP reply text, logs):
+/// e.g. `message rate for user alice exceeded (100 per hour)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitRefusal {
+    /// How long until the same request would pass (at least 1 s).
+    pub retry_after: Duration,
+    pub reason: String,
+    /// Which limit, for metrics labels: `connections`, `ip-concurrency`,
+    /// `lockout`, `sessions`, `messages`, `recipients`.
+    pub kind: &'static str,
+}
+
+impl LimitRefusal {
+    fn new(kind: &'static str, retry_after_ms: u64, reason: String) -> Self {
+        LimitRefusal {
+            retry_after: Duration::from_millis(retry_after_ms.max(1000)),
+            reason,
+            kind,
+        }
+    }
+
+    /// Retry-after in whole seconds, rounded up.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after.as_millis().div_ceil(1000) as u64
+    }
+}
+
+impl fmt::Display for LimitRefusal {
+    /// `<reason>, try again in N s` (the text of a 451 4.7.1 reply).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, try again in {} s",
+            self.reason,
+            self.retry_after_secs()
+        )
+    }
+}
+
+/// Errors of the operator API.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    /// The configuration cannot work (e.g. a shared backend without a store).
+    #[error("limits: {0}")]
+    Config(String),
+    /// The limit store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One session slot of a user; the slot is freed when this is dropped.
+pub type SessionGuard = SlotGuard<i64>;
+/// One connection slot of a client IP; freed when dropped.
+pub type ConnectionGuard = SlotGuard<String>;
+
+/// Who a message is counted against: the user, and the credential when it
+/// has overrides of its own (each overridden field is then counted per
+/// credential too, on top of the user's counter).
+#[derive(Debug, Clone, Copy)]
+pub struct Account<'a> {
+    pub user_id: i64,
+    pub username: &'a str,
+    pub user_limits: &'a LimitOverrides,
+    pub credential_id: i64,
+    pub credential_label: &'a str,
+    pub credential_limits: &'a LimitOverrides,
+}
+
+impl<'a> Account<'a> {
+    /// The account of a login: `credential` must be one of `record`'s.
+    pub fn from_login(record: &'a LoginRecord, credential: &'a LoginCredential) -> Self {
+        Account {
+            user_id: record.user_id,
+            username: &record.username,
+            user_limits: &record.limits,
+            credential_id: credential.id,
+            credential_label: &credential.label,
+            credential_limits: &credential.limits,
+        }
+    }
+}
+
+/// Credential overrides over user overrides, field by field (a credential's
+/// value wins when set).
+pub fn merge_overrides(user: &LimitOverrides, credential: &LimitOverrides) -> LimitOverrides {
+    LimitOverrides {
+        messages_per_minute: credential.messages_per_minute.or(user.messages_per_minute),
+        messages_per_hour: credential.messages_per_hour.or(user.messages_per_hour),
+        messages_per_day: credential.messages_per_day.or(user.messages_per_day),
+        recipients_per_day: credential.recipients_per_day.or(user.recipients_per_day),
+        concurrent_sessions: user.concurrent_sessions,
+    }
+}
+
+/// One counter of `limits show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    /// The raw key (pass its subject to [`Limiter::reset`]).
+    pub key: String,
+    /// `ip:ADDR`, `user:NAME`, `uid:ID` or `cred:ID`.
+    pub subject: String,
+    /// `connections`, `auth-failures`, `lockout`, `messages`, `recipients`.
+    pub kind: String,
+    /// The rate counted against (`None` for lockouts).
+    pub limit: Option<Rate>,
+    /// Cells in use now (for lockouts: 1).
+    pub used: u32,
+    /// Unix ms when the counter is back to idle (lockouts: when they end).
+    pub until_ms: i64,
+}
+
+/// What `postgate limits show` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsSnapshot {
+    pub now_ms: i64,
+    /// Counters and lockouts in force, ordered by key.
+    pub counters: Vec<CounterSnapshot>,
+    /// Open sessions per user id on this node.
+    pub sessions: Vec<(i64, u32)>,
+    /// Open connections per IP subject on this node.
+    pub connections: Vec<(String, u32)>,
+}
+
+impl fmt::Display for LimitsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<40} {:<14} {:>12} {:>8}",
+            "SUBJECT", "KIND", "USED/LIMIT", "CLEAR IN"
+        )?;
+        for c in &self.counters {
+            let limit = match c.limit {
+                Some(r) => format!("{}/{}", c.used, r.count),
+                None => "-".into(),
+            };
+            let secs = (c.until_ms - self.now_ms).max(0) as u64;
+            let period = c
+                .limit
+                .map(|r| format!(" per {}", human_period(r.period_ms)))
+                .unwrap_or_default();
+            writeln!(
+                f,
+                "{:<40} {:<14} {:>12} {:>7}s{period}",
+                c.subject,
+                c.kind,
+                limit,
+                secs.div_ceil(1000)
+            )?;
+        }
+        for (uid, n) in &self.sessions {
+            writeln!(
+                f,
+                "{:<40} {:<14} {:>12}",
+                format!("uid:{uid}"),
+                "sessions",
+                n
+            )?;
+        }
+        for (ip, n) in &self.connections {
+            writeln!(
+                f,
+                "{:<40} {:<14} {:>12}",
+                keys::unescape(ip),
+                "open-conns",
+                n
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn human_period(ms: u64) -> String {
+    match ms {
+        MINUTE_MS => "minute".into(),
+        HOUR_MS => "hour".into(),
+        DAY_MS => "day".into(),
+        _ => humantime::format_duration(Duration::from_millis(ms)).to_string(),
+    }
+}
+
+/// The limiter. Cheap to share (`Arc<Limiter>`); every method is safe to
+/// call concurrently.
+pub struct Limiter {
+    config: LimitsConfig,
+    counters: Counters,
+    clock: Arc<dyn Clock>,
+    sessions: Arc<Slots<i64>>,
+    connections: Arc<Slots<String>>,
+}
+
+/// One GCRA counter to check for a message.
+struct Check {
+    key: String,
+    rate: Rate,
+    cost: u32,
+    kind: &'static str,
+    reason: String,
+}
+
+impl Limiter {
+    /// A limiter for `config`. `store` is required for the `postgres` and
+    /// `store` backends (where counters live) and ignored for `local`.
+    pub fn new(
+        config: LimitsConfig,
+        store: Option<Arc<dyn LimitStore>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Limiter, LimitsError> {
+        let counters = match (config.backend, store) {
+            (LimitsBackend::Local, _) => {
+                Counters::Local(LocalCounters::new(config.max_keys.max(1)))
+            }
+            (_, Some(store)) => Counters::store(store),
+            (_, None) => {
+                return Err(LimitsError::Config(
+                    "the postgres/store limits backend needs a store".into(),
+                ))
+            }
+        };
+        Ok(Limiter {
+            config,
+            counters,
+            clock,
+            sessions: Slots::new(),
+            connections: Slots::new(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &LimitsConfig {
+        &self.config
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn ip(&self, ip: IpAddr) -> String {
+        keys::ip_subject(ip, self.config.ipv6_prefix)
+    }
+
+    async fn lockout_end(&self, subject_keys: &[String], now: i64) -> Option<(usize, i64)> {
+        let rows = self.counters.get(subject_keys).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "limit store unavailable: lockout check skipped");
+            Vec::new()
+        });
+        subject_keys.iter().enumerate().find_map(|(i, k)| {
+            rows.iter()
+                .find(|r| &r.key == k && r.tat > now)
+                .map(|r| (i, r.tat))
+        })
+    }
+
+    /// A new connection from `ip` (before the greeting). `Err`: reply
+    /// `421 4.7.0` and close: the IP is locked out (too many failed logins)
+    /// or exceeded `ip_connections_per_minute`.
+    pub async fn connection(&self, ip: IpAddr) -> Result<(), LimitRefusal> {
+        let now = self.now();
+        let subject = self.ip(ip);
+        let shown = keys::unescape(&subject);
+        if let Some((_, until)) = self.lockout_end(&[keys::lockout_key(&subject)], now).await {
+            return Err(LimitRefusal::new(
+                kind::LOCKOUT,
+                (until - now) as u64,
+                format!("too many failed logins from {}", &shown[3..]),
+            ));
+        }
+        let n = self.config.ip_connections_per_minute;
+        if n == 0 {
+            return Ok(());
+        }
+        let rate = Rate::new(n, MINUTE_MS);
+        let check = Check {
+            key: keys::rate_key(&subject, kind::CONNECTIONS, rate),
+            rate,
+            cost: 1,
+            kind: kind::CONNECTIONS,
+            reason: format!(
+                "connection rate from {} exceeded ({n} per minute)",
+                &shown[3..]
+            ),
+        };
+        self.run_checks(vec![check], now).await
+    }
+
+    /// Takes one of `ip_concurrent_connections` slots of `ip` on this node
+    /// for the life of the connection. `Err`: reply `421 4.7.0` and close.
+    pub fn connection_slot(&self, ip: IpAddr) -> Result<ConnectionGuard, LimitRefusal> {
+        let subject = self.ip(ip);
+        let max = self.config.ip_concurrent_connections;
+        self.connections.acquire(subject.clone(), max).map_err(|_| {
+            LimitRefusal::new(
+                "ip-concurrency",
+                10_000,
+                format!(
+                    "too many concurrent connections from {} ({max})",
+                    &keys::unescape(&subject)[3..]
+                ),
+            )
+        })
+    }
+
+    /// Before verifying an AUTH from `ip` for `username` (as typed; never
+    /// looked up, so unknown and existing users are treated alike).
+    /// `Ok(delay)`: wait `delay` (the tarpit, zero when no recent failures)
+    /// before answering, whatever the outcome. `Err`: the IP or username is
+    /// locked out: reply `454 4.7.0` without verifying.
+    pub async fn auth_allowed(&self, ip: IpAddr, username: &str) -> Result<Duration, LimitRefusal> {
+        let now = self.now();
+        let ip_subject = self.ip(ip);
+        let user_subject = keys::user_subject(username);
+        let locks = [
+            keys::lockout_key(&ip_subject),
+            keys::lockout_key(&user_subject),
+        ];
+        let fails = self.failure_keys(&ip_subject, &user_subject);
+        let mut wanted: Vec<String> = locks.to_vec();
+        wanted.extend(fails.iter().map(|(k, _)| k.clone()));
+        let rows = self.counters.get(&wanted).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "limit store unavailable: AUTH checks skipped");
+            Vec::new()
+        });
+        let tat_of = |key: &str| rows.iter().find(|r| r.key == key).map(|r| r.tat);
+        for (i, lock) in locks.iter().enumerate() {
+            if let Some(until) = tat_of(lock).filter(|&t| t > now) {
+                let who = if i == 0 {
+                    format!("from {}", &keys::unescape(&ip_subject)[3..])
+                } else {
+                    format!("for user {}", &keys::unescape(&user_subject)[5..])
+                };
+                return Err(LimitRefusal::new(
+                    kind::LOCKOUT,
+                    (until - now) as u64,
+                    format!("too many failed logins {who}"),
+                ));
+            }
+        }
+        let recent = fails
+            .iter()
+            .filter_map(|(k, rate)| tat_of(k).map(|t| rate.used(t, now)))
+            .max()
+            .unwrap_or(0);
+        Ok(self.tarpit(recent))
+    }
+
+    /// The tarpit delay after `recent` failures.
+    fn tarpit(&self, recent: u32) -> Duration {
+        let after = self.config.auth_tarpit_after;
+        if after == 0 || recent < after {
+            return Duration::ZERO;
+        }
+        let doublings = (recent - after).min(20);
+        self.config
+            .auth_tarpit_delay
+            .saturating_mul(1 << doublings)
+            .min(self.config.auth_tarpit_max_delay)
+    }
+
+    /// Failure counters (key, rate) of an IP and a username.
+    fn failure_keys(&self, ip_subject: &str, user_subject: &str) -> Vec<(String, Rate)> {
+        let window = self.config.auth_failure_window.as_millis() as u64;
+        [
+            (ip_subject, self.config.auth_lockout_per_ip),
+            (user_subject, self.config.auth_lockout_per_user),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| {
+            let rate = Rate::new(n, window);
+            (keys::rate_key(s, kind::AUTH_FAILURES, rate), rate)
+        })
+        .collect()
+    }
+
+    /// Records the outcome of a verified AUTH. A failure counts against the
+    /// IP and the username (existing or not); reaching
+    /// `auth_lockout_per_ip`/`auth_lockout_per_user` failures within the
+    /// window locks that IP/username out for `auth_lockout_duration`. A
+    /// success clears the username's failures (not the IP's).
+    pub async fn auth_result(&self, ip: IpAddr, username: &str, success: bool) {
+        let now = self.now();
+        let ip_subject = self.ip(ip);
+        let user_subject = keys::user_subject(username);
+        if success {
+            let prefix = format!("{user_subject}/{}/", kind::AUTH_FAILURES);
+            if let Err(e) = self.counters.delete_prefix(&prefix).await {
+                tracing::warn!(error = %e, "limit store unavailable: failures not cleared");
+            }
+            return;
+        }
+        let fails = self.failure_keys(&ip_subject, &user_subject);
+        let subjects = [ip_subject.as_str(), user_subject.as_str()];
+        let outcomes = futures::future::join_all(fails.iter().map(|(key, rate)| async move {
+            self.counters.check(key, &rate.step(now, 1), now).await
+        }))
+        .await;
+        let lock_ms = self.config.auth_lockout_duration.as_millis() as i64;
+        for ((key, rate), outcome) in fails.iter().zip(outcomes) {
+            let full = match outcome {
+                Ok(GcraOutcome::Allowed { tat }) => rate.used(tat, now) >= rate.count,
+                Ok(GcraOutcome::Refused { .. }) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "limit store unavailable: failure not counted");
+                    false
+                }
+            };
+            if !full {
+                continue;
+            }
+            let subject = subjects
+                .iter()
+                .find(|s| key.starts_with(&format!("{s}/")))
+                .copied()
+                .unwrap_or_default();
+            let lock = LimitCounter {
+                key: keys::lockout_key(subject),
+                tat: now + lock_ms,
+                expires_at: now + lock_ms,
+            };
+            tracing::warn!(subject = %keys::unescape(subject), seconds = lock_ms / 1000, "locked out after failed logins");
+            if let Err(e) = self.counters.set(&lock).await {
+                tracing::warn!(error = %e, "limit store unavailable: lockout not recorded");
+            }
+        }
+    }
+
+    /// Takes one of the user's concurrent-session slots on this node
+    /// (`overrides.concurrent_sessions`, else `concurrent_sessions`) for
+    /// the life of the returned guard. `Err`: reply `451 4.7.1`/`454 4.7.0`.
+    pub fn session_start(
+        &self,
+        user_id: i64,
+        overrides: &LimitOverrides,
+    ) -> Result<SessionGuard, LimitRefusal> {
+        let max = overrides
+            .concurrent_sessions
+            .unwrap_or(self.config.concurrent_sessions);
+        self.sessions.acquire(user_id, max).map_err(|_| {
+            LimitRefusal::new(
+                "sessions",
+                60_000,
+                format!("too many concurrent sessions for user {user_id} ({max})"),
+            )
+        })
+    }
+
+    /// Counts one message with `recipients` recipients against the user's
+    /// rates (overrides, else config) and, for each field the credential
+    /// overrides, against the credential's own counter too. All or nothing:
+    /// when one counter refuses, the others are given back. `Err`: reply
+    /// `451 4.7.1 <refusal>` (its Display adds "try again in N s").
+    pub async fn message(
+        &self,
+        account: &Account<'_>,
+        recipients: u32,
+    ) -> Result<(), LimitRefusal> {
+        let now = self.now();
+        let c = &self.config;
+        let u = account.user_limits;
+        let mut checks = Vec::new();
+        let user_who = format!("user {}", account.username);
+        let cred_who = format!(
+            "credential {} of user {}",
+            account.credential_label, account.username
+        );
+        let scopes = [
+            (
+                keys::uid_subject(account.user_id),
+                &user_who,
+                [
+                    Some(u.messages_per_minute.unwrap_or(c.messages_per_minute)),
+                    Some(u.messages_per_hour.unwrap_or(c.messages_per_hour)),
+                    Some(u.messages_per_day.unwrap_or(c.messages_per_day)),
+                    Some(u.recipients_per_day.unwrap_or(c.recipients_per_day)),
+                ],
+            ),
+            (
+                keys::cred_subject(account.credential_id),
+                &cred_who,
+                [
+                    account.credential_limits.messages_per_minute,
+                    account.credential_limits.messages_per_hour,
+                    account.credential_limits.messages_per_day,
+                    account.credential_limits.recipients_per_day,
+                ],
+            ),
+        ];
+        for (subject, who, values) in &scopes {
+            let specs = [
+                (kind::MESSAGES, MINUTE_MS, 1, "message rate"),
+                (kind::MESSAGES, HOUR_MS, 1, "message rate"),
+                (kind::MESSAGES, DAY_MS, 1, "message quota"),
+                (kind::RECIPIENTS, DAY_MS, recipients, "recipient quota"),
+            ];
+            for (value, (k, period, cost, what)) in values.iter().zip(specs) {
+                let Some(n) = value.filter(|n| *n > 0) else {
+                    continue;
+                };
+                if cost == 0 {
+                    continue;
+                }
+                let rate = Rate::new(n, period);
+                checks.push(Check {
+                    key: keys::rate_key(subject, k, rate),
+                    rate,
+                    cost,
+                    kind: k,
+                    reason: format!(
+                        "{what} for {who} exceeded ({n} per {})",
+                        human_period(period)
+                    ),
+                });
+            }
+        }
+        self.run_checks(checks, now).await
+    }
+
+    /// Runs `checks` concurrently; when any refuses, gives back what the
+    /// others took and returns the refusal with the longest retry-after.
+    async fn run_checks(&self, checks: Vec<Check>, now: i64) -> Result<(), LimitRefusal> {
+        let outcomes = futures::future::join_all(checks.iter().map(|c| async move {
+            self.counters
+                .check(&c.key, &c.rate.step(now, c.cost), now)
+                .await
+        }))
+        .await;
+        let mut refusal: Option<LimitRefusal> = None;
+        let mut taken = Vec::new();
+        for (check, outcome) in checks.iter().zip(outcomes) {
+            match outcome {
+                Ok(GcraOutcome::Allowed { .. }) => taken.push(check),
+                Ok(GcraOutcome::Refused { tat }) => {
+                    let wait = check.rate.retry_after_ms(tat, now, check.cost);
+                    let r = LimitRefusal::new(check.kind, wait, check.reason.clone());
+                    if refusal
+                        .as_ref()
+                        .is_none_or(|old| r.retry_after > old.retry_after)
+                    {
+                        refusal = Some(r);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, key = %check.key, "limit store unavailable: check skipped")
+                }
+            }
+        }
+        let Some(refusal) = refusal else {
+            return Ok(());
+        };
+        let refunds = taken.iter().map(|c| {
+            let mut step = c.rate.step(now, c.cost);
+            step.increment = -step.increment;
+            async move { (c, self.counters.check(&c.key, &step, now).await) }
+        });
+        for (c, r) in futures::future::join_all(refunds).await {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, key = %c.key, "limit refund failed");
+            }
+        }
+        Err(refusal)
+    }
+
+    /// Current counters and lockouts (the store's for shared backends, so
+    /// this works from the CLI against a live cluster), plus this node's
+    /// open sessions and connections.
+    pub async fn snapshot(&self) -> Result<LimitsSnapshot, LimitsError> {
+        let now = self.now();
+        let rows = self.counters.list(now).await?;
+        let counters = rows
+            .into_iter()
+            .filter_map(|row| {
+                let parsed = keys::parse(&row.key)?;
+                let used = match parsed.rate {
+                    Some(rate) => rate.used(row.tat, now),
+                    None => 1,
+                };
+                Some(CounterSnapshot {
+                    subject: parsed.subject,
+                    kind: parsed.kind,
+                    limit: parsed.rate,
+                    used,
+                    until_ms: row.expires_at,
+                    key: row.key,
+                })
+            })
+            .filter(|c| c.used > 0)
+            .collect();
+        let mut sessions = self.sessions.snapshot();
+        sessions.sort();
+        let mut connections = self.connections.snapshot();
+        connections.sort();
+        Ok(LimitsSnapshot {
+            now_ms: now,
+            counters,
+            sessions,
+            connections,
+        })
+    }
+
+    /// Clears every counter and lockout of `target`: an IP address (its
+    /// IPv6 prefix), `uid:ID`, `cred:ID`, or else a username as typed at
+    /// AUTH (failures and lockout). To clear a user's message quotas too,
+    /// reset `uid:ID` as well. Returns how many counters were removed.
+    pub async fn reset(&self, target: &str) -> Result<u64, LimitsError> {
+        let target = target.trim();
+        let subject = if let Ok(ip) = target.parse::<IpAddr>() {
+            self.ip(ip)
+        } else if let Some(id) = target
+            .strip_prefix("uid:")
+            .or_else(|| target.strip_prefix("cred:"))
+            .filter(|id| id.parse::<i64>().is_ok())
+        {
+            let _ = id;
+            target.to_string()
+        } else {
+            keys::user_subject(target)
+        };
+        Ok(self.counters.delete_prefix(&format!("{subject}/")).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -55,6 +55,7 @@ impl Default for AuthCacheConfig {
 
 type Key = [u8; 32];
 type Outcome<V, E> = Result<Option<V>, E>;
+type FlightRx<V, E> = watch::Receiver<Option<Outcome<V, E>>>;
 
 struct Entry<V> {
     value: V,
@@ -67,7 +68,7 @@ struct Inner<V, E> {
     entries: HashMap<Key, Entry<V>>,
     /// Insertion order: seq -> key, for "evict oldest".
     order: BTreeMap<u64, Key>,
-    inflight: HashMap<Key, (u64, watch::Receiver<Option<Outcome<V, E>>>)>,
+    inflight: HashMap<Key, (u64, FlightRx<V, E>)>,
     seq: u64,
     /// Bumped by every invalidation: a verification that started before one
     /// is not cached (it may have read the old password hash).
@@ -310,7 +311,7 @@ where
 /// What a login does after looking at the cache.
 enum Step<V, E> {
     Hit(V),
-    Wait(watch::Receiver<Option<Outcome<V, E>>>),
+    Wait(FlightRx<V, E>),
     Lead(watch::Sender<Option<Outcome<V, E>>>, u64, u64),
 }
 

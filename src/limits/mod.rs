@@ -493,7 +493,9 @@ impl Limiter {
     /// Counts one message with `recipients` recipients against the user's
     /// rates (overrides, else config) and, for each field the credential
     /// overrides, against the credential's own counter too. All or nothing:
-    /// when one counter refuses, the others are given back. `Err`: reply
+    /// when one counter refuses, the others are given back. Shared
+    /// backends: one round trip per counter (4 with the default config,
+    /// plus one per credential override), more only on refusal. `Err`: reply
     /// `451 4.7.1 <refusal>` (its Display adds "try again in N s").
     pub async fn message(
         &self,
@@ -538,7 +540,9 @@ impl Limiter {
                 (kind::MESSAGES, DAY_MS, 1, "message quota"),
                 (kind::RECIPIENTS, DAY_MS, recipients, "recipient quota"),
             ];
-            for (value, (k, period, cost, what)) in values.iter().zip(specs) {
+            // Longest windows first: an exhausted daily quota refuses before
+            // any shorter counter is touched.
+            for (value, (k, period, cost, what)) in values.iter().zip(specs).rev() {
                 let Some(n) = value.filter(|n| *n > 0) else {
                     continue;
                 };
@@ -561,29 +565,25 @@ impl Limiter {
         self.run_checks(checks, now).await
     }
 
-    /// Runs `checks` concurrently; when any refuses, gives back what the
-    /// others took and returns the refusal with the longest retry-after.
+    /// Runs `checks` one after the other and stops at the first refusal,
+    /// giving back what the earlier ones took. Sequential on purpose: run
+    /// concurrently, a request refused by one counter would briefly hold a
+    /// cell of another and make a concurrent request fail with it, so a
+    /// burst of parallel messages would get less than its quota.
     async fn run_checks(&self, checks: Vec<Check>, now: i64) -> Result<(), LimitRefusal> {
-        let outcomes = futures::future::join_all(checks.iter().map(|c| async move {
-            self.counters
-                .check(&c.key, &c.rate.step(now, c.cost), now)
+        let mut taken: Vec<&Check> = Vec::new();
+        let mut refusal = None;
+        for check in &checks {
+            match self
+                .counters
+                .check(&check.key, &check.rate.step(now, check.cost), now)
                 .await
-        }))
-        .await;
-        let mut refusal: Option<LimitRefusal> = None;
-        let mut taken = Vec::new();
-        for (check, outcome) in checks.iter().zip(outcomes) {
-            match outcome {
+            {
                 Ok(GcraOutcome::Allowed { .. }) => taken.push(check),
                 Ok(GcraOutcome::Refused { tat }) => {
                     let wait = check.rate.retry_after_ms(tat, now, check.cost);
-                    let r = LimitRefusal::new(check.kind, wait, check.reason.clone());
-                    if refusal
-                        .as_ref()
-                        .is_none_or(|old| r.retry_after > old.retry_after)
-                    {
-                        refusal = Some(r);
-                    }
+                    refusal = Some(LimitRefusal::new(check.kind, wait, check.reason.clone()));
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, key = %check.key, "limit store unavailable: check skipped")

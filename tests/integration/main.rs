@@ -2,4 +2,5 @@
 //! Real stores (SQLite files and a real PostgreSQL), real TLS, real clients.
 
 mod common;
+mod limits_store;
 mod store_accounts;

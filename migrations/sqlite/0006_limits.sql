@@ -12,11 +12,17 @@ CREATE TRIGGER users_auth_update AFTER UPDATE ON users
 BEGIN UPDATE auth_version SET version = version + 1 WHERE id = 1; END;
 CREATE TRIGGER users_auth_delete AFTER DELETE ON users
 BEGIN UPDATE auth_version SET version = version + 1 WHERE id = 1; END;
--- Not last_used_at/updated_at: a successful login must not invalidate caches.
-CREATE TRIGGER credentials_auth_update AFTER UPDATE OF
-    user_id, label, password_hash, enabled,
-    max_messages_per_minute, max_messages_per_hour, max_messages_per_day, max_recipients_per_day
-    ON credentials
+-- Only real changes of what a cached login depends on: a successful login
+-- updates last_used_at (and names password_hash in its SET list).
+CREATE TRIGGER credentials_auth_update AFTER UPDATE ON credentials
+    WHEN OLD.user_id IS NOT NEW.user_id
+      OR OLD.label IS NOT NEW.label
+      OR OLD.password_hash IS NOT NEW.password_hash
+      OR OLD.enabled IS NOT NEW.enabled
+      OR OLD.max_messages_per_minute IS NOT NEW.max_messages_per_minute
+      OR OLD.max_messages_per_hour IS NOT NEW.max_messages_per_hour
+      OR OLD.max_messages_per_day IS NOT NEW.max_messages_per_day
+      OR OLD.max_recipients_per_day IS NOT NEW.max_recipients_per_day
 BEGIN UPDATE auth_version SET version = version + 1 WHERE id = 1; END;
 CREATE TRIGGER credentials_auth_delete AFTER DELETE ON credentials
 BEGIN UPDATE auth_version SET version = version + 1 WHERE id = 1; END;

@@ -2,5 +2,6 @@
 //! Real stores (SQLite files and a real PostgreSQL), real TLS, real clients.
 
 mod common;
+mod limits_auth_cache;
 mod limits_store;
 mod store_accounts;

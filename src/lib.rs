@@ -6,7 +6,9 @@
 //! - [`password`]: password hashing and verification (argon2id, imports);
 //! - [`policy`]: sender permissions (PURE).
 
+pub mod accounts;
 pub mod auth_cache;
+pub mod config;
 pub mod limits;
 pub mod password;
 pub mod policy;

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::store::AuthChanges;
 
 /// `[auth_cache]` configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthCacheConfig {
     /// Cache successful logins (default true). When false every AUTH runs

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where GCRA counters live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitsBackend {
     /// In this process: no I/O per check (a hash-map lookup under a mutex);
@@ -24,7 +24,7 @@ pub enum LimitsBackend {
 /// protection. A count of 0 means "no limit". Per-user and per-credential
 /// overrides (`user limits` / SQL columns `max_*`) replace the four
 /// `messages_*`/`recipients_*` defaults and `concurrent_sessions`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// `"local"` (default), `"postgres"` or `"store"`: see [`LimitsBackend`].
@@ -146,6 +146,8 @@ mod tests {
         let err = toml::from_str::<LimitsConfig>("mesages_per_hour = 5").unwrap_err();
         assert!(err.to_string().contains("mesages_per_hour"), "{err}");
         assert!(c.validate("sqlite").is_err());
+        let back: LimitsConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c, "serializes for check-config");
         assert!(c.validate("postgres").is_ok());
     }
 }

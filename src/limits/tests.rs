@@ -306,3 +306,31 @@ async fn failures_are_forgotten_over_the_window() {
     }
     l.auth_allowed(ip("192.0.2.1"), "alice").await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn follows_a_paused_tokio_clock() {
+    let clock = Arc::new(TokioClock::new());
+    let l = Limiter::new(
+        LimitsConfig {
+            messages_per_minute: 2,
+            ..LimitsConfig::default()
+        },
+        None,
+        clock,
+    )
+    .unwrap();
+    let none = no_overrides();
+    let a = account(&none, &none, 1);
+    l.message(&a, 1).await.unwrap();
+    l.message(&a, 1).await.unwrap();
+    let r = l.message(&a, 1).await.unwrap_err();
+    assert_eq!(r.retry_after_secs(), 30);
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(l.message(&a, 1).await.is_err());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    l.message(&a, 1).await.unwrap();
+    tokio::time::advance(Duration::from_secs(60)).await;
+    l.message(&a, 1).await.unwrap();
+    l.message(&a, 1).await.unwrap();
+    assert!(l.message(&a, 1).await.is_err());
+}

@@ -1,7 +1,7 @@
 //! Counter keys: `SUBJECT/KIND` (lockouts) or `SUBJECT/KIND/COUNT/PERIOD_MS`
 //! (GCRA counters, whose TAT units depend on the rate). Subjects are
 //! `ip:ADDR` (IPv6 masked to the configured prefix), `user:NAME` (as typed
-//! at AUTH, lower-cased), `uid:ID`, `cred:ID`; `%` and `/` and control
+//! at AUTH, lower-cased), `uid:ID`, `cred:ID`, `name:NAME` (throttles); `%` and `/` and control
 //! characters in a subject are %-escaped so that `SUBJECT/` is a safe prefix.
 
 use std::net::IpAddr;
@@ -15,6 +15,7 @@ pub mod kind {
     pub const LOCKOUT: &str = "lockout";
     pub const MESSAGES: &str = "messages";
     pub const RECIPIENTS: &str = "recipients";
+    pub const THROTTLE: &str = "throttle";
 }
 
 fn escape(s: &str) -> String {
@@ -97,6 +98,11 @@ pub fn uid_subject(user_id: i64) -> String {
 /// `cred:ID`.
 pub fn cred_subject(credential_id: i64) -> String {
     format!("cred:{credential_id}")
+}
+
+/// `name:NAME` for [`super::Limiter::throttle`].
+pub fn name_subject(name: &str) -> String {
+    format!("name:{}", escape(name))
 }
 
 /// Key of a GCRA counter.

@@ -53,7 +53,7 @@ pub struct LimitRefusal {
     pub retry_after: Duration,
     pub reason: String,
     /// Which limit, for metrics labels: `connections`, `ip-concurrency`,
-    /// `lockout`, `sessions`, `messages`, `recipients`.
+    /// `lockout`, `sessions`, `messages`, `recipients`, `throttle`.
     pub kind: &'static str,
 }
 
@@ -604,6 +604,36 @@ impl Limiter {
             }
         }
         Err(refusal)
+    }
+
+    /// A named rate for anything else that must be paced the same way
+    /// (e.g. per-upstream throttles of #4): `cost` cells of `count` per
+    /// `period` under `name` (shared between nodes on shared backends).
+    /// `count == 0` means no limit.
+    pub async fn throttle(
+        &self,
+        name: &str,
+        count: u32,
+        period: Duration,
+        cost: u32,
+    ) -> Result<(), LimitRefusal> {
+        if count == 0 || cost == 0 {
+            return Ok(());
+        }
+        let now = self.now();
+        let period_ms = (period.as_millis() as u64).max(1);
+        let rate = Rate::new(count, period_ms);
+        let check = Check {
+            key: keys::rate_key(&keys::name_subject(name), kind::THROTTLE, rate),
+            rate,
+            cost,
+            kind: kind::THROTTLE,
+            reason: format!(
+                "rate for {name} exceeded ({count} per {})",
+                human_period(period_ms)
+            ),
+        };
+        self.run_checks(vec![check], now).await
     }
 
     /// Current counters and lockouts (the store's for shared backends, so

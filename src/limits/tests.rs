@@ -334,3 +334,30 @@ async fn follows_a_paused_tokio_clock() {
     l.message(&a, 1).await.unwrap();
     assert!(l.message(&a, 1).await.is_err());
 }
+
+#[tokio::test]
+async fn named_throttles_for_other_subsystems() {
+    let (l, clock) = limiter(LimitsConfig::default());
+    for _ in 0..2 {
+        l.throttle("upstream ses", 2, Duration::from_secs(1), 1)
+            .await
+            .unwrap();
+    }
+    let r = l
+        .throttle("upstream ses", 2, Duration::from_secs(1), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(r.reason, "rate for upstream ses exceeded (2 per 1s)");
+    assert_eq!(r.kind, "throttle");
+    l.throttle("upstream m365", 2, Duration::from_secs(1), 1)
+        .await
+        .unwrap();
+    clock.advance_ms(500);
+    l.throttle("upstream ses", 2, Duration::from_secs(1), 1)
+        .await
+        .unwrap();
+    assert!(l
+        .throttle("upstream ses", 2, Duration::from_secs(1), 1)
+        .await
+        .is_err());
+}

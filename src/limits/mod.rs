@@ -16,12 +16,14 @@
 //! When the store cannot be reached, rate checks fail open (logged): an
 //! outage of the limit store must not stop mail that the queue accepts.
 
+mod brute_force;
 pub mod clock;
 pub mod config;
 mod counters;
 pub mod gcra;
 pub mod keys;
 mod slots;
+mod snapshot;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -31,6 +33,9 @@ use std::time::Duration;
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use config::{LimitsBackend, LimitsConfig};
 pub use slots::SlotGuard;
+pub use snapshot::{CounterSnapshot, LimitsSnapshot};
+
+use snapshot::human_period;
 
 use counters::{Counters, LocalCounters};
 use gcra::Rate;
@@ -38,7 +43,7 @@ use keys::kind;
 use slots::Slots;
 
 use crate::store::{
-    GcraOutcome, LimitCounter, LimitOverrides, LimitStore, LoginCredential, LoginRecord, StoreError,
+    GcraOutcome, LimitOverrides, LimitStore, LoginCredential, LoginRecord, StoreError,
 };
 
 const MINUTE_MS: u64 = 60_000;
@@ -136,92 +141,6 @@ pub fn merge_overrides(user: &LimitOverrides, credential: &LimitOverrides) -> Li
         messages_per_day: credential.messages_per_day.or(user.messages_per_day),
         recipients_per_day: credential.recipients_per_day.or(user.recipients_per_day),
         concurrent_sessions: user.concurrent_sessions,
-    }
-}
-
-/// One counter of `limits show`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CounterSnapshot {
-    /// The raw key (pass its subject to [`Limiter::reset`]).
-    pub key: String,
-    /// `ip:ADDR`, `user:NAME`, `uid:ID` or `cred:ID`.
-    pub subject: String,
-    /// `connections`, `auth-failures`, `lockout`, `messages`, `recipients`.
-    pub kind: String,
-    /// The rate counted against (`None` for lockouts).
-    pub limit: Option<Rate>,
-    /// Cells in use now (for lockouts: 1).
-    pub used: u32,
-    /// Unix ms when the counter is back to idle (lockouts: when they end).
-    pub until_ms: i64,
-}
-
-/// What `postgate limits show` prints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitsSnapshot {
-    pub now_ms: i64,
-    /// Counters and lockouts in force, ordered by key.
-    pub counters: Vec<CounterSnapshot>,
-    /// Open sessions per user id on this node.
-    pub sessions: Vec<(i64, u32)>,
-    /// Open connections per IP subject on this node.
-    pub connections: Vec<(String, u32)>,
-}
-
-impl fmt::Display for LimitsSnapshot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{:<40} {:<14} {:>12} {:>8}",
-            "SUBJECT", "KIND", "USED/LIMIT", "CLEAR IN"
-        )?;
-        for c in &self.counters {
-            let limit = match c.limit {
-                Some(r) => format!("{}/{}", c.used, r.count),
-                None => "-".into(),
-            };
-            let secs = (c.until_ms - self.now_ms).max(0) as u64;
-            let period = c
-                .limit
-                .map(|r| format!(" per {}", human_period(r.period_ms)))
-                .unwrap_or_default();
-            writeln!(
-                f,
-                "{:<40} {:<14} {:>12} {:>7}s{period}",
-                c.subject,
-                c.kind,
-                limit,
-                secs.div_ceil(1000)
-            )?;
-        }
-        for (uid, n) in &self.sessions {
-            writeln!(
-                f,
-                "{:<40} {:<14} {:>12}",
-                format!("uid:{uid}"),
-                "sessions",
-                n
-            )?;
-        }
-        for (ip, n) in &self.connections {
-            writeln!(
-                f,
-                "{:<40} {:<14} {:>12}",
-                keys::unescape(ip),
-                "open-conns",
-                n
-            )?;
-        }
-        Ok(())
-    }
-}
-
-fn human_period(ms: u64) -> String {
-    match ms {
-        MINUTE_MS => "minute".into(),
-        HOUR_MS => "hour".into(),
-        DAY_MS => "day".into(),
-        _ => humantime::format_duration(Duration::from_millis(ms)).to_string(),
     }
 }
 
@@ -344,130 +263,6 @@ impl Limiter {
                 ),
             )
         })
-    }
-
-    /// Before verifying an AUTH from `ip` for `username` (as typed; never
-    /// looked up, so unknown and existing users are treated alike).
-    /// `Ok(delay)`: wait `delay` (the tarpit, zero when no recent failures)
-    /// before answering, whatever the outcome. `Err`: the IP or username is
-    /// locked out: reply `454 4.7.0` without verifying.
-    pub async fn auth_allowed(&self, ip: IpAddr, username: &str) -> Result<Duration, LimitRefusal> {
-        let now = self.now();
-        let ip_subject = self.ip(ip);
-        let user_subject = keys::user_subject(username);
-        let locks = [
-            keys::lockout_key(&ip_subject),
-            keys::lockout_key(&user_subject),
-        ];
-        let fails = self.failure_keys(&ip_subject, &user_subject);
-        let mut wanted: Vec<String> = locks.to_vec();
-        wanted.extend(fails.iter().map(|(k, _)| k.clone()));
-        let rows = self.counters.get(&wanted).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "limit store unavailable: AUTH checks skipped");
-            Vec::new()
-        });
-        let tat_of = |key: &str| rows.iter().find(|r| r.key == key).map(|r| r.tat);
-        for (i, lock) in locks.iter().enumerate() {
-            if let Some(until) = tat_of(lock).filter(|&t| t > now) {
-                let who = if i == 0 {
-                    format!("from {}", &keys::unescape(&ip_subject)[3..])
-                } else {
-                    format!("for user {}", &keys::unescape(&user_subject)[5..])
-                };
-                return Err(LimitRefusal::new(
-                    kind::LOCKOUT,
-                    (until - now) as u64,
-                    format!("too many failed logins {who}"),
-                ));
-            }
-        }
-        let recent = fails
-            .iter()
-            .filter_map(|(k, rate)| tat_of(k).map(|t| rate.used(t, now)))
-            .max()
-            .unwrap_or(0);
-        Ok(self.tarpit(recent))
-    }
-
-    /// The tarpit delay after `recent` failures.
-    fn tarpit(&self, recent: u32) -> Duration {
-        let after = self.config.auth_tarpit_after;
-        if after == 0 || recent < after {
-            return Duration::ZERO;
-        }
-        let doublings = (recent - after).min(20);
-        self.config
-            .auth_tarpit_delay
-            .saturating_mul(1 << doublings)
-            .min(self.config.auth_tarpit_max_delay)
-    }
-
-    /// Failure counters (key, rate) of an IP and a username.
-    fn failure_keys(&self, ip_subject: &str, user_subject: &str) -> Vec<(String, Rate)> {
-        let window = self.config.auth_failure_window.as_millis() as u64;
-        [
-            (ip_subject, self.config.auth_lockout_per_ip),
-            (user_subject, self.config.auth_lockout_per_user),
-        ]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(s, n)| {
-            let rate = Rate::new(n, window);
-            (keys::rate_key(s, kind::AUTH_FAILURES, rate), rate)
-        })
-        .collect()
-    }
-
-    /// Records the outcome of a verified AUTH. A failure counts against the
-    /// IP and the username (existing or not); reaching
-    /// `auth_lockout_per_ip`/`auth_lockout_per_user` failures within the
-    /// window locks that IP/username out for `auth_lockout_duration`. A
-    /// success clears the username's failures (not the IP's).
-    pub async fn auth_result(&self, ip: IpAddr, username: &str, success: bool) {
-        let now = self.now();
-        let ip_subject = self.ip(ip);
-        let user_subject = keys::user_subject(username);
-        if success {
-            let prefix = format!("{user_subject}/{}/", kind::AUTH_FAILURES);
-            if let Err(e) = self.counters.delete_prefix(&prefix).await {
-                tracing::warn!(error = %e, "limit store unavailable: failures not cleared");
-            }
-            return;
-        }
-        let fails = self.failure_keys(&ip_subject, &user_subject);
-        let subjects = [ip_subject.as_str(), user_subject.as_str()];
-        let outcomes = futures::future::join_all(fails.iter().map(|(key, rate)| async move {
-            self.counters.check(key, &rate.step(now, 1), now).await
-        }))
-        .await;
-        let lock_ms = self.config.auth_lockout_duration.as_millis() as i64;
-        for ((key, rate), outcome) in fails.iter().zip(outcomes) {
-            let full = match outcome {
-                Ok(GcraOutcome::Allowed { tat }) => rate.used(tat, now) >= rate.count,
-                Ok(GcraOutcome::Refused { .. }) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "limit store unavailable: failure not counted");
-                    false
-                }
-            };
-            if !full {
-                continue;
-            }
-            let subject = subjects
-                .iter()
-                .find(|s| key.starts_with(&format!("{s}/")))
-                .copied()
-                .unwrap_or_default();
-            let lock = LimitCounter {
-                key: keys::lockout_key(subject),
-                tat: now + lock_ms,
-                expires_at: now + lock_ms,
-            };
-            tracing::warn!(subject = %keys::unescape(subject), seconds = lock_ms / 1000, "locked out after failed logins");
-            if let Err(e) = self.counters.set(&lock).await {
-                tracing::warn!(error = %e, "limit store unavailable: lockout not recorded");
-            }
-        }
     }
 
     /// Takes one of the user's concurrent-session slots on this node

@@ -94,8 +94,13 @@ impl Limiter {
         let ip_subject = self.ip(ip);
         let user_subject = keys::user_subject(username);
         if success {
-            let prefix = format!("{user_subject}/{}/", kind::AUTH_FAILURES);
-            if let Err(e) = self.counters.delete_prefix(&prefix).await {
+            let mine: Vec<String> = self
+                .failure_keys(&ip_subject, &user_subject)
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with(&format!("{user_subject}/")))
+                .collect();
+            if let Err(e) = self.counters.delete(&mine).await {
                 tracing::warn!(error = %e, "limit store unavailable: failures not cleared");
             }
             return;

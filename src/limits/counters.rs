@@ -80,6 +80,16 @@ impl Counters {
         }
     }
 
+    pub(crate) async fn delete(&self, keys: &[String]) -> StoreResult<u64> {
+        match self {
+            Counters::Local(l) => Ok(keys
+                .iter()
+                .map(|k| l.shard(k).map.remove(k).is_some() as u64)
+                .sum()),
+            Counters::Store { store, .. } => store.limit_delete(keys).await,
+        }
+    }
+
     pub(crate) async fn delete_prefix(&self, prefix: &str) -> StoreResult<u64> {
         match self {
             Counters::Local(l) => Ok(l.delete_prefix(prefix)),

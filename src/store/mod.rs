@@ -300,7 +300,10 @@ pub trait LimitStore: Send + Sync {
     async fn limit_get(&self, keys: &[String]) -> StoreResult<Vec<LimitCounter>>;
     /// Inserts or replaces one row.
     async fn limit_set(&self, counter: &LimitCounter) -> StoreResult<()>;
+    /// Deletes the rows of `keys` (primary-key lookups); returns how many.
+    async fn limit_delete(&self, keys: &[String]) -> StoreResult<u64>;
     /// Deletes every row whose key starts with `prefix`; returns how many.
+    /// Scans the table: for operators, not for every request.
     async fn limit_delete_prefix(&self, prefix: &str) -> StoreResult<u64>;
     /// Every row with `expires_at > now`, ordered by key.
     async fn limit_list(&self, now: i64) -> StoreResult<Vec<LimitCounter>>;

@@ -84,6 +84,15 @@ impl LimitStore for PgStore {
         Ok(())
     }
 
+    async fn limit_delete(&self, keys: &[String]) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM limit_counters WHERE key = ANY($1)")
+            .bind(keys)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "limit counter"))?;
+        Ok(done.rows_affected())
+    }
+
     async fn limit_delete_prefix(&self, prefix: &str) -> StoreResult<u64> {
         // left() rather than LIKE: keys may contain % and _.
         let done = sqlx::query("DELETE FROM limit_counters WHERE left(key, length($1)) = $1")

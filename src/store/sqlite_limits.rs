@@ -85,6 +85,19 @@ impl LimitStore for SqliteStore {
         Ok(())
     }
 
+    async fn limit_delete(&self, keys: &[String]) -> StoreResult<u64> {
+        let mut n = 0;
+        for k in keys {
+            n += sqlx::query("DELETE FROM limit_counters WHERE key = ?1")
+                .bind(k)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| map_sqlx(e, "limit counter"))?
+                .rows_affected();
+        }
+        Ok(n)
+    }
+
     async fn limit_delete_prefix(&self, prefix: &str) -> StoreResult<u64> {
         // substr() rather than LIKE: keys may contain % and _.
         let done = sqlx::query("DELETE FROM limit_counters WHERE substr(key, 1, length(?1)) = ?1")

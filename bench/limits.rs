@@ -4,6 +4,9 @@
 //!   POSTGATE_BENCH_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres \
 //!     cargo bench --bench limits                      # + PostgreSQL backend
 //!
+//! POSTGATE_BENCH_PG_LOGGED=1 turns `limit_counters` back into a logged
+//! (WAL-written) table, to compare with the default UNLOGGED one.
+//!
 //! Prints checks per second for each backend (one "check" = one GCRA
 //! counter), messages per second (4 counters each with the default config),
 //! and the cost of a login answered from the auth cache versus one argon2id
@@ -166,6 +169,15 @@ async fn main() {
             ..StoreOptions::default()
         };
         let s = store::open_and_migrate(&db, &options).await.unwrap();
+        if std::env::var("POSTGATE_BENCH_PG_LOGGED").as_deref() == Ok("1") {
+            // For comparison with the default UNLOGGED table.
+            let mut c = sqlx::PgConnection::connect(&db).await.unwrap();
+            sqlx::query("ALTER TABLE limit_counters SET LOGGED")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            println!("postgres  (limit_counters set LOGGED for this run)");
+        }
         let shared: Arc<dyn LimitStore> = s.clone();
         let pg =
             Arc::new(Limiter::new(roomy(LimitsBackend::Postgres), Some(shared), clock).unwrap());

@@ -228,6 +228,10 @@ impl StoreConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub dkim: crate::dkim::DkimConfig,
+    pub fixups: crate::fixups::FixupsConfig,
+    pub http: crate::http::HttpConfig,
+    pub log: crate::logging::LogConfig,
 }
 
 impl Config {
@@ -288,6 +292,12 @@ impl Config {
                 "store.max_connections",
                 "must be at least 1".into(),
             ));
+        }
+        if let Err(e) = self.fixups.validate() {
+            return Err(invalid("fixups.remove_headers", e.to_string()));
+        }
+        if let Err(e) = self.http.admin_token() {
+            return Err(invalid("http.admin_token", e.to_string()));
         }
         if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
             return Err(invalid(

@@ -9,7 +9,12 @@
 pub mod accounts;
 pub mod auth_cache;
 pub mod config;
+pub mod dkim;
+pub mod fixups;
+pub mod http;
 pub mod limits;
+pub mod logging;
+pub mod metrics;
 pub mod password;
 pub mod policy;
 pub mod store;

@@ -35,6 +35,47 @@ enum Command {
     Sender(SenderCommand),
     /// Read a password on stdin and print its argon2id PHC hash (for plain-SQL account management).
     HashPassword,
+    /// Manage DKIM signing keys.
+    #[command(subcommand)]
+    Dkim(DkimCommand),
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Create and store a key; prints the DNS TXT record to publish.
+    Generate {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        /// rsa-sha256 or ed25519-sha256.
+        #[arg(long, default_value = "rsa-sha256")]
+        algorithm: String,
+        /// RSA key size: 2048 (default), 3072 or 4096.
+        #[arg(long)]
+        bits: Option<u32>,
+    },
+    /// Store a key from a PEM file (PKCS#8, or PKCS#1 for RSA); prints the DNS TXT record.
+    Import {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        #[arg(long, default_value = "rsa-sha256")]
+        algorithm: String,
+        /// PEM file with the private key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// List keys (never the private part).
+    List,
+    /// Stop signing with a key (its DNS record can go once signed mail has been delivered).
+    Retire {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+    },
 }
 
 #[derive(Args)]
@@ -192,6 +233,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::User(cmd) => user(&cli, cmd).await,
+        Command::Dkim(cmd) => dkim(&cli, cmd).await,
         Command::Sender(cmd) => sender(&cli, cmd).await,
     }
 }
@@ -287,6 +329,44 @@ async fn sender(cli: &Cli, cmd: &SenderCommand) -> Result<(), Failure> {
             for p in store.sender_list(name).await? {
                 println!("{p}");
             }
+        }
+    }
+    Ok(())
+}
+
+async fn dkim(cli: &Cli, cmd: &DkimCommand) -> Result<(), Failure> {
+    use postgate::dkim;
+    use postgate::store::DkimAlgorithm;
+    let config = load_config(cli)?;
+    let store = open_store(&config).await?;
+    match cmd {
+        DkimCommand::Generate {
+            domain,
+            selector,
+            algorithm,
+            bits,
+        } => {
+            let alg = DkimAlgorithm::parse(algorithm)?;
+            print!(
+                "{}",
+                dkim::cli_generate(&*store, domain, selector, alg, *bits).await?
+            );
+        }
+        DkimCommand::Import {
+            domain,
+            selector,
+            algorithm,
+            key,
+        } => {
+            let alg = DkimAlgorithm::parse(algorithm)?;
+            print!(
+                "{}",
+                dkim::cli_import(&*store, domain, selector, alg, key).await?
+            );
+        }
+        DkimCommand::List => print!("{}", dkim::cli_list(&*store).await?),
+        DkimCommand::Retire { domain, selector } => {
+            print!("{}", dkim::cli_retire(&*store, domain, selector).await?)
         }
     }
     Ok(())

@@ -23,9 +23,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-python3 -c 'import dkim, aiosmtpd, yaml' 2>/dev/null || {
-  log "pip install dkimpy aiosmtpd pyyaml"
-  python3 -m pip install -q --disable-pip-version-check dkimpy aiosmtpd pyyaml dnspython
+python3 -c 'import dkim, nacl, aiosmtpd, yaml' 2>/dev/null || {
+  log "pip install dkimpy pynacl aiosmtpd pyyaml"
+  python3 -m pip install -q --disable-pip-version-check dkimpy pynacl aiosmtpd pyyaml dnspython
 }
 
 # --- PostgreSQL ----------------------------------------------------------------

@@ -3,6 +3,11 @@
 
 mod cli_accounts;
 mod common;
+mod dkim_sign;
+mod dkim_store;
+mod dkim_verify;
 mod limits_auth_cache;
 mod limits_store;
+mod ops_deploy;
+mod ops_http;
 mod store_accounts;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::gcra::Rate;
 use super::keys::{self, kind};
 use super::{LimitRefusal, Limiter};
+use crate::metrics::{LimitKind, LimitScope};
 use crate::store::{GcraOutcome, LimitCounter};
 
 impl Limiter {
@@ -40,8 +41,13 @@ impl Limiter {
                 } else {
                     format!("for user {}", &keys::unescape(&user_subject)[5..])
                 };
+                let scope = if i == 0 {
+                    LimitScope::Ip
+                } else {
+                    LimitScope::User
+                };
                 return Err(LimitRefusal::new(
-                    kind::LOCKOUT,
+                    (scope, LimitKind::AuthFailures),
                     (until - now) as u64,
                     format!("too many failed logins {who}"),
                 ));

@@ -42,6 +42,7 @@ use gcra::Rate;
 use keys::kind;
 use slots::Slots;
 
+use crate::metrics::{LimitKind, LimitScope};
 use crate::store::{
     GcraOutcome, LimitOverrides, LimitStore, LoginCredential, LoginRecord, StoreError,
 };
@@ -57,18 +58,26 @@ pub struct LimitRefusal {
     /// How long until the same request would pass (at least 1 s).
     pub retry_after: Duration,
     pub reason: String,
-    /// Which limit, for metrics labels: `connections`, `ip-concurrency`,
-    /// `lockout`, `sessions`, `messages`, `recipients`, `throttle`.
-    pub kind: &'static str,
+    /// Who the limit applies to (metrics label `scope`).
+    pub scope: LimitScope,
+    /// What it counts (metrics label `limit`); `AuthFailures` means a
+    /// brute-force lockout.
+    pub limit: LimitKind,
 }
 
 impl LimitRefusal {
-    fn new(kind: &'static str, retry_after_ms: u64, reason: String) -> Self {
+    fn new((scope, limit): (LimitScope, LimitKind), retry_after_ms: u64, reason: String) -> Self {
         LimitRefusal {
             retry_after: Duration::from_millis(retry_after_ms.max(1000)),
             reason,
-            kind,
+            scope,
+            limit,
         }
+    }
+
+    /// True for a brute-force lockout (IP or username).
+    pub fn is_lockout(&self) -> bool {
+        self.limit == LimitKind::AuthFailures
     }
 
     /// Retry-after in whole seconds, rounded up.
@@ -159,7 +168,7 @@ struct Check {
     key: String,
     rate: Rate,
     cost: u32,
-    kind: &'static str,
+    labels: (LimitScope, LimitKind),
     reason: String,
 }
 
@@ -225,7 +234,7 @@ impl Limiter {
         let shown = keys::unescape(&subject);
         if let Some((_, until)) = self.lockout_end(&[keys::lockout_key(&subject)], now).await {
             return Err(LimitRefusal::new(
-                kind::LOCKOUT,
+                (LimitScope::Ip, LimitKind::AuthFailures),
                 (until - now) as u64,
                 format!("too many failed logins from {}", &shown[3..]),
             ));
@@ -239,7 +248,7 @@ impl Limiter {
             key: keys::rate_key(&subject, kind::CONNECTIONS, rate),
             rate,
             cost: 1,
-            kind: kind::CONNECTIONS,
+            labels: (LimitScope::Ip, LimitKind::Connections),
             reason: format!(
                 "connection rate from {} exceeded ({n} per minute)",
                 &shown[3..]
@@ -255,7 +264,7 @@ impl Limiter {
         let max = self.config.ip_concurrent_connections;
         self.connections.acquire(subject.clone(), max).map_err(|_| {
             LimitRefusal::new(
-                "ip-concurrency",
+                (LimitScope::Ip, LimitKind::Connections),
                 10_000,
                 format!(
                     "too many concurrent connections from {} ({max})",
@@ -278,7 +287,7 @@ impl Limiter {
             .unwrap_or(self.config.concurrent_sessions);
         self.sessions.acquire(user_id, max).map_err(|_| {
             LimitRefusal::new(
-                "sessions",
+                (LimitScope::User, LimitKind::Sessions),
                 60_000,
                 format!("too many concurrent sessions for user {user_id} ({max})"),
             )
@@ -308,6 +317,7 @@ impl Limiter {
         );
         let scopes = [
             (
+                LimitScope::User,
                 keys::uid_subject(account.user_id),
                 &user_who,
                 [
@@ -318,6 +328,7 @@ impl Limiter {
                 ],
             ),
             (
+                LimitScope::Credential,
                 keys::cred_subject(account.credential_id),
                 &cred_who,
                 [
@@ -328,7 +339,7 @@ impl Limiter {
                 ],
             ),
         ];
-        for (subject, who, values) in &scopes {
+        for (scope, subject, who, values) in &scopes {
             let specs = [
                 (kind::MESSAGES, MINUTE_MS, 1, "message rate"),
                 (kind::MESSAGES, HOUR_MS, 1, "message rate"),
@@ -349,7 +360,14 @@ impl Limiter {
                     key: keys::rate_key(subject, k, rate),
                     rate,
                     cost,
-                    kind: k,
+                    labels: (
+                        *scope,
+                        if k == kind::RECIPIENTS {
+                            LimitKind::Recipients
+                        } else {
+                            LimitKind::Messages
+                        },
+                    ),
                     reason: format!(
                         "{what} for {who} exceeded ({n} per {})",
                         human_period(period)
@@ -377,7 +395,7 @@ impl Limiter {
                 Ok(GcraOutcome::Allowed { .. }) => taken.push(check),
                 Ok(GcraOutcome::Refused { tat }) => {
                     let wait = check.rate.retry_after_ms(tat, now, check.cost);
-                    refusal = Some(LimitRefusal::new(check.kind, wait, check.reason.clone()));
+                    refusal = Some(LimitRefusal::new(check.labels, wait, check.reason.clone()));
                     break;
                 }
                 Err(e) => {
@@ -422,7 +440,7 @@ impl Limiter {
             key: keys::rate_key(&keys::name_subject(name), kind::THROTTLE, rate),
             rate,
             cost,
-            kind: kind::THROTTLE,
+            labels: (LimitScope::Upstream, LimitKind::Messages),
             reason: format!(
                 "rate for {name} exceeded ({count} per {})",
                 human_period(period_ms)

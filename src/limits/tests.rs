@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::metrics::{LimitKind, LimitScope};
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -32,7 +33,7 @@ async fn connection_rate_triggers_at_count_and_recovers() {
         l.connection(ip("192.0.2.1")).await.unwrap();
     }
     let r = l.connection(ip("192.0.2.1")).await.unwrap_err();
-    assert_eq!(r.kind, "connections");
+    assert_eq!((r.scope, r.limit), (LimitScope::Ip, LimitKind::Connections));
     assert_eq!(
         r.reason,
         "connection rate from 192.0.2.1 exceeded (5 per minute)"
@@ -122,7 +123,7 @@ async fn message_limits_per_minute_hour_day_and_recipients() {
         r.reason,
         "message rate for user alice exceeded (5 per hour)"
     );
-    assert_eq!(r.kind, "messages");
+    assert_eq!((r.scope, r.limit), (LimitScope::User, LimitKind::Messages));
     clock.advance_ms(3_600_000);
     l.message(&a, 1).await.unwrap();
     l.message(&a, 1).await.unwrap();
@@ -138,7 +139,10 @@ async fn message_limits_per_minute_hour_day_and_recipients() {
         r.reason,
         "recipient quota for user alice exceeded (100 per day)"
     );
-    assert_eq!(r.kind, "recipients");
+    assert_eq!(
+        (r.scope, r.limit),
+        (LimitScope::User, LimitKind::Recipients)
+    );
     // The refused message took nothing: 40 more recipients still fit.
     l.message(&a, 40).await.unwrap();
     assert!(l.message(&a, 1).await.is_err());
@@ -173,6 +177,7 @@ async fn credential_overrides_count_on_their_own_and_toward_the_user() {
         r.reason,
         "message rate for credential printer of user alice exceeded (2 per hour)"
     );
+    assert_eq!(r.scope, LimitScope::Credential);
     // The printer's two count toward the user's 4 (override of the default 5).
     l.message(&laptop, 1).await.unwrap();
     l.message(&laptop, 1).await.unwrap();
@@ -233,7 +238,11 @@ async fn failed_logins_tarpit_then_lock_the_username() {
         .auth_allowed(ip("203.0.113.1"), "ALICE")
         .await
         .unwrap_err();
-    assert_eq!(r.kind, "lockout");
+    assert_eq!(
+        (r.scope, r.limit),
+        (LimitScope::User, LimitKind::AuthFailures)
+    );
+    assert!(r.is_lockout());
     assert_eq!(r.reason, "too many failed logins for user alice");
     assert_eq!(r.retry_after_secs(), 300);
     // Others are unaffected.
@@ -261,7 +270,10 @@ async fn failed_logins_lock_the_ip_at_accept_too() {
         .unwrap_err();
     assert_eq!(r.reason, "too many failed logins from 192.0.2.66");
     let r = l.connection(ip("192.0.2.66")).await.unwrap_err();
-    assert_eq!(r.kind, "lockout");
+    assert_eq!(
+        (r.scope, r.limit),
+        (LimitScope::Ip, LimitKind::AuthFailures)
+    );
     let snap = l.snapshot().await.unwrap();
     assert!(snap
         .counters
@@ -348,7 +360,10 @@ async fn named_throttles_for_other_subsystems() {
         .await
         .unwrap_err();
     assert_eq!(r.reason, "rate for upstream ses exceeded (2 per 1s)");
-    assert_eq!(r.kind, "throttle");
+    assert_eq!(
+        (r.scope, r.limit),
+        (LimitScope::Upstream, LimitKind::Messages)
+    );
     l.throttle("upstream m365", 2, Duration::from_secs(1), 1)
         .await
         .unwrap();

@@ -283,7 +283,7 @@ async fn lockouts_per_user_and_ip_and_identical_for_unknown_users() {
         let r = l.auth_allowed(ip("192.0.2.66"), "alice").await.unwrap_err();
         assert_eq!(r.reason, "too many failed logins from 192.0.2.66", "{b}");
         let r = l.connection(ip("192.0.2.66")).await.unwrap_err();
-        assert_eq!((r.kind, r.retry_after_secs()), ("lockout", 300), "{b}");
+        assert_eq!((r.is_lockout(), r.retry_after_secs()), (true, 300), "{b}");
         l.reset("192.0.2.66").await.unwrap();
         l.connection(ip("192.0.2.66")).await.unwrap();
     }

@@ -153,6 +153,22 @@ pub fn merge_overrides(user: &LimitOverrides, credential: &LimitOverrides) -> Li
     }
 }
 
+/// The inverse of [`merge_overrides`] as far as counting goes: the fields
+/// of `merged` that differ from the user's own overrides, i.e. those the
+/// credential sets. (A credential field equal to the user's would add a
+/// counter that can never refuse first, so dropping it changes nothing.)
+/// For callers that keep only the merged overrides plus the user's.
+pub fn credential_only(user: &LimitOverrides, merged: &LimitOverrides) -> LimitOverrides {
+    let pick = |m: Option<u32>, u: Option<u32>| if m != u { m } else { None };
+    LimitOverrides {
+        messages_per_minute: pick(merged.messages_per_minute, user.messages_per_minute),
+        messages_per_hour: pick(merged.messages_per_hour, user.messages_per_hour),
+        messages_per_day: pick(merged.messages_per_day, user.messages_per_day),
+        recipients_per_day: pick(merged.recipients_per_day, user.recipients_per_day),
+        concurrent_sessions: None,
+    }
+}
+
 /// The limiter. Cheap to share (`Arc<Limiter>`); every method is safe to
 /// call concurrently.
 pub struct Limiter {

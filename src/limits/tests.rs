@@ -376,3 +376,22 @@ async fn named_throttles_for_other_subsystems() {
         .await
         .is_err());
 }
+
+#[test]
+fn credential_only_recovers_what_the_credential_sets() {
+    let user = LimitOverrides {
+        messages_per_hour: Some(4),
+        messages_per_day: Some(50),
+        concurrent_sessions: Some(3),
+        ..no_overrides()
+    };
+    let cred = LimitOverrides {
+        messages_per_minute: Some(1),
+        messages_per_hour: Some(2),
+        ..no_overrides()
+    };
+    let merged = merge_overrides(&user, &cred);
+    assert_eq!(merged.concurrent_sessions, Some(3));
+    assert_eq!(merged.messages_per_day, Some(50));
+    assert_eq!(credential_only(&user, &merged), cred);
+}

@@ -20,13 +20,16 @@ pub const MAX_COUNT: u32 = 1_000_000;
 /// `count` cells per `period_ms` milliseconds. `count == 0` means "no limit".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
+    /// Cells per period (the burst).
     pub count: u32,
+    /// The period in milliseconds.
     pub period_ms: u64,
 }
 
 /// Outcome of [`check`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
+    /// Whether the cells pass.
     pub allowed: bool,
     /// The TAT to store (unchanged when refused).
     pub tat: i64,

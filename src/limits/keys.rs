@@ -10,11 +10,17 @@ use super::gcra::Rate;
 
 /// Kinds of counters, as they appear in keys and in `limits show`.
 pub mod kind {
+    /// New connections per IP per minute.
     pub const CONNECTIONS: &str = "connections";
+    /// Failed AUTH per IP or username per window.
     pub const AUTH_FAILURES: &str = "auth-failures";
+    /// A lockout in force (its TAT is its end).
     pub const LOCKOUT: &str = "lockout";
+    /// Messages per minute, hour or day.
     pub const MESSAGES: &str = "messages";
+    /// Recipients per day.
     pub const RECIPIENTS: &str = "recipients";
+    /// A named throttle ([`crate::limits::Limiter::throttle`]).
     pub const THROTTLE: &str = "throttle";
 }
 
@@ -120,6 +126,7 @@ pub fn lockout_key(subject: &str) -> String {
 pub struct ParsedKey {
     /// The subject with escapes undone, e.g. `user:alice`, `ip:2001:db8::/64`.
     pub subject: String,
+    /// One of [`kind`].
     pub kind: String,
     /// `None` for lockouts.
     pub rate: Option<Rate>,

@@ -57,6 +57,7 @@ const DAY_MS: u64 = 86_400_000;
 pub struct LimitRefusal {
     /// How long until the same request would pass (at least 1 s).
     pub retry_after: Duration,
+    /// Human-readable cause, e.g. `message rate for user alice exceeded (100 per hour)`.
     pub reason: String,
     /// Who the limit applies to (metrics label `scope`).
     pub scope: LimitScope,
@@ -119,11 +120,18 @@ pub type ConnectionGuard = SlotGuard<String>;
 /// credential too, on top of the user's counter).
 #[derive(Debug, Clone, Copy)]
 pub struct Account<'a> {
+    /// `users.id`: the key of the user's counters.
     pub user_id: i64,
+    /// For refusal reasons only.
     pub username: &'a str,
+    /// The user's own overrides (`None` fields: config defaults).
     pub user_limits: &'a LimitOverrides,
+    /// `credentials.id`: the key of the credential's counters.
     pub credential_id: i64,
+    /// For refusal reasons only.
     pub credential_label: &'a str,
+    /// The credential's own overrides (only `Some` fields are counted per
+    /// credential; see [`credential_only`] when holding merged ones).
     pub credential_limits: &'a LimitOverrides,
 }
 

@@ -27,6 +27,7 @@ pub struct CounterSnapshot {
 /// What `postgate limits show` prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitsSnapshot {
+    /// When it was taken (Unix ms).
     pub now_ms: i64,
     /// Counters and lockouts in force, ordered by key.
     pub counters: Vec<CounterSnapshot>,

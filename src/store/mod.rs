@@ -394,6 +394,7 @@ pub trait HealthStore: Send + Sync {
 /// lockout end) under an opaque key owned by [`crate::limits`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitCounter {
+    /// Primary key, e.g. `uid:42/messages/100/3600000`.
     pub key: String,
     /// In the key's own units (see [`crate::limits`]).
     pub tat: i64,
@@ -407,9 +408,13 @@ pub struct LimitCounter {
 /// nothing changes. `expires_at` is then `ceil(new_tat / scale)` ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GcraStep {
+    /// Now, in key units.
     pub now: i64,
+    /// Emission interval times cost (negative: give cells back).
     pub increment: i64,
+    /// How far the TAT may run ahead of `now` (the burst tolerance plus one interval).
     pub window: i64,
+    /// Key units per millisecond.
     pub scale: i64,
 }
 

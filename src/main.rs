@@ -23,6 +23,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the relay: SMTP listeners, delivery workers, HTTP endpoints.
+    Serve,
+    /// Try postgate out: creates DIR with a development certificate, a
+    /// config on the embedded SQLite store and a user, prints how to send a
+    /// first message, then serves on 127.0.0.1.
+    Dev {
+        /// Where the development files live.
+        #[arg(long, default_value = "dev-data")]
+        dir: PathBuf,
+    },
     /// Validate the configuration and print it with secrets redacted (exit 2 when invalid).
     CheckConfig,
     /// Apply pending database migrations.
@@ -194,6 +204,37 @@ async fn open_store(
     }
 }
 
+fn config_name(cli: &Cli) -> String {
+    cli.config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "postgate.toml".into())
+}
+
+/// Starts logging, binds, wires SIGTERM/SIGINT to a graceful shutdown and
+/// SIGHUP to a reload, and runs until shut down.
+async fn serve(config: Config) -> Result<(), Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    postgate::logging::init(&config.log)?;
+    let bound = postgate::run::Bound::bind(&config).await?;
+    let control = postgate::run::Control::default();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let signals = control.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received"); signals.shutdown.cancel(); }
+                _ = int.recv() => { tracing::info!("SIGINT received"); signals.shutdown.cancel(); }
+                _ = hup.recv() => { tracing::info!("SIGHUP received: reloading"); signals.reload.notify_one(); }
+            }
+        }
+    });
+    postgate::run::run(config, bound, control).await?;
+    Ok(())
+}
+
 fn read_password(src: &PasswordSource) -> Result<(String, bool), Failure> {
     if src.generate {
         return Ok((postgate::password::generate_password(), true));
@@ -214,8 +255,22 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::CheckConfig => {
             let config = load_config(&cli)?;
+            config
+                .validate_for_serve(&config_name(&cli))
+                .map_err(|e| Failure(e.to_string(), 2))?;
             print!("{}", config.to_redacted_toml());
             Ok(())
+        }
+        Command::Serve => {
+            let config = load_config(&cli)?;
+            config
+                .validate_for_serve(&config_name(&cli))
+                .map_err(|e| Failure(e.to_string(), 2))?;
+            serve(config).await
+        }
+        Command::Dev { dir } => {
+            let config = postgate::quickstart::prepare(dir).await?;
+            serve(config).await
         }
         Command::Migrate => {
             let config = load_config(&cli)?;

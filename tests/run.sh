@@ -11,6 +11,7 @@ log() { printf '== %s\n' "$*" >&2; }
 # --- tools the tests drive (real clients nobody here wrote) -------------------
 need_apt=()
 command -v swaks >/dev/null || need_apt+=(swaks)
+perl -MIO::Socket::SSL -MNet::SSLeay -e1 2>/dev/null || need_apt+=(libnet-ssleay-perl libio-socket-ssl-perl)
 command -v curl >/dev/null || need_apt+=(curl)
 [ -x /usr/sbin/smtp-sink ] || need_apt+=(postfix)
 command -v promtool >/dev/null || need_apt+=(prometheus)

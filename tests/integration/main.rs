@@ -10,4 +10,9 @@ mod limits_auth_cache;
 mod limits_store;
 mod ops_deploy;
 mod ops_http;
+mod smtp_auth;
+mod smtp_clients;
+#[path = "common/smtp.rs"]
+mod smtp_harness;
+mod smtp_security;
 mod store_accounts;

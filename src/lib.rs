@@ -8,11 +8,13 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod auth_cache;
 pub mod config;
 pub mod dkim;
 pub mod fixups;
 pub mod http;
 pub mod intake;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod password;

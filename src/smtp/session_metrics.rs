@@ -241,6 +241,91 @@ mod tests {
         }
     }
 
+    /// The labels read from the wording agree with the labels the limiter
+    /// itself attaches, for every refusal it makes.
+    #[tokio::test]
+    async fn limit_labels_agree_with_the_limiter() {
+        use crate::limits::{Account, Limiter, LimitsConfig, ManualClock};
+        use crate::store::LimitOverrides;
+        let config = LimitsConfig {
+            ip_connections_per_minute: 1,
+            ip_concurrent_connections: 1,
+            concurrent_sessions: 1,
+            recipients_per_day: 2,
+            ..LimitsConfig::default()
+        };
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        let l = Limiter::new(config, None, clock).unwrap();
+        let ip = |i: u8| std::net::IpAddr::from([192, 0, 2, i]);
+        let check = |site, r: &crate::limits::LimitRefusal| {
+            assert_eq!(limit_labels(site, &r.reason), (r.scope, r.limit), "{r:?}");
+        };
+
+        l.connection(ip(1)).await.unwrap();
+        let r = l.connection(ip(1)).await.unwrap_err();
+        check(LimitSite::Connection, &r);
+        assert_eq!(
+            connection_refusal(&r.reason),
+            ConnectionRefusal::RateLimited
+        );
+        let _held = l.connection_slot(ip(2)).unwrap();
+        let r = l.connection_slot(ip(2)).unwrap_err();
+        check(LimitSite::Connection, &r);
+        assert_eq!(connection_refusal(&r.reason), ConnectionRefusal::IpCap);
+
+        let none = LimitOverrides::default();
+        let _session = l.session_start(7, &none).unwrap();
+        check(
+            LimitSite::SessionStart,
+            &l.session_start(7, &none).unwrap_err(),
+        );
+
+        let strict = LimitOverrides {
+            messages_per_minute: Some(1),
+            ..Default::default()
+        };
+        let account = Account {
+            user_id: 7,
+            username: "bob",
+            user_limits: &none,
+            credential_id: 3,
+            credential_label: "laptop",
+            credential_limits: &strict,
+        };
+        let r = l.message(&account, 3).await.unwrap_err();
+        check(LimitSite::Message, &r);
+        assert_eq!(r.limit, LimitKind::Recipients);
+        l.message(&account, 1).await.unwrap();
+        let r = l.message(&account, 1).await.unwrap_err();
+        check(LimitSite::Message, &r);
+        assert_eq!(r.scope, LimitScope::Credential);
+
+        let user_lockout = async {
+            for i in 10..100 {
+                match l.auth_allowed(ip(i), "alice").await {
+                    Err(r) => return r,
+                    Ok(_) => l.auth_result(ip(i), "alice", false).await,
+                }
+            }
+            panic!("never locked out");
+        };
+        check(LimitSite::Auth, &user_lockout.await);
+        let ip_lockout = async {
+            for i in 0..100 {
+                let user = format!("u{i}");
+                match l.auth_allowed(ip(200), &user).await {
+                    Err(r) => return r,
+                    Ok(_) => l.auth_result(ip(200), &user, false).await,
+                }
+            }
+            panic!("never locked out");
+        };
+        check(LimitSite::Auth, &ip_lockout.await);
+        let r = l.connection(ip(200)).await.unwrap_err();
+        check(LimitSite::Connection, &r);
+        assert_eq!(connection_refusal(&r.reason), ConnectionRefusal::LockedOut);
+    }
+
     #[test]
     fn connection_refusals_are_told_apart() {
         assert_eq!(

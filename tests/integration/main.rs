@@ -7,6 +7,8 @@ mod dkim_sign;
 mod dkim_store;
 mod dkim_verify;
 mod e2e_metrics;
+mod limits_auth_cache;
+mod limits_store;
 mod ops_deploy;
 mod ops_http;
 mod smtp_auth;

@@ -6,6 +6,10 @@
 //! plus one partial command line (capped by the framer), message content
 //! goes to the session's size-capped body, and replies are flushed whenever
 //! all pending input is processed (RFC 2920 §3.2: pipelined replies in order).
+//!
+//! With [`Server::with_metrics`], each listener (named by its configured
+//! address) counts accepted and refused connections, open sessions and
+//! failed TLS handshakes.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

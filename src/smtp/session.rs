@@ -6,6 +6,8 @@
 //! limits through [`Authenticator`], [`Intake`] and [`SessionLimits`].
 //! After a `220` to STARTTLS, [`Session::take_starttls`] is true; the server
 //! discards buffered input, upgrades, and calls [`Session::on_tls`].
+//! AUTH outcomes, refused transactions, received messages and rate-limit
+//! refusals are counted through [`SessionSettings::metrics`] (see [`metrics`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -24,6 +24,7 @@ impl Authenticator for FakeAuth {
                 credential_label: "laptop".into(),
                 senders: vec!["@example.com".into()],
                 limits: LimitOverrides::default(),
+                user_limits: Default::default(),
                 normalize_line_endings: None,
             }),
             ("down", _) => AuthOutcome::Unavailable,

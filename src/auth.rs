@@ -31,6 +31,9 @@ pub struct Identity {
     pub senders: Vec<String>,
     /// Credential overrides on top of the user's.
     pub limits: LimitOverrides,
+    /// The user's own overrides (limits count the user and, when it has
+    /// overrides of its own, the credential separately).
+    pub user_limits: LimitOverrides,
     /// Per-user override of the listener's `normalize_line_endings`.
     pub normalize_line_endings: Option<bool>,
 }
@@ -212,8 +215,51 @@ impl Authenticator for StoreAuthenticator {
             credential_label: credential.label.clone(),
             senders: record.senders,
             limits: merge_limits(&record.limits, &credential.limits),
+            user_limits: record.limits.clone(),
             normalize_line_endings: record.normalize_line_endings,
         })
+    }
+}
+
+/// An [`Authenticator`] that remembers successful logins in an
+/// [`crate::auth_cache::AuthCache`] (keyed by an HMAC of user and password),
+/// so reconnecting clients skip argon2; concurrent identical logins share one
+/// verification. Failures are never cached.
+pub struct CachedAuthenticator {
+    inner: Arc<dyn Authenticator>,
+    cache: Arc<crate::auth_cache::AuthCache<Identity, ()>>,
+}
+
+impl CachedAuthenticator {
+    /// Caches the successes of `inner` in `cache`.
+    pub fn new(
+        inner: Arc<dyn Authenticator>,
+        cache: Arc<crate::auth_cache::AuthCache<Identity, ()>>,
+    ) -> Self {
+        CachedAuthenticator { inner, cache }
+    }
+}
+
+#[async_trait]
+impl Authenticator for CachedAuthenticator {
+    async fn authenticate(&self, username: &str, password: &str, ip: IpAddr) -> AuthOutcome {
+        let key = store::normalize_username(username).unwrap_or_else(|_| username.to_string());
+        let inner = self.inner.clone();
+        let verified = self
+            .cache
+            .get_or_verify(&key, password.as_bytes(), || async move {
+                match inner.authenticate(username, password, ip).await {
+                    AuthOutcome::Ok(identity) => Ok(Some(identity)),
+                    AuthOutcome::Failed => Ok(None),
+                    AuthOutcome::Unavailable => Err(()),
+                }
+            })
+            .await;
+        match verified {
+            Ok(Some(identity)) => AuthOutcome::Ok(identity),
+            Ok(None) => AuthOutcome::Failed,
+            Err(()) => AuthOutcome::Unavailable,
+        }
     }
 }
 

@@ -232,6 +232,8 @@ pub struct Config {
     /// Required by `starttls` and `implicit-tls` listeners.
     pub tls: Option<crate::tls::TlsConfig>,
     pub auth: crate::auth::AuthConfig,
+    pub auth_cache: crate::auth_cache::AuthCacheConfig,
+    pub limits: crate::limits::LimitsConfig,
     pub dkim: crate::dkim::DkimConfig,
     pub fixups: crate::fixups::FixupsConfig,
     pub http: crate::http::HttpConfig,
@@ -299,6 +301,14 @@ impl Config {
         }
         if let Err(e) = crate::password::validate_params(&self.auth.hash) {
             return Err(invalid("auth.hash", e.to_string()));
+        }
+        let backend = if url.starts_with("sqlite:") {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        if let Err(e) = self.limits.validate(backend) {
+            return Err(invalid("limits.backend", e));
         }
         if let Err(e) = self.fixups.validate() {
             return Err(invalid("fixups.remove_headers", e.to_string()));

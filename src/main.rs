@@ -45,9 +45,21 @@ enum Command {
     Sender(SenderCommand),
     /// Read a password on stdin and print its argon2id PHC hash (for plain-SQL account management).
     HashPassword,
+    /// Show or reset rate-limit counters and lockouts (shared backends;
+    /// with backend = "local" use the HTTP admin endpoint /admin/limits).
+    #[command(subcommand)]
+    Limits(LimitsCommand),
     /// Manage DKIM signing keys.
     #[command(subcommand)]
     Dkim(DkimCommand),
+}
+
+#[derive(Subcommand)]
+enum LimitsCommand {
+    /// Print the current counters and lockouts.
+    Show,
+    /// Clear the counters and lockouts of an IP address, a username, uid:ID or cred:ID.
+    Reset { target: String },
 }
 
 #[derive(Subcommand)]
@@ -289,6 +301,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::User(cmd) => user(&cli, cmd).await,
         Command::Dkim(cmd) => dkim(&cli, cmd).await,
+        Command::Limits(cmd) => limits(&cli, cmd).await,
         Command::Sender(cmd) => sender(&cli, cmd).await,
     }
 }
@@ -422,6 +435,35 @@ async fn dkim(cli: &Cli, cmd: &DkimCommand) -> Result<(), Failure> {
         DkimCommand::List => print!("{}", dkim::cli_list(&*store).await?),
         DkimCommand::Retire { domain, selector } => {
             print!("{}", dkim::cli_retire(&*store, domain, selector).await?)
+        }
+    }
+    Ok(())
+}
+
+async fn limits(cli: &Cli, cmd: &LimitsCommand) -> Result<(), Failure> {
+    use postgate::limits::{clock::SystemClock, config::LimitsBackend, operator, Limiter};
+    let config = load_config(cli)?;
+    if config.limits.backend == LimitsBackend::Local {
+        return Err(Failure(
+            format!(
+                "limits.backend is \"local\": the counters live in the serving process; use GET/POST {}/admin/limits with the admin token",
+                format_args!("http://{}", config.http.address)
+            ),
+            1,
+        ));
+    }
+    let store = open_store(&config).await?;
+    let limit_store: std::sync::Arc<dyn postgate::store::LimitStore> = store.clone();
+    let limiter = Limiter::new(
+        config.limits.clone(),
+        Some(limit_store),
+        std::sync::Arc::new(SystemClock),
+    )?;
+    match cmd {
+        LimitsCommand::Show => print!("{}", operator::show(&limiter).await?),
+        LimitsCommand::Reset { target } => {
+            let n = operator::reset(&limiter, &*store, target).await?;
+            println!("removed {n} counter(s) of {target}");
         }
     }
     Ok(())

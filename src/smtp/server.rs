@@ -29,7 +29,7 @@ use crate::smtp::config::{ListenerConfig, ListenerMode, SmtpConfig, SmtpConfigEr
 use crate::smtp::proxy;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::metrics::connection_refusal;
-use crate::smtp::session::{LimitSite, Ports, Session, SessionMetrics, SessionSettings};
+use crate::smtp::session::{Ports, Session, SessionMetrics, SessionSettings};
 use crate::tls::ServerTls;
 
 /// Largest read per syscall; the input buffer never grows far beyond it.
@@ -389,7 +389,6 @@ impl Server {
             if let Some(lm) = lm {
                 lm.connection_refused(connection_refusal(&refusal.reason));
             }
-            SessionMetrics::new(self.metrics.clone()).rate_limited(LimitSite::Connection, &refusal);
             return Some(Reply::connection_limited(&refusal));
         }
         None

@@ -6,8 +6,10 @@
 //! limits through [`Authenticator`], [`Intake`] and [`SessionLimits`].
 //! After a `220` to STARTTLS, [`Session::take_starttls`] is true; the server
 //! discards buffered input, upgrades, and calls [`Session::on_tls`].
-//! AUTH outcomes, refused transactions, received messages and rate-limit
-//! refusals are counted through [`SessionSettings::metrics`] (see [`metrics`]).
+//! AUTH outcomes, refused transactions and received messages are counted
+//! through [`SessionSettings::metrics`] (see [`metrics`]); rate-limit
+//! refusals are counted by the [`SessionLimits`] implementation, which
+//! knows their exact labels.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use crate::store::NewRecipient;
 
 #[path = "session_metrics.rs"]
 pub mod metrics;
-pub use metrics::{LimitSite, SessionMetrics};
+pub use metrics::SessionMetrics;
 
 /// What a session needs to know about its listener and limits.
 #[derive(Debug, Clone)]
@@ -379,9 +381,8 @@ impl Session {
         match limits.auth_allowed(self.ip, &c.username).await {
             Err(refusal) => {
                 tracing::info!(session = %self.id, username = %c.username, reason = %refusal.reason, "auth rate-limited");
-                let m = &self.settings.metrics;
-                m.auth(mechanism, AuthResult::LockedOut);
-                m.rate_limited(LimitSite::Auth, &refusal);
+                // The refusal itself is counted by the SessionLimits implementation.
+                self.settings.metrics.auth(mechanism, AuthResult::LockedOut);
                 return Reply::auth_limited(&refusal);
             }
             Ok(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
@@ -409,7 +410,6 @@ impl Session {
                 Err(refusal) => {
                     // Right password, but no 235: a temporary refusal.
                     m.auth(mechanism, AuthResult::Error);
-                    m.rate_limited(LimitSite::SessionStart, &refusal);
                     Reply::session_limited(&refusal)
                 }
             },
@@ -516,9 +516,7 @@ impl Session {
         let n = txn.recipients.len() as u32;
         if let Err(refusal) = self.ports.limits.message(identity, n).await {
             tracing::info!(session = %self.id, reason = %refusal.reason, "message rate-limited");
-            let m = &self.settings.metrics;
-            m.rejected(RejectReason::RateLimited);
-            m.rate_limited(LimitSite::Message, &refusal);
+            self.settings.metrics.rejected(RejectReason::RateLimited);
             return Err(Reply::message_limited(&refusal));
         }
         Ok(())

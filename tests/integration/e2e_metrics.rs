@@ -154,8 +154,8 @@ fn promtool_accepts(body: &str) {
 }
 
 /// The config of the node, as TOML (cheap argon2 so the test is fast);
-/// `smtp` adds keys to `[smtp]`.
-fn config(store_url: &str, dir: &std::path::Path, smtp: &str) -> Config {
+/// `extra` adds tables at the end.
+fn config(store_url: &str, dir: &std::path::Path, extra: &str) -> Config {
     let d = dir.display();
     let text = format!(
         r#"
@@ -169,9 +169,6 @@ url = "{store_url}"
 [tls]
 cert = "{d}/cert.pem"
 key = "{d}/key.pem"
-
-[smtp]
-{smtp}
 
 [[smtp.listener]]
 address = "{LISTENER}"
@@ -187,6 +184,8 @@ parallelism = 1
 
 [http]
 address = "127.0.0.1:0"
+
+{extra}
 "#
     );
     Config::parse(&text, "e2e_metrics.toml").expect("valid config")
@@ -204,14 +203,14 @@ struct Node {
 
 impl Node {
     /// Writes a self-signed certificate, creates the user, binds and runs
-    /// the node on `store_url`; `smtp` adds keys to `[smtp]`.
-    async fn start(store_url: &str, smtp: &str) -> Node {
+    /// the node on `store_url`; `extra` adds TOML tables to the config.
+    async fn start(store_url: &str, extra: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) =
             postgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
         std::fs::write(dir.path().join("key.pem"), key).unwrap();
-        let config = config(store_url, dir.path(), smtp);
+        let config = config(store_url, dir.path(), extra);
 
         let store = postgate::store::open_and_migrate(store_url, &config.store.options())
             .await
@@ -461,7 +460,11 @@ impl Raw {
 async fn e2e_metrics_count_connection_refusals_and_open_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("postgate.db").display());
-    let node = Node::start(&url, "max_connections_per_ip = 1").await;
+    let node = Node::start(
+        &url,
+        "[smtp]\nmax_connections_per_ip = 1\n\n[limits]\nip_connections_per_minute = 1\n",
+    )
+    .await;
     let active = format!("postgate_sessions_active{{listener=\"{LISTENER}\"}}");
     let refused = |r: &str| {
         format!("postgate_connections_refused_total{{listener=\"{LISTENER}\",reason=\"{r}\"}}")
@@ -490,16 +493,34 @@ async fn e2e_metrics_count_connection_refusals_and_open_sessions() {
 
     assert!(first.cmd("QUIT").await.starts_with("221 "));
     drop((first, second));
+    node.scrape_idle().await;
+
+    // A third one: the connection rate (1 per minute; the refused one was
+    // not charged) refuses it, counted once as a refusal and once as a
+    // rate-limit rejection (by the limiter's SessionLimits adapter).
+    let mut third = Raw::connect(node.smtp_port).await;
+    let r = third.reply().await;
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    drop(third);
     let after = node.scrape_idle().await;
+    assert_eq!(sample(&after, &refused("rate_limited")), Some(1.0));
+    assert_eq!(
+        sample(
+            &after,
+            "postgate_rate_limit_rejections_total{limit=\"connections\",scope=\"ip\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(total(&after, "postgate_rate_limit_rejections_total"), 1.0);
     assert_eq!(
         sample(
             &after,
             &format!("postgate_connections_total{{listener=\"{LISTENER}\",tls=\"starttls\"}}")
         ),
-        Some(2.0),
+        Some(3.0),
         "refused connections were accepted first"
     );
-    assert_eq!(total(&after, "postgate_connections_refused_total"), 1.0);
+    assert_eq!(total(&after, "postgate_connections_refused_total"), 2.0);
     assert_eq!(
         sample(
             &after,

@@ -6,6 +6,7 @@
 //! - [`password`]: password hashing and verification (argon2id, imports);
 //! - [`policy`]: sender permissions (PURE).
 
+pub mod delivery;
 pub mod password;
 pub mod policy;
 pub mod store;

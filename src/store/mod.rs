@@ -405,8 +405,12 @@ pub trait QueueStore: Send + Sync {
     /// expired recipient) and deletes the message. Returns `false` (and does
     /// nothing) if recipients are still queued or the message is gone; two
     /// concurrent callers never both enqueue a DSN.
-    async fn finish_message(&self, id: &str, now: i64, dsn: Option<&NewMessage>)
-        -> StoreResult<bool>;
+    async fn finish_message(
+        &self,
+        id: &str,
+        now: i64,
+        dsn: Option<&NewMessage>,
+    ) -> StoreResult<bool>;
 
     /// Clears leases that expired before `now` (their holders died); returns
     /// how many. Claims already ignore expired leases; this makes them visible.

@@ -194,15 +194,15 @@ impl QueueStore for PgStore {
         now: i64,
         outcomes: &[RecipientOutcome],
     ) -> StoreResult<u64> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
         let mut recorded = 0;
         for o in outcomes {
             let (status, inc, next, route) = outcome_parts(&o.kind);
-            let new_status = if status == "deferred" { "queued" } else { status };
+            let new_status = if status == "deferred" {
+                "queued"
+            } else {
+                status
+            };
             let row = sqlx::query(
                 "UPDATE queue_recipients SET status = $1, attempts = attempts + $2,
                         next_attempt_at = COALESCE($3, next_attempt_at),
@@ -257,7 +257,11 @@ impl QueueStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| map_sqlx(e, "queue"))?;
-        if rows.is_empty() || rows.iter().any(|r| r.get::<String, _>("status") == "queued") {
+        if rows.is_empty()
+            || rows
+                .iter()
+                .any(|r| r.get::<String, _>("status") == "queued")
+        {
             return Ok(None);
         }
         Ok(Some(
@@ -281,11 +285,7 @@ impl QueueStore for PgStore {
         now: i64,
         dsn: Option<&NewMessage>,
     ) -> StoreResult<bool> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
         // Lock the message row: of two finishers, the second waits and then
         // finds the message gone, so a DSN is never enqueued twice.
         let locked: Option<i32> =
@@ -420,11 +420,7 @@ impl QueueStore for PgStore {
     }
 
     async fn queue_retry(&self, id: &str, now: i64) -> StoreResult<u64> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
         exists(&mut tx, id).await?;
         let done = sqlx::query(
             "UPDATE queue_recipients SET next_attempt_at = $1, updated_at = $1
@@ -440,11 +436,7 @@ impl QueueStore for PgStore {
     }
 
     async fn queue_delete(&self, id: &str, now: i64) -> StoreResult<()> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
         exists(&mut tx, id).await?;
         sqlx::query(
             "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)

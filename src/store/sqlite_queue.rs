@@ -314,7 +314,11 @@ impl QueueStore for SqliteStore {
         let mut recorded = 0;
         for o in outcomes {
             let (status, inc, next, route) = outcome_parts(&o.kind);
-            let new_status = if status == "deferred" { "queued" } else { status };
+            let new_status = if status == "deferred" {
+                "queued"
+            } else {
+                status
+            };
             let row = sqlx::query(
                 "UPDATE queue_recipients SET status = ?1, attempts = attempts + ?2,
                         next_attempt_at = COALESCE(?3, next_attempt_at),
@@ -369,7 +373,11 @@ impl QueueStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| map_sqlx(e, "queue"))?;
-        if rows.is_empty() || rows.iter().any(|r| r.get::<String, _>("status") == "queued") {
+        if rows.is_empty()
+            || rows
+                .iter()
+                .any(|r| r.get::<String, _>("status") == "queued")
+        {
             return Ok(None);
         }
         Ok(Some(

@@ -106,7 +106,10 @@ impl DeliveryConfig {
         if q.lease < Duration::from_secs(1) {
             return bad("[queue] lease must be at least 1s".into());
         }
-        if !(q.retry_multiplier >= 1.0) || !(0.0..=1.0).contains(&q.retry_jitter) {
+        if q.retry_multiplier.is_nan()
+            || q.retry_multiplier < 1.0
+            || !(0.0..=1.0).contains(&q.retry_jitter)
+        {
             return bad("[queue] retry_multiplier must be >= 1, retry_jitter in 0..1".into());
         }
         Ok(())

@@ -86,8 +86,9 @@ async fn commit_batch(pool: &SqlitePool, batch: Vec<EnqueueJob>) {
             }
         }
         Err(e) => {
-            for job in batch {
-                let _ = job.done.send(Err(StoreError::Unavailable(e.to_string())));
+            // A batch of one: its own error, as is.
+            if let Some(job) = batch.into_iter().next() {
+                let _ = job.done.send(Err(e));
             }
         }
     }

@@ -2,4 +2,7 @@
 //! Real stores (SQLite files and a real PostgreSQL), real TLS, real clients.
 
 mod common;
+mod delivery_queue;
 mod store_accounts;
+#[path = "common/upstream.rs"]
+mod upstream_server;

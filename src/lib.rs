@@ -6,6 +6,8 @@
 //! - [`password`]: password hashing and verification (argon2id, imports);
 //! - [`policy`]: sender permissions (PURE).
 
+pub mod accounts;
+pub mod config;
 pub mod delivery;
 pub mod password;
 pub mod policy;

@@ -1,1 +1,293 @@
-fn main() {}
+//! The `postgate` command: parses the command line and calls into the library.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use postgate::accounts::{self, format_ms, DEFAULT_LABEL};
+use postgate::config::Config;
+
+/// postgate: authenticated SMTP submission relay.
+#[derive(Parser)]
+#[command(name = "postgate", version, about, propagate_version = true)]
+struct Cli {
+    /// Configuration file. Without it, ./postgate.toml is used when present,
+    /// else the built-in defaults (SQLite file ./postgate.db).
+    #[arg(long, short, global = true, env = "POSTGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and print it with secrets redacted (exit 2 when invalid).
+    CheckConfig,
+    /// Apply pending database migrations.
+    Migrate,
+    /// Manage users and their credentials.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage which sender addresses a user may use.
+    #[command(subcommand)]
+    Sender(SenderCommand),
+    /// Read a password on stdin and print its argon2id PHC hash (for plain-SQL account management).
+    HashPassword,
+}
+
+#[derive(Args)]
+struct PasswordSource {
+    /// Read the password from standard input (one line).
+    #[arg(long, conflicts_with = "generate")]
+    password_stdin: bool,
+    /// Generate a random password and print it once.
+    #[arg(long)]
+    generate: bool,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user with a credential named "default".
+    Add {
+        name: String,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// Set a new password on a credential (default: "default").
+    Passwd {
+        name: String,
+        #[arg(long, default_value = DEFAULT_LABEL)]
+        label: String,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// Disable a user: logins fail as for an unknown user.
+    Disable { name: String },
+    /// Enable a disabled user.
+    Enable { name: String },
+    /// Delete a user, its credentials and sender permissions.
+    Delete { name: String },
+    /// List users.
+    List,
+    /// Manage a user's named credentials (one per device or application).
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+}
+
+#[derive(Subcommand)]
+enum CredentialCommand {
+    /// Add a credential LABEL to user NAME.
+    Add {
+        name: String,
+        label: String,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// List the credentials of user NAME.
+    List { name: String },
+    /// Remove credential LABEL of user NAME.
+    Revoke { name: String, label: String },
+}
+
+#[derive(Subcommand)]
+enum SenderCommand {
+    /// Allow NAME to send as PATTERN (`user@domain` or `@domain`).
+    Allow { name: String, pattern: String },
+    /// Remove a permission.
+    Revoke { name: String, pattern: String },
+    /// List the permissions of NAME.
+    List { name: String },
+}
+
+/// A failure to report: message and exit code.
+struct Failure(String, u8);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string(), 1)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("postgate: error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg, code)) => {
+            eprintln!("postgate: error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Failure> {
+    let path = match &cli.config {
+        Some(p) => p.clone(),
+        None if std::path::Path::new("postgate.toml").exists() => PathBuf::from("postgate.toml"),
+        None => return Ok(Config::default()),
+    };
+    Config::load(&path).map_err(|e| Failure(e.to_string(), 2))
+}
+
+/// Opens the store; migrates it first when `store.migrate_on_start` is set
+/// (the default), so a fresh SQLite file is usable at once.
+async fn open_store(
+    config: &Config,
+) -> Result<std::sync::Arc<dyn postgate::store::Store>, Failure> {
+    let (url, options) = (config.store.url.expose(), config.store.options());
+    if config.store.migrate_on_start {
+        Ok(postgate::store::open_and_migrate(url, &options).await?)
+    } else {
+        Ok(postgate::store::open(url, &options).await?)
+    }
+}
+
+fn read_password(src: &PasswordSource) -> Result<(String, bool), Failure> {
+    if src.generate {
+        return Ok((postgate::password::generate_password(), true));
+    }
+    if !src.password_stdin {
+        return Err(Failure("give --password-stdin or --generate".into(), 2));
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        return Err(Failure("empty password on standard input".into(), 1));
+    }
+    Ok((pw, false))
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::CheckConfig => {
+            let config = load_config(&cli)?;
+            print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Migrate => {
+            let config = load_config(&cli)?;
+            postgate::store::open_and_migrate(config.store.url.expose(), &config.store.options())
+                .await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::HashPassword => {
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input)?;
+            let pw = input.lines().next().unwrap_or("");
+            let params = postgate::password::HashParams::default();
+            println!("{}", postgate::password::hash(pw, &params)?);
+            Ok(())
+        }
+        Command::User(cmd) => user(&cli, cmd).await,
+        Command::Sender(cmd) => sender(&cli, cmd).await,
+    }
+}
+
+async fn user(cli: &Cli, cmd: &UserCommand) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    let store = open_store(&config).await?;
+    let params = postgate::password::HashParams::default();
+    match cmd {
+        UserCommand::Add { name, password } => {
+            let (pw, generated) = read_password(password)?;
+            accounts::user_add(&*store, name, DEFAULT_LABEL, &pw, &params).await?;
+            if generated {
+                println!("{pw}");
+            }
+        }
+        UserCommand::Passwd {
+            name,
+            label,
+            password,
+        } => {
+            let (pw, generated) = read_password(password)?;
+            accounts::user_passwd(&*store, name, label, &pw, &params).await?;
+            if generated {
+                println!("{pw}");
+            }
+        }
+        UserCommand::Disable { name } => store.user_set_enabled(name, false).await?,
+        UserCommand::Enable { name } => store.user_set_enabled(name, true).await?,
+        UserCommand::Delete { name } => store.user_delete(name).await?,
+        UserCommand::List => {
+            println!(
+                "{:<32} {:<8} {:>11} {:>7}  created",
+                "username", "enabled", "credentials", "senders"
+            );
+            for u in accounts::user_list(&*store).await? {
+                println!(
+                    "{:<32} {:<8} {:>11} {:>7}  {}",
+                    u.username,
+                    if u.enabled { "yes" } else { "no" },
+                    u.credentials,
+                    u.senders,
+                    format_ms(u.created_at)
+                );
+            }
+        }
+        UserCommand::Credential(CredentialCommand::Add {
+            name,
+            label,
+            password,
+        }) => {
+            let (pw, generated) = read_password(password)?;
+            accounts::credential_add(&*store, name, label, &pw, &params).await?;
+            if generated {
+                println!("{pw}");
+            }
+        }
+        UserCommand::Credential(CredentialCommand::List { name }) => {
+            println!(
+                "{:<24} {:<8} {:<22} last used",
+                "label", "enabled", "created"
+            );
+            for c in accounts::credential_list(&*store, name).await? {
+                println!(
+                    "{:<24} {:<8} {:<22} {}",
+                    c.label,
+                    if c.enabled { "yes" } else { "no" },
+                    format_ms(c.created_at),
+                    c.last_used_at
+                        .map(format_ms)
+                        .unwrap_or_else(|| "never".into())
+                );
+            }
+        }
+        UserCommand::Credential(CredentialCommand::Revoke { name, label }) => {
+            store.credential_revoke(name, label).await?
+        }
+    }
+    Ok(())
+}
+
+async fn sender(cli: &Cli, cmd: &SenderCommand) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    let store = open_store(&config).await?;
+    match cmd {
+        SenderCommand::Allow { name, pattern } => {
+            accounts::sender_allow(&*store, name, pattern).await?;
+        }
+        SenderCommand::Revoke { name, pattern } => {
+            accounts::sender_revoke(&*store, name, pattern).await?
+        }
+        SenderCommand::List { name } => {
+            for p in store.sender_list(name).await? {
+                println!("{p}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -18,18 +18,33 @@ impl PgStore {
         let connect: PgConnectOptions = url.parse().map_err(|e| {
             StoreError::Invalid(format!("bad postgres url {}: {e}", redact_url(url)))
         })?;
+        // One direct connection first: the pool retries until its timeout and
+        // would hide the real reason (refused, auth failed, no such database).
+        use sqlx::Connection;
+        let probe = tokio::time::timeout(
+            options.connect_timeout,
+            sqlx::PgConnection::connect_with(&connect),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::Unavailable(format!(
+                "cannot connect to {}: timed out after {:?}",
+                redact_url(url),
+                options.connect_timeout
+            ))
+        })?
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot connect to {}: {}",
+                redact_url(url),
+                redact_url(&e.to_string())
+            ))
+        })?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.connect_timeout)
-            .connect_with(connect)
-            .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot connect to {}: {}",
-                    redact_url(url),
-                    redact_url(&e.to_string())
-                ))
-            })?;
+            .connect_lazy_with(connect);
         Ok(PgStore { pool })
     }
 
@@ -75,19 +90,33 @@ impl AccountStore for PgStore {
         let name = normalize_username(username)?;
         validate_label(label)?;
         let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "user"))?;
-        let id: i64 = sqlx::query_scalar("INSERT INTO users (username) VALUES ($1) RETURNING id")
-            .bind(&name)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, &format!("user {name:?}")))?;
-        sqlx::query("INSERT INTO credentials (user_id, label, password_hash) VALUES ($1, $2, $3)")
+        let inserted = async {
+            let id: i64 =
+                sqlx::query_scalar("INSERT INTO users (username) VALUES ($1) RETURNING id")
+                    .bind(&name)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, &format!("user {name:?}")))?;
+            sqlx::query(
+                "INSERT INTO credentials (user_id, label, password_hash) VALUES ($1, $2, $3)",
+            )
             .bind(id)
             .bind(label)
             .bind(password_hash)
             .execute(&mut *tx)
             .await
             .map_err(|e| map_sqlx(e, &format!("credential {label:?}")))?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "user"))
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        match inserted {
+            Ok(()) => tx.commit().await.map_err(|e| map_sqlx(e, "user")),
+            Err(e) => {
+                // Roll back now rather than on drop, so no lock outlives the call.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     }
 
     async fn credential_set_hash(
@@ -96,25 +125,25 @@ impl AccountStore for PgStore {
         label: &str,
         password_hash: &str,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "user"))?;
-        let uid = user_id(&mut *tx, username).await?;
+        let name = normalize_username(username)?;
         let done = sqlx::query(
-            "UPDATE credentials SET password_hash = $1, updated_at = $2 WHERE user_id = $3 AND label = $4",
+            "UPDATE credentials SET password_hash = $1, updated_at = $2
+             WHERE label = $4 AND user_id = (SELECT id FROM users WHERE username = $3)",
         )
         .bind(password_hash)
         .bind(now_ms())
-        .bind(uid)
+        .bind(&name)
         .bind(label)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
         .map_err(|e| map_sqlx(e, "credential"))?;
         if done.rows_affected() == 0 {
+            user_id(&self.pool, &name).await?;
             return Err(StoreError::NotFound(format!(
-                "credential {label:?} of user {:?}",
-                username.to_lowercase()
+                "credential {label:?} of user {name:?}"
             )));
         }
-        tx.commit().await.map_err(|e| map_sqlx(e, "credential"))
+        Ok(())
     }
 
     async fn user_set_enabled(&self, username: &str, enabled: bool) -> StoreResult<()> {
@@ -199,21 +228,22 @@ impl AccountStore for PgStore {
         label: &str,
         password_hash: &str,
     ) -> StoreResult<()> {
+        let name = normalize_username(username)?;
         validate_label(label)?;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| map_sqlx(e, "credential"))?;
-        let uid = user_id(&mut *tx, username).await?;
-        sqlx::query("INSERT INTO credentials (user_id, label, password_hash) VALUES ($1, $2, $3)")
-            .bind(uid)
-            .bind(label)
-            .bind(password_hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, &format!("credential {label:?}")))?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "credential"))
+        let done = sqlx::query(
+            "INSERT INTO credentials (user_id, label, password_hash)
+             SELECT id, $2, $3 FROM users WHERE username = $1",
+        )
+        .bind(&name)
+        .bind(label)
+        .bind(password_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, &format!("credential {label:?} of user {name:?}")))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {name:?}")));
+        }
+        Ok(())
     }
 
     async fn credential_list(&self, username: &str) -> StoreResult<Vec<CredentialSummary>> {
@@ -237,52 +267,57 @@ impl AccountStore for PgStore {
     }
 
     async fn credential_revoke(&self, username: &str, label: &str) -> StoreResult<()> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| map_sqlx(e, "credential"))?;
-        let uid = user_id(&mut *tx, username).await?;
-        let done = sqlx::query("DELETE FROM credentials WHERE user_id = $1 AND label = $2")
-            .bind(uid)
-            .bind(label)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "credential"))?;
+        let name = normalize_username(username)?;
+        let done = sqlx::query(
+            "DELETE FROM credentials WHERE label = $2 AND user_id = (SELECT id FROM users WHERE username = $1)",
+        )
+        .bind(&name)
+        .bind(label)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "credential"))?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("credential {label:?}")));
+            user_id(&self.pool, &name).await?;
+            return Err(StoreError::NotFound(format!(
+                "credential {label:?} of user {name:?}"
+            )));
         }
-        tx.commit().await.map_err(|e| map_sqlx(e, "credential"))
+        Ok(())
     }
 
     async fn sender_allow(&self, username: &str, pattern: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "sender"))?;
-        let uid = user_id(&mut *tx, username).await?;
-        sqlx::query("INSERT INTO sender_permissions (user_id, pattern) VALUES ($1, $2)")
-            .bind(uid)
-            .bind(pattern)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, &format!("sender permission {pattern:?}")))?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "sender"))
+        let name = normalize_username(username)?;
+        let done = sqlx::query(
+            "INSERT INTO sender_permissions (user_id, pattern) SELECT id, $2 FROM users WHERE username = $1",
+        )
+        .bind(&name)
+        .bind(pattern)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, &format!("sender permission {pattern:?} of user {name:?}")))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {name:?}")));
+        }
+        Ok(())
     }
 
     async fn sender_revoke(&self, username: &str, pattern: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "sender"))?;
-        let uid = user_id(&mut *tx, username).await?;
-        let done =
-            sqlx::query("DELETE FROM sender_permissions WHERE user_id = $1 AND pattern = $2")
-                .bind(uid)
-                .bind(pattern)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| map_sqlx(e, "sender"))?;
+        let name = normalize_username(username)?;
+        let done = sqlx::query(
+            "DELETE FROM sender_permissions WHERE pattern = $2 AND user_id = (SELECT id FROM users WHERE username = $1)",
+        )
+        .bind(&name)
+        .bind(pattern)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "sender permission"))?;
         if done.rows_affected() == 0 {
+            user_id(&self.pool, &name).await?;
             return Err(StoreError::NotFound(format!(
-                "sender permission {pattern:?}"
+                "sender permission {pattern:?} of user {name:?}"
             )));
         }
-        tx.commit().await.map_err(|e| map_sqlx(e, "sender"))
+        Ok(())
     }
 
     async fn sender_list(&self, username: &str) -> StoreResult<Vec<String>> {

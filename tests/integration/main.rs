@@ -1,6 +1,7 @@
 //! Integration tests: one binary (one link step) with a module per area.
 //! Real stores (SQLite files and a real PostgreSQL), real TLS, real clients.
 
+mod cli_accounts;
 mod common;
 mod delivery_queue;
 mod store_accounts;

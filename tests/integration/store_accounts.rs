@@ -128,3 +128,78 @@ async fn invalid_input_is_refused_with_a_reason() {
         assert!(s.user_list().await.unwrap().is_empty());
     }
 }
+
+async fn table_names(url: &str) -> Vec<String> {
+    use sqlx::Connection;
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT tablename::TEXT FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn migrations_create_the_whole_schema_once() {
+    for t in all_stores().await {
+        let tables = table_names(&t.url).await;
+        for want in [
+            "users",
+            "credentials",
+            "sender_permissions",
+            "dkim_keys",
+            "queue_messages",
+            "queue_recipients",
+            "delivery_log",
+            "limit_counters",
+            "_sqlx_migrations",
+        ] {
+            assert!(
+                tables.iter().any(|n| n == want),
+                "{}: {want} missing from {tables:?}",
+                t.backend
+            );
+        }
+        // A second run over a migrated database is a no-op.
+        postgate::store::open_and_migrate(&t.url, &Default::default())
+            .await
+            .unwrap();
+        assert_eq!(table_names(&t.url).await, tables, "{}", t.backend);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_migration_leaves_nothing_half_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("clash.db").display());
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+        // A table the migration will clash with, created after some others in 0001.
+        sqlx::query("CREATE TABLE queue_messages (x INTEGER)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let err = postgate::store::open_and_migrate(&url, &Default::default())
+        .await
+        .err()
+        .expect("must fail");
+    assert!(err.to_string().starts_with("migration failed"), "{err}");
+    let tables = table_names(&url).await;
+    assert!(
+        !tables.iter().any(|n| n == "users"),
+        "0001 was rolled back as a whole: {tables:?}"
+    );
+}

@@ -1,0 +1,466 @@
+//! Configuration: one TOML file, validated once at start.
+//!
+//! Every key is documented in `deploy/postgate.example.toml`. Unknown keys and
+//! bad values are rejected with the file, line and key path. Each subsystem
+//! owns the struct of its section; this module composes them and owns the
+//! cross-cutting pieces: [`Secret`], loading and error reporting.
+//!
+//! Secrets (database URL, upstream passwords, tokens) may be given inline, or
+//! as `{ env = "VAR" }` or `{ file = "/run/secrets/x" }`; they are resolved at
+//! load and never printed (`check-config` shows where they came from).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A configuration error naming the file, line (when known) and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {reason}")]
+    Read { file: String, reason: String },
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Parse {
+        file: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// A secret value: inline, from an environment variable, or from a file.
+/// `Debug`, `Display` and `Serialize` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    value: String,
+    source: SecretSource,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SecretSource {
+    Inline,
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretSpec {
+    Inline(String),
+    Env { env: String },
+    File { file: PathBuf },
+}
+
+impl Secret {
+    /// A secret given directly (tests, defaults).
+    pub fn inline(value: impl Into<String>) -> Self {
+        Secret {
+            value: value.into(),
+            source: SecretSource::Inline,
+        }
+    }
+
+    /// The secret itself. Call only where it is used; never log it.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    fn describe(&self) -> String {
+        match &self.source {
+            SecretSource::Inline => "<redacted>".into(),
+            SecretSource::Env(v) => format!("<redacted: from env {v}>"),
+            SecretSource::File(p) => format!("<redacted: from file {}>", p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match SecretSpec::deserialize(d).map_err(|_| {
+            D::Error::custom("expected a string, { env = \"VAR\" } or { file = \"PATH\" }")
+        })? {
+            SecretSpec::Inline(value) => Ok(Secret {
+                value,
+                source: SecretSource::Inline,
+            }),
+            SecretSpec::Env { env } => match std::env::var(&env) {
+                Ok(value) if !value.is_empty() => Ok(Secret {
+                    value,
+                    source: SecretSource::Env(env),
+                }),
+                _ => Err(D::Error::custom(format!(
+                    "environment variable {env} is not set or empty"
+                ))),
+            },
+            SecretSpec::File { file } => match std::fs::read_to_string(&file) {
+                Ok(text) if !text.trim().is_empty() => Ok(Secret {
+                    value: text.trim_end_matches(['\r', '\n']).to_string(),
+                    source: SecretSource::File(file),
+                }),
+                Ok(_) => Err(D::Error::custom(format!(
+                    "secret file {} is empty",
+                    file.display()
+                ))),
+                Err(e) => Err(D::Error::custom(format!(
+                    "cannot read secret file {}: {e}",
+                    file.display()
+                ))),
+            },
+        }
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.describe())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// `[server]`: identity of this node.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Name used in the SMTP greeting, EHLO reply, Received and Message-ID.
+    /// Default: the machine's host name.
+    pub hostname: String,
+    /// Identifies this node in queue leases. Default: `HOSTNAME-PID`.
+    pub node_id: Option<String>,
+    /// How long SIGTERM waits for sessions and deliveries in flight.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: system_hostname(),
+            node_id: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The effective node id.
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", self.hostname, std::process::id()))
+    }
+}
+
+/// The machine's host name, or `localhost`.
+pub fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `[store]`: where all state lives.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (embedded, one node) or `postgres://USER:PASS@HOST/DB`.
+    /// A secret: may be `{ env = "DATABASE_URL" }`.
+    pub url: Secret,
+    /// Connection pool size.
+    pub max_connections: u32,
+    /// How long to wait for a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: Secret::inline("sqlite://postgate.db"),
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Options for [`crate::store::open`].
+    pub fn options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            max_connections: self.max_connections,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates TOML `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, column) = inner
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                file: file.to_string(),
+                line,
+                column,
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                message: inner.message().to_string(),
+            }
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let url = self.store.url.expose();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store.url",
+                "must start with sqlite:, postgres:// or postgresql://".into(),
+            ));
+        }
+        if self.store.max_connections == 0 {
+            return Err(invalid(
+                "store.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
+            return Err(invalid(
+                "server.hostname",
+                "must be a host name without spaces".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.store.url.expose(), "sqlite://postgate.db");
+        assert!(c.store.migrate_on_start);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err =
+            Config::parse("[store]\nmax_connections = 4\nurll = \"x\"\n", "p.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("p.toml:3:1: store"), "{msg}");
+        assert!(msg.contains("unknown field `urll`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        let err = Config::parse("[store]\nconnect_timeout = \"soon\"\n", "p.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("p.toml:2:"), "{msg}");
+        assert!(msg.contains("store.connect_timeout"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_from_env_and_file_are_redacted() {
+        std::env::set_var("POSTGATE_TEST_SECRET_URL", "postgres://u:hunter2@db/pg");
+        let c = Config::parse(
+            "[store]\nurl = { env = \"POSTGATE_TEST_SECRET_URL\" }\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.store.url.expose(), "postgres://u:hunter2@db/pg");
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("from env POSTGATE_TEST_SECRET_URL"),
+            "{shown}"
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("url");
+        std::fs::write(&f, "sqlite://from-file.db\n").unwrap();
+        let c = Config::parse(
+            &format!(
+                "[store]\nurl = {{ file = {:?} }}\n",
+                f.display().to_string()
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.store.url.expose(), "sqlite://from-file.db");
+    }
+
+    #[test]
+    fn missing_secret_source_is_an_error() {
+        let err = Config::parse(
+            "[store]\nurl = { env = \"POSTGATE_DOES_NOT_EXIST\" }\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("POSTGATE_DOES_NOT_EXIST is not set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let err = Config::parse("[store]\nurl = \"mysql://x\"\n", "t.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.toml: store.url: must start with sqlite:, postgres:// or postgresql://"
+        );
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// deploy/postgate.example.toml documents every key and must load as-is.
+    #[test]
+    fn example_config_loads_as_is() {
+        let text = include_str!("../deploy/postgate.example.toml");
+        let c =
+            Config::parse(text, "deploy/postgate.example.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.server.hostname, "relay.example.com");
+    }
+
+    /// Every key of the configuration (as rendered from the defaults and from
+    /// the example itself) is written, set or commented out, in the example.
+    #[test]
+    fn example_config_documents_every_key() {
+        let text = include_str!("../deploy/postgate.example.toml");
+        let example = Config::parse(text, "example").unwrap();
+        let mut missing = Vec::new();
+        for rendered in [
+            Config::default().to_redacted_toml(),
+            example.to_redacted_toml(),
+        ] {
+            let value: toml::Value = toml::from_str(&rendered).unwrap();
+            collect_missing(&value, "", text, &mut missing);
+        }
+        missing.sort();
+        missing.dedup();
+        assert!(
+            missing.is_empty(),
+            "keys not documented in deploy/postgate.example.toml: {missing:?}"
+        );
+    }
+
+    fn collect_missing(v: &toml::Value, path: &str, text: &str, missing: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    let documented = text.lines().any(|l| {
+                        let l = l.trim_start_matches(['#', ' ']);
+                        l.starts_with(&format!("{k} ="))
+                            || l.starts_with(&format!("[{p}]"))
+                            || l.starts_with(&format!("[[{p}]]"))
+                    });
+                    if !documented {
+                        missing.push(p.clone());
+                    }
+                    collect_missing(v, &p, text, missing);
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items {
+                    collect_missing(item, path, text, missing);
+                }
+            }
+            _ => {}
+        }
+    }
+}

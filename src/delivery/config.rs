@@ -5,10 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
 
 /// `[queue]`: delivery workers, leases, retries and lifetimes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Delivery workers per node (each claims and delivers). Default 16.
@@ -71,7 +73,7 @@ impl Default for QueueConfig {
 }
 
 /// How a connection to an upstream is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// Plain connect, then STARTTLS (RFC 3207); refused STARTTLS is a
@@ -84,7 +86,7 @@ pub enum TlsMode {
 }
 
 /// SASL mechanism towards an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMechanism {
     /// PLAIN when offered, else LOGIN.
@@ -97,7 +99,7 @@ pub enum AuthMechanism {
 }
 
 /// `[[upstream]]`: one relay postgate delivers to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Unique name, used by routes, logs and the delivery log. Required.
@@ -123,9 +125,9 @@ pub struct UpstreamConfig {
     /// AUTH username; no AUTH when unset.
     #[serde(default)]
     pub username: Option<String>,
-    /// AUTH password (the lead converts this to `config::Secret`). Never logged.
+    /// AUTH password: a string, `{ env = "VAR" }` or `{ file = "PATH" }`. Never logged.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// `auto` (default), `plain` or `login`.
     #[serde(default)]
     pub auth: AuthMechanism,
@@ -236,7 +238,7 @@ impl UpstreamConfig {
 /// `upstreams` in order. A route with neither `sender_domain` nor `user` is
 /// the default route (at most one); without one, the default route is every
 /// upstream in config order.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Sender domain to match (exact, case-insensitive).
@@ -258,6 +260,10 @@ pub struct DeliveryConfig {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[[route]]`.
     pub routes: Vec<RouteConfig>,
-    /// This node's name: EHLO name towards upstreams and Reporting-MTA of DSNs.
+    /// This node's name: EHLO name towards upstreams and Reporting-MTA of DSNs
+    /// (`[server].hostname`).
     pub hostname: String,
+    /// Identifies this node in queue leases (`[server].node_id()`); a random
+    /// suffix is added per start, so a restarted node never reuses a lease.
+    pub node_id: String,
 }

@@ -269,7 +269,9 @@ impl Upstream {
             // RFC 3207 §4.2: nothing may be pipelined behind STARTTLS; bytes
             // already buffered would be an injection attempt.
             if !conn.buf.is_empty() {
-                return Err(SendError::Protocol("data after the STARTTLS reply".into()));
+                return Err(SendError::Tls(
+                    "unexpected data after the STARTTLS reply".into(),
+                ));
             }
             let Either::Left(tcp) = conn.stream else {
                 return Err(SendError::Protocol("STARTTLS on a TLS stream".into()));
@@ -281,7 +283,7 @@ impl Upstream {
             conn.ehlo(&self.helo).await?;
         }
         if let (Some(user), Some(pass)) = (&self.cfg.username, &self.cfg.password) {
-            conn.auth(self.cfg.auth, user, pass).await?;
+            conn.auth(self.cfg.auth, user, pass.expose()).await?;
         }
         Ok(conn)
     }

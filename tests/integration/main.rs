@@ -4,6 +4,7 @@
 mod cli_accounts;
 mod common;
 mod delivery_queue;
+mod delivery_upstream;
 mod store_accounts;
 #[path = "common/upstream.rs"]
 mod upstream_server;

@@ -258,7 +258,7 @@ impl UpstreamServer {
         cfg.data_timeout = Duration::from_secs(30);
         if let Some((u, p)) = &self.behavior.lock().unwrap().auth {
             cfg.username = Some(u.clone());
-            cfg.password = Some(p.clone());
+            cfg.password = Some(postgate::config::Secret::inline(p.clone()));
         }
         cfg
     }

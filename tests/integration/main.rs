@@ -3,6 +3,7 @@
 
 mod cli_accounts;
 mod common;
+mod delivery_flow;
 mod delivery_queue;
 mod delivery_upstream;
 mod store_accounts;

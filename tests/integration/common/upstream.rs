@@ -222,7 +222,8 @@ impl UpstreamServer {
         }
     }
 
-    /// Changes the script of the running server (new sessions see it).
+    /// Changes the script of the running server (from the next command on;
+    /// the TLS mode only for new sessions).
     pub fn set(&self, f: impl FnOnce(&mut Behavior)) {
         f(&mut self.behavior.lock().unwrap());
     }
@@ -355,6 +356,10 @@ impl Shared {
             let Some(line) = read_line(io, &mut s.buf).await? else {
                 return Ok(End::Closed);
             };
+            // The script may change while a pooled session stays open.
+            let tls_mode = s.b.tls;
+            s.b = self.behavior.lock().unwrap().clone();
+            s.b.tls = tls_mode;
             let text = String::from_utf8_lossy(&line).trim_end().to_string();
             let upper = text.to_ascii_uppercase();
             let verb = upper.split(' ').next().unwrap_or("").to_string();

@@ -3,7 +3,8 @@
 
 mod cli_accounts;
 mod common;
-mod delivery_flow;
+pub mod delivery_flow;
+mod delivery_nodes;
 mod delivery_queue;
 mod delivery_upstream;
 mod store_accounts;

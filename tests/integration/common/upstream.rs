@@ -205,6 +205,7 @@ impl UpstreamServer {
                     continue;
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
+                let _ = tcp.set_nodelay(true);
                 let state = state.clone();
                 tokio::spawn(async move {
                     let _ = state.session(tcp).await;
@@ -331,8 +332,10 @@ impl Shared {
         if !s.b.reply_delay.is_zero() {
             tokio::time::sleep(s.b.reply_delay).await;
         }
-        io.write_all(text.as_bytes()).await?;
-        io.write_all(b"\r\n").await?;
+        let mut line = Vec::with_capacity(text.len() + 2);
+        line.extend_from_slice(text.as_bytes());
+        line.extend_from_slice(b"\r\n");
+        io.write_all(&line).await?;
         io.flush().await
     }
 

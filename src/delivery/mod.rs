@@ -314,6 +314,16 @@ impl Engine {
                 ),
                 Err(e) => warn!(error = %e, "lease reclaim failed"),
             }
+            // Messages left all-final by a crash between two transactions.
+            match self.store.unfinished_messages(100).await {
+                Ok(list) => {
+                    for m in list {
+                        let body = self.store.load_body(&m.id).await.unwrap_or_default();
+                        self.finish(&m, &body).await;
+                    }
+                }
+                Err(e) => warn!(error = %e, "looking for unfinished messages failed"),
+            }
             if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
                 last_prune = Some(Instant::now());
                 let before = now_ms() - self.queue.log_retention.as_millis() as i64;

@@ -412,6 +412,12 @@ pub trait QueueStore: Send + Sync {
         dsn: Option<&NewMessage>,
     ) -> StoreResult<bool>;
 
+    /// Messages whose recipients are all final but which were not finished
+    /// (the process died between recording outcomes and
+    /// [`finish_message`](Self::finish_message)), oldest first, at most
+    /// `limit`; `recipients` is empty. Read-only.
+    async fn unfinished_messages(&self, limit: u32) -> StoreResult<Vec<ClaimedMessage>>;
+
     /// Clears leases that expired before `now` (their holders died); returns
     /// how many. Claims already ignore expired leases; this makes them visible.
     async fn reclaim_expired(&self, now: i64) -> StoreResult<u64>;

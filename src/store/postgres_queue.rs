@@ -333,6 +333,22 @@ impl QueueStore for PgStore {
         Ok(true)
     }
 
+    async fn unfinished_messages(&self, limit: u32) -> StoreResult<Vec<ClaimedMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, sender, user_id, username, envid, dsn_ret, is_dsn, smtputf8, size,
+                    received_at, expires_at
+             FROM queue_messages m
+             WHERE NOT EXISTS (SELECT 1 FROM queue_recipients r
+                               WHERE r.message_id = m.id AND r.status = 'queued')
+             ORDER BY received_at, id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(rows.iter().map(message_of).collect())
+    }
+
     async fn reclaim_expired(&self, now: i64) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE queue_recipients SET lease_owner = NULL, lease_until = NULL, updated_at = $1

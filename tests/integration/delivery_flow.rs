@@ -542,3 +542,43 @@ fn bad_delivery_config_is_refused() {
         toml::from_str::<UpstreamConfig>("name = \"a\"\nhost = \"h\"\ntls = \"maybe\"").is_err()
     );
 }
+
+#[tokio::test]
+async fn a_message_left_final_by_a_crash_is_finished_with_its_dsn() {
+    for t in all_stores().await {
+        let b = t.backend;
+        let server = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
+        let m = new_message("s@example.com", &["r@x.org"], "x");
+        t.store.enqueue(&m).await.unwrap();
+        // A worker recorded "failed" and died before finishing the message.
+        let c = t
+            .store
+            .claim_due("crashed/0", now_ms(), 60_000, 10)
+            .await
+            .unwrap();
+        let outcome = postgate::store::RecipientOutcome {
+            recipient_id: c[0].recipients[0].id,
+            kind: postgate::store::OutcomeKind::Failed,
+            upstream: Some("up".into()),
+            reply: Some("550 5.7.1 rejected".into()),
+            log: true,
+        };
+        t.store
+            .record_outcomes("crashed/0", now_ms(), &[outcome])
+            .await
+            .unwrap();
+        assert_eq!(
+            t.store.unfinished_messages(10).await.unwrap().len(),
+            1,
+            "{b}"
+        );
+        let mut cfg = config(vec![server.upstream_config("up")], vec![]);
+        cfg.queue.lease = Duration::from_secs(2);
+        let run = Running::start(t.store.clone(), cfg);
+        wait_for(10, "DSN", async || server.received().len() == 1).await;
+        wait_for(10, "empty queue", async || queue_len(&*t.store).await == 0).await;
+        run.stop().await;
+        let text = String::from_utf8_lossy(&server.received()[0].data).into_owned();
+        assert!(text.contains("Status: 5.7.1"), "{b}");
+    }
+}

@@ -236,6 +236,7 @@ mod tests {
             received_at: 0,
             expires_at: 1,
             recipients: vec![],
+            body: None,
         }
     }
 

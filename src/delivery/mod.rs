@@ -264,14 +264,33 @@ impl Engine {
                 }
                 continue;
             }
-            let mut rest = claimed.into_iter();
-            while let Some(m) = rest.next() {
-                if self.shutdown.is_cancelled() {
-                    self.release(&owner, std::iter::once(m).chain(rest.by_ref()))
-                        .await;
-                    break;
-                }
-                self.process(&owner, m).await;
+            if self.shutdown.is_cancelled() {
+                self.release(&owner, claimed.into_iter()).await;
+                break;
+            }
+            self.process_claim(&owner, claimed).await;
+        }
+    }
+
+    /// Delivers the messages of one claim concurrently (the pools bound the
+    /// sessions), then records every outcome in one transaction.
+    async fn process_claim(&self, owner: &str, claimed: Vec<ClaimedMessage>) {
+        let results =
+            futures::future::join_all(claimed.into_iter().map(|m| self.deliver_message(m))).await;
+        let outcomes: Vec<RecipientOutcome> = results
+            .iter()
+            .flat_map(|(_, _, o)| o.iter().cloned())
+            .collect();
+        if !outcomes.is_empty() {
+            self.record(owner, &outcomes).await;
+        }
+        for (m, body, outcomes) in &results {
+            // All-delivered messages were finished by `record_outcomes`.
+            let bounced = outcomes
+                .iter()
+                .any(|o| matches!(o.kind, OutcomeKind::Failed | OutcomeKind::Expired));
+            if bounced {
+                self.finish(m, body).await;
             }
         }
     }
@@ -348,10 +367,19 @@ impl Engine {
         }
     }
 
-    async fn process(&self, owner: &str, m: ClaimedMessage) {
+    /// One attempt for the claimed recipients of `m`: their outcomes, to be
+    /// recorded by the caller (with the message and its body, for a DSN).
+    async fn deliver_message(
+        &self,
+        mut m: ClaimedMessage,
+    ) -> (ClaimedMessage, Bytes, Vec<RecipientOutcome>) {
         let now = now_ms();
+        let body = match m.body.take() {
+            Some(b) => Ok(b),
+            None => self.store.load_body(&m.id).await,
+        };
         if now >= m.expires_at {
-            let outcomes: Vec<RecipientOutcome> = m
+            let outcomes = m
                 .recipients
                 .iter()
                 .map(|r| {
@@ -360,23 +388,35 @@ impl Engine {
                         recipient_id: r.id,
                         kind: OutcomeKind::Expired,
                         upstream: None,
-                        reply: None,
+                        reply: Some("queue lifetime exceeded".into()),
                         log: true,
                     }
                 })
                 .collect();
-            self.record(owner, &outcomes).await;
-            let body = self.store.load_body(&m.id).await.unwrap_or_default();
-            self.finish(&m, &body).await;
-            return;
+            return (m, body.unwrap_or_default(), outcomes);
         }
-        let body = match self.store.load_body(&m.id).await {
+        let body = match body {
             Ok(b) => b,
-            Err(StoreError::NotFound(_)) => return,
+            // Deleted meanwhile (queue delete): nothing to record.
+            Err(StoreError::NotFound(_)) => return (m, Bytes::new(), Vec::new()),
             Err(e) => {
                 warn!(queue_id = %m.id, error = %e, "cannot load message body");
-                self.release(owner, std::iter::once(m)).await;
-                return;
+                let outcomes = m
+                    .recipients
+                    .iter()
+                    .map(|r| RecipientOutcome {
+                        recipient_id: r.id,
+                        kind: OutcomeKind::Deferred {
+                            next_attempt_at: now + self.queue.poll_interval.as_millis() as i64,
+                            route_index: r.route_index,
+                            count_attempt: false,
+                        },
+                        upstream: None,
+                        reply: None,
+                        log: false,
+                    })
+                    .collect();
+                return (m, Bytes::new(), outcomes);
             }
         };
         let route: Vec<String> = self
@@ -394,13 +434,7 @@ impl Engine {
         for (start, rcpts) in groups {
             outcomes.extend(self.attempt(&m, &body, &route, start, &rcpts).await);
         }
-        self.record(owner, &outcomes).await;
-        let any_final = outcomes
-            .iter()
-            .any(|o| !matches!(o.kind, OutcomeKind::Deferred { .. }));
-        if any_final {
-            self.finish(&m, &body).await;
-        }
+        (m, body, outcomes)
     }
 
     /// Deletes the message once every recipient is final, enqueuing its DSN.

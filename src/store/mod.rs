@@ -251,9 +251,16 @@ pub struct ClaimedMessage {
     pub size: i64,
     pub received_at: i64,
     pub expires_at: i64,
-    /// Never empty.
+    /// Never empty (except from [`QueueStore::unfinished_messages`]).
     pub recipients: Vec<ClaimedRecipient>,
+    /// The stored bytes when the message is small (at most
+    /// [`CLAIM_BODY_MAX`] bytes) and came from a claim: saves a round trip
+    /// per message. Otherwise load it with [`QueueStore::load_body`].
+    pub body: Option<bytes::Bytes>,
 }
+
+/// Bodies up to this size are returned with their claim.
+pub const CLAIM_BODY_MAX: i64 = 64 * 1024;
 
 /// What happened to one claimed recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,8 +393,9 @@ pub trait QueueStore: Send + Sync {
     /// Records outcomes of recipients leased by `owner`, with a
     /// `delivery_log` row each (when `log`), in one transaction; clears the
     /// lease. Outcomes for recipients no longer leased by `owner` (lease
-    /// expired and taken over, message deleted) are skipped. Returns how many
-    /// were recorded.
+    /// expired and taken over, message deleted) are skipped. A message whose
+    /// recipients are now all delivered is deleted in the same transaction
+    /// (no DSN is due; the log rows stay). Returns how many were recorded.
     async fn record_outcomes(
         &self,
         owner: &str,

@@ -176,6 +176,11 @@ fn message_of(r: &SqliteRow) -> ClaimedMessage {
         received_at: r.get("received_at"),
         expires_at: r.get("expires_at"),
         recipients: Vec::new(),
+        body: r
+            .try_get::<Option<Vec<u8>>, _>("small_body")
+            .ok()
+            .flatten()
+            .map(bytes::Bytes::from),
     }
 }
 
@@ -272,10 +277,11 @@ impl QueueStore for SqliteStore {
         );
         let msgs = sqlx::query(
             "SELECT id, sender, user_id, username, envid, dsn_ret, is_dsn, smtputf8, size,
-                    received_at, expires_at
+                    received_at, expires_at, CASE WHEN size <= ?2 THEN body END AS small_body
              FROM queue_messages WHERE id IN (SELECT value FROM json_each(?1))",
         )
         .bind(ids_json)
+        .bind(CLAIM_BODY_MAX)
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| map_sqlx(e, "queue claim"))?;
@@ -313,6 +319,7 @@ impl QueueStore for SqliteStore {
             .await
             .map_err(|e| map_sqlx(e, "queue"))?;
         let mut recorded = 0;
+        let mut touched = std::collections::BTreeSet::new();
         for o in outcomes {
             let (status, inc, next, route) = outcome_parts(&o.kind);
             let new_status = if status == "deferred" {
@@ -344,6 +351,9 @@ impl QueueStore for SqliteStore {
             .map_err(|e| map_sqlx(e, "queue outcome"))?;
             let Some(row) = row else { continue };
             recorded += 1;
+            if status == "delivered" {
+                touched.insert(row.get::<String, _>("message_id"));
+            }
             if o.log {
                 sqlx::query(
                     "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
@@ -360,6 +370,18 @@ impl QueueStore for SqliteStore {
                 .await
                 .map_err(|e| map_sqlx(e, "delivery log"))?;
             }
+        }
+        // The common case, every recipient delivered: finish here, saving a
+        // transaction. Anything else is finished by `finish_message`.
+        for id in &touched {
+            sqlx::query(
+                "DELETE FROM queue_messages WHERE id = ?1 AND NOT EXISTS
+                   (SELECT 1 FROM queue_recipients WHERE message_id = ?1 AND status <> 'delivered')",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?;
         }
         tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
         Ok(recorded)

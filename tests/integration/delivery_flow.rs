@@ -438,7 +438,7 @@ async fn shutdown_releases_claims_and_stops() {
     let server = UpstreamServer::start(beh).await;
     let mut cfg = config(vec![server.upstream_config("up")], vec![]);
     cfg.queue.workers = 1;
-    cfg.queue.batch = 10;
+    cfg.queue.batch = 1;
     for n in 0..5 {
         t.store
             .enqueue(&new_message("s@example.com", &["r@x.org"], &format!("{n}")))

@@ -240,8 +240,13 @@ async fn lease_expiry_lets_another_node_take_over_on_every_backend() {
             1,
             "{b}"
         );
+        // All recipients delivered: the message was finished in that transaction.
         assert!(
-            s.finish_message(&m.id, T0 + 1_200, None).await.unwrap(),
+            matches!(s.queue_show(&m.id).await, Err(StoreError::NotFound(_))),
+            "{b}"
+        );
+        assert!(
+            !s.finish_message(&m.id, T0 + 1_200, None).await.unwrap(),
             "{b}"
         );
     }

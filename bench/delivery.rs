@@ -403,8 +403,6 @@ async fn main() {
             );
         }
         "rss" => {
-            let token = CancellationToken::new();
-            let h = Delivery::start(store.clone(), cfg, token.clone()).unwrap();
             let before = peak_rss_mb();
             let big = Args {
                 store: String::new(),
@@ -415,10 +413,16 @@ async fn main() {
                 mode: String::new(),
             };
             let lat = enqueue_all(store.clone(), &big, 25 * 1024 * 1024, 20).await;
+            let after_enqueue = peak_rss_mb();
+            let token = CancellationToken::new();
+            let h = Delivery::start(store.clone(), cfg, token.clone()).unwrap();
             drain(&store, &sink, lat.len() as u64).await;
             token.cancel();
             let _ = h.await;
-            println!("{backend} rss: 20 concurrent 25 MB messages enqueued and delivered; peak RSS {} MB (before: {before} MB)", peak_rss_mb());
+            println!(
+                "{backend} rss: 20 concurrent 25 MB messages: peak RSS {before} MB at start, {after_enqueue} MB after the concurrent enqueues, {} MB after delivering them",
+                peak_rss_mb()
+            );
         }
         other => panic!("unknown mode {other}"),
     }

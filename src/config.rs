@@ -228,6 +228,14 @@ impl StoreConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub smtp: crate::smtp::config::SmtpConfig,
+    /// Required by `starttls` and `implicit-tls` listeners.
+    pub tls: Option<crate::tls::TlsConfig>,
+    pub auth: crate::auth::AuthConfig,
+    pub dkim: crate::dkim::DkimConfig,
+    pub fixups: crate::fixups::FixupsConfig,
+    pub http: crate::http::HttpConfig,
+    pub log: crate::logging::LogConfig,
 }
 
 impl Config {
@@ -289,11 +297,38 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if let Err(e) = crate::password::validate_params(&self.auth.hash) {
+            return Err(invalid("auth.hash", e.to_string()));
+        }
+        if let Err(e) = self.fixups.validate() {
+            return Err(invalid("fixups.remove_headers", e.to_string()));
+        }
+        if let Err(e) = self.http.admin_token() {
+            return Err(invalid("http.admin_token", e.to_string()));
+        }
         if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
             return Err(invalid(
                 "server.hostname",
                 "must be a host name without spaces".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// The checks only `serve` needs (listeners need a certificate, the
+    /// certificate files must load); `check-config` runs them too. `file`
+    /// names the configuration in errors.
+    pub fn validate_for_serve(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        self.smtp
+            .validate(self.tls.is_some())
+            .map_err(|e| invalid("smtp.listener", e.to_string()))?;
+        if let Some(tls) = &self.tls {
+            crate::tls::ServerTls::load(tls).map_err(|e| invalid("tls", e.to_string()))?;
         }
         Ok(())
     }

@@ -7,8 +7,19 @@
 //! - [`policy`]: sender permissions (PURE).
 
 pub mod accounts;
+pub mod auth;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
+pub mod fixups;
+pub mod http;
+pub mod intake;
+pub mod logging;
+pub mod metrics;
 pub mod password;
 pub mod policy;
+pub mod quickstart;
+pub mod run;
+pub mod smtp;
 pub mod store;
+pub mod tls;

@@ -23,6 +23,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the relay: SMTP listeners, delivery workers, HTTP endpoints.
+    Serve,
+    /// Try postgate out: creates DIR with a development certificate, a
+    /// config on the embedded SQLite store and a user, prints how to send a
+    /// first message, then serves on 127.0.0.1.
+    Dev {
+        /// Where the development files live.
+        #[arg(long, default_value = "dev-data")]
+        dir: PathBuf,
+    },
     /// Validate the configuration and print it with secrets redacted (exit 2 when invalid).
     CheckConfig,
     /// Apply pending database migrations.
@@ -35,6 +45,47 @@ enum Command {
     Sender(SenderCommand),
     /// Read a password on stdin and print its argon2id PHC hash (for plain-SQL account management).
     HashPassword,
+    /// Manage DKIM signing keys.
+    #[command(subcommand)]
+    Dkim(DkimCommand),
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Create and store a key; prints the DNS TXT record to publish.
+    Generate {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        /// rsa-sha256 or ed25519-sha256.
+        #[arg(long, default_value = "rsa-sha256")]
+        algorithm: String,
+        /// RSA key size: 2048 (default), 3072 or 4096.
+        #[arg(long)]
+        bits: Option<u32>,
+    },
+    /// Store a key from a PEM file (PKCS#8, or PKCS#1 for RSA); prints the DNS TXT record.
+    Import {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        #[arg(long, default_value = "rsa-sha256")]
+        algorithm: String,
+        /// PEM file with the private key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// List keys (never the private part).
+    List,
+    /// Stop signing with a key (its DNS record can go once signed mail has been delivered).
+    Retire {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+    },
 }
 
 #[derive(Args)]
@@ -153,6 +204,37 @@ async fn open_store(
     }
 }
 
+fn config_name(cli: &Cli) -> String {
+    cli.config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "postgate.toml".into())
+}
+
+/// Starts logging, binds, wires SIGTERM/SIGINT to a graceful shutdown and
+/// SIGHUP to a reload, and runs until shut down.
+async fn serve(config: Config) -> Result<(), Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    postgate::logging::init(&config.log)?;
+    let bound = postgate::run::Bound::bind(&config).await?;
+    let control = postgate::run::Control::default();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let signals = control.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received"); signals.shutdown.cancel(); }
+                _ = int.recv() => { tracing::info!("SIGINT received"); signals.shutdown.cancel(); }
+                _ = hup.recv() => { tracing::info!("SIGHUP received: reloading"); signals.reload.notify_one(); }
+            }
+        }
+    });
+    postgate::run::run(config, bound, control).await?;
+    Ok(())
+}
+
 fn read_password(src: &PasswordSource) -> Result<(String, bool), Failure> {
     if src.generate {
         return Ok((postgate::password::generate_password(), true));
@@ -173,8 +255,22 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::CheckConfig => {
             let config = load_config(&cli)?;
+            config
+                .validate_for_serve(&config_name(&cli))
+                .map_err(|e| Failure(e.to_string(), 2))?;
             print!("{}", config.to_redacted_toml());
             Ok(())
+        }
+        Command::Serve => {
+            let config = load_config(&cli)?;
+            config
+                .validate_for_serve(&config_name(&cli))
+                .map_err(|e| Failure(e.to_string(), 2))?;
+            serve(config).await
+        }
+        Command::Dev { dir } => {
+            let config = postgate::quickstart::prepare(dir).await?;
+            serve(config).await
         }
         Command::Migrate => {
             let config = load_config(&cli)?;
@@ -192,6 +288,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::User(cmd) => user(&cli, cmd).await,
+        Command::Dkim(cmd) => dkim(&cli, cmd).await,
         Command::Sender(cmd) => sender(&cli, cmd).await,
     }
 }
@@ -287,6 +384,44 @@ async fn sender(cli: &Cli, cmd: &SenderCommand) -> Result<(), Failure> {
             for p in store.sender_list(name).await? {
                 println!("{p}");
             }
+        }
+    }
+    Ok(())
+}
+
+async fn dkim(cli: &Cli, cmd: &DkimCommand) -> Result<(), Failure> {
+    use postgate::dkim;
+    use postgate::store::DkimAlgorithm;
+    let config = load_config(cli)?;
+    let store = open_store(&config).await?;
+    match cmd {
+        DkimCommand::Generate {
+            domain,
+            selector,
+            algorithm,
+            bits,
+        } => {
+            let alg = DkimAlgorithm::parse(algorithm)?;
+            print!(
+                "{}",
+                dkim::cli_generate(&*store, domain, selector, alg, *bits).await?
+            );
+        }
+        DkimCommand::Import {
+            domain,
+            selector,
+            algorithm,
+            key,
+        } => {
+            let alg = DkimAlgorithm::parse(algorithm)?;
+            print!(
+                "{}",
+                dkim::cli_import(&*store, domain, selector, alg, key).await?
+            );
+        }
+        DkimCommand::List => print!("{}", dkim::cli_list(&*store).await?),
+        DkimCommand::Retire { domain, selector } => {
+            print!("{}", dkim::cli_retire(&*store, domain, selector).await?)
         }
     }
     Ok(())

@@ -11,6 +11,7 @@ log() { printf '== %s\n' "$*" >&2; }
 # --- tools the tests drive (real clients nobody here wrote) -------------------
 need_apt=()
 command -v swaks >/dev/null || need_apt+=(swaks)
+perl -MIO::Socket::SSL -MNet::SSLeay -e1 2>/dev/null || need_apt+=(libnet-ssleay-perl libio-socket-ssl-perl)
 command -v curl >/dev/null || need_apt+=(curl)
 [ -x /usr/sbin/smtp-sink ] || need_apt+=(postfix)
 command -v promtool >/dev/null || need_apt+=(prometheus)
@@ -23,9 +24,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-python3 -c 'import dkim, aiosmtpd, yaml' 2>/dev/null || {
-  log "pip install dkimpy aiosmtpd pyyaml"
-  python3 -m pip install -q --disable-pip-version-check dkimpy aiosmtpd pyyaml dnspython
+python3 -c 'import dkim, nacl, aiosmtpd, yaml' 2>/dev/null || {
+  log "pip install dkimpy pynacl aiosmtpd pyyaml"
+  python3 -m pip install -q --disable-pip-version-check dkimpy pynacl aiosmtpd pyyaml dnspython
 }
 
 # --- PostgreSQL ----------------------------------------------------------------

@@ -7,6 +7,16 @@ pub mod delivery_flow;
 mod delivery_nodes;
 mod delivery_queue;
 mod delivery_upstream;
+mod dkim_sign;
+mod dkim_store;
+mod dkim_verify;
+mod ops_deploy;
+mod ops_http;
+mod smtp_auth;
+mod smtp_clients;
+#[path = "common/smtp.rs"]
+mod smtp_harness;
+mod smtp_security;
 mod store_accounts;
 #[path = "common/upstream.rs"]
 mod upstream_server;

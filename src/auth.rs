@@ -1,0 +1,221 @@
+//! AUTH against the store: who a session is, and the real [`Authenticator`].
+//!
+//! Passwords are verified off the async threads (`spawn_blocking`) behind a
+//! semaphore sized to the CPUs, so a login storm queues for the hashing
+//! CPUs instead of starving every other session. Unknown and disabled users
+//! are verified against a dummy hash, so timing does not reveal whether a
+//! user exists.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::password::{self, HashParams, Verification};
+use crate::smtp::ports::{AuthOutcome, Authenticator};
+use crate::store::{self, LimitOverrides, LoginCredential, Store};
+
+/// An authenticated user, as the rest of the session and intake see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: i64,
+    pub username: String,
+    /// The credential that matched (limits and logs are keyed on it).
+    pub credential_id: i64,
+    pub credential_label: String,
+    /// Sender permissions: exact lower-case addresses or `@domain`.
+    pub senders: Vec<String>,
+    /// Credential overrides on top of the user's.
+    pub limits: LimitOverrides,
+    /// Per-user override of the listener's `normalize_line_endings`.
+    pub normalize_line_endings: Option<bool>,
+}
+
+/// `[auth]` configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// argon2id parameters for new hashes and rehash-on-login
+    /// (default: OWASP, 19 MiB, 2 iterations, 1 lane).
+    pub hash: HashParams,
+    /// Password verifications running at once (default: the CPU count).
+    pub max_concurrent_verifications: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            hash: HashParams::default(),
+            max_concurrent_verifications: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        }
+    }
+}
+
+/// Why the authenticator could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("auth: {0}")]
+    Password(#[from] password::PasswordError),
+    #[error("auth: max_concurrent_verifications must be at least 1")]
+    Concurrency,
+}
+
+/// Credential overrides on top of user overrides, field by field.
+pub fn merge_limits(user: &LimitOverrides, credential: &LimitOverrides) -> LimitOverrides {
+    LimitOverrides {
+        messages_per_minute: credential.messages_per_minute.or(user.messages_per_minute),
+        messages_per_hour: credential.messages_per_hour.or(user.messages_per_hour),
+        messages_per_day: credential.messages_per_day.or(user.messages_per_day),
+        recipients_per_day: credential.recipients_per_day.or(user.recipients_per_day),
+        concurrent_sessions: credential.concurrent_sessions.or(user.concurrent_sessions),
+    }
+}
+
+/// The store-backed [`Authenticator`].
+pub struct StoreAuthenticator {
+    store: Arc<dyn Store>,
+    params: HashParams,
+    dummy: Arc<str>,
+    verifications: Arc<Semaphore>,
+}
+
+impl StoreAuthenticator {
+    /// Builds the authenticator; computes the dummy hash once (~20 ms).
+    pub fn new(store: Arc<dyn Store>, config: &AuthConfig) -> Result<Self, AuthError> {
+        if config.max_concurrent_verifications == 0 {
+            return Err(AuthError::Concurrency);
+        }
+        Ok(StoreAuthenticator {
+            store,
+            params: config.hash,
+            dummy: password::dummy_hash(&config.hash)?.into(),
+            verifications: Arc::new(Semaphore::new(config.max_concurrent_verifications)),
+        })
+    }
+
+    /// Verifies `password` against each hash (or the dummy hash when there
+    /// is none) on a blocking thread; the index of the first match and
+    /// whether it needs rehashing.
+    async fn verify(&self, password: &str, hashes: Vec<String>) -> Option<(usize, bool)> {
+        let Ok(_permit) = self.verifications.clone().acquire_owned().await else {
+            return None;
+        };
+        let password = password.to_string();
+        let params = self.params;
+        let dummy = self.dummy.clone();
+        tokio::task::spawn_blocking(move || {
+            if hashes.is_empty() {
+                let _ = password::verify(&password, &dummy, &params);
+                return None;
+            }
+            hashes.iter().enumerate().find_map(|(i, h)| {
+                match password::verify(&password, h, &params) {
+                    Verification::Match { needs_upgrade } => Some((i, needs_upgrade)),
+                    Verification::Mismatch => None,
+                }
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl Authenticator for StoreAuthenticator {
+    async fn authenticate(&self, username: &str, password: &str, _ip: IpAddr) -> AuthOutcome {
+        let record = match store::normalize_username(username) {
+            Ok(name) => match self.store.login_lookup(&name).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "login lookup failed");
+                    return AuthOutcome::Unavailable;
+                }
+            },
+            Err(_) => None,
+        };
+        let credentials: Vec<LoginCredential> = record
+            .as_ref()
+            .map(|r| r.credentials.clone())
+            .unwrap_or_default();
+        let hashes = credentials
+            .iter()
+            .map(|c| c.password_hash.clone())
+            .collect();
+        let Some((index, needs_upgrade)) = self.verify(password, hashes).await else {
+            return AuthOutcome::Failed;
+        };
+        let (Some(record), Some(credential)) = (record, credentials.get(index)) else {
+            return AuthOutcome::Failed;
+        };
+        let upgraded = if needs_upgrade {
+            let password = password.to_string();
+            let params = self.params;
+            let _permit = self.verifications.clone().acquire_owned().await;
+            tokio::task::spawn_blocking(move || password::hash(&password, &params).ok())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        if let Err(e) = self
+            .store
+            .credential_used(credential.id, now_ms(), upgraded.as_deref())
+            .await
+        {
+            // The login itself is valid; only the bookkeeping failed.
+            tracing::warn!(error = %e, "recording credential use failed");
+        }
+        AuthOutcome::Ok(Identity {
+            user_id: record.user_id,
+            username: record.username,
+            credential_id: credential.id,
+            credential_label: credential.label.clone(),
+            senders: record.senders,
+            limits: merge_limits(&record.limits, &credential.limits),
+            normalize_line_endings: record.normalize_line_endings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_limits_override_user_limits() {
+        let user = LimitOverrides {
+            messages_per_minute: Some(10),
+            messages_per_day: Some(100),
+            ..Default::default()
+        };
+        let cred = LimitOverrides {
+            messages_per_minute: Some(1),
+            ..Default::default()
+        };
+        let m = merge_limits(&user, &cred);
+        assert_eq!(m.messages_per_minute, Some(1));
+        assert_eq!(m.messages_per_day, Some(100));
+        assert_eq!(m.messages_per_hour, None);
+    }
+
+    #[test]
+    fn config_defaults_to_cpu_count() {
+        let c: AuthConfig = toml::from_str("").unwrap();
+        assert!(c.max_concurrent_verifications >= 1);
+        assert_eq!(c.hash, HashParams::default());
+        assert!(toml::from_str::<AuthConfig>("bogus = 1").is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! Intake: what happens to a message the session has fully received.
+//!
+//! The session hands a [`Submission`] to an [`Intake`]; [`StoreIntake`]
+//! produces the final bytes (the one place where header fixups and DKIM
+//! signing go: [`StoreIntake::final_body`]) and commits message and
+//! envelope to the queue in one store transaction. The client is told 250
+//! only after that commit returned (DESIGN "250 after DATA only once the
+//! store commit has returned").
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::auth::Identity;
+use crate::store::{self, NewMessage, NewRecipient, Store, StoreError};
+
+/// The TLS parameters of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// e.g. `TLSv1_3`.
+    pub protocol: String,
+    /// e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
+
+/// Who submitted, from where, how.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Client address (after any PROXY header).
+    pub ip: IpAddr,
+    /// The EHLO/HELO argument.
+    pub helo: String,
+    /// `None` only on an explicitly configured loopback plain listener.
+    pub tls: Option<TlsInfo>,
+    /// `PLAIN` or `LOGIN`.
+    pub auth_mechanism: String,
+}
+
+/// A complete message as received, ready for intake.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The session id (also on every log line of the session).
+    pub session_id: String,
+    pub identity: Identity,
+    pub client: ClientInfo,
+    /// Envelope sender (never empty: the null sender is refused).
+    pub sender: String,
+    pub recipients: Vec<NewRecipient>,
+    /// The message as received: CRLF line endings, dot-unstuffed.
+    pub body: Bytes,
+    /// RFC 3461 ENVID.
+    pub envid: Option<String>,
+    /// RFC 3461 RET (`FULL` / `HDRS`).
+    pub ret: Option<String>,
+    /// RFC 6531 SMTPUTF8 was given on MAIL.
+    pub smtputf8: bool,
+    /// RFC 6152 BODY (`7BIT` / `8BITMIME`), when given.
+    pub body_type: Option<&'static str>,
+}
+
+/// Why intake did not queue a message.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// A policy refusal decided at intake (e.g. header From not permitted);
+    /// sent to the client as is.
+    #[error("{code} {enhanced} {text}")]
+    Rejected {
+        code: u16,
+        enhanced: String,
+        text: String,
+    },
+    /// The store failed; nothing was stored. Sent as 451 4.3.0.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Accepts complete messages.
+///
+/// Contract: returns the queue id only once the message is durably
+/// committed; on error nothing of the message is stored.
+#[async_trait]
+pub trait Intake: Send + Sync {
+    /// Queues `submission`, returning its queue id.
+    async fn submit(&self, submission: Submission) -> Result<String, IntakeError>;
+}
+
+/// How accepted messages are changed before they are stored: the header
+/// From policy, RFC 6409 §8 fixups and DKIM signing, in that order.
+pub struct MessageProcessing {
+    /// Our host name (Received `by`, Message-ID right side).
+    pub hostname: String,
+    /// Header From must be a permitted sender of the login (`dkim.header_from = "enforce"`).
+    pub enforce_header_from: bool,
+    pub fixups: crate::fixups::FixupsConfig,
+    /// `None` when signing is off (`dkim.enabled = false`).
+    pub signer: Option<Arc<crate::dkim::Signer>>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// The production [`Intake`]: processes the message (see
+/// [`MessageProcessing`]) and commits it to the store's queue.
+pub struct StoreIntake {
+    store: Arc<dyn Store>,
+    lifetime: Duration,
+    processing: Option<MessageProcessing>,
+}
+
+impl StoreIntake {
+    /// Stores bodies unchanged; messages expire `lifetime` after acceptance.
+    pub fn new(store: Arc<dyn Store>, lifetime: Duration) -> Self {
+        StoreIntake {
+            store,
+            lifetime,
+            processing: None,
+        }
+    }
+
+    /// Adds header policy, fixups and signing before the commit.
+    pub fn with_processing(mut self, processing: MessageProcessing) -> Self {
+        self.processing = Some(processing);
+        self
+    }
+
+    /// The bytes to store (and later deliver) for `submission`: the one
+    /// place where the message is changed. Refusals are 5xx replies naming
+    /// the rule; a signing failure of the system is 451 (the client retries).
+    pub async fn final_body(
+        &self,
+        submission: &Submission,
+        queue_id: &str,
+        received_at: i64,
+    ) -> Result<Bytes, IntakeError> {
+        let Some(p) = &self.processing else {
+            return Ok(submission.body.clone());
+        };
+        let rejected = |code: u16, enhanced: &str, text: String| IntakeError::Rejected {
+            code,
+            enhanced: enhanced.to_string(),
+            text,
+        };
+        if p.enforce_header_from {
+            crate::fixups::check_header_from(&submission.body, &submission.identity.senders)
+                .map_err(|e| rejected(550, "5.7.1", e.to_string()))?;
+        }
+        let recipients: Vec<String> = submission
+            .recipients
+            .iter()
+            .map(|r| r.address.clone())
+            .collect();
+        let ctx = crate::fixups::FixupContext {
+            hostname: &p.hostname,
+            now_ms: received_at,
+            queue_id,
+            authenticated: true,
+            tls: submission
+                .client
+                .tls
+                .as_ref()
+                .map(|t| crate::fixups::TlsInfo {
+                    version: &t.protocol,
+                    cipher: &t.cipher,
+                }),
+            smtputf8: submission.smtputf8,
+            helo: Some(&submission.client.helo),
+            client_ip: Some(submission.client.ip),
+            client_host: None,
+            recipients: &recipients,
+            config: &p.fixups,
+        };
+        let fixed = Bytes::from(
+            crate::fixups::apply(&submission.body, &ctx)
+                .map_err(|e| rejected(550, "5.6.0", e.to_string()))?,
+        );
+        let Some(signer) = &p.signer else {
+            return Ok(fixed);
+        };
+        match signer.sign(fixed.clone()).await {
+            Ok(sigs) => {
+                if let Some(m) = &p.metrics {
+                    use crate::metrics::{DkimAlgorithm, DkimResult};
+                    if sigs.headers.is_empty() {
+                        m.dkim_unsigned();
+                    }
+                    for sel in &sigs.selectors {
+                        let alg = if sel.contains("ed25519") {
+                            DkimAlgorithm::Ed25519Sha256
+                        } else {
+                            DkimAlgorithm::RsaSha256
+                        };
+                        m.dkim_signature(alg, DkimResult::Signed);
+                    }
+                }
+                if sigs.headers.is_empty() {
+                    Ok(fixed)
+                } else {
+                    Ok(Bytes::from(sigs.prepend_to(&fixed)))
+                }
+            }
+            Err(e) if e.is_permanent() => Err(rejected(550, "5.7.1", e.to_string())),
+            Err(e) => {
+                if let Some(m) = &p.metrics {
+                    m.dkim_signature(
+                        crate::metrics::DkimAlgorithm::RsaSha256,
+                        crate::metrics::DkimResult::Failed,
+                    );
+                }
+                tracing::error!(queue_id, error = %e, "DKIM signing failed");
+                Err(rejected(
+                    451,
+                    "4.3.0",
+                    "cannot sign the message now, try again later".into(),
+                ))
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl Intake for StoreIntake {
+    async fn submit(&self, submission: Submission) -> Result<String, IntakeError> {
+        let id = store::new_queue_id();
+        let received_at = now_ms();
+        let body = self.final_body(&submission, &id, received_at).await?;
+        let message = NewMessage {
+            id,
+            sender: submission.sender,
+            recipients: submission.recipients,
+            user_id: Some(submission.identity.user_id),
+            username: Some(submission.identity.username),
+            credential: Some(submission.identity.credential_label),
+            body,
+            envid: submission.envid,
+            dsn_ret: submission.ret,
+            is_dsn: false,
+            smtputf8: submission.smtputf8,
+            received_at,
+            expires_at: received_at.saturating_add(self.lifetime.as_millis() as i64),
+        };
+        self.store.enqueue(&message).await?;
+        Ok(message.id)
+    }
+}

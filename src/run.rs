@@ -1,0 +1,243 @@
+//! Composition of one postgate node: store, SMTP server, intake, delivery,
+//! HTTP, reloads and the shutdown order. `serve` binds, then calls [`run`];
+//! tests call [`run`] in-process with listeners bound to port 0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::smtp::config::ListenerConfig;
+use crate::store::Store;
+
+/// Why a node could not start. Each names what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Server(#[from] crate::smtp::server::ServerError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Dkim(#[from] crate::dkim::DkimError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    #[error("cannot listen on {address} (http.address): {source}")]
+    HttpBind {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Sockets bound before start (so privileges can be dropped, and tests can
+/// bind port 0 and read the port).
+pub struct Bound {
+    pub smtp: Vec<(ListenerConfig, TcpListener)>,
+    pub http: Option<TcpListener>,
+}
+
+impl Bound {
+    /// Binds every SMTP listener and the HTTP address of `config`.
+    pub async fn bind(config: &Config) -> Result<Bound, RunError> {
+        let smtp = crate::smtp::server::Server::bind(&config.smtp.listeners).await?;
+        let address = config.http.address;
+        let http = TcpListener::bind(address)
+            .await
+            .map_err(|source| RunError::HttpBind { address, source })?;
+        Ok(Bound {
+            smtp,
+            http: Some(http),
+        })
+    }
+}
+
+/// How the outside world steers a running node.
+#[derive(Clone, Default)]
+pub struct Control {
+    /// Cancel to shut down gracefully (SIGTERM).
+    pub shutdown: CancellationToken,
+    /// Notify to reload certificates and DKIM keys (SIGHUP).
+    pub reload: Arc<Notify>,
+}
+
+/// Runs one node until `control.shutdown` is cancelled, then shuts down in
+/// order: readiness goes 503, listeners stop accepting, sessions finish
+/// (up to `server.shutdown_grace`, then 421), delivery workers finish their
+/// current attempt, and the HTTP server stops last.
+pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), RunError> {
+    let options = config.store.options();
+    let url = config.store.url.expose();
+    let store: Arc<dyn Store> = if config.store.migrate_on_start {
+        crate::store::open_and_migrate(url, &options).await?
+    } else {
+        crate::store::open(url, &options).await?
+    };
+    tracing::info!(backend = store.backend(), "store ready");
+    let metrics = Arc::new(Metrics::new(&config.http.metrics_options()));
+
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::ServerTls::load)
+        .transpose()?;
+    let listener_names: Vec<(String, crate::metrics::TlsMode)> = bound
+        .smtp
+        .iter()
+        .map(|(l, _)| (l.address.to_string(), tls_mode(l.mode)))
+        .collect();
+    if let Some(t) = &tls {
+        record_certificate_expiry(&metrics, &listener_names, t);
+    }
+    let signer = if config.dkim.enabled {
+        Some(Arc::new(
+            crate::dkim::Signer::new(store.clone(), config.dkim.clone()).await?,
+        ))
+    } else {
+        None
+    };
+    let intake = crate::intake::StoreIntake::new(store.clone(), queue_lifetime(&config))
+        .with_processing(crate::intake::MessageProcessing {
+            hostname: config.server.hostname.clone(),
+            enforce_header_from: config.dkim.header_from == crate::dkim::HeaderFromPolicy::Enforce,
+            fixups: config.fixups.clone(),
+            signer: signer.clone(),
+            metrics: Some(metrics.clone()),
+        });
+    let ports = crate::smtp::session::Ports {
+        authenticator: Arc::new(crate::auth::StoreAuthenticator::new(
+            store.clone(),
+            &config.auth,
+        )?),
+        intake: Arc::new(intake),
+        limits: Arc::new(crate::smtp::ports::NoLimits),
+    };
+    let server = crate::smtp::server::Server::new(
+        config.server.hostname.clone(),
+        config.smtp.clone(),
+        tls.clone(),
+        ports,
+        config.server.shutdown_grace,
+    )?;
+
+    let draining = CancellationToken::new();
+    let http_shutdown = CancellationToken::new();
+    let mut background = tokio::task::JoinSet::new();
+    if let Some(listener) = bound.http {
+        let state = crate::http::HttpState::from_config(
+            &config.http,
+            metrics.clone(),
+            store.clone(),
+            None,
+            None,
+            draining.clone(),
+        )?;
+        background.spawn(crate::http::serve(listener, state, http_shutdown.clone()));
+    }
+    background.spawn(reload_loop(
+        control.clone(),
+        tls.clone(),
+        signer.clone(),
+        config.dkim.reload_interval,
+        metrics.clone(),
+        listener_names,
+    ));
+
+    let smtp_shutdown = CancellationToken::new();
+    let serving = tokio::spawn(server.serve(bound.smtp, smtp_shutdown.clone()));
+    tracing::info!(hostname = %config.server.hostname, "postgate started");
+
+    control.shutdown.cancelled().await;
+    tracing::info!("shutting down: draining");
+    draining.cancel();
+    smtp_shutdown.cancel();
+    let _ = serving.await;
+    http_shutdown.cancel();
+    background.shutdown().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// How long a message may stay queued (`queue.lifetime`).
+fn queue_lifetime(_config: &Config) -> Duration {
+    Duration::from_secs(5 * 24 * 3600)
+}
+
+/// The metrics label of a listener mode.
+pub fn tls_mode(mode: crate::smtp::config::ListenerMode) -> crate::metrics::TlsMode {
+    use crate::smtp::config::ListenerMode;
+    match mode {
+        ListenerMode::Starttls => crate::metrics::TlsMode::Starttls,
+        ListenerMode::ImplicitTls => crate::metrics::TlsMode::ImplicitTls,
+        ListenerMode::Plain => crate::metrics::TlsMode::Plain,
+    }
+}
+
+fn record_certificate_expiry(
+    metrics: &Metrics,
+    listeners: &[(String, crate::metrics::TlsMode)],
+    tls: &crate::tls::ServerTls,
+) {
+    let not_after = tls
+        .current_leaf()
+        .and_then(|leaf| crate::metrics::certificate_not_after(&leaf))
+        .unwrap_or(0);
+    for (name, mode) in listeners {
+        if *mode != crate::metrics::TlsMode::Plain {
+            metrics
+                .listener(name, *mode)
+                .set_certificate_expiry(not_after);
+        }
+    }
+}
+
+/// Reloads certificates and DKIM keys on `control.reload`, and DKIM keys
+/// every `dkim_interval`; logs what changed. A failed reload keeps the old
+/// material and says why.
+async fn reload_loop(
+    control: Control,
+    tls: Option<crate::tls::ServerTls>,
+    signer: Option<Arc<crate::dkim::Signer>>,
+    dkim_interval: Option<Duration>,
+    metrics: Arc<Metrics>,
+    listeners: Vec<(String, crate::metrics::TlsMode)>,
+) {
+    let interval = dkim_interval
+        .unwrap_or(Duration::from_secs(3600))
+        .max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        let full = tokio::select! {
+            _ = control.shutdown.cancelled() => return,
+            _ = control.reload.notified() => true,
+            _ = tick.tick() => false,
+        };
+        if full {
+            if let Some(t) = &tls {
+                match t.reload() {
+                    Ok(()) => {
+                        record_certificate_expiry(&metrics, &listeners, t);
+                        tracing::info!("reload: TLS certificate reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload: TLS certificate kept, new one failed")
+                    }
+                }
+            }
+        }
+        if let Some(s) = &signer {
+            match s.reload().await {
+                Ok(n) if full => tracing::info!(keys = n, "reload: DKIM keys reloaded"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "reload: DKIM keys kept, reload failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! `[smtp]` configuration: listeners, protocol limits, timeouts, caps.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// How a listener speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerMode {
+    /// Submission (RFC 6409), plain text until STARTTLS (RFC 3207). Port 587.
+    Starttls,
+    /// Submissions (RFC 8314): TLS from the first byte. Port 465.
+    ImplicitTls,
+    /// No TLS, AUTH allowed in clear: loopback addresses only, for tests.
+    Plain,
+}
+
+/// One `[[smtp.listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address and port to bind, e.g. `"0.0.0.0:587"` or `"[::]:465"`.
+    pub address: SocketAddr,
+    /// `starttls`, `implicit-tls` or `plain` (loopback only).
+    pub mode: ListenerMode,
+    /// Expect a PROXY v1/v2 header from peers in `smtp.proxy_trusted`
+    /// (default false).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Turn bare CR/LF in DATA into CRLF instead of refusing the message
+    /// (default false; a user's `normalize_line_endings` overrides it).
+    #[serde(default)]
+    pub normalize_line_endings: bool,
+}
+
+/// Why the SMTP configuration is unusable. Names the key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SmtpConfigError {
+    #[error("smtp.listener {address}: mode \"plain\" is only allowed on loopback addresses")]
+    PlainNotLoopback { address: SocketAddr },
+    #[error("smtp.listener {address}: mode \"{mode}\" needs [tls] cert and key")]
+    TlsMissing {
+        address: SocketAddr,
+        mode: &'static str,
+    },
+    #[error("smtp.{key} must be at least {min}")]
+    TooSmall { key: &'static str, min: u64 },
+}
+
+/// `[smtp]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Listeners (`[[smtp.listener]]`). Default: `0.0.0.0:587` starttls and
+    /// `0.0.0.0:465` implicit-tls.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Largest message accepted, in octets (default 25 MiB); advertised as SIZE.
+    pub max_message_size: usize,
+    /// Recipients per message (default 100, RFC 5321 §4.5.3.1.8).
+    pub max_recipients: usize,
+    /// Error replies per session before `421` and close (default 10).
+    pub max_errors: usize,
+    /// Waiting for a command (default 5m, RFC 5321 §4.5.3.2.7).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Waiting for more message data (default 3m, RFC 5321 §4.5.3.2.5).
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// TLS handshake and PROXY header (default 30s).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Concurrent connections, all listeners (default 10000).
+    pub max_connections: usize,
+    /// Concurrent connections per client IP (default 50).
+    pub max_connections_per_ip: usize,
+    /// Peers allowed to send a PROXY header, as CIDR networks (default none).
+    #[serde(deserialize_with = "networks")]
+    pub proxy_trusted: Vec<IpNet>,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listeners: vec![
+                ListenerConfig {
+                    address: "0.0.0.0:587".parse().expect("literal"),
+                    mode: ListenerMode::Starttls,
+                    proxy_protocol: false,
+                    normalize_line_endings: false,
+                },
+                ListenerConfig {
+                    address: "0.0.0.0:465".parse().expect("literal"),
+                    mode: ListenerMode::ImplicitTls,
+                    proxy_protocol: false,
+                    normalize_line_endings: false,
+                },
+            ],
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_errors: 10,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            handshake_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_ip: 50,
+            proxy_trusted: Vec::new(),
+        }
+    }
+}
+
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| serde::de::Error::custom(format!("invalid network {s:?}")))
+        })
+        .collect()
+}
+
+impl SmtpConfig {
+    /// Checks the rules serde cannot: `plain` only on loopback, TLS
+    /// present for TLS listeners, sane minimums.
+    pub fn validate(&self, tls_configured: bool) -> Result<(), SmtpConfigError> {
+        for l in &self.listeners {
+            match l.mode {
+                ListenerMode::Plain if !l.address.ip().is_loopback() => {
+                    return Err(SmtpConfigError::PlainNotLoopback { address: l.address })
+                }
+                ListenerMode::Starttls if !tls_configured => {
+                    return Err(SmtpConfigError::TlsMissing {
+                        address: l.address,
+                        mode: "starttls",
+                    })
+                }
+                ListenerMode::ImplicitTls if !tls_configured => {
+                    return Err(SmtpConfigError::TlsMissing {
+                        address: l.address,
+                        mode: "implicit-tls",
+                    })
+                }
+                _ => {}
+            }
+        }
+        let mins: [(&'static str, u64, u64); 5] = [
+            ("max_message_size", self.max_message_size as u64, 1024),
+            ("max_recipients", self.max_recipients as u64, 1),
+            ("max_connections", self.max_connections as u64, 1),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip as u64,
+                1,
+            ),
+            (
+                "command_timeout (ms)",
+                self.command_timeout.as_millis() as u64,
+                1,
+            ),
+        ];
+        for (key, value, min) in mins {
+            if value < min {
+                return Err(SmtpConfigError::TooSmall { key, min });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listeners_and_defaults() {
+        let c: SmtpConfig = toml::from_str(
+            r#"
+            max_recipients = 10
+            command_timeout = "30s"
+            proxy_trusted = ["10.0.0.0/8", "192.0.2.7"]
+            [[listener]]
+            address = "127.0.0.1:2525"
+            mode = "plain"
+            [[listener]]
+            address = "[::]:465"
+            mode = "implicit-tls"
+            proxy_protocol = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[1].mode, ListenerMode::ImplicitTls);
+        assert_eq!(c.command_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_message_size, 25 * 1024 * 1024);
+        assert!(c.proxy_trusted[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+        assert!(c.validate(true).is_ok());
+        assert!(matches!(
+            c.validate(false),
+            Err(SmtpConfigError::TlsMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_plain_off_loopback_and_unknown_keys() {
+        let c: SmtpConfig =
+            toml::from_str("[[listener]]\naddress = \"0.0.0.0:25\"\nmode = \"plain\"\n").unwrap();
+        let e = c.validate(true).unwrap_err().to_string();
+        assert!(e.contains("loopback"), "{e}");
+        assert!(toml::from_str::<SmtpConfig>("nonsense = 1").is_err());
+        assert!(toml::from_str::<SmtpConfig>("proxy_trusted = [\"nope\"]").is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! The narrow traits the session talks to (besides [`crate::intake::Intake`]).
+//!
+//! Implementations: [`crate::auth::StoreAuthenticator`] for
+//! [`Authenticator`]; the limits subsystem for [`SessionLimits`]
+//! ([`NoLimits`] is the no-op default and the test double).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::auth::Identity;
+
+/// The result of checking a username and password.
+#[derive(Debug, Clone)]
+pub enum AuthOutcome {
+    /// The password matches an enabled credential of an enabled user.
+    Ok(Identity),
+    /// Unknown user, disabled user or wrong password: indistinguishable.
+    Failed,
+    /// The credential store could not be consulted: try again later.
+    Unavailable,
+}
+
+/// Checks credentials.
+///
+/// Contract: may take tens of milliseconds (password hashing) but must not
+/// block the async threads; must take about the same time whether or not
+/// the user exists; must never log the password.
+#[async_trait]
+pub trait Authenticator: Send + Sync {
+    /// Checks `username`/`password` for a client connected from `ip`.
+    async fn authenticate(&self, username: &str, password: &str, ip: IpAddr) -> AuthOutcome;
+}
+
+/// A refusal by a rate limit: how long to wait, and why (sent to the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitRefusal {
+    pub retry_after: Duration,
+    pub reason: String,
+}
+
+/// Rate and concurrency limits, consulted by the server and the session.
+///
+/// Contract: every method must be cheap (in-memory, or one short store
+/// statement); errors are refusals, never panics.
+#[async_trait]
+pub trait SessionLimits: Send + Sync {
+    /// New connection from ip (after any PROXY header). Err => 421 4.7.0 and close.
+    async fn connection(&self, ip: IpAddr) -> Result<(), LimitRefusal>;
+    /// Before verifying a password. Ok(delay): wait that long before answering (tarpit); Err => 454 4.7.0.
+    async fn auth_allowed(&self, ip: IpAddr, username: &str) -> Result<Duration, LimitRefusal>;
+    /// After verification.
+    async fn auth_result(&self, ip: IpAddr, username: &str, success: bool);
+    /// After a successful AUTH: hold a concurrent-session slot while the session lives. Err => 421 4.7.0 and close.
+    async fn session_start(
+        &self,
+        identity: &Identity,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal>;
+    /// At DATA/BDAT start, charging one message and `recipients`. Err => 451 4.7.1 "<reason>, try again in N s".
+    async fn message(&self, identity: &Identity, recipients: u32) -> Result<(), LimitRefusal>;
+}
+
+/// No limits at all: every call is allowed at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLimits;
+
+#[async_trait]
+impl SessionLimits for NoLimits {
+    async fn connection(&self, _ip: IpAddr) -> Result<(), LimitRefusal> {
+        Ok(())
+    }
+    async fn auth_allowed(&self, _ip: IpAddr, _username: &str) -> Result<Duration, LimitRefusal> {
+        Ok(Duration::ZERO)
+    }
+    async fn auth_result(&self, _ip: IpAddr, _username: &str, _success: bool) {}
+    async fn session_start(
+        &self,
+        _identity: &Identity,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal> {
+        Ok(Box::new(()))
+    }
+    async fn message(&self, _identity: &Identity, _recipients: u32) -> Result<(), LimitRefusal> {
+        Ok(())
+    }
+}

@@ -1,0 +1,494 @@
+//! The only inbound socket code: accept, connection caps, PROXY header,
+//! TLS (implicit and STARTTLS), timeouts, and the read/write loop that feeds
+//! a [`Session`] and writes its replies in order.
+//!
+//! Memory per session is bounded: the input buffer holds at most one read
+//! plus one partial command line (capped by the framer), message content
+//! goes to the session's size-capped body, and replies are flushed whenever
+//! all pending input is processed (RFC 2920 §3.2: pipelined replies in order).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::intake::TlsInfo;
+use crate::smtp::config::{ListenerConfig, ListenerMode, SmtpConfig, SmtpConfigError};
+use crate::smtp::proxy;
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{Ports, Session, SessionSettings};
+use crate::tls::ServerTls;
+
+/// Largest read per syscall; the input buffer never grows far beyond it.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The submission server: listeners share caps, TLS and ports.
+pub struct Server {
+    hostname: String,
+    config: Arc<SmtpConfig>,
+    tls: Option<ServerTls>,
+    ports: Ports,
+    conns: Arc<ConnectionCaps>,
+    shutdown_grace: Duration,
+}
+
+/// Global and per-IP concurrent connection counts.
+struct ConnectionCaps {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Releases its slot(s) on drop.
+struct Slot {
+    caps: Arc<ConnectionCaps>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnectionCaps {
+    fn acquire_global(self: &Arc<Self>) -> Option<Slot> {
+        let mut st = self.state.lock().ok()?;
+        if st.0 >= self.max_total {
+            return None;
+        }
+        st.0 += 1;
+        Some(Slot {
+            caps: self.clone(),
+            ip: None,
+        })
+    }
+
+    fn acquire_ip(&self, slot: &mut Slot, ip: IpAddr) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        let n = st.1.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return false;
+        }
+        *n += 1;
+        slot.ip = Some(ip);
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.caps.state.lock() {
+            st.0 = st.0.saturating_sub(1);
+            if let Some(ip) = self.ip {
+                if let Some(n) = st.1.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        st.1.remove(&ip);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] SmtpConfigError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// How a session loop ended.
+enum Exit {
+    Closed,
+    StartTls,
+}
+
+impl Server {
+    /// A server named `hostname` (greeting, EHLO) with the `[smtp]` config,
+    /// the TLS certificate (required by `starttls`/`implicit-tls` listeners),
+    /// and the ports sessions talk to. `shutdown_grace`: how long sessions
+    /// may finish after shutdown before they get `421 4.3.2`.
+    pub fn new(
+        hostname: String,
+        config: SmtpConfig,
+        tls: Option<ServerTls>,
+        ports: Ports,
+        shutdown_grace: Duration,
+    ) -> Result<Self, ServerError> {
+        config.validate(tls.is_some())?;
+        let conns = Arc::new(ConnectionCaps {
+            max_total: config.max_connections,
+            max_per_ip: config.max_connections_per_ip,
+            state: Mutex::new((0, HashMap::new())),
+        });
+        Ok(Server {
+            hostname,
+            config: Arc::new(config),
+            tls,
+            ports,
+            conns,
+            shutdown_grace,
+        })
+    }
+
+    /// Binds every listener of `config` (call before dropping privileges;
+    /// port 0 picks a free port: read it from the returned listener).
+    pub async fn bind(
+        listeners: &[ListenerConfig],
+    ) -> Result<Vec<(ListenerConfig, TcpListener)>, ServerError> {
+        let mut out = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            let sock = TcpListener::bind(l.address)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    address: l.address,
+                    source,
+                })?;
+            out.push((l.clone(), sock));
+        }
+        Ok(out)
+    }
+
+    /// Accepts on every listener until `shutdown` is cancelled; then stops
+    /// accepting, lets sessions finish (idle ones are told `421 4.3.2` at
+    /// once) for up to the grace period, then closes the rest with `421 4.3.2`.
+    pub async fn serve(
+        self,
+        listeners: Vec<(ListenerConfig, TcpListener)>,
+        shutdown: CancellationToken,
+    ) {
+        let server = Arc::new(self);
+        let tracker = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        for (cfg, listener) in listeners {
+            let server = server.clone();
+            let tracker2 = tracker.clone();
+            let shutdown = shutdown.clone();
+            let hard = hard_stop.clone();
+            tracker.spawn(async move {
+                tracing::info!(address = %cfg.address, mode = ?cfg.mode, "listening");
+                server
+                    .accept_loop(cfg, listener, tracker2, shutdown, hard)
+                    .await;
+            });
+        }
+        shutdown.cancelled().await;
+        tracker.close();
+        if tokio::time::timeout(server.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!("shutdown grace period over, closing remaining sessions");
+            hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        cfg: ListenerConfig,
+        listener: TcpListener,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+        hard: CancellationToken,
+    ) {
+        let cfg = Arc::new(cfg);
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let server = self.clone();
+            let cfg = cfg.clone();
+            let (shutdown, hard) = (shutdown.clone(), hard.clone());
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            let span = tracing::info_span!("smtp", session = %id);
+            tracker.spawn(
+                async move {
+                    server.connection(id, cfg, tcp, peer, shutdown, hard).await;
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        id: String,
+        cfg: Arc<ListenerConfig>,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+        hard: CancellationToken,
+    ) {
+        let implicit = cfg.mode == ListenerMode::ImplicitTls;
+        let Some(mut slot) = self.conns.acquire_global() else {
+            tracing::info!(session = %id, peer = %peer, "global connection cap reached");
+            refuse(&mut tcp, implicit, &Reply::too_many_connections()).await;
+            return;
+        };
+        let mut client = peer;
+        if cfg.proxy_protocol
+            && self
+                .config
+                .proxy_trusted
+                .iter()
+                .any(|n| n.contains(&peer.ip()))
+        {
+            match tokio::time::timeout(self.config.handshake_timeout, read_proxy(&mut tcp)).await {
+                Ok(Ok(Some(src))) => client = src,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::info!(session = %id, peer = %peer, error = %e, "bad PROXY header");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        let ip = client.ip();
+        tracing::info!(session = %id, client = %client, peer = %peer, listener = %cfg.address, "connect");
+        let refusal = self.admission(&id, &mut slot, ip).await;
+        let settings = Arc::new(SessionSettings {
+            hostname: self.hostname.clone(),
+            max_message_size: self.config.max_message_size,
+            max_recipients: self.config.max_recipients,
+            max_errors: self.config.max_errors,
+            starttls_available: self.tls.is_some() && cfg.mode != ListenerMode::ImplicitTls,
+            auth_without_tls: cfg.mode == ListenerMode::Plain && ip.is_loopback(),
+            normalize_line_endings: cfg.normalize_line_endings,
+        });
+        let mut inbuf = BytesMut::new();
+        let ctx = Ctx {
+            config: &self.config,
+            shutdown: &shutdown,
+            hard: &hard,
+        };
+        if implicit {
+            let Some(tls) = &self.tls else { return };
+            let Some((mut stream, info)) = self.handshake(&id, tls, tcp).await else {
+                return;
+            };
+            // RFC 8314 §3.3: on implicit TLS, even a refusal is sent in TLS.
+            if let Some(reply) = refusal {
+                let mut out = reply.to_wire().into_bytes();
+                write_out(&mut stream, &mut out, Duration::from_secs(5)).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            let mut session = Session::new(id, settings, self.ports.clone(), ip, Some(info));
+            let greeting = session.greeting();
+            drive(&mut stream, &mut session, &mut inbuf, Some(greeting), &ctx).await;
+            let _ = stream.shutdown().await;
+            tracing::info!(session = %session.id(), "disconnect");
+            return;
+        }
+        if let Some(reply) = refusal {
+            refuse(&mut tcp, false, &reply).await;
+            return;
+        }
+        let mut session = Session::new(id.clone(), settings, self.ports.clone(), ip, None);
+        let greeting = session.greeting();
+        match drive(&mut tcp, &mut session, &mut inbuf, Some(greeting), &ctx).await {
+            Exit::Closed => {}
+            Exit::StartTls => {
+                // RFC 3207 §4.2 / CVE-2011-0411: nothing read before the
+                // handshake may be interpreted after it.
+                inbuf.clear();
+                let Some(tls) = &self.tls else { return };
+                let Some((mut stream, info)) = self.handshake(&id, tls, tcp).await else {
+                    return;
+                };
+                session.on_tls(info);
+                drive(&mut stream, &mut session, &mut inbuf, None, &ctx).await;
+                let _ = stream.shutdown().await;
+            }
+        }
+        tracing::info!(session = %id, "disconnect");
+    }
+
+    /// Per-IP cap and connection rate limit for the real client `ip`:
+    /// `Some(refusal)` to send before closing.
+    async fn admission(&self, id: &str, slot: &mut Slot, ip: IpAddr) -> Option<Reply> {
+        if !self.conns.acquire_ip(slot, ip) {
+            tracing::info!(session = %id, client = %ip, "per-IP connection cap reached");
+            return Some(Reply::too_many_connections());
+        }
+        if let Err(refusal) = self.ports.limits.connection(ip).await {
+            tracing::info!(session = %id, client = %ip, reason = %refusal.reason, "connection rate-limited");
+            return Some(Reply::connection_limited(&refusal));
+        }
+        None
+    }
+
+    async fn handshake(
+        &self,
+        id: &str,
+        tls: &ServerTls,
+        tcp: TcpStream,
+    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
+        let accept = tls.acceptor().accept(tcp);
+        match tokio::time::timeout(self.config.handshake_timeout, accept).await {
+            Ok(Ok(stream)) => {
+                let conn = stream.get_ref().1;
+                let info = TlsInfo {
+                    protocol: conn
+                        .protocol_version()
+                        .map(|v| format!("{v:?}"))
+                        .unwrap_or_default(),
+                    cipher: conn
+                        .negotiated_cipher_suite()
+                        .map(|s| format!("{:?}", s.suite()))
+                        .unwrap_or_default(),
+                };
+                tracing::info!(session = %id, protocol = %info.protocol, cipher = %info.cipher, "tls");
+                Some((stream, info))
+            }
+            Ok(Err(e)) => {
+                tracing::info!(session = %id, error = %e, "tls handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::info!(session = %id, "tls handshake timed out");
+                None
+            }
+        }
+    }
+}
+
+struct Ctx<'a> {
+    config: &'a SmtpConfig,
+    shutdown: &'a CancellationToken,
+    hard: &'a CancellationToken,
+}
+
+/// Writes a refusal (not on implicit TLS: there is no TLS yet to write it in).
+async fn refuse(tcp: &mut TcpStream, implicit: bool, reply: &Reply) {
+    if !implicit {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tcp.write_all(reply.to_wire().as_bytes()),
+        )
+        .await;
+    }
+    let _ = tcp.shutdown().await;
+}
+
+/// Reads exactly one PROXY header; `Some(source)` unless the proxy reports none.
+async fn read_proxy(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, proxy::ProxyError> {
+    let mut buf = Vec::with_capacity(proxy::MIN_HEADER);
+    loop {
+        match proxy::parse(&buf)? {
+            proxy::Parsed::Need(n) => {
+                let have = buf.len();
+                buf.resize(n, 0);
+                tcp.read_exact(&mut buf[have..])
+                    .await
+                    .map_err(|_| proxy::ProxyError::Malformed("connection closed"))?;
+            }
+            proxy::Parsed::Done { source } => return Ok(source),
+        }
+    }
+}
+
+async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>, t: Duration) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let ok = matches!(
+        tokio::time::timeout(t, async {
+            stream.write_all(out).await?;
+            stream.flush().await
+        })
+        .await,
+        Ok(Ok(()))
+    );
+    out.clear();
+    ok
+}
+
+/// The session loop on one stream: feed input, write replies, time out.
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    session: &mut Session,
+    inbuf: &mut BytesMut,
+    greeting: Option<Reply>,
+    ctx: &Ctx<'_>,
+) -> Exit {
+    let write_timeout = ctx.config.command_timeout;
+    let mut out: Vec<u8> = Vec::new();
+    if let Some(g) = greeting {
+        out.extend_from_slice(g.to_wire().as_bytes());
+    }
+    loop {
+        while let Some(reply) = session.advance(inbuf).await {
+            out.extend_from_slice(reply.to_wire().as_bytes());
+            if reply.close {
+                write_out(stream, &mut out, write_timeout).await;
+                return Exit::Closed;
+            }
+            if session.take_starttls() {
+                if !write_out(stream, &mut out, write_timeout).await {
+                    return Exit::Closed;
+                }
+                return Exit::StartTls;
+            }
+        }
+        if !write_out(stream, &mut out, write_timeout).await {
+            return Exit::Closed;
+        }
+        if inbuf.is_empty() && inbuf.capacity() > 4 * READ_CHUNK {
+            *inbuf = BytesMut::new();
+        }
+        if inbuf.capacity() - inbuf.len() < 1024 {
+            inbuf.reserve(READ_CHUNK.min(inbuf.len().max(4096)));
+        }
+        let (timeout, busy) = if session.reading_data() {
+            (ctx.config.data_timeout, true)
+        } else {
+            (ctx.config.command_timeout, false)
+        };
+        let read = tokio::select! {
+            r = tokio::time::timeout(timeout, stream.read_buf(inbuf)) => r,
+            _ = ctx.shutdown.cancelled(), if !busy && inbuf.is_empty() => {
+                out.extend_from_slice(Reply::shutting_down().to_wire().as_bytes());
+                write_out(stream, &mut out, Duration::from_secs(5)).await;
+                return Exit::Closed;
+            }
+            _ = ctx.hard.cancelled() => {
+                out.extend_from_slice(Reply::shutting_down().to_wire().as_bytes());
+                write_out(stream, &mut out, Duration::from_secs(5)).await;
+                return Exit::Closed;
+            }
+        };
+        match read {
+            Err(_) => {
+                tracing::info!(session = %session.id(), "idle timeout");
+                out.extend_from_slice(Reply::timeout().to_wire().as_bytes());
+                write_out(stream, &mut out, Duration::from_secs(5)).await;
+                return Exit::Closed;
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Exit::Closed,
+            Ok(Ok(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! Session tests with fake auth, intake and limits; no sockets.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+
+use super::*;
+use crate::intake::IntakeError;
+use crate::smtp::ports::{LimitRefusal, NoLimits};
+use crate::store::{LimitOverrides, StoreError};
+
+struct FakeAuth;
+
+#[async_trait]
+impl Authenticator for FakeAuth {
+    async fn authenticate(&self, username: &str, password: &str, _ip: IpAddr) -> AuthOutcome {
+        match (username, password) {
+            ("bob", "pw") => AuthOutcome::Ok(Identity {
+                user_id: 7,
+                username: "bob".into(),
+                credential_id: 3,
+                credential_label: "laptop".into(),
+                senders: vec!["@example.com".into()],
+                limits: LimitOverrides::default(),
+                normalize_line_endings: None,
+            }),
+            ("down", _) => AuthOutcome::Unavailable,
+            _ => AuthOutcome::Failed,
+        }
+    }
+}
+
+#[derive(Default)]
+struct FakeIntake {
+    got: Mutex<Vec<Submission>>,
+    fail: bool,
+}
+
+#[async_trait]
+impl Intake for FakeIntake {
+    async fn submit(&self, s: Submission) -> Result<String, IntakeError> {
+        if self.fail {
+            return Err(IntakeError::Store(StoreError::Unavailable("down".into())));
+        }
+        let mut got = self.got.lock().unwrap();
+        got.push(s);
+        Ok(format!("Q{}", got.len()))
+    }
+}
+
+struct RefuseMessages;
+
+#[async_trait]
+impl SessionLimits for RefuseMessages {
+    async fn connection(&self, _ip: IpAddr) -> Result<(), LimitRefusal> {
+        Ok(())
+    }
+    async fn auth_allowed(&self, _ip: IpAddr, _u: &str) -> Result<Duration, LimitRefusal> {
+        Ok(Duration::ZERO)
+    }
+    async fn auth_result(&self, _ip: IpAddr, _u: &str, _ok: bool) {}
+    async fn session_start(
+        &self,
+        _i: &Identity,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal> {
+        Ok(Box::new(()))
+    }
+    async fn message(&self, _i: &Identity, _n: u32) -> Result<(), LimitRefusal> {
+        Err(LimitRefusal {
+            retry_after: Duration::from_secs(30),
+            reason: "message rate exceeded".into(),
+        })
+    }
+}
+
+fn settings() -> SessionSettings {
+    SessionSettings {
+        hostname: "relay.test".into(),
+        max_message_size: 1000,
+        max_recipients: 3,
+        max_errors: 5,
+        starttls_available: true,
+        auth_without_tls: false,
+        normalize_line_endings: false,
+    }
+}
+
+fn tls() -> TlsInfo {
+    TlsInfo {
+        protocol: "TLSv1_3".into(),
+        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+    }
+}
+
+fn session_with(
+    settings: SessionSettings,
+    intake: Arc<FakeIntake>,
+    limits: Arc<dyn SessionLimits>,
+    tls: Option<TlsInfo>,
+) -> Session {
+    Session::new(
+        "s1".into(),
+        Arc::new(settings),
+        Ports {
+            authenticator: Arc::new(FakeAuth),
+            intake,
+            limits,
+        },
+        "192.0.2.1".parse().unwrap(),
+        tls,
+    )
+}
+
+fn tls_session() -> (Session, Arc<FakeIntake>) {
+    let intake = Arc::new(FakeIntake::default());
+    let s = session_with(settings(), intake.clone(), Arc::new(NoLimits), Some(tls()));
+    (s, intake)
+}
+
+/// Feeds `input` and returns every reply, in order.
+async fn feed(s: &mut Session, input: &[u8]) -> Vec<Reply> {
+    let mut buf = BytesMut::from(input);
+    let mut out = Vec::new();
+    while let Some(r) = s.advance(&mut buf).await {
+        let close = r.close;
+        out.push(r);
+        if close || s.starttls {
+            break;
+        }
+    }
+    out
+}
+
+async fn codes(s: &mut Session, input: &str) -> Vec<(u16, String)> {
+    feed(s, input.as_bytes())
+        .await
+        .into_iter()
+        .map(|r| (r.code, r.enhanced))
+        .collect()
+}
+
+fn c(code: u16, enh: &str) -> (u16, String) {
+    (code, enh.to_string())
+}
+
+fn plain(user: &str, pw: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pw}"))
+}
+
+async fn login(s: &mut Session) {
+    let r = feed(
+        s,
+        format!("EHLO c.test\r\nAUTH PLAIN {}\r\n", plain("bob", "pw")).as_bytes(),
+    )
+    .await;
+    assert_eq!(r[1].code, 235, "{r:?}");
+}
+
+#[tokio::test]
+async fn ehlo_offers_starttls_before_tls_and_auth_only_after() {
+    let intake = Arc::new(FakeIntake::default());
+    let mut s = session_with(settings(), intake, Arc::new(NoLimits), None);
+    let r = feed(&mut s, b"EHLO c.test\r\n").await;
+    let text = &r[0].text;
+    for cap in [
+        "PIPELINING",
+        "SIZE 1000",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "STARTTLS",
+    ] {
+        assert!(text.lines().any(|l| l == cap), "{cap} missing: {text}");
+    }
+    assert!(!text.contains("AUTH"), "AUTH offered before TLS: {text}");
+    // AUTH before TLS: refused even though not offered (RFC 3207 §4).
+    assert_eq!(
+        codes(&mut s, &format!("AUTH PLAIN {}\r\n", plain("bob", "pw"))).await,
+        [c(530, "5.7.0")]
+    );
+    assert_eq!(
+        codes(&mut s, "MAIL FROM:<a@example.com>\r\n").await,
+        [c(530, "5.7.0")]
+    );
+    assert_eq!(codes(&mut s, "STARTTLS\r\n").await, [c(220, "2.0.0")]);
+    assert!(s.take_starttls());
+    s.on_tls(tls());
+    // Back to the state before EHLO (RFC 3207 §4.2).
+    assert_eq!(
+        codes(&mut s, "MAIL FROM:<a@example.com>\r\n").await,
+        [c(503, "5.5.1")]
+    );
+    let r = feed(&mut s, b"EHLO c.test\r\n").await;
+    assert!(r[0].text.lines().any(|l| l == "AUTH PLAIN LOGIN"));
+    assert!(!r[0].text.contains("STARTTLS"));
+    assert_eq!(codes(&mut s, "STARTTLS\r\n").await, [c(503, "5.5.1")]);
+}
+
+#[tokio::test]
+async fn starttls_stops_processing_pipelined_input() {
+    let intake = Arc::new(FakeIntake::default());
+    let mut s = session_with(settings(), intake, Arc::new(NoLimits), None);
+    let mut buf = BytesMut::from(&b"EHLO a\r\nSTARTTLS\r\nMAIL FROM:<x@example.com>\r\n"[..]);
+    assert_eq!(s.advance(&mut buf).await.unwrap().code, 250);
+    assert_eq!(s.advance(&mut buf).await.unwrap().code, 220);
+    assert!(s.take_starttls());
+    // The server discards `buf` here; the injected MAIL is never seen.
+    assert_eq!(&buf[..], b"MAIL FROM:<x@example.com>\r\n");
+}
+
+#[tokio::test]
+async fn mail_without_auth_is_refused() {
+    let (mut s, _) = tls_session();
+    assert_eq!(
+        codes(
+            &mut s,
+            "EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n"
+        )
+        .await,
+        [
+            c(250, ""),
+            c(530, "5.7.0"),
+            c(503, "5.5.1"),
+            c(503, "5.5.1")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn full_transaction_pipelined_reaches_intake_exactly() {
+    let (mut s, intake) = tls_session();
+    login(&mut s).await;
+    let r = codes(
+        &mut s,
+        "MAIL FROM:<Bob@Example.com> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=e1\r\n\
+         RCPT TO:<x@y.example> NOTIFY=FAILURE\r\nRCPT TO:<z@y.example>\r\nDATA\r\n\
+         Subject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        r,
+        [
+            c(250, "2.1.0"),
+            c(250, "2.1.5"),
+            c(250, "2.1.5"),
+            c(354, "2.0.0"),
+            c(250, "2.0.0"),
+            c(221, "2.0.0")
+        ]
+    );
+    let got = intake.got.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert_eq!(m.sender, "Bob@Example.com");
+    assert_eq!(m.recipients.len(), 2);
+    assert_eq!(m.recipients[0].notify.as_deref(), Some("FAILURE"));
+    assert_eq!(&m.body[..], b"Subject: hi\r\n\r\n.dot\r\n");
+    assert_eq!(m.identity.credential_label, "laptop");
+    assert_eq!(m.client.auth_mechanism, "PLAIN");
+    assert_eq!(m.client.tls, Some(tls()));
+    assert_eq!(
+        (m.ret.as_deref(), m.envid.as_deref(), m.body_type),
+        (Some("HDRS"), Some("e1"), Some("8BITMIME"))
+    );
+}
+
+#[tokio::test]
+async fn sender_rules() {
+    let (mut s, _) = tls_session();
+    login(&mut s).await;
+    let r = feed(&mut s, b"MAIL FROM:<ceo@other.example>\r\n").await;
+    assert_eq!((r[0].code, r[0].enhanced.as_str()), (553, "5.7.1"));
+    assert!(r[0].text.contains("@example.com"), "{}", r[0].text);
+    assert_eq!(codes(&mut s, "MAIL FROM:<>\r\n").await, [c(553, "5.7.1")]);
+    assert_eq!(
+        codes(&mut s, "MAIL FROM:<a@sub.example.com>\r\n").await,
+        [c(553, "5.7.1")]
+    );
+    assert_eq!(
+        codes(&mut s, "MAIL FROM:<ü@example.com>\r\n").await,
+        [c(553, "5.6.7")]
+    );
+    assert_eq!(
+        codes(&mut s, "MAIL FROM:<ü@example.com> SMTPUTF8\r\n").await,
+        [c(250, "2.1.0")]
+    );
+}
+
+#[tokio::test]
+async fn size_limits_at_mail_and_while_reading() {
+    let (mut s, intake) = tls_session();
+    login(&mut s).await;
+    assert_eq!(
+        codes(&mut s, "MAIL FROM:<a@example.com> SIZE=1001\r\n").await,
+        [c(552, "5.3.4")]
+    );
+    let big = format!(
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n{}\r\n.\r\nNOOP\r\n",
+        "0123456789\r\n".repeat(100)
+    );
+    assert_eq!(
+        codes(&mut s, &big).await,
+        [
+            c(250, "2.1.0"),
+            c(250, "2.1.5"),
+            c(354, "2.0.0"),
+            c(552, "5.3.4"),
+            c(250, "2.0.0")
+        ]
+    );
+    assert!(intake.got.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn recipient_cap() {
+    let (mut s, _) = tls_session();
+    login(&mut s).await;
+    let r = codes(
+        &mut s,
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<1@y.example>\r\nRCPT TO:<2@y.example>\r\n\
+         RCPT TO:<3@y.example>\r\nRCPT TO:<4@y.example>\r\n",
+    )
+    .await;
+    assert_eq!(r.last().unwrap(), &c(452, "4.5.3"));
+}
+
+#[tokio::test]
+async fn smuggling_makes_one_refused_message_or_one_normalised_message() {
+    let payload = "MAIL FROM:<a@example.com>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n\
+                   one\r\n\n.\nMAIL FROM:<a@example.com>\r\nRCPT TO:<evil@y.example>\r\nDATA\r\ntwo\r\n.\r\n";
+    for (normalize, expect) in [(false, c(550, "5.6.0")), (true, c(250, "2.0.0"))] {
+        let intake = Arc::new(FakeIntake::default());
+        let mut st = settings();
+        st.normalize_line_endings = normalize;
+        let mut s = session_with(st, intake.clone(), Arc::new(NoLimits), Some(tls()));
+        login(&mut s).await;
+        let r = codes(&mut s, payload).await;
+        assert_eq!(
+            r,
+            [c(250, "2.1.0"), c(250, "2.1.5"), c(354, "2.0.0"), expect]
+        );
+        let got = intake.got.lock().unwrap();
+        assert!(got.len() <= 1);
+        for m in got.iter() {
+            assert_eq!(m.recipients.len(), 1, "smuggled recipient");
+            assert!(!m.body.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'));
+        }
+    }
+}
+
+#[tokio::test]
+async fn bdat_chunks_and_refused_chunk_is_consumed() {
+    let (mut s, intake) = tls_session();
+    login(&mut s).await;
+    // A BDAT without a transaction: the chunk is read (not run as commands).
+    assert_eq!(
+        codes(&mut s, "BDAT 6\r\nQUIT\r\nNOOP\r\n").await,
+        [c(503, "5.5.1"), c(250, "2.0.0")]
+    );
+    let r = codes(
+        &mut s,
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<x@y.example>\r\nBDAT 5\r\nab\r\ncBDAT 3 LAST\r\nd\r\n",
+    )
+    .await;
+    assert_eq!(
+        r,
+        [
+            c(250, "2.1.0"),
+            c(250, "2.1.5"),
+            c(250, "2.0.0"),
+            c(250, "2.0.0")
+        ]
+    );
+    assert_eq!(&intake.got.lock().unwrap()[0].body[..], b"ab\r\ncd\r\n");
+}
+
+#[tokio::test]
+async fn auth_login_cancel_bad_base64_and_wrong_password() {
+    let mut st = settings();
+    st.max_errors = 50;
+    let intake = Arc::new(FakeIntake::default());
+    let mut s = session_with(st, intake, Arc::new(NoLimits), Some(tls()));
+    let b = |x: &str| base64::engine::general_purpose::STANDARD.encode(x);
+    assert_eq!(codes(&mut s, "AUTH PLAIN\r\n").await, [c(503, "5.5.1")]);
+    feed(&mut s, b"EHLO c\r\n").await;
+    assert_eq!(
+        codes(&mut s, "AUTH LOGIN\r\n*\r\n").await,
+        [c(334, ""), c(501, "5.7.0")]
+    );
+    assert_eq!(codes(&mut s, "AUTH PLAIN !!!\r\n").await, [c(501, "5.5.2")]);
+    assert_eq!(codes(&mut s, "AUTH CRAM-MD5\r\n").await, [c(504, "5.5.4")]);
+    let wrong = format!("AUTH LOGIN\r\n{}\r\n{}\r\n", b("bob"), b("nope"));
+    let r = feed(&mut s, wrong.as_bytes()).await;
+    assert_eq!(
+        r.iter().map(|r| r.code).collect::<Vec<_>>(),
+        [334, 334, 535]
+    );
+    assert_eq!(r[2].enhanced, "5.7.8");
+    let unknown = feed(
+        &mut s,
+        format!("AUTH PLAIN {}\r\n", plain("nobody", "pw")).as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        unknown[0].to_wire(),
+        r[2].to_wire(),
+        "no hint whether the user exists"
+    );
+    assert_eq!(
+        codes(&mut s, &format!("AUTH PLAIN {}\r\n", plain("down", "x"))).await,
+        [c(454, "4.7.0")]
+    );
+    let ok = format!("AUTH LOGIN {}\r\n{}\r\n", b("bob"), b("pw"));
+    assert_eq!(codes(&mut s, &ok).await, [c(334, ""), c(235, "2.7.0")]);
+    assert_eq!(
+        codes(&mut s, &format!("AUTH PLAIN {}\r\n", plain("bob", "pw"))).await,
+        [c(503, "5.5.1")]
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_message_and_store_failure() {
+    let intake = Arc::new(FakeIntake::default());
+    let mut s = session_with(settings(), intake, Arc::new(RefuseMessages), Some(tls()));
+    login(&mut s).await;
+    let r = feed(
+        &mut s,
+        b"MAIL FROM:<a@example.com>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n",
+    )
+    .await;
+    assert_eq!((r[2].code, r[2].enhanced.as_str()), (451, "4.7.1"));
+    assert!(r[2].text.contains("try again in 30 s"));
+
+    let intake = Arc::new(FakeIntake {
+        got: Mutex::default(),
+        fail: true,
+    });
+    let mut s = session_with(settings(), intake, Arc::new(NoLimits), Some(tls()));
+    login(&mut s).await;
+    let r = codes(
+        &mut s,
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<x@y.example>\r\nDATA\r\nx\r\n.\r\n",
+    )
+    .await;
+    assert_eq!(r.last().unwrap(), &c(451, "4.3.0"));
+}
+
+#[tokio::test]
+async fn small_commands_and_errors() {
+    let (mut s, _) = tls_session();
+    assert_eq!(
+        codes(
+            &mut s,
+            "NOOP\r\nVRFY bob\r\nHELP\r\nRSET\r\nEXPN x\r\nFOO\r\nNO\0OP\r\n"
+        )
+        .await,
+        [
+            c(250, "2.0.0"),
+            c(252, "2.1.5"),
+            c(214, "2.0.0"),
+            c(250, "2.0.0"),
+            c(502, "5.5.1"),
+            c(500, "5.5.1"),
+            c(500, "5.5.2")
+        ]
+    );
+    let long = format!("NOOP {}\r\nNOOP\r\n", "x".repeat(100_000));
+    assert_eq!(
+        codes(&mut s, &long).await,
+        [c(500, "5.5.2"), c(250, "2.0.0")]
+    );
+    assert_eq!(
+        codes(&mut s, "DATA\r\nDATA\r\n").await,
+        [c(503, "5.5.1"), c(421, "4.7.0")],
+        "error cap reached"
+    );
+}
+
+#[tokio::test]
+async fn quit_closes() {
+    let (mut s, _) = tls_session();
+    let r = feed(&mut s, b"QUIT\r\nNOOP\r\n").await;
+    assert_eq!(r.len(), 1);
+    assert!(r[0].close);
+}
+
+#[tokio::test]
+async fn loopback_plain_listener_may_allow_auth() {
+    let intake = Arc::new(FakeIntake::default());
+    let mut st = settings();
+    st.auth_without_tls = true;
+    st.starttls_available = false;
+    let mut s = session_with(st, intake, Arc::new(NoLimits), None);
+    let r = feed(&mut s, b"EHLO c\r\n").await;
+    assert!(r[0].text.contains("AUTH PLAIN LOGIN") && !r[0].text.contains("STARTTLS"));
+    login(&mut s).await;
+}

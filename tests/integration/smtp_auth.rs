@@ -1,0 +1,153 @@
+//! The store-backed authenticator against both real stores, and certificate
+//! reload on a running server.
+
+use std::net::IpAddr;
+
+use postgate::auth::{AuthConfig, StoreAuthenticator};
+use postgate::password::{self, HashParams};
+use postgate::smtp::ports::{AuthOutcome, Authenticator};
+use sqlx::Row;
+
+use crate::common::all_stores;
+use crate::smtp_harness::{self as h, Raw};
+
+fn ip() -> IpAddr {
+    "192.0.2.10".parse().unwrap()
+}
+
+fn config() -> AuthConfig {
+    AuthConfig {
+        hash: h::cheap(),
+        max_concurrent_verifications: 2,
+    }
+}
+
+async fn hash_of(url: &str, backend: &str, label: &str) -> String {
+    let sql = "SELECT password_hash FROM credentials WHERE label = $1";
+    if backend == "sqlite" {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let r = sqlx::query(&sql.replace("$1", "?1"))
+            .bind(label)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        r.get(0)
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let r = sqlx::query(sql).bind(label).fetch_one(&pool).await.unwrap();
+        r.get(0)
+    }
+}
+
+#[tokio::test]
+async fn any_enabled_credential_works_and_failures_look_alike() {
+    for ts in all_stores().await {
+        let s = ts.store.clone();
+        h::add_user(s.as_ref()).await;
+        let second = password::hash("printer-secret", &h::cheap()).unwrap();
+        s.credential_add(h::USER, "printer", &second).await.unwrap();
+        let auth = StoreAuthenticator::new(s.clone(), &config()).unwrap();
+
+        let AuthOutcome::Ok(id) = auth.authenticate("BOB", h::PASSWORD, ip()).await else {
+            panic!("{}: default credential refused", ts.backend)
+        };
+        assert_eq!(
+            (id.username.as_str(), id.credential_label.as_str()),
+            ("bob", "default")
+        );
+        assert_eq!(id.senders, ["@example.com"]);
+        let AuthOutcome::Ok(id) = auth.authenticate("bob", "printer-secret", ip()).await else {
+            panic!("second credential refused")
+        };
+        assert_eq!(id.credential_label, "printer");
+        let used = s.credential_list(h::USER).await.unwrap();
+        assert!(used.iter().all(|c| c.last_used_at.is_some()), "{used:?}");
+
+        for (user, pw) in [
+            ("bob", "wrong"),
+            ("nobody", h::PASSWORD),
+            ("", "x"),
+            ("a b", "x"),
+        ] {
+            assert!(
+                matches!(auth.authenticate(user, pw, ip()).await, AuthOutcome::Failed),
+                "{user}/{pw}"
+            );
+        }
+        s.credential_revoke(h::USER, "printer").await.unwrap();
+        assert!(matches!(
+            auth.authenticate("bob", "printer-secret", ip()).await,
+            AuthOutcome::Failed
+        ));
+        s.user_set_enabled(h::USER, false).await.unwrap();
+        assert!(matches!(
+            auth.authenticate("bob", h::PASSWORD, ip()).await,
+            AuthOutcome::Failed
+        ));
+    }
+}
+
+#[tokio::test]
+async fn weak_hash_is_upgraded_on_login() {
+    for ts in all_stores().await {
+        let s = ts.store.clone();
+        let weak = HashParams {
+            memory_kib: 512,
+            iterations: 1,
+            parallelism: 1,
+        };
+        s.user_add(
+            "carol",
+            "default",
+            &password::hash("pw-carol", &weak).unwrap(),
+        )
+        .await
+        .unwrap();
+        let before = hash_of(&ts.url, ts.backend, "default").await;
+        assert!(before.contains("m=512"));
+        let auth = StoreAuthenticator::new(s.clone(), &config()).unwrap();
+        assert!(matches!(
+            auth.authenticate("carol", "pw-carol", ip()).await,
+            AuthOutcome::Ok(_)
+        ));
+        let after = hash_of(&ts.url, ts.backend, "default").await;
+        assert!(
+            after.contains("m=1024"),
+            "rehashed with configured params: {after}"
+        );
+        assert!(matches!(
+            auth.authenticate("carol", "pw-carol", ip()).await,
+            AuthOutcome::Ok(_)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn certificate_reload_keeps_sessions_and_serves_new_cert() {
+    for ts in all_stores().await {
+        let srv = h::start(&ts, |_| {}).await;
+        let (mut old, _) = Raw::connect_tls(srv.implicit(), &srv).await;
+        old.cmd("EHLO client.test").await;
+        let first = old.peer.clone().unwrap();
+
+        srv.certs.issue_leaf();
+        srv.tls.reload().unwrap();
+        let (mut new, _) = Raw::connect_tls(srv.implicit(), &srv).await;
+        let second = new.peer.clone().unwrap();
+        assert_ne!(first, second, "new sessions get the new certificate");
+        let (mut via_starttls, _) = Raw::connect(srv.starttls(), &srv).await;
+        via_starttls.starttls().await;
+        assert_eq!(via_starttls.peer.as_ref(), Some(&second));
+        // The running session is not dropped.
+        assert_eq!(old.cmd("NOOP").await.code, 250);
+        assert_eq!(new.cmd("NOOP").await.code, 250);
+
+        // A failed reload keeps the current certificate and names the file.
+        std::fs::write(&srv.certs.key, "not a key").unwrap();
+        let err = srv.tls.reload().unwrap_err().to_string();
+        assert!(err.contains("key.pem"), "{err}");
+        let (third, _) = Raw::connect_tls(srv.implicit(), &srv).await;
+        assert_eq!(third.peer.as_ref(), Some(&second));
+        srv.stop().await;
+    }
+}

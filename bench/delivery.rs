@@ -62,14 +62,14 @@ fn args() -> Args {
 }
 
 /// The fast sink: counts messages, discards bodies.
-struct Sink {
+pub struct Sink {
     port: u16,
     ca_file: std::path::PathBuf,
-    messages: Arc<AtomicU64>,
+    pub messages: Arc<AtomicU64>,
     _dir: tempfile::TempDir,
 }
 
-async fn start_sink() -> Sink {
+pub async fn start_sink() -> Sink {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -196,7 +196,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn body(size: usize, n: usize) -> Bytes {
+pub fn body(size: usize, n: usize) -> Bytes {
     let mut b = format!("From: <bench@example.com>\r\nTo: <r@x.org>\r\nSubject: bench {n}\r\n\r\n")
         .into_bytes();
     let line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghij\r\n";
@@ -231,7 +231,7 @@ fn message(body: Bytes) -> NewMessage {
     }
 }
 
-fn upstream(sink: &Sink) -> UpstreamConfig {
+pub fn upstream(sink: &Sink) -> UpstreamConfig {
     let mut u = UpstreamConfig::new("sink", "127.0.0.1", sink.port, TlsMode::Starttls);
     u.ca_file = Some(sink.ca_file.clone());
     u.tls_server_name = Some("localhost".into());
@@ -240,7 +240,7 @@ fn upstream(sink: &Sink) -> UpstreamConfig {
     u
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
+pub fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -8,12 +8,14 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod auth_cache;
 pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod fixups;
 pub mod http;
 pub mod intake;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod password;

@@ -15,9 +15,11 @@
 
 pub mod postgres;
 mod postgres_dkim;
+mod postgres_limits;
 mod postgres_queue;
 pub mod sqlite;
 mod sqlite_dkim;
+mod sqlite_limits;
 mod sqlite_queue;
 
 use std::sync::Arc;
@@ -605,8 +607,97 @@ pub trait HealthStore: Send + Sync {
     async fn check_ready(&self) -> StoreResult<()>;
 }
 
+/// One row of `limit_counters`: a GCRA theoretical arrival time (or a
+/// lockout end) under an opaque key owned by [`crate::limits`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitCounter {
+    /// Primary key, e.g. `uid:42/messages/100/3600000`.
+    pub key: String,
+    /// In the key's own units (see [`crate::limits`]).
+    pub tat: i64,
+    /// Unix ms after which the row means nothing and may be deleted.
+    pub expires_at: i64,
+}
+
+/// One conditional GCRA step, in the scaled units of its key (1 unit =
+/// 1/`scale` ms). The stored TAT `t` (absent = `now`) becomes
+/// `max(t, now) + increment` when that is `<= now + window`; otherwise
+/// nothing changes. `expires_at` is then `ceil(new_tat / scale)` ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraStep {
+    /// Now, in key units.
+    pub now: i64,
+    /// Emission interval times cost (negative: give cells back).
+    pub increment: i64,
+    /// How far the TAT may run ahead of `now` (the burst tolerance plus one interval).
+    pub window: i64,
+    /// Key units per millisecond.
+    pub scale: i64,
+}
+
+/// What [`LimitStore::limit_check`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcraOutcome {
+    /// The step was applied; `tat` is the new stored value.
+    Allowed { tat: i64 },
+    /// Nothing changed; `tat` is the stored value when it could be read in
+    /// the same statement (`None` only under a concurrent first insert).
+    Refused { tat: Option<i64> },
+}
+
+/// A change to accounts that cached logins may depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthChange {
+    /// A user, credential or sender permission changed or was deleted.
+    Changed,
+    /// The watch was interrupted (reconnect): changes may have been missed,
+    /// so the receiver must drop everything it cached.
+    Resync,
+}
+
+/// The receiving end of [`LimitStore::subscribe_auth_changes`]. The watch
+/// stops when this is dropped.
+pub type AuthChanges = tokio::sync::mpsc::Receiver<AuthChange>;
+
+/// Shared rate-limit counters (`limit_counters`) and account-change
+/// notifications, for [`crate::limits`] and [`crate::auth_cache`].
+#[async_trait]
+pub trait LimitStore: Send + Sync {
+    /// Applies one GCRA step to `key` atomically. On PostgreSQL this is one
+    /// statement (one round trip), safe against any number of concurrent
+    /// callers on any number of nodes.
+    async fn limit_check(&self, key: &str, step: &GcraStep) -> StoreResult<GcraOutcome>;
+    /// The rows of `keys` that exist (expired or not), in no particular order.
+    async fn limit_get(&self, keys: &[String]) -> StoreResult<Vec<LimitCounter>>;
+    /// Inserts or replaces one row.
+    async fn limit_set(&self, counter: &LimitCounter) -> StoreResult<()>;
+    /// Deletes the rows of `keys` (primary-key lookups); returns how many.
+    async fn limit_delete(&self, keys: &[String]) -> StoreResult<u64>;
+    /// Deletes every row whose key starts with `prefix`; returns how many.
+    /// Scans the table: for operators, not for every request.
+    async fn limit_delete_prefix(&self, prefix: &str) -> StoreResult<u64>;
+    /// Every row with `expires_at > now`, ordered by key.
+    async fn limit_list(&self, now: i64) -> StoreResult<Vec<LimitCounter>>;
+    /// Deletes rows with `expires_at <= now`; returns how many.
+    async fn limit_purge(&self, now: i64) -> StoreResult<u64>;
+    /// Starts watching account changes (users, credentials, sender
+    /// permissions: update, delete, and sender insert). When this returns
+    /// the watch is active: any later committed change yields an event.
+    /// PostgreSQL: LISTEN on channel `postgate_auth` (fed by triggers, so
+    /// plain SQL counts too), reconnecting on error with a `Resync`.
+    /// SQLite: polls the `auth_version` row (bumped by triggers) every
+    /// [`SQLITE_AUTH_POLL`].
+    async fn subscribe_auth_changes(&self) -> StoreResult<AuthChanges>;
+}
+
+/// How often the SQLite store polls for account changes made by another
+/// process (the CLI, plain SQL).
+pub const SQLITE_AUTH_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The whole store. Cheap to clone behind an `Arc`.
-pub trait Store: AccountStore + QueueStore + DkimStore + HealthStore + Send + Sync {
+pub trait Store:
+    AccountStore + QueueStore + DkimStore + HealthStore + LimitStore + Send + Sync
+{
     /// `"postgres"` or `"sqlite"`, for logs and metrics.
     fn backend(&self) -> &'static str;
 }

@@ -10,6 +10,8 @@ mod delivery_upstream;
 mod dkim_sign;
 mod dkim_store;
 mod dkim_verify;
+mod limits_auth_cache;
+mod limits_store;
 mod ops_deploy;
 mod ops_http;
 mod smtp_auth;

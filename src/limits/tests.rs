@@ -1,0 +1,397 @@
+//! Limiter semantics on the local backend with a hand-moved clock. The same
+//! scenarios run on the store backends in tests/integration/limits_*.rs.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::metrics::{LimitKind, LimitScope};
+
+const T0: i64 = 1_800_000_000_000;
+
+fn limiter(config: LimitsConfig) -> (Limiter, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(T0));
+    (Limiter::new(config, None, clock.clone()).unwrap(), clock)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn no_overrides() -> LimitOverrides {
+    LimitOverrides::default()
+}
+
+#[tokio::test]
+async fn connection_rate_triggers_at_count_and_recovers() {
+    let (l, clock) = limiter(LimitsConfig {
+        ip_connections_per_minute: 5,
+        ..LimitsConfig::default()
+    });
+    for _ in 0..5 {
+        l.connection(ip("192.0.2.1")).await.unwrap();
+    }
+    let r = l.connection(ip("192.0.2.1")).await.unwrap_err();
+    assert_eq!((r.scope, r.limit), (LimitScope::Ip, LimitKind::Connections));
+    assert_eq!(
+        r.reason,
+        "connection rate from 192.0.2.1 exceeded (5 per minute)"
+    );
+    assert_eq!(r.retry_after_secs(), 12);
+    l.connection(ip("192.0.2.2")).await.unwrap();
+    clock.advance_ms(60_000);
+    for _ in 0..5 {
+        l.connection(ip("192.0.2.1")).await.unwrap();
+    }
+    assert!(l.connection(ip("192.0.2.1")).await.is_err());
+}
+
+#[tokio::test]
+async fn connection_slots_are_released_on_drop() {
+    let (l, _) = limiter(LimitsConfig {
+        ip_concurrent_connections: 2,
+        ..LimitsConfig::default()
+    });
+    let a = l.connection_slot(ip("192.0.2.1")).unwrap();
+    let _b = l.connection_slot(ip("192.0.2.1")).unwrap();
+    assert!(l.connection_slot(ip("192.0.2.1")).is_err());
+    l.connection_slot(ip("192.0.2.9")).unwrap();
+    drop(a);
+    let _c = l.connection_slot(ip("192.0.2.1")).unwrap();
+}
+
+#[tokio::test]
+async fn sessions_per_user_with_override() {
+    let (l, _) = limiter(LimitsConfig {
+        concurrent_sessions: 1,
+        ..LimitsConfig::default()
+    });
+    let g = l.session_start(7, &no_overrides()).unwrap();
+    let r = l.session_start(7, &no_overrides()).unwrap_err();
+    assert_eq!(r.reason, "too many concurrent sessions for user 7 (1)");
+    let more = LimitOverrides {
+        concurrent_sessions: Some(2),
+        ..no_overrides()
+    };
+    let _g2 = l.session_start(7, &more).unwrap();
+    assert!(l.session_start(7, &more).is_err());
+    drop(g);
+    l.session_start(7, &more).unwrap();
+    assert_eq!(l.snapshot().await.unwrap().sessions, vec![(7, 1)]);
+}
+
+fn account<'a>(user: &'a LimitOverrides, cred: &'a LimitOverrides, cred_id: i64) -> Account<'a> {
+    Account {
+        user_id: 1,
+        username: "alice",
+        user_limits: user,
+        credential_id: cred_id,
+        credential_label: "printer",
+        credential_limits: cred,
+    }
+}
+
+#[tokio::test]
+async fn message_limits_per_minute_hour_day_and_recipients() {
+    let (l, clock) = limiter(LimitsConfig {
+        messages_per_minute: 3,
+        messages_per_hour: 5,
+        messages_per_day: 7,
+        recipients_per_day: 100,
+        ..LimitsConfig::default()
+    });
+    let none = no_overrides();
+    let a = account(&none, &none, 10);
+    for _ in 0..3 {
+        l.message(&a, 1).await.unwrap();
+    }
+    let r = l.message(&a, 1).await.unwrap_err();
+    assert_eq!(
+        r.reason,
+        "message rate for user alice exceeded (3 per minute)"
+    );
+    assert_eq!(
+        r.to_string(),
+        "message rate for user alice exceeded (3 per minute), try again in 20 s"
+    );
+    clock.advance_ms(60_000);
+    l.message(&a, 1).await.unwrap();
+    l.message(&a, 1).await.unwrap();
+    let r = l.message(&a, 1).await.unwrap_err();
+    assert_eq!(
+        r.reason,
+        "message rate for user alice exceeded (5 per hour)"
+    );
+    assert_eq!((r.scope, r.limit), (LimitScope::User, LimitKind::Messages));
+    clock.advance_ms(3_600_000);
+    l.message(&a, 1).await.unwrap();
+    l.message(&a, 1).await.unwrap();
+    let r = l.message(&a, 1).await.unwrap_err();
+    assert_eq!(
+        r.reason,
+        "message quota for user alice exceeded (7 per day)"
+    );
+    clock.advance_ms(86_400_000);
+    l.message(&a, 60).await.unwrap();
+    let r = l.message(&a, 41).await.unwrap_err();
+    assert_eq!(
+        r.reason,
+        "recipient quota for user alice exceeded (100 per day)"
+    );
+    assert_eq!(
+        (r.scope, r.limit),
+        (LimitScope::User, LimitKind::Recipients)
+    );
+    // The refused message took nothing: 40 more recipients still fit.
+    l.message(&a, 40).await.unwrap();
+    assert!(l.message(&a, 1).await.is_err());
+    clock.advance_ms(86_400_000);
+    l.message(&a, 100).await.unwrap();
+}
+
+#[tokio::test]
+async fn credential_overrides_count_on_their_own_and_toward_the_user() {
+    let (l, _) = limiter(LimitsConfig {
+        messages_per_minute: 0,
+        messages_per_hour: 5,
+        messages_per_day: 0,
+        recipients_per_day: 0,
+        ..LimitsConfig::default()
+    });
+    let user = LimitOverrides {
+        messages_per_hour: Some(4),
+        ..no_overrides()
+    };
+    let printer = LimitOverrides {
+        messages_per_hour: Some(2),
+        ..no_overrides()
+    };
+    let none = no_overrides();
+    let p = account(&user, &printer, 10);
+    let laptop = account(&user, &none, 11);
+    l.message(&p, 1).await.unwrap();
+    l.message(&p, 1).await.unwrap();
+    let r = l.message(&p, 1).await.unwrap_err();
+    assert_eq!(
+        r.reason,
+        "message rate for credential printer of user alice exceeded (2 per hour)"
+    );
+    assert_eq!(r.scope, LimitScope::Credential);
+    // The printer's two count toward the user's 4 (override of the default 5).
+    l.message(&laptop, 1).await.unwrap();
+    l.message(&laptop, 1).await.unwrap();
+    let r = l.message(&laptop, 1).await.unwrap_err();
+    assert_eq!(
+        r.reason,
+        "message rate for user alice exceeded (4 per hour)"
+    );
+    assert_eq!(
+        merge_overrides(&user, &printer).messages_per_hour,
+        Some(2),
+        "credential wins"
+    );
+}
+
+#[tokio::test]
+async fn zero_means_no_limit() {
+    let (l, _) = limiter(LimitsConfig {
+        messages_per_minute: 0,
+        messages_per_hour: 0,
+        messages_per_day: 0,
+        recipients_per_day: 0,
+        ip_connections_per_minute: 0,
+        ..LimitsConfig::default()
+    });
+    let none = no_overrides();
+    for _ in 0..1000 {
+        l.message(&account(&none, &none, 1), 1000).await.unwrap();
+        l.connection(ip("192.0.2.1")).await.unwrap();
+    }
+}
+
+fn brute_config() -> LimitsConfig {
+    LimitsConfig {
+        auth_failure_window: Duration::from_secs(600),
+        auth_tarpit_after: 2,
+        auth_tarpit_delay: Duration::from_secs(1),
+        auth_tarpit_max_delay: Duration::from_secs(4),
+        auth_lockout_per_user: 5,
+        auth_lockout_per_ip: 8,
+        auth_lockout_duration: Duration::from_secs(300),
+        ..LimitsConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn failed_logins_tarpit_then_lock_the_username() {
+    let (l, clock) = limiter(brute_config());
+    let mut delays = Vec::new();
+    for i in 0..5u8 {
+        // A different IP each time: only the username counter grows.
+        let from = IpAddr::from([198, 51, 100, i]);
+        delays.push(l.auth_allowed(from, "Alice").await.unwrap().as_secs());
+        l.auth_result(from, "alice", false).await;
+    }
+    assert_eq!(delays, [0, 0, 1, 2, 4]);
+    let r = l
+        .auth_allowed(ip("203.0.113.1"), "ALICE")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.scope, r.limit),
+        (LimitScope::User, LimitKind::AuthFailures)
+    );
+    assert!(r.is_lockout());
+    assert_eq!(r.reason, "too many failed logins for user alice");
+    assert_eq!(r.retry_after_secs(), 300);
+    // Others are unaffected.
+    assert_eq!(
+        l.auth_allowed(ip("203.0.113.1"), "bob").await.unwrap(),
+        Duration::ZERO
+    );
+    clock.advance_ms(300_000);
+    l.auth_allowed(ip("203.0.113.1"), "alice").await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_logins_lock_the_ip_at_accept_too() {
+    let (l, clock) = limiter(brute_config());
+    for i in 0..8 {
+        l.auth_allowed(ip("192.0.2.66"), &format!("user{i}"))
+            .await
+            .unwrap();
+        l.auth_result(ip("192.0.2.66"), &format!("user{i}"), false)
+            .await;
+    }
+    let r = l
+        .auth_allowed(ip("192.0.2.66"), "someone")
+        .await
+        .unwrap_err();
+    assert_eq!(r.reason, "too many failed logins from 192.0.2.66");
+    let r = l.connection(ip("192.0.2.66")).await.unwrap_err();
+    assert_eq!(
+        (r.scope, r.limit),
+        (LimitScope::Ip, LimitKind::AuthFailures)
+    );
+    let snap = l.snapshot().await.unwrap();
+    assert!(snap
+        .counters
+        .iter()
+        .any(|c| c.subject == "ip:192.0.2.66" && c.kind == "lockout"));
+    assert!(snap.to_string().contains("ip:192.0.2.66"));
+    // The operator lifts it.
+    assert!(l.reset("192.0.2.66").await.unwrap() >= 1);
+    l.connection(ip("192.0.2.66")).await.unwrap();
+    l.auth_allowed(ip("192.0.2.66"), "someone").await.unwrap();
+    let _ = clock;
+}
+
+#[tokio::test]
+async fn success_clears_the_username_failures() {
+    let (l, _) = limiter(brute_config());
+    for _ in 0..4 {
+        l.auth_result(ip("192.0.2.1"), "alice", false).await;
+    }
+    assert!(l.auth_allowed(ip("192.0.2.2"), "alice").await.unwrap() > Duration::ZERO);
+    l.auth_result(ip("192.0.2.1"), "alice", true).await;
+    assert_eq!(
+        l.auth_allowed(ip("192.0.2.2"), "alice").await.unwrap(),
+        Duration::ZERO
+    );
+}
+
+#[tokio::test]
+async fn failures_are_forgotten_over_the_window() {
+    let (l, clock) = limiter(brute_config());
+    for _ in 0..4 {
+        l.auth_result(ip("192.0.2.1"), "alice", false).await;
+    }
+    clock.advance_ms(600_000);
+    assert_eq!(
+        l.auth_allowed(ip("192.0.2.1"), "alice").await.unwrap(),
+        Duration::ZERO
+    );
+    // 4 old + 4 new would lock at 5 if nothing had been forgotten.
+    for _ in 0..4 {
+        l.auth_result(ip("192.0.2.1"), "alice", false).await;
+    }
+    l.auth_allowed(ip("192.0.2.1"), "alice").await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn follows_a_paused_tokio_clock() {
+    let clock = Arc::new(TokioClock::new());
+    let l = Limiter::new(
+        LimitsConfig {
+            messages_per_minute: 2,
+            ..LimitsConfig::default()
+        },
+        None,
+        clock,
+    )
+    .unwrap();
+    let none = no_overrides();
+    let a = account(&none, &none, 1);
+    l.message(&a, 1).await.unwrap();
+    l.message(&a, 1).await.unwrap();
+    let r = l.message(&a, 1).await.unwrap_err();
+    assert_eq!(r.retry_after_secs(), 30);
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(l.message(&a, 1).await.is_err());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    l.message(&a, 1).await.unwrap();
+    tokio::time::advance(Duration::from_secs(60)).await;
+    l.message(&a, 1).await.unwrap();
+    l.message(&a, 1).await.unwrap();
+    assert!(l.message(&a, 1).await.is_err());
+}
+
+#[tokio::test]
+async fn named_throttles_for_other_subsystems() {
+    let (l, clock) = limiter(LimitsConfig::default());
+    for _ in 0..2 {
+        l.throttle("upstream ses", 2, Duration::from_secs(1), 1)
+            .await
+            .unwrap();
+    }
+    let r = l
+        .throttle("upstream ses", 2, Duration::from_secs(1), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(r.reason, "rate for upstream ses exceeded (2 per 1s)");
+    assert_eq!(
+        (r.scope, r.limit),
+        (LimitScope::Upstream, LimitKind::Messages)
+    );
+    l.throttle("upstream m365", 2, Duration::from_secs(1), 1)
+        .await
+        .unwrap();
+    clock.advance_ms(500);
+    l.throttle("upstream ses", 2, Duration::from_secs(1), 1)
+        .await
+        .unwrap();
+    assert!(l
+        .throttle("upstream ses", 2, Duration::from_secs(1), 1)
+        .await
+        .is_err());
+}
+
+#[test]
+fn credential_only_recovers_what_the_credential_sets() {
+    let user = LimitOverrides {
+        messages_per_hour: Some(4),
+        messages_per_day: Some(50),
+        concurrent_sessions: Some(3),
+        ..no_overrides()
+    };
+    let cred = LimitOverrides {
+        messages_per_minute: Some(1),
+        messages_per_hour: Some(2),
+        ..no_overrides()
+    };
+    let merged = merge_overrides(&user, &cred);
+    assert_eq!(merged.concurrent_sessions, Some(3));
+    assert_eq!(merged.messages_per_day, Some(50));
+    assert_eq!(credential_only(&user, &merged), cred);
+}

@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod auth;
 pub mod auth_cache;
 pub mod config;
+pub mod delivery;
 pub mod dkim;
 pub mod fixups;
 pub mod http;

@@ -422,63 +422,6 @@ impl AccountStore for PgStore {
 }
 
 #[async_trait]
-impl QueueStore for PgStore {
-    async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
-        let written = enqueue_rows(&mut tx, m).await;
-        if let Err(e) = written {
-            let _ = tx.rollback().await;
-            return Err(e);
-        }
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
-    }
-}
-
-async fn enqueue_rows(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    m: &NewMessage,
-) -> StoreResult<()> {
-    {
-        sqlx::query(
-            "INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body, envid,
-                    dsn_ret, is_dsn, smtputf8, received_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&m.id)
-        .bind(&m.sender)
-        .bind(m.user_id)
-        .bind(&m.username)
-        .bind(&m.credential)
-        .bind(m.body.len() as i64)
-        .bind(&m.body[..])
-        .bind(&m.envid)
-        .bind(&m.dsn_ret)
-        .bind(m.is_dsn)
-        .bind(m.smtputf8)
-        .bind(m.received_at)
-        .bind(m.expires_at)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| map_sqlx(e, "queued message"))?;
-        for r in &m.recipients {
-            sqlx::query(
-                "INSERT INTO queue_recipients (message_id, recipient, notify, orcpt, next_attempt_at)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&m.id)
-            .bind(&r.address)
-            .bind(&r.notify)
-            .bind(&r.orcpt)
-            .bind(m.received_at)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| map_sqlx(e, "queued recipient"))?;
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
 impl HealthStore for PgStore {
     async fn check_ready(&self) -> StoreResult<()> {
         // A write that changes nothing proves the file is writable (not read-only, disk not full).

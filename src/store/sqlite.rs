@@ -13,6 +13,8 @@ use super::*;
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    /// The queue's group-commit writer task (see `sqlite_queue`).
+    pub(crate) writer: super::sqlite_queue::EnqueueSender,
 }
 
 impl SqliteStore {
@@ -31,7 +33,8 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot open {url}: {e}")))?;
-        Ok(SqliteStore { pool })
+        let writer = super::sqlite_queue::spawn_writer(pool.clone());
+        Ok(SqliteStore { pool, writer })
     }
 
     /// Applies pending migrations from `migrations/sqlite` (embedded at build time).
@@ -397,63 +400,6 @@ impl AccountStore for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(|e| map_sqlx(e, "credential"))?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl QueueStore for SqliteStore {
-    async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
-        let written = enqueue_rows(&mut tx, m).await;
-        if let Err(e) = written {
-            let _ = tx.rollback().await;
-            return Err(e);
-        }
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
-    }
-}
-
-async fn enqueue_rows(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    m: &NewMessage,
-) -> StoreResult<()> {
-    {
-        sqlx::query(
-            "INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body, envid,
-                    dsn_ret, is_dsn, smtputf8, received_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )
-        .bind(&m.id)
-        .bind(&m.sender)
-        .bind(m.user_id)
-        .bind(&m.username)
-        .bind(&m.credential)
-        .bind(m.body.len() as i64)
-        .bind(&m.body[..])
-        .bind(&m.envid)
-        .bind(&m.dsn_ret)
-        .bind(m.is_dsn)
-        .bind(m.smtputf8)
-        .bind(m.received_at)
-        .bind(m.expires_at)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| map_sqlx(e, "queued message"))?;
-        for r in &m.recipients {
-            sqlx::query(
-                "INSERT INTO queue_recipients (message_id, recipient, notify, orcpt, next_attempt_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(&m.id)
-            .bind(&r.address)
-            .bind(&r.notify)
-            .bind(&r.orcpt)
-            .bind(m.received_at)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| map_sqlx(e, "queued recipient"))?;
-        }
         Ok(())
     }
 }

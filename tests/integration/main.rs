@@ -3,6 +3,10 @@
 
 mod cli_accounts;
 mod common;
+pub mod delivery_flow;
+mod delivery_nodes;
+mod delivery_queue;
+mod delivery_upstream;
 mod dkim_sign;
 mod dkim_store;
 mod dkim_verify;
@@ -17,3 +21,5 @@ mod smtp_clients;
 mod smtp_harness;
 mod smtp_security;
 mod store_accounts;
+#[path = "common/upstream.rs"]
+mod upstream_server;

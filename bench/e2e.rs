@@ -1,0 +1,162 @@
+//! End-to-end benchmark: load generator -> postgate SMTP (STARTTLS + AUTH,
+//! durable commit before 250, via `postgate::run::run`) -> store ->
+//! delivery workers -> sink over STARTTLS. Until the lead wires delivery
+//! into `run`, this bench starts `Delivery` next to it on the same store.
+//!
+//! ```text
+//! cargo bench --bench e2e -- --store URL [--size 2048] [--count 5000] [--sessions 50] [--workers 32]
+//! ```
+//! Prints accepted messages/s, delivered messages/s, and the latency from
+//! the pipelined MAIL/RCPT/DATA to the 250 after the body (p50/p99).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use postgate::config::{Config, Secret};
+use postgate::delivery::upstream::{Envelope, Upstream};
+use postgate::delivery::{Delivery, DeliveryConfig, QueueConfig, TlsMode, UpstreamConfig};
+use tokio_util::sync::CancellationToken;
+
+#[path = "delivery.rs"]
+#[allow(dead_code)]
+mod delivery_bench;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+#[tokio::main]
+async fn main() {
+    let url = arg("--store", "sqlite:///tmp/postgate-e2e.db");
+    let size: usize = arg("--size", "2048").parse().unwrap();
+    let count: usize = arg("--count", "5000").parse().unwrap();
+    let sessions: usize = arg("--sessions", "50").parse().unwrap();
+    let workers: usize = arg("--workers", "32").parse().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = postgate::tls::self_signed(&["localhost".into()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let text = format!(
+        r#"[server]
+hostname = "localhost"
+shutdown_grace = "5s"
+
+[store]
+url = "{url}"
+max_connections = 64
+
+[tls]
+cert = "{c}"
+key = "{k}"
+
+[[smtp.listener]]
+address = "127.0.0.1:0"
+mode = "starttls"
+
+[http]
+address = "127.0.0.1:0"
+"#,
+        c = cert_path.display(),
+        k = key_path.display()
+    );
+    let config = Config::parse(&text, "e2e-bench").expect("config");
+    let store = postgate::store::open_and_migrate(&url, &config.store.options())
+        .await
+        .unwrap();
+    let password = "bench-password-123";
+    let _ = postgate::accounts::user_add(&*store, "bench", "default", password, &config.auth.hash)
+        .await;
+    let _ = postgate::accounts::sender_allow(&*store, "bench", "@example.com").await;
+
+    let bound = postgate::run::Bound::bind(&config).await.unwrap();
+    let smtp_port = bound.smtp[0].1.local_addr().unwrap().port();
+    let control = postgate::run::Control::default();
+    let node = tokio::spawn(postgate::run::run(config, bound, control.clone()));
+
+    let sink = delivery_bench::start_sink().await;
+    let token = CancellationToken::new();
+    let dcfg = DeliveryConfig {
+        queue: QueueConfig {
+            workers,
+            poll_interval: Duration::from_millis(20),
+            ..QueueConfig::default()
+        },
+        upstreams: vec![delivery_bench::upstream(&sink)],
+        routes: vec![],
+        hostname: "bench.local".into(),
+        node_id: "bench".into(),
+    };
+    let delivery = Delivery::start(store.clone(), dcfg, token.clone()).unwrap();
+
+    let mut client = UpstreamConfig::new("postgate", "127.0.0.1", smtp_port, TlsMode::Starttls);
+    client.ca_file = Some(cert_path.clone());
+    client.tls_server_name = Some("localhost".into());
+    client.username = Some("bench".into());
+    client.password = Some(Secret::inline(password));
+    let client = Arc::new(Upstream::new(client, "loadgen.local").unwrap());
+    let body: Bytes = delivery_bench::body(size, 0);
+    let per = count.div_ceil(sessions);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        let client = client.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = client.connect().await.expect("connect to postgate");
+            let rcpt = vec!["someone@example.net".to_string()];
+            let mut lat = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = Instant::now();
+                let tx = conn
+                    .send(Envelope {
+                        sender: "bench@example.com",
+                        recipients: &rcpt,
+                        body: &body,
+                        smtputf8: false,
+                    })
+                    .await
+                    .expect("send");
+                assert!(
+                    tx.data.as_ref().is_some_and(|d| d.is_positive()),
+                    "not accepted: {tx:?}"
+                );
+                lat.push(t.elapsed());
+                conn.reset().await.expect("RSET");
+            }
+            conn.quit().await;
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let accepted_secs = started.elapsed().as_secs_f64();
+    lat.sort();
+    let n = lat.len() as u64;
+    while sink.messages.load(std::sync::atomic::Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let delivered_secs = started.elapsed().as_secs_f64();
+    println!(
+        "{} e2e: {n} x {size} B, {sessions} sessions (STARTTLS+AUTH in, STARTTLS out), {workers} workers: \
+         accepted {:.0} msg/s, delivered {:.0} msg/s, 250-after-DATA p50 {:.1} ms p99 {:.1} ms",
+        store.backend(),
+        n as f64 / accepted_secs,
+        n as f64 / delivered_secs,
+        delivery_bench::pct(&lat, 0.5).as_secs_f64() * 1000.0,
+        delivery_bench::pct(&lat, 0.99).as_secs_f64() * 1000.0,
+    );
+    token.cancel();
+    let _ = delivery.await;
+    control.shutdown.cancel();
+    let _ = node.await;
+}

@@ -1,0 +1,682 @@
+//! Delivery: workers take due recipients from the queue with a lease,
+//! route them, deliver over pooled upstream sessions and record each
+//! recipient's outcome in a second short transaction (never a transaction
+//! across an SMTP conversation). The queue alone owns retries and bounces:
+//! the upstream client only reports replies.
+//!
+//! Outcomes: 2xx delivered; 4xx, connection, TLS and timeout failures
+//! deferred (the next attempt goes to the next upstream of the route, at
+//! once while untried upstreams remain, else after the backoff); 5xx failed.
+//! A throttling reply pauses that upstream and defers without using up an
+//! attempt. Failed and expired recipients get one DSN per message.
+//!
+//! Delivery is at least once: if the process dies between an upstream's
+//! 250 and the outcome's commit, the lease expires and the message is sent
+//! again.
+
+pub mod admin;
+pub mod circuit;
+pub mod config;
+pub mod dsn;
+pub mod pool;
+pub mod retry;
+pub mod route;
+pub mod throttle;
+pub mod upstream;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::{
+    AuthMechanism, DeliveryConfig, QueueConfig, RouteConfig, TlsMode, UpstreamConfig,
+};
+
+use crate::store::{
+    new_queue_id, ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome, Store,
+    StoreError,
+};
+use circuit::Circuit;
+use pool::Pool;
+use retry::RetryPolicy;
+use route::Router;
+use throttle::Throttle;
+use upstream::{Envelope, Reply, TxReplies, Upstream, UpstreamError};
+
+/// Why delivery could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The `[queue]`, `[[upstream]]` or `[[route]]` config is inconsistent.
+    #[error("delivery config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl DeliveryConfig {
+    /// Checks the config: at least one upstream, unique names, routes name
+    /// existing upstreams, at most one default route, sane queue numbers.
+    pub fn validate(&self) -> Result<(), DeliveryError> {
+        let bad = |s: String| Err(DeliveryError::Config(s));
+        if self.upstreams.is_empty() {
+            return bad("at least one [[upstream]] is required".into());
+        }
+        let mut names = HashSet::new();
+        for u in &self.upstreams {
+            if u.name.is_empty() || !names.insert(u.name.as_str()) {
+                return bad(format!("upstream name {:?} is empty or used twice", u.name));
+            }
+            if u.host.is_empty() {
+                return bad(format!("upstream {:?}: host is empty", u.name));
+            }
+            if u.password.is_some() != u.username.is_some() {
+                return bad(format!(
+                    "upstream {:?}: username and password go together",
+                    u.name
+                ));
+            }
+        }
+        let mut defaults = 0;
+        for r in &self.routes {
+            if r.upstreams.is_empty() {
+                return bad("a [[route]] needs at least one upstream".into());
+            }
+            if let Some(n) = r.upstreams.iter().find(|n| !names.contains(n.as_str())) {
+                return bad(format!("[[route]] names unknown upstream {n:?}"));
+            }
+            if r.sender_domain.is_none() && r.user.is_none() {
+                defaults += 1;
+            }
+        }
+        if defaults > 1 {
+            return bad("more than one default [[route]] (without sender_domain or user)".into());
+        }
+        let q = &self.queue;
+        if q.workers == 0 || q.batch == 0 {
+            return bad("[queue] workers and batch must be at least 1".into());
+        }
+        if q.lease < Duration::from_secs(1) {
+            return bad("[queue] lease must be at least 1s".into());
+        }
+        if q.retry_multiplier.is_nan()
+            || q.retry_multiplier < 1.0
+            || !(0.0..=1.0).contains(&q.retry_jitter)
+        {
+            return bad("[queue] retry_multiplier must be >= 1, retry_jitter in 0..1".into());
+        }
+        Ok(())
+    }
+
+    fn router(&self) -> Router {
+        let mut default = None;
+        let mut rules = Vec::new();
+        for r in &self.routes {
+            if r.sender_domain.is_none() && r.user.is_none() {
+                default = Some(r.upstreams.clone());
+            } else {
+                rules.push(route::Rule {
+                    sender_domain: r.sender_domain.clone(),
+                    user: r.user.clone(),
+                    upstreams: r.upstreams.clone(),
+                });
+            }
+        }
+        let default =
+            default.unwrap_or_else(|| self.upstreams.iter().map(|u| u.name.clone()).collect());
+        Router::new(rules, default)
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct UpstreamState {
+    pool: Pool,
+    circuit: Mutex<Circuit>,
+    throttle: Mutex<Throttle>,
+    patterns: Vec<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Memory budget for bodies too large to come with their claim, in MiB.
+/// Loading one costs about twice its size for a moment (database row plus
+/// the decoded bytes), so 20 concurrent 25 MB messages are delivered a few
+/// at a time instead of all loaded at once.
+const LARGE_BODY_BUDGET_MIB: u32 = 128;
+
+struct Engine {
+    store: Arc<dyn Store>,
+    large_bodies: Arc<tokio::sync::Semaphore>,
+    queue: QueueConfig,
+    router: Router,
+    upstreams: HashMap<String, UpstreamState>,
+    retry: RetryPolicy,
+    hostname: String,
+    shutdown: CancellationToken,
+}
+
+/// The delivery subsystem of one node.
+pub struct Delivery;
+
+impl Delivery {
+    /// Validates `config`, prepares the upstreams (TLS roots, CA files,
+    /// pins) and starts `config.queue.workers` workers plus a janitor
+    /// (expired leases, delivery log pruning). Cancel `shutdown` to stop:
+    /// workers finish the message they are delivering, release the rest of
+    /// their claim, and the returned handle completes.
+    pub fn start(
+        store: Arc<dyn Store>,
+        config: DeliveryConfig,
+        shutdown: CancellationToken,
+    ) -> Result<JoinHandle<()>, DeliveryError> {
+        config.validate()?;
+        let hostname = if config.hostname.is_empty() {
+            "localhost".to_string()
+        } else {
+            config.hostname.clone()
+        };
+        let mut upstreams = HashMap::new();
+        for u in &config.upstreams {
+            let patterns = u
+                .throttle_patterns
+                .iter()
+                .map(|p| p.to_lowercase())
+                .collect();
+            let state = UpstreamState {
+                circuit: Mutex::new(Circuit::new(
+                    config.queue.circuit_failures,
+                    config.queue.circuit_cooldown,
+                )),
+                throttle: Mutex::new(Throttle::new(u.rate, u.burst)),
+                pool: Pool::new(Upstream::new(u.clone(), &hostname)?),
+                patterns,
+            };
+            upstreams.insert(u.name.clone(), state);
+        }
+        let q = &config.queue;
+        let engine = Arc::new(Engine {
+            store,
+            large_bodies: Arc::new(tokio::sync::Semaphore::new(LARGE_BODY_BUDGET_MIB as usize)),
+            router: config.router(),
+            retry: RetryPolicy {
+                initial: q.retry_initial,
+                max: q.retry_max,
+                multiplier: q.retry_multiplier,
+                jitter: q.retry_jitter,
+            },
+            queue: config.queue.clone(),
+            upstreams,
+            hostname,
+            shutdown,
+        });
+        let node = format!(
+            "{}/{}",
+            engine.hostname,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Ok(tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..engine.queue.workers {
+                let e = engine.clone();
+                let owner = format!("{node}/{i}");
+                tasks.spawn(async move { e.worker(owner).await });
+            }
+            let e = engine.clone();
+            tasks.spawn(async move { e.janitor().await });
+            while tasks.join_next().await.is_some() {}
+            for u in engine.upstreams.values() {
+                u.pool.close_idle().await;
+            }
+        }))
+    }
+}
+
+impl Engine {
+    fn lease_ms(&self) -> i64 {
+        self.queue.lease.as_millis() as i64
+    }
+
+    async fn worker(&self, owner: String) {
+        while !self.shutdown.is_cancelled() {
+            let claimed = match self
+                .store
+                .claim_due(&owner, now_ms(), self.lease_ms(), self.queue.batch)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "queue claim failed");
+                    Vec::new()
+                }
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.queue.poll_interval) => {}
+                    _ = self.shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            if self.shutdown.is_cancelled() {
+                self.release(&owner, claimed.into_iter()).await;
+                break;
+            }
+            self.process_claim(&owner, claimed).await;
+        }
+    }
+
+    /// Delivers the messages of one claim concurrently (the pools bound the
+    /// sessions), then records every outcome in one transaction.
+    async fn process_claim(&self, owner: &str, claimed: Vec<ClaimedMessage>) {
+        let results =
+            futures::future::join_all(claimed.into_iter().map(|m| self.deliver_message(m))).await;
+        let outcomes: Vec<RecipientOutcome> = results
+            .iter()
+            .flat_map(|(_, _, o)| o.iter().cloned())
+            .collect();
+        if !outcomes.is_empty() {
+            self.record(owner, &outcomes).await;
+        }
+        for (m, body, outcomes) in &results {
+            // All-delivered messages were finished by `record_outcomes`.
+            let bounced = outcomes
+                .iter()
+                .any(|o| matches!(o.kind, OutcomeKind::Failed | OutcomeKind::Expired));
+            if bounced {
+                self.finish(m, body).await;
+            }
+        }
+    }
+
+    /// Gives claimed recipients back, due now, without counting an attempt.
+    async fn release(&self, owner: &str, messages: impl Iterator<Item = ClaimedMessage>) {
+        let now = now_ms();
+        let outcomes: Vec<RecipientOutcome> = messages
+            .flat_map(|m| m.recipients)
+            .map(|r| RecipientOutcome {
+                recipient_id: r.id,
+                kind: OutcomeKind::Deferred {
+                    next_attempt_at: now,
+                    route_index: r.route_index,
+                    count_attempt: false,
+                },
+                upstream: None,
+                reply: None,
+                log: false,
+            })
+            .collect();
+        if !outcomes.is_empty() {
+            self.record(owner, &outcomes).await;
+        }
+    }
+
+    async fn janitor(&self) {
+        let every = (self.queue.lease / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut last_prune: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            match self.store.reclaim_expired(now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => warn!(
+                    count = n,
+                    "reclaimed recipients whose delivery lease expired"
+                ),
+                Err(e) => warn!(error = %e, "lease reclaim failed"),
+            }
+            // Messages left all-final by a crash between two transactions.
+            match self.store.unfinished_messages(100).await {
+                Ok(list) => {
+                    for m in list {
+                        let body = self.store.load_body(&m.id).await.unwrap_or_default();
+                        self.finish(&m, &body).await;
+                    }
+                }
+                Err(e) => warn!(error = %e, "looking for unfinished messages failed"),
+            }
+            if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+                last_prune = Some(Instant::now());
+                let before = now_ms() - self.queue.log_retention.as_millis() as i64;
+                if let Err(e) = self.store.prune_delivery_log(before).await {
+                    warn!(error = %e, "delivery log pruning failed");
+                }
+            }
+        }
+    }
+
+    /// Records outcomes, retrying briefly: losing them would mean a
+    /// duplicate delivery once the lease expires.
+    async fn record(&self, owner: &str, outcomes: &[RecipientOutcome]) {
+        for attempt in 0..5u32 {
+            match self.store.record_outcomes(owner, now_ms(), outcomes).await {
+                Ok(_) => return,
+                Err(e) => {
+                    warn!(error = %e, attempt, "recording delivery outcomes failed");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt for the claimed recipients of `m`: their outcomes, to be
+    /// recorded by the caller (with the message and its body, for a DSN).
+    async fn deliver_message(
+        &self,
+        mut m: ClaimedMessage,
+    ) -> (ClaimedMessage, Bytes, Vec<RecipientOutcome>) {
+        let now = now_ms();
+        // Held until this attempt is over (the body is dropped by then).
+        let mut _budget = None;
+        let body = match m.body.take() {
+            Some(b) => Ok(b),
+            None => {
+                let mib = u32::try_from((m.size.max(0) as u64 * 2).div_ceil(1 << 20))
+                    .unwrap_or(u32::MAX)
+                    .clamp(1, LARGE_BODY_BUDGET_MIB);
+                _budget = self.large_bodies.clone().acquire_many_owned(mib).await.ok();
+                self.store.load_body(&m.id).await
+            }
+        };
+        if now >= m.expires_at {
+            let outcomes = m
+                .recipients
+                .iter()
+                .map(|r| {
+                    info!(queue_id = %m.id, recipient = %r.address, attempts = r.attempts, "expired");
+                    RecipientOutcome {
+                        recipient_id: r.id,
+                        kind: OutcomeKind::Expired,
+                        upstream: None,
+                        reply: Some("queue lifetime exceeded".into()),
+                        log: true,
+                    }
+                })
+                .collect();
+            let headers = body.map(|b| headers_only(&b)).unwrap_or_default();
+            return (m, headers, outcomes);
+        }
+        let body = match body {
+            Ok(b) => b,
+            // Deleted meanwhile (queue delete): nothing to record.
+            Err(StoreError::NotFound(_)) => return (m, Bytes::new(), Vec::new()),
+            Err(e) => {
+                warn!(queue_id = %m.id, error = %e, "cannot load message body");
+                let outcomes = m
+                    .recipients
+                    .iter()
+                    .map(|r| RecipientOutcome {
+                        recipient_id: r.id,
+                        kind: OutcomeKind::Deferred {
+                            next_attempt_at: now + self.queue.poll_interval.as_millis() as i64,
+                            route_index: r.route_index,
+                            count_attempt: false,
+                        },
+                        upstream: None,
+                        reply: None,
+                        log: false,
+                    })
+                    .collect();
+                return (m, Bytes::new(), outcomes);
+            }
+        };
+        let route: Vec<String> = self
+            .router
+            .upstreams_for(&m.sender, m.username.as_deref())
+            .to_vec();
+        let mut groups: BTreeMap<usize, Vec<&ClaimedRecipient>> = BTreeMap::new();
+        for r in &m.recipients {
+            groups
+                .entry(r.route_index as usize % route.len().max(1))
+                .or_default()
+                .push(r);
+        }
+        let mut outcomes = Vec::with_capacity(m.recipients.len());
+        for (start, rcpts) in groups {
+            outcomes.extend(self.attempt(&m, &body, &route, start, &rcpts).await);
+        }
+        // Keep only what a DSN needs, so a claim does not pin its bodies.
+        let bounced = outcomes
+            .iter()
+            .any(|o| matches!(o.kind, OutcomeKind::Failed | OutcomeKind::Expired));
+        let headers = if bounced {
+            headers_only(&body)
+        } else {
+            Bytes::new()
+        };
+        (m, headers, outcomes)
+    }
+
+    /// Deletes the message once every recipient is final, enqueuing its DSN.
+    async fn finish(&self, m: &ClaimedMessage, body: &Bytes) {
+        let recipients = match self.store.final_recipients(&m.id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(queue_id = %m.id, error = %e, "cannot read final recipients");
+                return;
+            }
+        };
+        let now = now_ms();
+        let lifetime = self.queue.lifetime.as_millis() as i64;
+        let dsn = dsn::build(
+            m,
+            body,
+            &recipients,
+            &self.hostname,
+            new_queue_id(),
+            now,
+            now + lifetime,
+        );
+        match self.store.finish_message(&m.id, now, dsn.as_ref()).await {
+            Ok(true) => {
+                if let Some(d) = &dsn {
+                    for r in recipients.iter().filter(|r| r.status != "delivered") {
+                        info!(queue_id = %m.id, recipient = %r.address, dsn_id = %d.id, sender = %m.sender, "bounced");
+                    }
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!(queue_id = %m.id, error = %e, "cannot finish message"),
+        }
+    }
+
+    /// One delivery attempt of `rcpts` (all at route position `start`).
+    async fn attempt(
+        &self,
+        m: &ClaimedMessage,
+        body: &Bytes,
+        route: &[String],
+        start: usize,
+        rcpts: &[&ClaimedRecipient],
+    ) -> Vec<RecipientOutcome> {
+        let now_i = Instant::now();
+        let chosen = route::pick(route.len(), start as u32, |i| {
+            self.upstreams
+                .get(&route[i])
+                .is_some_and(|u| lock(&u.circuit).allow(now_i))
+        });
+        let Some(idx) = chosen else {
+            let reply = format!("no upstream available (circuit open): {}", route.join(", "));
+            let next = now_ms() + self.queue.circuit_cooldown.as_millis() as i64;
+            return rcpts
+                .iter()
+                .map(|r| {
+                    info!(queue_id = %m.id, recipient = %r.address, reply = %reply, "deferred");
+                    deferred(r, next, start as u32, false, None, &reply)
+                })
+                .collect();
+        };
+        let name = &route[idx];
+        let up = &self.upstreams[name];
+        let wait = lock(&up.throttle).reserve(now_i);
+        if wait > self.queue.max_throttle_wait {
+            lock(&up.circuit).release_probe(Instant::now());
+            let reply = format!("rate limit of upstream {name}: next slot in {wait:?}");
+            let next = now_ms() + wait.as_millis() as i64;
+            return rcpts
+                .iter()
+                .map(|r| deferred(r, next, idx as u32, false, Some(name), &reply))
+                .collect();
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let addresses: Vec<String> = rcpts.iter().map(|r| r.address.clone()).collect();
+        let env = Envelope {
+            sender: &m.sender,
+            recipients: &addresses,
+            body,
+            smtputf8: m.smtputf8,
+        };
+        match up.pool.send(env).await {
+            Err(e) => {
+                if lock(&up.circuit).failure(Instant::now()) {
+                    warn!(upstream = %name, error = %e, "circuit opened");
+                }
+                let reply = e.to_string();
+                rcpts
+                    .iter()
+                    .map(|r| self.transient(m, r, route.len(), idx, name, &reply))
+                    .collect()
+            }
+            Ok(tx) => self.classify(m, rcpts, route.len(), idx, name, up, &tx),
+        }
+    }
+
+    /// Maps a transaction's replies to per-recipient outcomes.
+    #[allow(clippy::too_many_arguments)]
+    fn classify(
+        &self,
+        m: &ClaimedMessage,
+        rcpts: &[&ClaimedRecipient],
+        route_len: usize,
+        idx: usize,
+        name: &str,
+        up: &UpstreamState,
+        tx: &TxReplies,
+    ) -> Vec<RecipientOutcome> {
+        let throttled =
+            |r: &Reply| r.is_transient() && throttle::is_throttling(&r.text, &up.patterns);
+        if tx.mail.is_transient() && !throttled(&tx.mail) {
+            lock(&up.circuit).failure(Instant::now());
+        } else {
+            lock(&up.circuit).success();
+        }
+        let mut pause = None;
+        let mut delivered_any = false;
+        let out = rcpts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let reply = if !tx.mail.is_positive() {
+                    &tx.mail
+                } else {
+                    match tx.rcpt.get(i) {
+                        Some(rr) if rr.is_positive() => match &tx.data {
+                            Some(d) => d,
+                            None => rr,
+                        },
+                        Some(rr) => rr,
+                        None => &tx.mail,
+                    }
+                };
+                if reply.is_positive() && tx.data.as_ref().is_some_and(Reply::is_positive) {
+                    delivered_any = true;
+                    info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, "delivered");
+                    RecipientOutcome {
+                        recipient_id: r.id,
+                        kind: OutcomeKind::Delivered,
+                        upstream: Some(name.to_string()),
+                        reply: Some(reply.text.clone()),
+                        log: true,
+                    }
+                } else if reply.is_permanent() {
+                    info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, "failed");
+                    RecipientOutcome {
+                        recipient_id: r.id,
+                        kind: OutcomeKind::Failed,
+                        upstream: Some(name.to_string()),
+                        reply: Some(reply.text.clone()),
+                        log: true,
+                    }
+                } else if throttled(reply) {
+                    let p = *pause.get_or_insert_with(|| lock(&up.throttle).throttled(Instant::now()));
+                    info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, "deferred (throttled)");
+                    deferred(r, now_ms() + p.as_millis() as i64, idx as u32, false, Some(name), &reply.text)
+                } else {
+                    self.transient(m, r, route_len, idx, name, &reply.text)
+                }
+            })
+            .collect();
+        if delivered_any {
+            lock(&up.throttle).success();
+        }
+        out
+    }
+
+    /// A transient failure at route position `idx`: fail over to the next
+    /// upstream at once, or after the backoff once the route wrapped.
+    fn transient(
+        &self,
+        m: &ClaimedMessage,
+        r: &ClaimedRecipient,
+        route_len: usize,
+        idx: usize,
+        name: &str,
+        reply: &str,
+    ) -> RecipientOutcome {
+        let now = now_ms();
+        let (next_index, immediate) = route::fail_over(route_len, idx);
+        let next = if immediate {
+            now
+        } else {
+            self.retry
+                .next_attempt_at(now, r.attempts + 1, rand::random::<f64>(), m.expires_at)
+        };
+        info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, next_attempt_at = next, "deferred");
+        deferred(r, next, next_index, true, Some(name), reply)
+    }
+}
+
+/// A copy of the header section of `body` (what a DSN returns).
+fn headers_only(body: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(dsn::header_block(body))
+}
+
+fn deferred(
+    r: &ClaimedRecipient,
+    next_attempt_at: i64,
+    route_index: u32,
+    count_attempt: bool,
+    upstream: Option<&str>,
+    reply: &str,
+) -> RecipientOutcome {
+    RecipientOutcome {
+        recipient_id: r.id,
+        kind: OutcomeKind::Deferred {
+            next_attempt_at,
+            route_index,
+            count_attempt,
+        },
+        upstream: upstream.map(String::from),
+        reply: Some(reply.to_string()),
+        log: true,
+    }
+}

@@ -1,0 +1,528 @@
+//! The queue on PostgreSQL. Concurrent enqueues are independent transactions
+//! that PostgreSQL group-commits by itself; claims use `FOR UPDATE SKIP
+//! LOCKED` so any number of nodes share the queue without blocking each other.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+
+use super::postgres::PgStore;
+use super::sqlite_queue::group_claims;
+use super::*;
+
+/// Inserts message and recipients on `conn` (inside the caller's transaction).
+pub(crate) async fn insert_message(conn: &mut PgConnection, m: &NewMessage) -> StoreResult<()> {
+    if m.recipients.is_empty() {
+        return Err(StoreError::Invalid("a message needs a recipient".into()));
+    }
+    sqlx::query(
+        "INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body, envid,
+                dsn_ret, is_dsn, smtputf8, received_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(&m.id)
+    .bind(&m.sender)
+    .bind(m.user_id)
+    .bind(&m.username)
+    .bind(&m.credential)
+    .bind(m.body.len() as i64)
+    .bind(&m.body[..])
+    .bind(&m.envid)
+    .bind(&m.dsn_ret)
+    .bind(m.is_dsn)
+    .bind(m.smtputf8)
+    .bind(m.received_at)
+    .bind(m.expires_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| map_sqlx(e, "queued message"))?;
+    // One statement for all recipients: a round trip each would dominate small messages.
+    let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
+    let notify: Vec<Option<&str>> = m.recipients.iter().map(|r| r.notify.as_deref()).collect();
+    let orcpt: Vec<Option<&str>> = m.recipients.iter().map(|r| r.orcpt.as_deref()).collect();
+    sqlx::query(
+        "INSERT INTO queue_recipients (message_id, recipient, notify, orcpt, next_attempt_at)
+         SELECT $1, r, n, o, $5 FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[]) AS t(r, n, o)",
+    )
+    .bind(&m.id)
+    .bind(&addresses)
+    .bind(&notify)
+    .bind(&orcpt)
+    .bind(m.received_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| map_sqlx(e, "queued recipient"))?;
+    Ok(())
+}
+
+fn u32_of(v: i32) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(0)
+}
+
+fn u32_of64(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+fn message_of(r: &PgRow) -> ClaimedMessage {
+    ClaimedMessage {
+        id: r.get("id"),
+        sender: r.get("sender"),
+        user_id: r.get("user_id"),
+        username: r.get("username"),
+        envid: r.get("envid"),
+        dsn_ret: r.get("dsn_ret"),
+        is_dsn: r.get("is_dsn"),
+        smtputf8: r.get("smtputf8"),
+        size: r.get("size"),
+        received_at: r.get("received_at"),
+        expires_at: r.get("expires_at"),
+        recipients: Vec::new(),
+        body: r
+            .try_get::<Option<Vec<u8>>, _>("small_body")
+            .ok()
+            .flatten()
+            .map(bytes::Bytes::from),
+    }
+}
+
+fn outcome_parts(kind: &OutcomeKind) -> (&'static str, i32, Option<i64>, Option<i32>) {
+    match kind {
+        OutcomeKind::Delivered => ("delivered", 1, None, None),
+        OutcomeKind::Failed => ("failed", 1, None, None),
+        OutcomeKind::Expired => ("expired", 0, None, None),
+        OutcomeKind::Deferred {
+            next_attempt_at,
+            route_index,
+            count_attempt,
+        } => (
+            "deferred",
+            i32::from(*count_attempt),
+            Some(*next_attempt_at),
+            Some(i32::try_from(*route_index).unwrap_or(0)),
+        ),
+    }
+}
+
+#[async_trait]
+impl QueueStore for PgStore {
+    async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        insert_message(&mut tx, m).await?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
+    }
+
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<ClaimedMessage>> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        let rows = sqlx::query(
+            "WITH due AS (
+                 SELECT id FROM queue_recipients
+                 WHERE status = 'queued' AND next_attempt_at <= $1
+                   AND (lease_until IS NULL OR lease_until <= $1)
+                 ORDER BY next_attempt_at, id LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE queue_recipients r SET lease_owner = $3, lease_until = $4, updated_at = $1
+             FROM due WHERE r.id = due.id
+             RETURNING r.id, r.message_id, r.recipient, r.notify, r.orcpt, r.attempts, r.route_index",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .bind(owner)
+        .bind(now.saturating_add(lease_ms))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx(e, "queue claim"))?;
+        let claimed: Vec<(String, ClaimedRecipient)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get("message_id"),
+                    ClaimedRecipient {
+                        id: r.get("id"),
+                        address: r.get("recipient"),
+                        notify: r.get("notify"),
+                        orcpt: r.get("orcpt"),
+                        attempts: u32_of(r.get("attempts")),
+                        route_index: u32_of(r.get("route_index")),
+                    },
+                )
+            })
+            .collect();
+        if claimed.is_empty() {
+            tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<&str> = claimed.iter().map(|(m, _)| m.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let msgs = sqlx::query(
+            "SELECT id, sender, user_id, username, envid, dsn_ret, is_dsn, smtputf8, size,
+                    received_at, expires_at, CASE WHEN size <= $2 THEN body END AS small_body
+             FROM queue_messages WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .bind(CLAIM_BODY_MAX)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx(e, "queue claim"))?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue claim"))?;
+        let messages: HashMap<String, ClaimedMessage> = msgs
+            .iter()
+            .map(|r| {
+                let m = message_of(r);
+                (m.id.clone(), m)
+            })
+            .collect();
+        Ok(group_claims(messages, claimed))
+    }
+
+    async fn load_body(&self, id: &str) -> StoreResult<bytes::Bytes> {
+        let body: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT body FROM queue_messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| map_sqlx(e, "queued message"))?;
+        body.map(bytes::Bytes::from)
+            .ok_or_else(|| StoreError::NotFound(format!("queued message {id:?}")))
+    }
+
+    async fn record_outcomes(
+        &self,
+        owner: &str,
+        now: i64,
+        outcomes: &[RecipientOutcome],
+    ) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        let mut recorded = 0;
+        let mut touched = std::collections::BTreeSet::new();
+        for o in outcomes {
+            let (status, inc, next, route) = outcome_parts(&o.kind);
+            let new_status = if status == "deferred" {
+                "queued"
+            } else {
+                status
+            };
+            let row = sqlx::query(
+                "UPDATE queue_recipients SET status = $1, attempts = attempts + $2,
+                        next_attempt_at = COALESCE($3, next_attempt_at),
+                        route_index = COALESCE($4, route_index),
+                        lease_owner = NULL, lease_until = NULL,
+                        last_upstream = COALESCE($5, last_upstream),
+                        last_reply = COALESCE($6, last_reply), updated_at = $7
+                 WHERE id = $8 AND lease_owner = $9 AND status = 'queued'
+                 RETURNING message_id, recipient, attempts",
+            )
+            .bind(new_status)
+            .bind(inc)
+            .bind(next)
+            .bind(route)
+            .bind(&o.upstream)
+            .bind(&o.reply)
+            .bind(now)
+            .bind(o.recipient_id)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "queue outcome"))?;
+            let Some(row) = row else { continue };
+            recorded += 1;
+            if status == "delivered" {
+                touched.insert(row.get::<String, _>("message_id"));
+            }
+            if o.log {
+                sqlx::query(
+                    "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(now)
+                .bind(row.get::<String, _>("message_id"))
+                .bind(row.get::<String, _>("recipient"))
+                .bind(&o.upstream)
+                .bind(status)
+                .bind(row.get::<i32, _>("attempts"))
+                .bind(&o.reply)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "delivery log"))?;
+            }
+        }
+        // The common case, every recipient delivered: finish here, saving a
+        // transaction. Anything else is finished by `finish_message`.
+        for id in &touched {
+            sqlx::query(
+                "DELETE FROM queue_messages WHERE id = $1 AND NOT EXISTS
+                   (SELECT 1 FROM queue_recipients WHERE message_id = $1 AND status <> 'delivered')",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?;
+        }
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(recorded)
+    }
+
+    async fn final_recipients(&self, id: &str) -> StoreResult<Option<Vec<FinalRecipient>>> {
+        let rows = sqlx::query(
+            "SELECT recipient, notify, orcpt, status, attempts, last_upstream, last_reply
+             FROM queue_recipients WHERE message_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?;
+        if rows.is_empty()
+            || rows
+                .iter()
+                .any(|r| r.get::<String, _>("status") == "queued")
+        {
+            return Ok(None);
+        }
+        Ok(Some(
+            rows.iter()
+                .map(|r| FinalRecipient {
+                    address: r.get("recipient"),
+                    notify: r.get("notify"),
+                    orcpt: r.get("orcpt"),
+                    status: r.get("status"),
+                    attempts: u32_of(r.get("attempts")),
+                    last_upstream: r.get("last_upstream"),
+                    last_reply: r.get("last_reply"),
+                })
+                .collect(),
+        ))
+    }
+
+    async fn finish_message(
+        &self,
+        id: &str,
+        now: i64,
+        dsn: Option<&NewMessage>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        // Lock the message row: of two finishers, the second waits and then
+        // finds the message gone, so a DSN is never enqueued twice.
+        let locked: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM queue_messages WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "queue"))?;
+        if locked.is_none() {
+            tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
+            return Ok(false);
+        }
+        let (total, queued): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'queued') FROM queue_recipients
+             WHERE message_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?;
+        if total == 0 || queued > 0 {
+            tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
+            return Ok(false);
+        }
+        if let Some(dsn) = dsn {
+            insert_message(&mut tx, dsn).await?;
+            sqlx::query(
+                "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
+                 SELECT $1, message_id, recipient, NULL, 'bounced', attempts, $2
+                 FROM queue_recipients WHERE message_id = $3 AND status IN ('failed', 'expired')",
+            )
+            .bind(now)
+            .bind(format!("DSN {}", dsn.id))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "delivery log"))?;
+        }
+        sqlx::query("DELETE FROM queue_messages WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(true)
+    }
+
+    async fn unfinished_messages(&self, limit: u32) -> StoreResult<Vec<ClaimedMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, sender, user_id, username, envid, dsn_ret, is_dsn, smtputf8, size,
+                    received_at, expires_at
+             FROM queue_messages m
+             WHERE NOT EXISTS (SELECT 1 FROM queue_recipients r
+                               WHERE r.message_id = m.id AND r.status = 'queued')
+             ORDER BY received_at, id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(rows.iter().map(message_of).collect())
+    }
+
+    async fn reclaim_expired(&self, now: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE queue_recipients SET lease_owner = NULL, lease_until = NULL, updated_at = $1
+             WHERE status = 'queued' AND lease_until IS NOT NULL AND lease_until <= $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_delivery_log(&self, before: i64) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM delivery_log WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "delivery log"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn queue_list(&self, limit: u32) -> StoreResult<Vec<QueueEntry>> {
+        let rows = sqlx::query(&format!("{LIST_SQL} ORDER BY m.received_at, m.id LIMIT $1"))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(rows.iter().map(entry_of).collect())
+    }
+
+    async fn queue_show(&self, id: &str) -> StoreResult<QueueDetail> {
+        let row = sqlx::query(&format!("{LIST_SQL} WHERE m.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?
+            .ok_or_else(|| StoreError::NotFound(format!("queued message {id:?}")))?;
+        let recipients = sqlx::query(
+            "SELECT recipient, status, attempts, next_attempt_at, route_index, lease_owner,
+                    lease_until, last_upstream, last_reply
+             FROM queue_recipients WHERE message_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?;
+        let log = sqlx::query(
+            "SELECT at, recipient, upstream, outcome, attempt, reply FROM delivery_log
+             WHERE message_id = $1 ORDER BY at, id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "delivery log"))?;
+        Ok(QueueDetail {
+            entry: entry_of(&row),
+            envid: row.get("envid"),
+            expires_at: row.get("expires_at"),
+            recipients: recipients
+                .iter()
+                .map(|r| QueueRecipientDetail {
+                    address: r.get("recipient"),
+                    status: r.get("status"),
+                    attempts: u32_of(r.get("attempts")),
+                    next_attempt_at: r.get("next_attempt_at"),
+                    route_index: u32_of(r.get("route_index")),
+                    lease_owner: r.get("lease_owner"),
+                    lease_until: r.get("lease_until"),
+                    last_upstream: r.get("last_upstream"),
+                    last_reply: r.get("last_reply"),
+                })
+                .collect(),
+            log: log
+                .iter()
+                .map(|r| DeliveryLogEntry {
+                    at: r.get("at"),
+                    recipient: r.get("recipient"),
+                    upstream: r.get("upstream"),
+                    outcome: r.get("outcome"),
+                    attempt: u32_of(r.get("attempt")),
+                    reply: r.get("reply"),
+                })
+                .collect(),
+        })
+    }
+
+    async fn queue_retry(&self, id: &str, now: i64) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        exists(&mut tx, id).await?;
+        let done = sqlx::query(
+            "UPDATE queue_recipients SET next_attempt_at = $1, updated_at = $1
+             WHERE message_id = $2 AND status = 'queued'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn queue_delete(&self, id: &str, now: i64) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        exists(&mut tx, id).await?;
+        sqlx::query(
+            "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
+             SELECT $1, message_id, recipient, NULL, 'deleted', attempts, 'deleted by admin'
+             FROM queue_recipients WHERE message_id = $2 AND status = 'queued'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx(e, "delivery log"))?;
+        sqlx::query("DELETE FROM queue_messages WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
+    }
+}
+
+async fn exists(conn: &mut PgConnection, id: &str) -> StoreResult<()> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM queue_messages WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| StoreError::NotFound(format!("queued message {id:?}")))
+}
+
+const LIST_SQL: &str = "SELECT m.id, m.sender, m.username, m.size, m.received_at, m.is_dsn,
+        m.envid, m.expires_at,
+        (SELECT count(*) FROM queue_recipients r WHERE r.message_id = m.id) AS recipients,
+        (SELECT count(*) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS pending,
+        (SELECT min(next_attempt_at) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS next_at
+     FROM queue_messages m";
+
+fn entry_of(r: &PgRow) -> QueueEntry {
+    QueueEntry {
+        id: r.get("id"),
+        sender: r.get("sender"),
+        username: r.get("username"),
+        size: r.get("size"),
+        received_at: r.get("received_at"),
+        is_dsn: r.get("is_dsn"),
+        recipients: u32_of64(r.get("recipients")),
+        pending: u32_of64(r.get("pending")),
+        next_attempt_at: r.get("next_at"),
+    }
+}

@@ -1,0 +1,427 @@
+//! The queue in the store, on both backends: the contract of `QueueStore`
+//! (enqueue, claim with lease, lease expiry and reclaim, outcomes, finish
+//! with DSN, admin) and concurrent claimers never sharing a recipient.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use postgate::store::{
+    new_queue_id, NewMessage, NewRecipient, OutcomeKind, RecipientOutcome, Store, StoreError,
+};
+
+use crate::common::all_stores;
+
+pub fn message(sender: &str, recipients: &[&str], body: &[u8], now: i64) -> NewMessage {
+    NewMessage {
+        id: new_queue_id(),
+        sender: sender.into(),
+        recipients: recipients
+            .iter()
+            .map(|r| NewRecipient {
+                address: r.to_string(),
+                notify: None,
+                orcpt: None,
+            })
+            .collect(),
+        user_id: None,
+        username: Some("alice".into()),
+        credential: Some("default".into()),
+        body: Bytes::copy_from_slice(body),
+        envid: None,
+        dsn_ret: None,
+        is_dsn: false,
+        smtputf8: false,
+        received_at: now,
+        expires_at: now + 5 * 86_400_000,
+    }
+}
+
+fn outcome(id: i64, kind: OutcomeKind, reply: &str) -> RecipientOutcome {
+    RecipientOutcome {
+        recipient_id: id,
+        kind,
+        upstream: Some("up1".into()),
+        reply: Some(reply.into()),
+        log: true,
+    }
+}
+
+const T0: i64 = 1_700_000_000_000;
+
+#[tokio::test]
+async fn claim_outcomes_and_finish_with_dsn_on_every_backend() {
+    for t in all_stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        let m = message(
+            "a@example.com",
+            &["r1@x.org", "r2@x.org", "r3@x.org"],
+            b"Subject: hi\r\n\r\nbody\r\n",
+            T0,
+        );
+        s.enqueue(&m).await.unwrap();
+        // Not due before received_at.
+        assert!(
+            s.claim_due("A", T0 - 1, 60_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{b}"
+        );
+        let claimed = s.claim_due("A", T0, 60_000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "{b}");
+        let c = &claimed[0];
+        assert_eq!(c.id, m.id);
+        assert_eq!(c.sender, "a@example.com");
+        assert_eq!(c.username.as_deref(), Some("alice"));
+        let addrs: Vec<&str> = c.recipients.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(addrs, ["r1@x.org", "r2@x.org", "r3@x.org"], "{b}");
+        assert!(c
+            .recipients
+            .iter()
+            .all(|r| r.attempts == 0 && r.route_index == 0));
+        // Leased: another claimer gets nothing.
+        assert!(
+            s.claim_due("B", T0, 60_000, 10).await.unwrap().is_empty(),
+            "{b}"
+        );
+        assert_eq!(&s.load_body(&m.id).await.unwrap()[..], &m.body[..], "{b}");
+
+        let ids: Vec<i64> = c.recipients.iter().map(|r| r.id).collect();
+        let outcomes = vec![
+            outcome(ids[0], OutcomeKind::Delivered, "250 2.0.0 ok"),
+            outcome(
+                ids[1],
+                OutcomeKind::Deferred {
+                    next_attempt_at: T0 + 1_000,
+                    route_index: 1,
+                    count_attempt: true,
+                },
+                "451 4.3.0 later",
+            ),
+            outcome(ids[2], OutcomeKind::Failed, "550 5.1.1 unknown"),
+        ];
+        // Someone who does not hold the lease records nothing.
+        assert_eq!(
+            s.record_outcomes("B", T0, &outcomes).await.unwrap(),
+            0,
+            "{b}"
+        );
+        assert_eq!(
+            s.record_outcomes("A", T0, &outcomes).await.unwrap(),
+            3,
+            "{b}"
+        );
+        // Recorded twice: the second time nothing matches (no longer leased).
+        assert_eq!(
+            s.record_outcomes("A", T0, &outcomes).await.unwrap(),
+            0,
+            "{b}"
+        );
+        assert!(s.final_recipients(&m.id).await.unwrap().is_none(), "{b}");
+        assert!(
+            !s.finish_message(&m.id, T0, None).await.unwrap(),
+            "{b}: r2 still queued"
+        );
+
+        let shown = s.queue_show(&m.id).await.unwrap();
+        assert_eq!(shown.entry.pending, 1, "{b}");
+        assert_eq!(shown.entry.next_attempt_at, Some(T0 + 1_000), "{b}");
+        let r2 = &shown.recipients[1];
+        assert_eq!(
+            (r2.status.as_str(), r2.attempts, r2.route_index),
+            ("queued", 1, 1),
+            "{b}"
+        );
+        assert_eq!(r2.last_reply.as_deref(), Some("451 4.3.0 later"));
+        assert_eq!(r2.lease_owner, None);
+        let outcomes_logged: Vec<&str> = shown.log.iter().map(|l| l.outcome.as_str()).collect();
+        assert_eq!(outcomes_logged, ["delivered", "deferred", "failed"], "{b}");
+        assert!(shown
+            .log
+            .iter()
+            .all(|l| l.attempt == 1 && l.upstream.as_deref() == Some("up1")));
+
+        // Not due until its next attempt; then it comes back with its state.
+        assert!(
+            s.claim_due("A", T0 + 999, 60_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{b}"
+        );
+        let again = s.claim_due("B", T0 + 1_000, 60_000, 10).await.unwrap();
+        assert_eq!(again[0].recipients.len(), 1, "{b}");
+        let r = &again[0].recipients[0];
+        assert_eq!(
+            (r.address.as_str(), r.attempts, r.route_index),
+            ("r2@x.org", 1, 1)
+        );
+        s.record_outcomes(
+            "B",
+            T0 + 1_000,
+            &[outcome(r.id, OutcomeKind::Expired, "expired")],
+        )
+        .await
+        .unwrap();
+        let finals = s.final_recipients(&m.id).await.unwrap().expect("all final");
+        let statuses: Vec<&str> = finals.iter().map(|f| f.status.as_str()).collect();
+        assert_eq!(statuses, ["delivered", "expired", "failed"], "{b}");
+
+        let mut dsn = message("", &["a@example.com"], b"report", T0 + 2_000);
+        dsn.is_dsn = true;
+        assert!(
+            s.finish_message(&m.id, T0 + 2_000, Some(&dsn))
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        // Finished once only: a second finisher enqueues no second DSN.
+        assert!(
+            !s.finish_message(&m.id, T0 + 2_000, Some(&dsn))
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        assert!(
+            matches!(s.queue_show(&m.id).await, Err(StoreError::NotFound(_))),
+            "{b}"
+        );
+        let list = s.queue_list(100).await.unwrap();
+        assert_eq!(list.len(), 1, "{b}");
+        assert_eq!(list[0].id, dsn.id);
+        assert!(list[0].is_dsn);
+        assert_eq!(list[0].sender, "");
+        assert_eq!(
+            s.prune_delivery_log(T0 + 1_500).await.unwrap(),
+            4,
+            "{b}: rows before T0 + 1500 pruned, bounced rows kept"
+        );
+    }
+}
+
+#[tokio::test]
+async fn lease_expiry_lets_another_node_take_over_on_every_backend() {
+    for t in all_stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        let m = message("a@example.com", &["r@x.org"], b"x\r\n", T0);
+        s.enqueue(&m).await.unwrap();
+        let dead = s.claim_due("dead-node", T0, 1_000, 10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert!(
+            s.claim_due("B", T0 + 999, 1_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{b}"
+        );
+        assert_eq!(s.reclaim_expired(T0 + 999).await.unwrap(), 0, "{b}");
+        assert_eq!(s.reclaim_expired(T0 + 1_000).await.unwrap(), 1, "{b}");
+        assert_eq!(
+            s.queue_show(&m.id).await.unwrap().recipients[0].lease_owner,
+            None
+        );
+        let taken = s.claim_due("B", T0 + 1_000, 1_000, 10).await.unwrap();
+        assert_eq!(taken.len(), 1, "{b}");
+        // The dead node's late outcome is ignored; the new holder's counts.
+        let rid = taken[0].recipients[0].id;
+        let done = [outcome(rid, OutcomeKind::Delivered, "250 ok")];
+        assert_eq!(
+            s.record_outcomes("dead-node", T0 + 1_100, &done)
+                .await
+                .unwrap(),
+            0,
+            "{b}"
+        );
+        assert_eq!(
+            s.record_outcomes("B", T0 + 1_100, &done).await.unwrap(),
+            1,
+            "{b}"
+        );
+        // All recipients delivered: the message was finished in that transaction.
+        assert!(
+            matches!(s.queue_show(&m.id).await, Err(StoreError::NotFound(_))),
+            "{b}"
+        );
+        assert!(
+            !s.finish_message(&m.id, T0 + 1_200, None).await.unwrap(),
+            "{b}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_list_show_retry_delete_on_every_backend() {
+    for t in all_stores().await {
+        let s: &dyn Store = &*t.store;
+        let b = t.backend;
+        let m1 = message("a@example.com", &["r1@x.org", "r2@x.org"], b"one\r\n", T0);
+        let m2 = message("b@example.com", &["r3@x.org"], b"two\r\n", T0 + 1);
+        s.enqueue(&m1).await.unwrap();
+        s.enqueue(&m2).await.unwrap();
+        let list = postgate::delivery::admin::list(s, 10).await.unwrap();
+        let ids: Vec<&str> = list.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, [m1.id.as_str(), m2.id.as_str()], "{b}");
+        assert_eq!(
+            (list[0].recipients, list[0].pending, list[0].size),
+            (2, 2, 5)
+        );
+        assert_eq!(s.queue_list(1).await.unwrap().len(), 1, "{b}");
+
+        // Defer r1 far into the future, then "retry now" makes it due again.
+        let c = s.claim_due("A", T0, 60_000, 1).await.unwrap();
+        let rid = c[0].recipients[0].id;
+        let now = postgate::delivery::now_ms();
+        let far = now + 3_600_000;
+        s.record_outcomes(
+            "A",
+            T0,
+            &[outcome(
+                rid,
+                OutcomeKind::Deferred {
+                    next_attempt_at: far,
+                    route_index: 0,
+                    count_attempt: true,
+                },
+                "451 later",
+            )],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            postgate::delivery::admin::retry(s, &m1.id).await.unwrap(),
+            2,
+            "{b}"
+        );
+        let shown = postgate::delivery::admin::show(s, &m1.id).await.unwrap();
+        assert!(shown
+            .recipients
+            .iter()
+            .all(|r| r.next_attempt_at >= now && r.next_attempt_at < far));
+        assert_eq!(shown.recipients[0].attempts, 1, "{b}: retry keeps attempts");
+
+        postgate::delivery::admin::delete(s, &m2.id).await.unwrap();
+        assert!(matches!(
+            postgate::delivery::admin::show(s, &m2.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        for r in [
+            postgate::delivery::admin::retry(s, "nope")
+                .await
+                .map(|_| ()),
+            postgate::delivery::admin::delete(s, "nope").await,
+            s.load_body("nope").await.map(|_| ()),
+        ] {
+            assert!(matches!(r, Err(StoreError::NotFound(_))), "{b}: {r:?}");
+        }
+        assert_eq!(s.queue_list(10).await.unwrap().len(), 1, "{b}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_share_a_recipient_on_every_backend() {
+    for t in all_stores().await {
+        let b = t.backend;
+        let store: Arc<dyn Store> = t.store.clone();
+        let mut expected = HashSet::new();
+        for i in 0..150 {
+            let m = message(
+                "a@example.com",
+                &["r1@x.org", "r2@x.org"],
+                format!("m{i}\r\n").as_bytes(),
+                T0,
+            );
+            store.enqueue(&m).await.unwrap();
+            expected.insert(m.id);
+        }
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let c = store
+                        .claim_due(&format!("w{w}"), T0, 600_000, 7)
+                        .await
+                        .unwrap();
+                    if c.is_empty() {
+                        break;
+                    }
+                    for m in c {
+                        for r in m.recipients {
+                            got.push((m.id.clone(), r.id));
+                        }
+                    }
+                }
+                got
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        let unique: HashSet<i64> = all.iter().map(|(_, r)| *r).collect();
+        assert_eq!(all.len(), 300, "{b}: every recipient claimed");
+        assert_eq!(unique.len(), 300, "{b}: no recipient claimed twice");
+        let messages: HashSet<String> = all.into_iter().map(|(m, _)| m).collect();
+        assert_eq!(messages, expected, "{b}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_enqueues_all_commit_and_a_bad_one_fails_alone_on_every_backend() {
+    for t in all_stores().await {
+        let b = t.backend;
+        let store: Arc<dyn Store> = t.store.clone();
+        let dup = message("a@example.com", &["r@x.org"], b"dup\r\n", T0);
+        store.enqueue(&dup).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let store = store.clone();
+            let m = if i == 50 {
+                dup.clone()
+            } else {
+                message(
+                    "a@example.com",
+                    &["r@x.org"],
+                    format!("m{i}\r\n").as_bytes(),
+                    T0,
+                )
+            };
+            tasks.push(tokio::spawn(async move { store.enqueue(&m).await }));
+        }
+        let mut ok = 0;
+        let mut conflicts = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(StoreError::Conflict(_)) => conflicts += 1,
+                Err(e) => panic!("{b}: {e}"),
+            }
+        }
+        assert_eq!((ok, conflicts), (99, 1), "{b}");
+        assert_eq!(store.queue_list(1000).await.unwrap().len(), 100, "{b}");
+        // A message without recipients is refused.
+        let empty = message("a@example.com", &[], b"x", T0);
+        assert!(
+            matches!(store.enqueue(&empty).await, Err(StoreError::Invalid(_))),
+            "{b}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_25_mb_message_round_trips_on_every_backend() {
+    for t in all_stores().await {
+        let body: Vec<u8> = (0..25 * 1024 * 1024)
+            .map(|i| b"abcdefghij\r\n"[i % 12])
+            .collect();
+        let m = message("a@example.com", &["r@x.org"], &body, T0);
+        t.store.enqueue(&m).await.unwrap();
+        let loaded = t.store.load_body(&m.id).await.unwrap();
+        assert_eq!(loaded.len(), body.len(), "{}", t.backend);
+        assert!(loaded == body, "{}", t.backend);
+    }
+}

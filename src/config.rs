@@ -234,6 +234,13 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     pub auth_cache: crate::auth_cache::AuthCacheConfig,
     pub limits: crate::limits::LimitsConfig,
+    pub queue: crate::delivery::config::QueueConfig,
+    /// `[[upstream]]`: the relays postgate delivers to (at least one to serve).
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<crate::delivery::config::UpstreamConfig>,
+    /// `[[route]]`: sender domain / user to an ordered list of upstreams.
+    #[serde(rename = "route")]
+    pub routes: Vec<crate::delivery::config::RouteConfig>,
     pub dkim: crate::dkim::DkimConfig,
     pub fixups: crate::fixups::FixupsConfig,
     pub http: crate::http::HttpConfig,
@@ -340,7 +347,21 @@ impl Config {
         if let Some(tls) = &self.tls {
             crate::tls::ServerTls::load(tls).map_err(|e| invalid("tls", e.to_string()))?;
         }
+        self.delivery()
+            .validate()
+            .map_err(|e| invalid("upstream/route/queue", e.to_string()))?;
         Ok(())
+    }
+
+    /// What [`crate::delivery::Delivery::start`] needs from this config.
+    pub fn delivery(&self) -> crate::delivery::config::DeliveryConfig {
+        crate::delivery::config::DeliveryConfig {
+            queue: self.queue.clone(),
+            upstreams: self.upstreams.clone(),
+            routes: self.routes.clone(),
+            hostname: self.server.hostname.clone(),
+            node_id: self.server.node_id(),
+        }
     }
 
     /// The effective configuration as TOML, secrets redacted.

@@ -31,6 +31,8 @@ pub enum RunError {
     Http(#[from] crate::http::HttpError),
     #[error(transparent)]
     Limits(#[from] crate::limits::LimitsError),
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::DeliveryError),
     #[error("cannot listen on {address} (http.address): {source}")]
     HttpBind {
         address: std::net::SocketAddr,
@@ -171,6 +173,12 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         listener_names,
     ));
 
+    let delivery_shutdown = CancellationToken::new();
+    let delivering = crate::delivery::Delivery::start(
+        store.clone(),
+        config.delivery(),
+        delivery_shutdown.clone(),
+    )?;
     let smtp_shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.serve(bound.smtp, smtp_shutdown.clone()));
     tracing::info!(hostname = %config.server.hostname, "postgate started");
@@ -180,6 +188,8 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     draining.cancel();
     smtp_shutdown.cancel();
     let _ = serving.await;
+    delivery_shutdown.cancel();
+    let _ = delivering.await;
     http_shutdown.cancel();
     invalidation.abort();
     background.shutdown().await;
@@ -188,8 +198,8 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
 }
 
 /// How long a message may stay queued (`queue.lifetime`).
-fn queue_lifetime(_config: &Config) -> Duration {
-    Duration::from_secs(5 * 24 * 3600)
+fn queue_lifetime(config: &Config) -> Duration {
+    config.queue.lifetime
 }
 
 /// The metrics label of a listener mode.

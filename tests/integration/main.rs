@@ -11,6 +11,7 @@ mod dkim_sign;
 mod dkim_store;
 mod dkim_verify;
 mod e2e_metrics;
+mod e2e_process;
 mod limits_auth_cache;
 mod limits_store;
 mod ops_deploy;

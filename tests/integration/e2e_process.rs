@@ -250,13 +250,19 @@ impl Serve {
             .await
             {
                 let mut b = [0u8; 3];
-                if matches!(timeout(Duration::from_secs(5), s.read_exact(&mut b)).await, Ok(Ok(_)))
-                    && &b == b"220"
+                if matches!(
+                    timeout(Duration::from_secs(5), s.read_exact(&mut b)).await,
+                    Ok(Ok(_))
+                ) && &b == b"220"
                 {
                     return serve;
                 }
             }
-            assert!(Instant::now() < deadline, "serve never greeted: {}", serve.logs());
+            assert!(
+                Instant::now() < deadline,
+                "serve never greeted: {}",
+                serve.logs()
+            );
             sleep(Duration::from_millis(100)).await;
         }
     }
@@ -369,7 +375,12 @@ impl Client {
     /// One transaction; Ok on 250 after the data, else the first refusal
     /// (the transaction is reset).
     async fn send(&mut self, rcpt: &str, body: &str) -> Result<(), (u16, String)> {
-        let steps = [format!("MAIL FROM:<{FROM}>"), format!("RCPT TO:<{rcpt}>")];
+        self.send_as(FROM, rcpt, body).await
+    }
+
+    /// [`Client::send`] with envelope sender `from`.
+    async fn send_as(&mut self, from: &str, rcpt: &str, body: &str) -> Result<(), (u16, String)> {
+        let steps = [format!("MAIL FROM:<{from}>"), format!("RCPT TO:<{rcpt}>")];
         for s in steps {
             let (code, text) = self.cmd(&s).await;
             if code != 250 {

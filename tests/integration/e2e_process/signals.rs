@@ -95,6 +95,7 @@ async fn sigterm(dir: &Path, url: &str) {
     // A finishes its message within the grace period.
     a.send_raw(b"\r\nfinished after SIGTERM\r\n.\r\n").await;
     let a_reply = a.try_reply().await;
+    eprintln!("{tag}: mid-DATA message finished after SIGTERM: {a_reply:?}");
     match &a_reply {
         Some((250, _)) => acked.push(a_subject.clone()),
         Some((421, _)) | None => {}
@@ -103,6 +104,10 @@ async fn sigterm(dir: &Path, url: &str) {
     // C and the idle client are told 421 (or closed) at the end of grace.
     for (name, cl) in [("abandoned", &mut c), ("idle", &mut idle)] {
         let r = cl.try_reply().await;
+        eprintln!(
+            "{tag}: {name} session at the end of grace: {r:?} after {:?}",
+            t0.elapsed()
+        );
         assert!(
             matches!(r, None | Some((421, _))),
             "{name} session got {r:?}"
@@ -113,6 +118,7 @@ async fn sigterm(dir: &Path, url: &str) {
         .unwrap_or_else(|_| panic!("no exit within grace + 10 s: {}", node.logs()))
         .unwrap();
     assert!(status.success(), "exit {status}: {}", node.logs());
+    eprintln!("{tag}: exit 0 after {:?}", t0.elapsed());
     assert!(
         t0.elapsed() < grace + Duration::from_secs(10),
         "took {:?}",
@@ -124,6 +130,11 @@ async fn sigterm(dir: &Path, url: &str) {
     wait_delivered(&up, &acked, Duration::from_secs(30)).await;
     sleep(Duration::from_secs(2)).await;
     let got = received_subjects(&up);
+    // A graceful stop records every attempt it let finish: no duplicates.
+    for s in &acked {
+        let n = got.iter().filter(|g| *g == s).count();
+        assert_eq!(n, 1, "{s} arrived {n} times");
+    }
     assert!(
         !got.contains(&c_subject),
         "the abandoned message was delivered"

@@ -84,7 +84,7 @@ async fn crash_and_restart(dir: &Path, url: &str) {
     eprintln!("{tag}: after restart {} copies of {N} messages", got.len());
     for s in &accepted {
         let n = got.iter().filter(|g| *g == s).count();
-        assert!(n >= 1 && n <= 2, "{s} arrived {n} times");
+        assert!((1..=2).contains(&n), "{s} arrived {n} times");
     }
     drop(node);
 }

@@ -159,7 +159,7 @@ const QUEUE: &str = r#"
 [queue]
 workers = 2
 batch = 4
-lease = "3s"
+lease = "5s"
 retry_initial = "1s"
 retry_max = "2s"
 retry_jitter = 0.0

@@ -38,6 +38,11 @@ pub use config::{
     AuthMechanism, DeliveryConfig, QueueConfig, RouteConfig, TlsMode, UpstreamConfig,
 };
 
+/// How long finished attempts wait for others of the same claim to share
+/// one outcome commit (and so the longest a delivered message waits to be
+/// recorded, on top of the commit itself).
+const OUTCOME_GATHER: Duration = Duration::from_millis(20);
+
 use crate::store::{
     new_queue_id, ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome, Store,
     StoreError,
@@ -282,20 +287,30 @@ impl Engine {
 
     /// Delivers the messages of one claim concurrently (the pools bound the
     /// sessions) and records each message's outcomes as soon as its own
-    /// attempt is over, in one transaction with any others that finished
-    /// meanwhile. Not waiting for the slowest message of the claim keeps the
+    /// attempt is over, in one transaction with any others that finish
+    /// within [`OUTCOME_GATHER`]. Not waiting for the slowest message of the claim keeps the
     /// duplicate window of a crash to "between the upstream's 250 and this
     /// commit" (issue #4), instead of up to a slow sibling's data timeout.
     async fn process_claim(&self, owner: &str, claimed: Vec<ClaimedMessage>) {
-        use futures::{FutureExt, StreamExt};
+        use futures::StreamExt;
         let mut attempts: futures::stream::FuturesUnordered<_> = claimed
             .into_iter()
             .map(|m| self.deliver_message(m))
             .collect();
         while let Some(first) = attempts.next().await {
             let mut results = vec![first];
-            while let Some(Some(more)) = attempts.next().now_or_never() {
-                results.push(more);
+            // What finishes within a moment shares the commit: one
+            // transaction for a burst, yet a short duplicate window.
+            let gather = tokio::time::sleep(OUTCOME_GATHER);
+            tokio::pin!(gather);
+            loop {
+                tokio::select! {
+                    more = attempts.next() => match more {
+                        Some(r) => results.push(r),
+                        None => break,
+                    },
+                    _ = &mut gather => break,
+                }
             }
             let outcomes: Vec<RecipientOutcome> = results
                 .iter()

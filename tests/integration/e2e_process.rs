@@ -437,6 +437,20 @@ async fn wait_delivered(up: &UpstreamServer, want: &[String], limit: Duration) {
     }
 }
 
+/// Waits until `postgate queue list` shows no message (every outcome was
+/// recorded: nothing is left leased or pending).
+async fn wait_queue_empty(config: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let list = cli(config, &["queue", "list"], None).await;
+        if list.lines().count() <= 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "queue never emptied:\n{list}");
+        sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// GET `path` on the HTTP server: the status code.
 async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut s = timeout(Duration::from_secs(2), TcpStream::connect(addr))

@@ -86,6 +86,7 @@ async fn crash_and_restart(dir: &Path, url: &str) {
         let n = got.iter().filter(|g| *g == s).count();
         assert!((1..=2).contains(&n), "{s} arrived {n} times");
     }
+    wait_queue_empty(&files.config, Duration::from_secs(20)).await;
     drop(node);
 }
 

@@ -28,10 +28,17 @@ const FROM: &str = "alice@example.com";
 /// Bound on one SMTP reply from the node.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A free TCP port on 127.0.0.1 (bound, read, released), below the
+/// ephemeral range (32768+) so outgoing connections never take it
+/// meanwhile. Another process may still bind it first: [`Serve::start`]
+/// then moves the node to new ports.
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().unwrap().port()
+    loop {
+        let port = 20000 + (uuid::Uuid::new_v4().as_u128() % 12000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Store URLs to run a test on: a fresh SQLite file in `dir`, and a fresh
@@ -74,6 +81,21 @@ struct NodeFiles {
     smtp_port: u16,
     http: SocketAddr,
     name: String,
+    /// The config with `@SMTP_PORT@` and `@HTTP@` still to fill in.
+    template: String,
+}
+
+impl NodeFiles {
+    /// Picks new free ports and rewrites the config file.
+    fn pick_ports(&mut self) {
+        self.smtp_port = free_port();
+        self.http = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = self
+            .template
+            .replace("@SMTP_PORT@", &self.smtp_port.to_string())
+            .replace("@HTTP@", &self.http.to_string());
+        std::fs::write(&self.config, text).unwrap();
+    }
 }
 
 /// Writes `dir/NAME.toml` for `s`, with a self-signed certificate in
@@ -85,9 +107,7 @@ fn write_node(dir: &Path, name: &str, s: &Settings) -> NodeFiles {
         std::fs::write(&cert, c).unwrap();
         std::fs::write(&key, k).unwrap();
     }
-    let smtp_port = free_port();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let text = format!(
+    let mut template = format!(
         r#"
 [server]
 hostname = "relay.test"
@@ -102,7 +122,7 @@ cert = "{cert}"
 key = "{key}"
 
 [[smtp.listener]]
-address = "127.0.0.1:{smtp_port}"
+address = "127.0.0.1:@SMTP_PORT@"
 mode = "{mode}"
 
 [auth]
@@ -114,7 +134,7 @@ iterations = 1
 parallelism = 1
 
 [http]
-address = "{http}"
+address = "@HTTP@"
 
 [[upstream]]
 name = "test-upstream"
@@ -138,20 +158,19 @@ filter = "info"
         up = s.upstream_port,
         extra = s.extra,
     );
-    let extra_queue = !s.extra.contains("[queue]");
-    let mut text = text;
-    if extra_queue {
-        text.push_str(QUEUE);
+    if !s.extra.contains("[queue]") {
+        template.push_str(QUEUE);
     }
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(&config, text).unwrap();
-    NodeFiles {
+    let mut files = NodeFiles {
         dir: dir.to_path_buf(),
-        config,
-        smtp_port,
-        http,
+        config: dir.join(format!("{name}.toml")),
+        smtp_port: 0,
+        http: "127.0.0.1:0".parse().unwrap(),
         name: name.to_string(),
-    }
+        template,
+    };
+    files.pick_ports();
+    files
 }
 
 /// Quick retries and short leases, so crash recovery fits in a test.
@@ -219,8 +238,22 @@ impl Drop for Serve {
 }
 
 impl Serve {
-    /// Starts `serve -c` on `files` and waits until the SMTP port greets.
-    async fn start(files: &NodeFiles) -> Serve {
+    /// Starts `serve -c` on `files` and waits until the SMTP port greets;
+    /// when another process took one of its ports meanwhile, moves the
+    /// node to new ports and tries again.
+    async fn start(files: &mut NodeFiles) -> Serve {
+        for _ in 0..5 {
+            match Serve::try_start(files).await {
+                Ok(serve) => return serve,
+                Err(logs) if logs.contains("Address already in use") => files.pick_ports(),
+                Err(logs) => panic!("serve exited at start: {logs}"),
+            }
+        }
+        panic!("no free ports for serve after 5 tries");
+    }
+
+    /// Starts once: the running node, or its logs if it exited at start.
+    async fn try_start(files: &NodeFiles) -> Result<Serve, String> {
         let log = files.dir.join(format!(
             "{}-{}.log",
             files.name,
@@ -241,7 +274,7 @@ impl Serve {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = serve.child.try_wait().unwrap() {
-                panic!("serve exited at start ({status}): {}", serve.logs());
+                return Err(format!("({status}) {}", serve.logs()));
             }
             if let Ok(Ok(mut s)) = timeout(
                 Duration::from_secs(2),
@@ -255,7 +288,7 @@ impl Serve {
                     Ok(Ok(_))
                 ) && &b == b"220"
                 {
-                    return serve;
+                    return Ok(serve);
                 }
             }
             assert!(

@@ -33,13 +33,13 @@ async fn crash_and_restart(dir: &Path, url: &str) {
     } else {
         "pg"
     };
-    let files = write_node(
+    let mut files = write_node(
         dir,
         &format!("crash-{tag}"),
         &Settings::new(url, up.addr.port()),
     );
     add_user(&files.config).await;
-    let node = Serve::start(&files).await;
+    let node = Serve::start(&mut files).await;
 
     let (mut c, code) = Client::login(files.smtp_port, USER, PASSWORD).await;
     assert_eq!(code, 235);
@@ -76,7 +76,7 @@ async fn crash_and_restart(dir: &Path, url: &str) {
         b.reply_delay = Duration::ZERO;
         b.rcpt_replies.clear();
     });
-    let node = Serve::start(&files).await;
+    let node = Serve::start(&mut files).await;
     wait_delivered(&up, &accepted, Duration::from_secs(45)).await;
     // At least once: each accepted message arrives, duplicates only for
     // messages whose delivery the kill interrupted.
@@ -142,7 +142,7 @@ poll_interval = "2s"
     );
     let mut settings = Settings::new(url, fast.addr.port());
     settings.extra = &extra;
-    let files = write_node(dir, &format!("late-{tag}"), &settings);
+    let mut files = write_node(dir, &format!("late-{tag}"), &settings);
     add_user(&files.config).await;
     cli(
         &files.config,
@@ -150,7 +150,7 @@ poll_interval = "2s"
         None,
     )
     .await;
-    let node = Serve::start(&files).await;
+    let node = Serve::start(&mut files).await;
 
     let (mut c, code) = Client::login(files.smtp_port, USER, PASSWORD).await;
     assert_eq!(code, 235);
@@ -179,7 +179,7 @@ poll_interval = "2s"
     node.crash().await;
 
     slow.set(|b| b.reply_delay = Duration::ZERO);
-    let node = Serve::start(&files).await;
+    let node = Serve::start(&mut files).await;
     wait_delivered(
         &slow,
         std::slice::from_ref(&slow_subject),

@@ -40,13 +40,13 @@ async fn dkim_end_to_end(dir: &Path, url: &str) {
     } else {
         "pg"
     };
-    let files = write_node(
+    let mut files = write_node(
         dir,
         &format!("dkim-{tag}"),
         &Settings::new(url, up.addr.port()),
     );
     add_user(&files.config).await;
-    let node = Serve::start(&files).await;
+    let node = Serve::start(&mut files).await;
 
     let mut records = cli(
         &files.config,

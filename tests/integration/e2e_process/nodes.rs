@@ -14,11 +14,11 @@ async fn two_nodes_share_rate_limits_and_auth_invalidation() {
     let up = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
     let mut settings = Settings::new(&url, up.addr.port());
     settings.extra = "[limits]\nbackend = \"postgres\"\nmessages_per_minute = 5\n";
-    let one = write_node(dir.path(), "node1", &settings);
-    let two = write_node(dir.path(), "node2", &settings);
+    let mut one = write_node(dir.path(), "node1", &settings);
+    let mut two = write_node(dir.path(), "node2", &settings);
     add_user(&one.config).await;
-    let _n1 = Serve::start(&one).await;
-    let _n2 = Serve::start(&two).await;
+    let _n1 = Serve::start(&mut one).await;
+    let _n2 = Serve::start(&mut two).await;
 
     // 8 messages alternating between the nodes: the shared GCRA counter
     // lets 5 through (burst = the per-minute quota) and refuses 3.

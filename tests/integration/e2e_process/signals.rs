@@ -25,9 +25,9 @@ async fn sigterm(dir: &Path, url: &str) {
     let grace = Duration::from_secs(3);
     let mut settings = Settings::new(url, up.addr.port());
     settings.grace = "3s";
-    let files = write_node(dir, &format!("term-{tag}"), &settings);
+    let mut files = write_node(dir, &format!("term-{tag}"), &settings);
     add_user(&files.config).await;
-    let mut node = Serve::start(&files).await;
+    let mut node = Serve::start(&mut files).await;
     assert_eq!(http_status(files.http, "/readyz").await, Some(200));
 
     // Deliveries in flight: three accepted messages, slow upstream.
@@ -126,7 +126,7 @@ async fn sigterm(dir: &Path, url: &str) {
     );
 
     // Nothing acknowledged is lost: a restart delivers what is left.
-    let node = Serve::start(&files).await;
+    let node = Serve::start(&mut files).await;
     wait_delivered(&up, &acked, Duration::from_secs(30)).await;
     sleep(Duration::from_secs(2)).await;
     let got = received_subjects(&up);
@@ -195,9 +195,9 @@ async fn sighup_reloads_certificate_and_keeps_it_on_bad_file() {
     let up = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
     let mut settings = Settings::new(&url, up.addr.port());
     settings.mode = "starttls";
-    let files = write_node(dir.path(), "hup", &settings);
+    let mut files = write_node(dir.path(), "hup", &settings);
     let a = pem_fingerprint(&std::fs::read_to_string(dir.path().join("cert.pem")).unwrap());
-    let mut node = Serve::start(&files).await;
+    let mut node = Serve::start(&mut files).await;
     assert_eq!(peer_fingerprint(files.smtp_port).await, a);
 
     let (cert_b, key_b) = postgate::tls::self_signed(&["localhost".into()]).unwrap();

@@ -158,7 +158,10 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             &config.http,
             metrics.clone(),
             store.clone(),
-            None,
+            Some(Arc::new(crate::admin::NodeAdmin {
+                store: store.clone(),
+                limiter: limiter.clone(),
+            })),
             None,
             draining.clone(),
         )?;
@@ -174,11 +177,18 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     ));
 
     let delivery_shutdown = CancellationToken::new();
-    let delivering = crate::delivery::Delivery::start(
-        store.clone(),
-        config.delivery(),
-        delivery_shutdown.clone(),
-    )?;
+    // `serve` refuses a config without upstreams; in-process callers may run
+    // an intake-only node (messages stay queued).
+    let delivering = if config.upstreams.is_empty() {
+        tracing::warn!("no [[upstream]] configured: accepted messages stay queued");
+        None
+    } else {
+        Some(crate::delivery::Delivery::start(
+            store.clone(),
+            config.delivery(),
+            delivery_shutdown.clone(),
+        )?)
+    };
     let smtp_shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.serve(bound.smtp, smtp_shutdown.clone()));
     tracing::info!(hostname = %config.server.hostname, "postgate started");
@@ -189,7 +199,9 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     smtp_shutdown.cancel();
     let _ = serving.await;
     delivery_shutdown.cancel();
-    let _ = delivering.await;
+    if let Some(d) = delivering {
+        let _ = d.await;
+    }
     http_shutdown.cancel();
     invalidation.abort();
     background.shutdown().await;

@@ -54,7 +54,7 @@ async fn delivers_to_postfix_smtp_sink() {
                 .spawn()
                 .expect("start smtp-sink"),
         );
-        wait_for(10, "smtp-sink listening", async || {
+        wait_for(30, "smtp-sink listening", async || {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()

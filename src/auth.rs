@@ -8,11 +8,13 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use crate::metrics::{Metrics, StoreOperation};
 use crate::password::{self, HashParams, Verification};
 use crate::smtp::ports::{AuthOutcome, Authenticator};
 use crate::store::{self, LimitOverrides, LoginCredential, Store};
@@ -29,6 +31,9 @@ pub struct Identity {
     pub senders: Vec<String>,
     /// Credential overrides on top of the user's.
     pub limits: LimitOverrides,
+    /// The user's own overrides (limits count the user and, when it has
+    /// overrides of its own, the credential separately).
+    pub user_limits: LimitOverrides,
     /// Per-user override of the listener's `normalize_line_endings`.
     pub normalize_line_endings: Option<bool>,
 }
@@ -81,6 +86,7 @@ pub struct StoreAuthenticator {
     params: HashParams,
     dummy: Arc<str>,
     verifications: Arc<Semaphore>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl StoreAuthenticator {
@@ -94,7 +100,29 @@ impl StoreAuthenticator {
             params: config.hash,
             dummy: password::dummy_hash(&config.hash)?.into(),
             verifications: Arc::new(Semaphore::new(config.max_concurrent_verifications)),
+            metrics: None,
         })
+    }
+
+    /// Times the store operations of each login (`login_lookup`,
+    /// `credential_used`) into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// `login_lookup`, timed.
+    async fn login_lookup(&self, name: &str) -> store::StoreResult<Option<store::LoginRecord>> {
+        let started = Instant::now();
+        let r = self.store.login_lookup(name).await;
+        self.timed(StoreOperation::LoginLookup, started, r.is_err());
+        r
+    }
+
+    fn timed(&self, operation: StoreOperation, started: Instant, failed: bool) {
+        if let Some(m) = &self.metrics {
+            m.store_operation(operation, started.elapsed(), failed);
+        }
     }
 
     /// Verifies `password` against each hash (or the dummy hash when there
@@ -136,7 +164,7 @@ fn now_ms() -> i64 {
 impl Authenticator for StoreAuthenticator {
     async fn authenticate(&self, username: &str, password: &str, _ip: IpAddr) -> AuthOutcome {
         let record = match store::normalize_username(username) {
-            Ok(name) => match self.store.login_lookup(&name).await {
+            Ok(name) => match self.login_lookup(&name).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "login lookup failed");
@@ -170,11 +198,13 @@ impl Authenticator for StoreAuthenticator {
         } else {
             None
         };
-        if let Err(e) = self
+        let started = Instant::now();
+        let used = self
             .store
             .credential_used(credential.id, now_ms(), upgraded.as_deref())
-            .await
-        {
+            .await;
+        self.timed(StoreOperation::CredentialUsed, started, used.is_err());
+        if let Err(e) = used {
             // The login itself is valid; only the bookkeeping failed.
             tracing::warn!(error = %e, "recording credential use failed");
         }
@@ -185,8 +215,51 @@ impl Authenticator for StoreAuthenticator {
             credential_label: credential.label.clone(),
             senders: record.senders,
             limits: merge_limits(&record.limits, &credential.limits),
+            user_limits: record.limits.clone(),
             normalize_line_endings: record.normalize_line_endings,
         })
+    }
+}
+
+/// An [`Authenticator`] that remembers successful logins in an
+/// [`crate::auth_cache::AuthCache`] (keyed by an HMAC of user and password),
+/// so reconnecting clients skip argon2; concurrent identical logins share one
+/// verification. Failures are never cached.
+pub struct CachedAuthenticator {
+    inner: Arc<dyn Authenticator>,
+    cache: Arc<crate::auth_cache::AuthCache<Identity, ()>>,
+}
+
+impl CachedAuthenticator {
+    /// Caches the successes of `inner` in `cache`.
+    pub fn new(
+        inner: Arc<dyn Authenticator>,
+        cache: Arc<crate::auth_cache::AuthCache<Identity, ()>>,
+    ) -> Self {
+        CachedAuthenticator { inner, cache }
+    }
+}
+
+#[async_trait]
+impl Authenticator for CachedAuthenticator {
+    async fn authenticate(&self, username: &str, password: &str, ip: IpAddr) -> AuthOutcome {
+        let key = store::normalize_username(username).unwrap_or_else(|_| username.to_string());
+        let inner = self.inner.clone();
+        let verified = self
+            .cache
+            .get_or_verify(&key, password.as_bytes(), || async move {
+                match inner.authenticate(username, password, ip).await {
+                    AuthOutcome::Ok(identity) => Ok(Some(identity)),
+                    AuthOutcome::Failed => Ok(None),
+                    AuthOutcome::Unavailable => Err(()),
+                }
+            })
+            .await;
+        match verified {
+            Ok(Some(identity)) => AuthOutcome::Ok(identity),
+            Ok(None) => AuthOutcome::Failed,
+            Err(()) => AuthOutcome::Unavailable,
+        }
     }
 }
 

@@ -232,6 +232,15 @@ pub struct Config {
     /// Required by `starttls` and `implicit-tls` listeners.
     pub tls: Option<crate::tls::TlsConfig>,
     pub auth: crate::auth::AuthConfig,
+    pub auth_cache: crate::auth_cache::AuthCacheConfig,
+    pub limits: crate::limits::LimitsConfig,
+    pub queue: crate::delivery::config::QueueConfig,
+    /// `[[upstream]]`: the relays postgate delivers to (at least one to serve).
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<crate::delivery::config::UpstreamConfig>,
+    /// `[[route]]`: sender domain / user to an ordered list of upstreams.
+    #[serde(rename = "route")]
+    pub routes: Vec<crate::delivery::config::RouteConfig>,
     pub dkim: crate::dkim::DkimConfig,
     pub fixups: crate::fixups::FixupsConfig,
     pub http: crate::http::HttpConfig,
@@ -300,6 +309,14 @@ impl Config {
         if let Err(e) = crate::password::validate_params(&self.auth.hash) {
             return Err(invalid("auth.hash", e.to_string()));
         }
+        let backend = if url.starts_with("sqlite:") {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        if let Err(e) = self.limits.validate(backend) {
+            return Err(invalid("limits.backend", e));
+        }
         if let Err(e) = self.fixups.validate() {
             return Err(invalid("fixups.remove_headers", e.to_string()));
         }
@@ -330,7 +347,21 @@ impl Config {
         if let Some(tls) = &self.tls {
             crate::tls::ServerTls::load(tls).map_err(|e| invalid("tls", e.to_string()))?;
         }
+        self.delivery()
+            .validate()
+            .map_err(|e| invalid("upstream/route/queue", e.to_string()))?;
         Ok(())
+    }
+
+    /// What [`crate::delivery::Delivery::start`] needs from this config.
+    pub fn delivery(&self) -> crate::delivery::config::DeliveryConfig {
+        crate::delivery::config::DeliveryConfig {
+            queue: self.queue.clone(),
+            upstreams: self.upstreams.clone(),
+            routes: self.routes.clone(),
+            hostname: self.server.hostname.clone(),
+            node_id: self.server.node_id(),
+        }
     }
 
     /// The effective configuration as TOML, secrets redacted.

@@ -9,12 +9,13 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::auth::Identity;
+use crate::metrics::{Metrics, RejectReason, StoreOperation};
 use crate::store::{self, NewMessage, NewRecipient, Store, StoreError};
 
 /// The TLS parameters of a session.
@@ -97,15 +98,22 @@ pub struct MessageProcessing {
     pub fixups: crate::fixups::FixupsConfig,
     /// `None` when signing is off (`dkim.enabled = false`).
     pub signer: Option<Arc<crate::dkim::Signer>>,
+    /// Where signatures are counted (and, unless [`StoreIntake::with_metrics`]
+    /// set others, queued and refused messages).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// The production [`Intake`]: processes the message (see
 /// [`MessageProcessing`]) and commits it to the store's queue.
+///
+/// With metrics, it counts what it decides itself: the refusals of header
+/// From, fixups and signing, a failed commit, the enqueue duration, and
+/// each message queued (with its size as stored, after fixups and signing).
 pub struct StoreIntake {
     store: Arc<dyn Store>,
     lifetime: Duration,
     processing: Option<MessageProcessing>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl StoreIntake {
@@ -115,13 +123,30 @@ impl StoreIntake {
             store,
             lifetime,
             processing: None,
+            metrics: None,
         }
     }
 
-    /// Adds header policy, fixups and signing before the commit.
+    /// Adds header policy, fixups and signing before the commit (and takes
+    /// `processing.metrics` as its metrics unless some are set already).
     pub fn with_processing(mut self, processing: MessageProcessing) -> Self {
+        if self.metrics.is_none() {
+            self.metrics = processing.metrics.clone();
+        }
         self.processing = Some(processing);
         self
+    }
+
+    /// Counts queued and refused messages and times the enqueue into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn rejected(&self, reason: RejectReason) {
+        if let Some(m) = &self.metrics {
+            m.message_rejected(reason);
+        }
     }
 
     /// The bytes to store (and later deliver) for `submission`: the one
@@ -143,7 +168,10 @@ impl StoreIntake {
         };
         if p.enforce_header_from {
             crate::fixups::check_header_from(&submission.body, &submission.identity.senders)
-                .map_err(|e| rejected(550, "5.7.1", e.to_string()))?;
+                .map_err(|e| {
+                    self.rejected(RejectReason::FromNotAllowed);
+                    rejected(550, "5.7.1", e.to_string())
+                })?;
         }
         let recipients: Vec<String> = submission
             .recipients
@@ -170,10 +198,11 @@ impl StoreIntake {
             recipients: &recipients,
             config: &p.fixups,
         };
-        let fixed = Bytes::from(
-            crate::fixups::apply(&submission.body, &ctx)
-                .map_err(|e| rejected(550, "5.6.0", e.to_string()))?,
-        );
+        let fixed = Bytes::from(crate::fixups::apply(&submission.body, &ctx).map_err(|e| {
+            // A header the fixups cannot parse: no closer label.
+            self.rejected(RejectReason::Internal);
+            rejected(550, "5.6.0", e.to_string())
+        })?);
         let Some(signer) = &p.signer else {
             return Ok(fixed);
         };
@@ -199,7 +228,10 @@ impl StoreIntake {
                     Ok(Bytes::from(sigs.prepend_to(&fixed)))
                 }
             }
-            Err(e) if e.is_permanent() => Err(rejected(550, "5.7.1", e.to_string())),
+            Err(e) if e.is_permanent() => {
+                self.rejected(RejectReason::SignatureRequired);
+                Err(rejected(550, "5.7.1", e.to_string()))
+            }
             Err(e) => {
                 if let Some(m) = &p.metrics {
                     m.dkim_signature(
@@ -208,6 +240,7 @@ impl StoreIntake {
                     );
                 }
                 tracing::error!(queue_id, error = %e, "DKIM signing failed");
+                self.rejected(RejectReason::Internal);
                 Err(rejected(
                     451,
                     "4.3.0",
@@ -231,12 +264,13 @@ impl Intake for StoreIntake {
         let id = store::new_queue_id();
         let received_at = now_ms();
         let body = self.final_body(&submission, &id, received_at).await?;
+        let user = submission.identity.username;
         let message = NewMessage {
             id,
             sender: submission.sender,
             recipients: submission.recipients,
             user_id: Some(submission.identity.user_id),
-            username: Some(submission.identity.username),
+            username: Some(user.clone()),
             credential: Some(submission.identity.credential_label),
             body,
             envid: submission.envid,
@@ -246,7 +280,24 @@ impl Intake for StoreIntake {
             received_at,
             expires_at: received_at.saturating_add(self.lifetime.as_millis() as i64),
         };
-        self.store.enqueue(&message).await?;
+        let started = Instant::now();
+        let committed = self.store.enqueue(&message).await;
+        if let Some(m) = &self.metrics {
+            m.store_operation(
+                StoreOperation::Enqueue,
+                started.elapsed(),
+                committed.is_err(),
+            );
+            match &committed {
+                Ok(()) => m.message_queued(
+                    Some(&user),
+                    message.recipients.len(),
+                    message.body.len() as u64,
+                ),
+                Err(_) => m.message_rejected(RejectReason::StoreUnavailable),
+            }
+        }
+        committed?;
         Ok(message.id)
     }
 }

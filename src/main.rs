@@ -45,9 +45,39 @@ enum Command {
     Sender(SenderCommand),
     /// Read a password on stdin and print its argon2id PHC hash (for plain-SQL account management).
     HashPassword,
+    /// Show or reset rate-limit counters and lockouts (shared backends;
+    /// with backend = "local" use the HTTP admin endpoint /admin/limits).
+    #[command(subcommand)]
+    Limits(LimitsCommand),
+    /// Inspect and act on the queue (works against the live store).
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Manage DKIM signing keys.
     #[command(subcommand)]
     Dkim(DkimCommand),
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Messages in the queue, oldest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// A message's envelope, recipients and delivery log (never the body).
+    Show { id: String },
+    /// Make every pending recipient of a message due now.
+    Retry { id: String },
+    /// Remove a message from the queue (logged as "deleted"; no DSN).
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum LimitsCommand {
+    /// Print the current counters and lockouts.
+    Show,
+    /// Clear the counters and lockouts of an IP address, a username, uid:ID or cred:ID.
+    Reset { target: String },
 }
 
 #[derive(Subcommand)]
@@ -289,6 +319,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::User(cmd) => user(&cli, cmd).await,
         Command::Dkim(cmd) => dkim(&cli, cmd).await,
+        Command::Limits(cmd) => limits(&cli, cmd).await,
+        Command::Queue(cmd) => queue(&cli, cmd).await,
         Command::Sender(cmd) => sender(&cli, cmd).await,
     }
 }
@@ -422,6 +454,113 @@ async fn dkim(cli: &Cli, cmd: &DkimCommand) -> Result<(), Failure> {
         DkimCommand::List => print!("{}", dkim::cli_list(&*store).await?),
         DkimCommand::Retire { domain, selector } => {
             print!("{}", dkim::cli_retire(&*store, domain, selector).await?)
+        }
+    }
+    Ok(())
+}
+
+async fn limits(cli: &Cli, cmd: &LimitsCommand) -> Result<(), Failure> {
+    use postgate::limits::{clock::SystemClock, config::LimitsBackend, operator, Limiter};
+    let config = load_config(cli)?;
+    if config.limits.backend == LimitsBackend::Local {
+        return Err(Failure(
+            format!(
+                "limits.backend is \"local\": the counters live in the serving process; use GET/POST {}/admin/limits with the admin token",
+                format_args!("http://{}", config.http.address)
+            ),
+            1,
+        ));
+    }
+    let store = open_store(&config).await?;
+    let limit_store: std::sync::Arc<dyn postgate::store::LimitStore> = store.clone();
+    let limiter = Limiter::new(
+        config.limits.clone(),
+        Some(limit_store),
+        std::sync::Arc::new(SystemClock),
+    )?;
+    match cmd {
+        LimitsCommand::Show => print!("{}", operator::show(&limiter).await?),
+        LimitsCommand::Reset { target } => {
+            let n = operator::reset(&limiter, &*store, target).await?;
+            println!("removed {n} counter(s) of {target}");
+        }
+    }
+    Ok(())
+}
+
+async fn queue(cli: &Cli, cmd: &QueueCommand) -> Result<(), Failure> {
+    use postgate::delivery::admin;
+    let config = load_config(cli)?;
+    let store = open_store(&config).await?;
+    match cmd {
+        QueueCommand::List { limit } => {
+            println!(
+                "{:<32} {:<30} {:>9} {:>5}/{:<5} {:<20} next attempt",
+                "id", "sender", "size", "left", "rcpts", "received"
+            );
+            for e in admin::list(&*store, *limit).await? {
+                println!(
+                    "{:<32} {:<30} {:>9} {:>5}/{:<5} {:<20} {}",
+                    e.id,
+                    if e.sender.is_empty() {
+                        "<> (DSN)"
+                    } else {
+                        &e.sender
+                    },
+                    e.size,
+                    e.pending,
+                    e.recipients,
+                    format_ms(e.received_at),
+                    e.next_attempt_at
+                        .map(format_ms)
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        QueueCommand::Show { id } => {
+            let d = admin::show(&*store, id).await?;
+            let e = &d.entry;
+            println!("id:        {}", e.id);
+            println!(
+                "sender:    {}",
+                if e.sender.is_empty() { "<>" } else { &e.sender }
+            );
+            println!("user:      {}", e.username.as_deref().unwrap_or("-"));
+            println!("size:      {}", e.size);
+            println!("received:  {}", format_ms(e.received_at));
+            println!("expires:   {}", format_ms(d.expires_at));
+            println!("recipients:");
+            for r in &d.recipients {
+                println!(
+                    "  {:<40} {:<9} attempts={} next={} upstream={} reply={}",
+                    r.address,
+                    r.status,
+                    r.attempts,
+                    format_ms(r.next_attempt_at),
+                    r.last_upstream.as_deref().unwrap_or("-"),
+                    r.last_reply.as_deref().unwrap_or("-")
+                );
+            }
+            println!("log:");
+            for l in &d.log {
+                println!(
+                    "  {} {:<40} {:<9} attempt={} upstream={} {}",
+                    format_ms(l.at),
+                    l.recipient,
+                    l.outcome,
+                    l.attempt,
+                    l.upstream.as_deref().unwrap_or("-"),
+                    l.reply.as_deref().unwrap_or("")
+                );
+            }
+        }
+        QueueCommand::Retry { id } => {
+            let n = admin::retry(&*store, id).await?;
+            println!("{n} recipient(s) of {id} due now");
+        }
+        QueueCommand::Delete { id } => {
+            admin::delete(&*store, id).await?;
+            println!("deleted {id}");
         }
     }
     Ok(())

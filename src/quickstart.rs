@@ -78,6 +78,18 @@ mode = "implicit-tls"
 
 [http]
 address = "127.0.0.1:{HTTP_PORT}"
+
+# Delivery to a local SMTP sink without TLS (e.g. `python3 -m aiosmtpd -n
+# -l 127.0.0.1:{SINK_PORT}`). A real upstream uses tls = "starttls" or "implicit".
+[[upstream]]
+name = "local-sink"
+host = "127.0.0.1"
+port = {SINK_PORT}
+tls = "none"
+
+[queue]
+retry_initial = "10s"
+retry_max = "1m"
 "#
     )
 }

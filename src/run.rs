@@ -29,6 +29,10 @@ pub enum RunError {
     Dkim(#[from] crate::dkim::DkimError),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    #[error(transparent)]
+    Limits(#[from] crate::limits::LimitsError),
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::DeliveryError),
     #[error("cannot listen on {address} (http.address): {source}")]
     HttpBind {
         address: std::net::SocketAddr,
@@ -110,21 +114,41 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             signer: signer.clone(),
             metrics: Some(metrics.clone()),
         });
+    let limit_store: Arc<dyn crate::store::LimitStore> = store.clone();
+    let limiter = Arc::new(crate::limits::Limiter::new(
+        config.limits.clone(),
+        Some(limit_store),
+        Arc::new(crate::limits::clock::SystemClock),
+    )?);
+    let verifier: Arc<dyn crate::smtp::ports::Authenticator> = Arc::new(
+        crate::auth::StoreAuthenticator::new(store.clone(), &config.auth)?
+            .with_metrics(metrics.clone()),
+    );
+    let auth_cache = Arc::new(crate::auth_cache::AuthCache::new(config.auth_cache.clone()));
+    let invalidation = auth_cache.spawn_invalidation(store.subscribe_auth_changes().await?);
     let ports = crate::smtp::session::Ports {
-        authenticator: Arc::new(crate::auth::StoreAuthenticator::new(
-            store.clone(),
-            &config.auth,
-        )?),
+        authenticator: Arc::new(crate::auth::CachedAuthenticator::new(verifier, auth_cache)),
         intake: Arc::new(intake),
-        limits: Arc::new(crate::smtp::ports::NoLimits),
+        limits: Arc::new(crate::limits::LimiterPorts::new(
+            limiter.clone(),
+            Some(metrics.clone()),
+        )),
     };
+    let mut smtp_config = config.smtp.clone();
+    // Two keys bound concurrent connections per IP; the lower one applies.
+    if config.limits.ip_concurrent_connections > 0 {
+        smtp_config.max_connections_per_ip = smtp_config
+            .max_connections_per_ip
+            .min(config.limits.ip_concurrent_connections as usize);
+    }
     let server = crate::smtp::server::Server::new(
         config.server.hostname.clone(),
-        config.smtp.clone(),
+        smtp_config,
         tls.clone(),
         ports,
         config.server.shutdown_grace,
-    )?;
+    )?
+    .with_metrics(metrics.clone());
 
     let draining = CancellationToken::new();
     let http_shutdown = CancellationToken::new();
@@ -149,6 +173,12 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         listener_names,
     ));
 
+    let delivery_shutdown = CancellationToken::new();
+    let delivering = crate::delivery::Delivery::start(
+        store.clone(),
+        config.delivery(),
+        delivery_shutdown.clone(),
+    )?;
     let smtp_shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.serve(bound.smtp, smtp_shutdown.clone()));
     tracing::info!(hostname = %config.server.hostname, "postgate started");
@@ -158,15 +188,18 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     draining.cancel();
     smtp_shutdown.cancel();
     let _ = serving.await;
+    delivery_shutdown.cancel();
+    let _ = delivering.await;
     http_shutdown.cancel();
+    invalidation.abort();
     background.shutdown().await;
     tracing::info!("shutdown complete");
     Ok(())
 }
 
 /// How long a message may stay queued (`queue.lifetime`).
-fn queue_lifetime(_config: &Config) -> Duration {
-    Duration::from_secs(5 * 24 * 3600)
+fn queue_lifetime(config: &Config) -> Duration {
+    config.queue.lifetime
 }
 
 /// The metrics label of a listener mode.

@@ -22,8 +22,12 @@ pub mod config;
 mod counters;
 pub mod gcra;
 pub mod keys;
+pub mod operator;
+mod session;
 mod slots;
 mod snapshot;
+
+pub use session::LimiterPorts;
 
 use std::fmt;
 use std::net::IpAddr;

@@ -6,6 +6,10 @@
 //! plus one partial command line (capped by the framer), message content
 //! goes to the session's size-capped body, and replies are flushed whenever
 //! all pending input is processed (RFC 2920 §3.2: pipelined replies in order).
+//!
+//! With [`Server::with_metrics`], each listener (named by its configured
+//! address) counts accepted and refused connections, open sessions and
+//! failed TLS handshakes.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,10 +24,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::intake::TlsInfo;
+use crate::metrics::{ConnectionRefusal, ListenerMetrics, Metrics};
 use crate::smtp::config::{ListenerConfig, ListenerMode, SmtpConfig, SmtpConfigError};
 use crate::smtp::proxy;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Ports, Session, SessionSettings};
+use crate::smtp::session::metrics::connection_refusal;
+use crate::smtp::session::{Ports, Session, SessionMetrics, SessionSettings};
 use crate::tls::ServerTls;
 
 /// Largest read per syscall; the input buffer never grows far beyond it.
@@ -37,6 +43,7 @@ pub struct Server {
     ports: Ports,
     conns: Arc<ConnectionCaps>,
     shutdown_grace: Duration,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Global and per-IP concurrent connection counts.
@@ -138,7 +145,16 @@ impl Server {
             ports,
             conns,
             shutdown_grace,
+            metrics: None,
         })
+    }
+
+    /// Records connections, refusals, open sessions and TLS failures per
+    /// listener (named by its address), and every session's AUTH outcomes,
+    /// refusals and received messages, into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Binds every listener of `config` (call before dropping privileges;
@@ -203,6 +219,9 @@ impl Server {
         hard: CancellationToken,
     ) {
         let cfg = Arc::new(cfg);
+        let lm = self.metrics.as_ref().map(|m| {
+            Arc::new(m.listener(&cfg.address.to_string(), crate::run::tls_mode(cfg.mode)))
+        });
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -218,14 +237,21 @@ impl Server {
                 }
             };
             let _ = tcp.set_nodelay(true);
+            if let Some(lm) = &lm {
+                lm.connection_accepted();
+            }
             let server = self.clone();
             let cfg = cfg.clone();
+            let lm = lm.clone();
             let (shutdown, hard) = (shutdown.clone(), hard.clone());
             let id = uuid::Uuid::now_v7().simple().to_string();
             let span = tracing::info_span!("smtp", session = %id);
             tracker.spawn(
                 async move {
-                    server.connection(id, cfg, tcp, peer, shutdown, hard).await;
+                    let listener = Listener { cfg, metrics: lm };
+                    server
+                        .connection(id, listener, tcp, peer, shutdown, hard)
+                        .await;
                 }
                 .instrument(span),
             );
@@ -235,15 +261,20 @@ impl Server {
     async fn connection(
         self: Arc<Self>,
         id: String,
-        cfg: Arc<ListenerConfig>,
+        listener: Listener,
         mut tcp: TcpStream,
         peer: SocketAddr,
         shutdown: CancellationToken,
         hard: CancellationToken,
     ) {
+        let Listener { cfg, metrics: lm } = listener;
+        let lm = lm.as_deref();
         let implicit = cfg.mode == ListenerMode::ImplicitTls;
         let Some(mut slot) = self.conns.acquire_global() else {
             tracing::info!(session = %id, peer = %peer, "global connection cap reached");
+            if let Some(lm) = lm {
+                lm.connection_refused(ConnectionRefusal::GlobalCap);
+            }
             refuse(&mut tcp, implicit, &Reply::too_many_connections()).await;
             return;
         };
@@ -260,14 +291,22 @@ impl Server {
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     tracing::info!(session = %id, peer = %peer, error = %e, "bad PROXY header");
+                    if let Some(lm) = lm {
+                        lm.connection_refused(ConnectionRefusal::ProxyHeader);
+                    }
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    if let Some(lm) = lm {
+                        lm.connection_refused(ConnectionRefusal::ProxyHeader);
+                    }
+                    return;
+                }
             }
         }
         let ip = client.ip();
         tracing::info!(session = %id, client = %client, peer = %peer, listener = %cfg.address, "connect");
-        let refusal = self.admission(&id, &mut slot, ip).await;
+        let refusal = self.admission(&id, &mut slot, ip, lm).await;
         let settings = Arc::new(SessionSettings {
             hostname: self.hostname.clone(),
             max_message_size: self.config.max_message_size,
@@ -276,6 +315,7 @@ impl Server {
             starttls_available: self.tls.is_some() && cfg.mode != ListenerMode::ImplicitTls,
             auth_without_tls: cfg.mode == ListenerMode::Plain && ip.is_loopback(),
             normalize_line_endings: cfg.normalize_line_endings,
+            metrics: SessionMetrics::new(self.metrics.clone()),
         });
         let mut inbuf = BytesMut::new();
         let ctx = Ctx {
@@ -285,7 +325,7 @@ impl Server {
         };
         if implicit {
             let Some(tls) = &self.tls else { return };
-            let Some((mut stream, info)) = self.handshake(&id, tls, tcp).await else {
+            let Some((mut stream, info)) = self.handshake(&id, tls, tcp, lm).await else {
                 return;
             };
             // RFC 8314 §3.3: on implicit TLS, even a refusal is sent in TLS.
@@ -295,6 +335,7 @@ impl Server {
                 let _ = stream.shutdown().await;
                 return;
             }
+            let _open = lm.map(ListenerMetrics::session_started);
             let mut session = Session::new(id, settings, self.ports.clone(), ip, Some(info));
             let greeting = session.greeting();
             drive(&mut stream, &mut session, &mut inbuf, Some(greeting), &ctx).await;
@@ -306,6 +347,7 @@ impl Server {
             refuse(&mut tcp, false, &reply).await;
             return;
         }
+        let _open = lm.map(ListenerMetrics::session_started);
         let mut session = Session::new(id.clone(), settings, self.ports.clone(), ip, None);
         let greeting = session.greeting();
         match drive(&mut tcp, &mut session, &mut inbuf, Some(greeting), &ctx).await {
@@ -315,7 +357,7 @@ impl Server {
                 // handshake may be interpreted after it.
                 inbuf.clear();
                 let Some(tls) = &self.tls else { return };
-                let Some((mut stream, info)) = self.handshake(&id, tls, tcp).await else {
+                let Some((mut stream, info)) = self.handshake(&id, tls, tcp, lm).await else {
                     return;
                 };
                 session.on_tls(info);
@@ -328,13 +370,25 @@ impl Server {
 
     /// Per-IP cap and connection rate limit for the real client `ip`:
     /// `Some(refusal)` to send before closing.
-    async fn admission(&self, id: &str, slot: &mut Slot, ip: IpAddr) -> Option<Reply> {
+    async fn admission(
+        &self,
+        id: &str,
+        slot: &mut Slot,
+        ip: IpAddr,
+        lm: Option<&ListenerMetrics>,
+    ) -> Option<Reply> {
         if !self.conns.acquire_ip(slot, ip) {
             tracing::info!(session = %id, client = %ip, "per-IP connection cap reached");
+            if let Some(lm) = lm {
+                lm.connection_refused(ConnectionRefusal::IpCap);
+            }
             return Some(Reply::too_many_connections());
         }
         if let Err(refusal) = self.ports.limits.connection(ip).await {
             tracing::info!(session = %id, client = %ip, reason = %refusal.reason, "connection rate-limited");
+            if let Some(lm) = lm {
+                lm.connection_refused(connection_refusal(&refusal.reason));
+            }
             return Some(Reply::connection_limited(&refusal));
         }
         None
@@ -345,6 +399,7 @@ impl Server {
         id: &str,
         tls: &ServerTls,
         tcp: TcpStream,
+        lm: Option<&ListenerMetrics>,
     ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
         let accept = tls.acceptor().accept(tcp);
         match tokio::time::timeout(self.config.handshake_timeout, accept).await {
@@ -365,14 +420,26 @@ impl Server {
             }
             Ok(Err(e)) => {
                 tracing::info!(session = %id, error = %e, "tls handshake failed");
+                if let Some(lm) = lm {
+                    lm.tls_handshake_failed();
+                }
                 None
             }
             Err(_) => {
                 tracing::info!(session = %id, "tls handshake timed out");
+                if let Some(lm) = lm {
+                    lm.tls_handshake_failed();
+                }
                 None
             }
         }
     }
+}
+
+/// One listener's config and its metric series (shared by its sessions).
+struct Listener {
+    cfg: Arc<ListenerConfig>,
+    metrics: Option<Arc<ListenerMetrics>>,
 }
 
 struct Ctx<'a> {

@@ -6,6 +6,10 @@
 //! limits through [`Authenticator`], [`Intake`] and [`SessionLimits`].
 //! After a `220` to STARTTLS, [`Session::take_starttls`] is true; the server
 //! discards buffered input, upgrades, and calls [`Session::on_tls`].
+//! AUTH outcomes, refused transactions and received messages are counted
+//! through [`SessionSettings::metrics`] (see [`metrics`]); rate-limit
+//! refusals are counted by the [`SessionLimits`] implementation, which
+//! knows their exact labels.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::auth::Identity;
 use crate::intake::{ClientInfo, Intake, Submission, TlsInfo};
+use crate::metrics::{AuthResult, RejectReason};
 use crate::policy;
 use crate::smtp::command::{
     self, Command, LineFramer, MailParams, Mechanism, RcptParams, MAX_AUTH_LINE,
@@ -23,6 +28,10 @@ use crate::smtp::ports::{AuthOutcome, Authenticator, SessionLimits};
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::{self, Credentials, Exchange, Step};
 use crate::store::NewRecipient;
+
+#[path = "session_metrics.rs"]
+pub mod metrics;
+pub use metrics::SessionMetrics;
 
 /// What a session needs to know about its listener and limits.
 #[derive(Debug, Clone)]
@@ -41,6 +50,8 @@ pub struct SessionSettings {
     pub auth_without_tls: bool,
     /// Bare CR/LF in DATA become CRLF instead of being refused (per-user override wins).
     pub normalize_line_endings: bool,
+    /// Where AUTH outcomes, refusals and received messages are counted.
+    pub metrics: SessionMetrics,
 }
 
 /// The traits a session talks to.
@@ -324,7 +335,10 @@ impl Session {
         };
         match sasl::start(mechanism, initial.as_deref()) {
             Ok(step) => self.sasl_step(step, name).await,
-            Err(e) => Reply::from(&e),
+            Err(e) => {
+                self.settings.metrics.auth(name, AuthResult::Error);
+                Reply::from(&e)
+            }
         }
     }
 
@@ -334,16 +348,21 @@ impl Session {
         mechanism: &'static str,
         line: Result<Bytes, command::CommandError>,
     ) -> Reply {
+        // A cancelled or garbled exchange ends the attempt (RFC 4954 §4).
+        let failed = |reply: Reply| {
+            self.settings.metrics.auth(mechanism, AuthResult::Error);
+            reply
+        };
         let text = match line.and_then(|l| command::strip_line(&l).map(<[u8]>::to_vec)) {
             Ok(t) => t,
-            Err(e) => return Reply::from(&e),
+            Err(e) => return failed(Reply::from(&e)),
         };
         let Ok(text) = String::from_utf8(text) else {
-            return Reply::from(&sasl::SaslError::Base64);
+            return failed(Reply::from(&sasl::SaslError::Base64));
         };
         match exchange.respond(&text) {
             Ok(step) => self.sasl_step(step, mechanism).await,
-            Err(e) => Reply::from(&e),
+            Err(e) => failed(Reply::from(&e)),
         }
     }
 
@@ -362,6 +381,8 @@ impl Session {
         match limits.auth_allowed(self.ip, &c.username).await {
             Err(refusal) => {
                 tracing::info!(session = %self.id, username = %c.username, reason = %refusal.reason, "auth rate-limited");
+                // The refusal itself is counted by the SessionLimits implementation.
+                self.settings.metrics.auth(mechanism, AuthResult::LockedOut);
                 return Reply::auth_limited(&refusal);
             }
             Ok(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
@@ -374,23 +395,33 @@ impl Session {
             .await;
         let success = matches!(outcome, AuthOutcome::Ok(_));
         limits.auth_result(self.ip, &c.username, success).await;
+        let m = self.settings.metrics.clone();
         match outcome {
             AuthOutcome::Ok(identity) => match limits.session_start(&identity).await {
                 Ok(slot) => {
                     tracing::info!(session = %self.id, username = %identity.username,
                         credential = %identity.credential_label, mechanism, "auth ok");
+                    m.auth(mechanism, AuthResult::Success);
                     self._slot = Some(slot);
                     self.identity = Some(identity);
                     self.mechanism = mechanism;
                     Reply::auth_ok()
                 }
-                Err(refusal) => Reply::session_limited(&refusal),
+                Err(refusal) => {
+                    // Right password, but no 235: a temporary refusal.
+                    m.auth(mechanism, AuthResult::Error);
+                    Reply::session_limited(&refusal)
+                }
             },
             AuthOutcome::Failed => {
                 tracing::info!(session = %self.id, username = %c.username, mechanism, "auth failed");
+                m.auth(mechanism, AuthResult::Failed);
                 Reply::auth_failed()
             }
-            AuthOutcome::Unavailable => Reply::auth_unavailable(),
+            AuthOutcome::Unavailable => {
+                m.auth(mechanism, AuthResult::Error);
+                Reply::auth_unavailable()
+            }
         }
     }
 
@@ -399,7 +430,9 @@ impl Session {
         if self.helo.is_none() {
             return Reply::bad_sequence("send EHLO first");
         }
+        let metrics = &self.settings.metrics;
         let Some(identity) = &self.identity else {
+            metrics.rejected(RejectReason::AuthRequired);
             return if self.auth_allowed_here() {
                 Reply::auth_required()
             } else {
@@ -410,10 +443,12 @@ impl Session {
             return Reply::bad_sequence("nested MAIL command");
         }
         if m.address.is_empty() {
+            metrics.rejected(RejectReason::SenderNotAllowed);
             return Reply::null_sender();
         }
         if let Some(size) = m.size.filter(|&s| s > self.settings.max_message_size) {
             tracing::info!(session = %self.id, size, "declared size too big");
+            metrics.rejected(RejectReason::TooLarge);
             return Reply::too_big(self.settings.max_message_size);
         }
         if !m.smtputf8 && !m.address.is_ascii() {
@@ -425,6 +460,7 @@ impl Session {
             }
             None => {
                 tracing::info!(session = %self.id, sender = %m.address, username = %identity.username, "sender not permitted");
+                metrics.rejected(RejectReason::SenderNotAllowed);
                 return Reply::sender_not_permitted(
                     &m.address,
                     &identity.username,
@@ -455,6 +491,9 @@ impl Session {
             return Reply::recipient_ok();
         }
         if txn.recipients.len() >= self.settings.max_recipients {
+            self.settings
+                .metrics
+                .rejected(RejectReason::TooManyRecipients);
             return Reply::too_many_recipients(self.settings.max_recipients);
         }
         txn.recipients.push(NewRecipient {
@@ -477,6 +516,7 @@ impl Session {
         let n = txn.recipients.len() as u32;
         if let Err(refusal) = self.ports.limits.message(identity, n).await {
             tracing::info!(session = %self.id, reason = %refusal.reason, "message rate-limited");
+            self.settings.metrics.rejected(RejectReason::RateLimited);
             return Err(Reply::message_limited(&refusal));
         }
         Ok(())
@@ -512,10 +552,14 @@ impl Session {
         let Some(txn) = self.txn.take() else {
             return Reply::bad_sequence("no transaction");
         };
+        self.settings.metrics.received();
         match result {
             Ok(body) => self.submit(txn, body).await,
             Err(e) => {
                 tracing::info!(session = %self.id, error = %e, "message refused");
+                self.settings
+                    .metrics
+                    .rejected(metrics::data_error_reason(&e));
                 Reply::from(&e)
             }
         }
@@ -538,6 +582,7 @@ impl Session {
             }
         } else if self.txn.is_none() {
             refusal = Some(if self.identity.is_none() {
+                self.settings.metrics.rejected(RejectReason::AuthRequired);
                 Reply::auth_required()
             } else {
                 Reply::bad_sequence("need MAIL and RCPT before BDAT")
@@ -576,9 +621,17 @@ impl Session {
             return Reply::bad_sequence("no transaction");
         };
         let body = txn.bdat.take().map(Body::finish);
+        if last {
+            self.settings.metrics.received();
+        }
         match body {
             Some(Ok(body)) => self.submit(txn, body).await,
-            Some(Err(e)) => Reply::from(&e),
+            Some(Err(e)) => {
+                self.settings
+                    .metrics
+                    .rejected(metrics::data_error_reason(&e));
+                Reply::from(&e)
+            }
             None => Reply::bad_sequence("no BDAT transaction"),
         }
     }
@@ -611,6 +664,7 @@ impl Session {
                 Reply::queued(&queue_id)
             }
             Err(e) => {
+                // Not counted here: the intake counts the refusals it decides.
                 tracing::warn!(session = %self.id, error = %e, "intake refused message");
                 Reply::from(&e)
             }

@@ -24,6 +24,7 @@ impl Authenticator for FakeAuth {
                 credential_label: "laptop".into(),
                 senders: vec!["@example.com".into()],
                 limits: LimitOverrides::default(),
+                user_limits: Default::default(),
                 normalize_line_endings: None,
             }),
             ("down", _) => AuthOutcome::Unavailable,
@@ -84,6 +85,7 @@ fn settings() -> SessionSettings {
         starttls_available: true,
         auth_without_tls: false,
         normalize_line_endings: false,
+        metrics: SessionMetrics::default(),
     }
 }
 
@@ -497,4 +499,134 @@ async fn loopback_plain_listener_may_allow_auth() {
     let r = feed(&mut s, b"EHLO c\r\n").await;
     assert!(r[0].text.contains("AUTH PLAIN LOGIN") && !r[0].text.contains("STARTTLS"));
     login(&mut s).await;
+}
+
+/// Locks out user `eve` at AUTH and refuses every message on a recipient quota.
+struct Strict;
+
+#[async_trait]
+impl SessionLimits for Strict {
+    async fn connection(&self, _ip: IpAddr) -> Result<(), LimitRefusal> {
+        Ok(())
+    }
+    async fn auth_allowed(&self, _ip: IpAddr, u: &str) -> Result<Duration, LimitRefusal> {
+        if u != "eve" {
+            return Ok(Duration::ZERO);
+        }
+        Err(LimitRefusal {
+            retry_after: Duration::from_secs(60),
+            reason: "too many failed logins for user eve".into(),
+        })
+    }
+    async fn auth_result(&self, _ip: IpAddr, _u: &str, _ok: bool) {}
+    async fn session_start(
+        &self,
+        _i: &Identity,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal> {
+        Ok(Box::new(()))
+    }
+    async fn message(&self, _i: &Identity, _n: u32) -> Result<(), LimitRefusal> {
+        Err(LimitRefusal {
+            retry_after: Duration::from_secs(30),
+            reason: "recipient quota for credential laptop of user bob exceeded (1 per day)".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn every_auth_outcome_and_refusal_is_counted_once() {
+    use crate::metrics::{Metrics, MetricsOptions};
+    let metrics = Arc::new(Metrics::new(&MetricsOptions::default()));
+    let mut st = settings();
+    st.max_errors = 50;
+    st.metrics = SessionMetrics::new(Some(metrics.clone()));
+    let b = |x: &str| base64::engine::general_purpose::STANDARD.encode(x);
+
+    let intake = Arc::new(FakeIntake::default());
+    let mut s = session_with(st.clone(), intake, Arc::new(Strict), Some(tls()));
+    let script = format!(
+        "EHLO c\r\nAUTH PLAIN {eve}\r\nAUTH PLAIN {down}\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN !!!\r\n\
+         AUTH LOGIN {bob}\r\n{wrong}\r\nAUTH PLAIN {ok}\r\n\
+         MAIL FROM:<>\r\nMAIL FROM:<a@example.com> SIZE=5000\r\nMAIL FROM:<a@other.example>\r\n\
+         MAIL FROM:<a@example.com>\r\nRCPT TO:<1@y.example>\r\nRCPT TO:<2@y.example>\r\n\
+         RCPT TO:<3@y.example>\r\nRCPT TO:<4@y.example>\r\nDATA\r\n",
+        eve = plain("eve", "x"),
+        down = plain("down", "x"),
+        bob = b("bob"),
+        wrong = b("nope"),
+        ok = plain("bob", "pw"),
+    );
+    let r: Vec<u16> = codes(&mut s, &script).await.iter().map(|c| c.0).collect();
+    assert_eq!(
+        r,
+        [
+            250, 454, 454, 334, 501, 501, 334, 535, 235, 553, 552, 553, 250, 250, 250, 250, 452,
+            451
+        ]
+    );
+
+    let intake = Arc::new(FakeIntake::default());
+    let mut s = session_with(st, intake, Arc::new(NoLimits), Some(tls()));
+    login(&mut s).await;
+    let txn = "MAIL FROM:<a@example.com>\r\nRCPT TO:<x@y.example>\r\n";
+    let r = codes(
+        &mut s,
+        &format!(
+            "{txn}DATA\r\nbare\nLF\r\n.\r\n{txn}DATA\r\n{}\r\n.\r\n\
+             {txn}DATA\r\n{}.\r\n{txn}BDAT 3 LAST\r\nok\n",
+            "x".repeat(999),
+            "0123456789\r\n".repeat(100)
+        ),
+    )
+    .await;
+    let r: Vec<u16> = r.iter().map(|c| c.0).collect();
+    assert_eq!(
+        r,
+        [250, 250, 354, 550, 250, 250, 354, 550, 250, 250, 354, 552, 250, 250, 550]
+    );
+    let r = codes(&mut s, &format!("{txn}DATA\r\nfine\r\n.\r\n")).await;
+    assert_eq!(r.last().unwrap().0, 250);
+
+    let text = metrics.render();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    };
+    let auth = |m: &str, r: &str| {
+        value(&format!(
+            "postgate_auth_attempts_total{{mechanism=\"{m}\",result=\"{r}\"}}"
+        ))
+    };
+    assert_eq!(auth("plain", "locked_out"), 1.0);
+    assert_eq!(auth("plain", "error"), 2.0, "store down and bad base64");
+    assert_eq!(auth("login", "error"), 1.0, "cancelled");
+    assert_eq!(auth("login", "failed"), 1.0);
+    assert_eq!(auth("plain", "success"), 2.0);
+    assert_eq!(auth("plain", "failed") + auth("login", "success"), 0.0);
+    let rejected = |r: &str| {
+        value(&format!(
+            "postgate_messages_rejected_total{{reason=\"{r}\"}}"
+        ))
+    };
+    assert_eq!(
+        rejected("sender_not_allowed"),
+        2.0,
+        "null and foreign sender"
+    );
+    assert_eq!(rejected("too_large"), 2.0, "declared and actual size");
+    assert_eq!(rejected("too_many_recipients"), 1.0);
+    assert_eq!(rejected("rate_limited"), 1.0);
+    assert_eq!(rejected("bare_line_ending"), 2.0, "DATA and BDAT");
+    assert_eq!(rejected("line_too_long"), 1.0);
+    assert_eq!(rejected("auth_required"), 0.0);
+    // Every end of data; the fake intake queues but counts nothing (the
+    // real intake counts queued messages, with their stored size).
+    assert_eq!(value("postgate_messages_received_total"), 5.0);
+    assert_eq!(value("postgate_messages_queued_total"), 0.0);
+    // Rate-limit refusals are the SessionLimits implementation's to count.
+    assert!(
+        !text.contains("postgate_rate_limit_rejections_total{"),
+        "{text}"
+    );
 }

@@ -313,7 +313,7 @@ pub struct FinalRecipient {
 }
 
 /// One line of `queue list`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct QueueEntry {
     pub id: String,
     pub sender: String,
@@ -329,7 +329,7 @@ pub struct QueueEntry {
 }
 
 /// One recipient in `queue show`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct QueueRecipientDetail {
     pub address: String,
     pub status: String,
@@ -343,7 +343,7 @@ pub struct QueueRecipientDetail {
 }
 
 /// One `delivery_log` row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeliveryLogEntry {
     pub at: i64,
     pub recipient: String,
@@ -355,7 +355,7 @@ pub struct DeliveryLogEntry {
 }
 
 /// `queue show`: a message's envelope, recipients and log (no body).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct QueueDetail {
     pub entry: QueueEntry,
     pub envid: Option<String>,

@@ -241,7 +241,11 @@ async fn run_sql(url: &str, statements: &[String]) {
 fn check_config_prints_redacted_config_and_exits_2_when_invalid() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "[store]\nurl = { env = \"PG_TEST_URL_SECRET\" }\n").unwrap();
+    std::fs::write(
+        &good,
+        "[store]\nurl = { env = \"PG_TEST_URL_SECRET\" }\n\n[[smtp.listener]]\naddress = \"127.0.0.1:2587\"\nmode = \"plain\"\n",
+    )
+    .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_postgate"))
         .args(["-c", good.to_str().unwrap(), "check-config"])
         .env("PG_TEST_URL_SECRET", "postgres://app:topsecret@db/postgate")

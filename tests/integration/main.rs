@@ -10,6 +10,7 @@ mod delivery_upstream;
 mod dkim_sign;
 mod dkim_store;
 mod dkim_verify;
+mod e2e_metrics;
 mod limits_auth_cache;
 mod limits_store;
 mod ops_deploy;

@@ -1,0 +1,84 @@
+//! The limiter as the SMTP session sees it: [`SessionLimits`] over
+//! [`Limiter`], with each refusal counted in metrics.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::auth::Identity;
+use crate::metrics::Metrics;
+use crate::smtp::ports::{LimitRefusal as PortRefusal, SessionLimits};
+
+use super::{credential_only, Account, LimitRefusal, Limiter};
+
+/// [`SessionLimits`] backed by a [`Limiter`].
+pub struct LimiterPorts {
+    limiter: Arc<Limiter>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl LimiterPorts {
+    /// Wraps `limiter`; refusals count in `metrics` when given.
+    pub fn new(limiter: Arc<Limiter>, metrics: Option<Arc<Metrics>>) -> Self {
+        LimiterPorts { limiter, metrics }
+    }
+
+    fn refused(&self, r: LimitRefusal) -> PortRefusal {
+        if let Some(m) = &self.metrics {
+            m.rate_limited(r.scope, r.limit);
+        }
+        PortRefusal {
+            retry_after: r.retry_after,
+            reason: r.reason,
+        }
+    }
+}
+
+#[async_trait]
+impl SessionLimits for LimiterPorts {
+    async fn connection(&self, ip: IpAddr) -> Result<(), PortRefusal> {
+        self.limiter
+            .connection(ip)
+            .await
+            .map_err(|r| self.refused(r))
+    }
+
+    async fn auth_allowed(&self, ip: IpAddr, username: &str) -> Result<Duration, PortRefusal> {
+        self.limiter
+            .auth_allowed(ip, username)
+            .await
+            .map_err(|r| self.refused(r))
+    }
+
+    async fn auth_result(&self, ip: IpAddr, username: &str, success: bool) {
+        self.limiter.auth_result(ip, username, success).await
+    }
+
+    async fn session_start(
+        &self,
+        identity: &Identity,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, PortRefusal> {
+        self.limiter
+            .session_start(identity.user_id, &identity.user_limits)
+            .map(|guard| Box::new(guard) as Box<dyn std::any::Any + Send + Sync>)
+            .map_err(|r| self.refused(r))
+    }
+
+    async fn message(&self, identity: &Identity, recipients: u32) -> Result<(), PortRefusal> {
+        let credential_limits = credential_only(&identity.user_limits, &identity.limits);
+        let account = Account {
+            user_id: identity.user_id,
+            username: &identity.username,
+            user_limits: &identity.user_limits,
+            credential_id: identity.credential_id,
+            credential_label: &identity.credential_label,
+            credential_limits: &credential_limits,
+        };
+        self.limiter
+            .message(&account, recipients)
+            .await
+            .map_err(|r| self.refused(r))
+    }
+}

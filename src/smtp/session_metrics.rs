@@ -1,0 +1,183 @@
+//! What the SMTP front end reports to [`Metrics`], and the PURE mapping
+//! from its own outcomes to the closed label sets of [`crate::metrics`].
+//!
+//! Each event is counted once, by the part that decides it: the session and
+//! the server count AUTH outcomes, refusals and connections; the intake
+//! counts what it decides itself (header From, signing, store commit,
+//! queued messages); the [`crate::smtp::ports::SessionLimits`]
+//! implementation counts rate-limit refusals (it knows their labels).
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::metrics::{AuthResult, ConnectionRefusal, Mechanism, Metrics, RejectReason};
+use crate::smtp::data::DataError;
+
+/// The metrics a session records into, or none (tests, tools). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct SessionMetrics(Option<Arc<Metrics>>);
+
+impl fmt::Debug for SessionMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SessionMetrics(on)"
+        } else {
+            "SessionMetrics(off)"
+        })
+    }
+}
+
+impl SessionMetrics {
+    /// Records into `metrics` (`None`: records nothing).
+    pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
+        SessionMetrics(metrics)
+    }
+
+    /// The metrics, if any.
+    pub fn get(&self) -> Option<&Arc<Metrics>> {
+        self.0.as_ref()
+    }
+
+    /// One AUTH outcome for the mechanism named `mechanism` (`PLAIN`/`LOGIN`).
+    pub fn auth(&self, mechanism: &str, result: AuthResult) {
+        if let Some(m) = &self.0 {
+            m.auth_attempt(mechanism_label(mechanism), result);
+        }
+    }
+
+    /// One refused transaction (or recipient, or message).
+    pub fn rejected(&self, reason: RejectReason) {
+        if let Some(m) = &self.0 {
+            m.message_rejected(reason);
+        }
+    }
+
+    /// One message whose content was fully received.
+    pub fn received(&self) {
+        if let Some(m) = &self.0 {
+            m.message_received();
+        }
+    }
+}
+
+/// The metrics label of a SASL mechanism name (`PLAIN` or `LOGIN`).
+pub fn mechanism_label(name: &str) -> Mechanism {
+    if name.eq_ignore_ascii_case("LOGIN") {
+        Mechanism::Login
+    } else {
+        Mechanism::Plain
+    }
+}
+
+/// The reject reason of a refused message body.
+pub fn data_error_reason(e: &DataError) -> RejectReason {
+    match e {
+        DataError::TooBig { .. } => RejectReason::TooLarge,
+        DataError::BareLf | DataError::BareCr => RejectReason::BareLineEnding,
+        DataError::LineTooLong { .. } => RejectReason::LineTooLong,
+    }
+}
+
+/// Why `SessionLimits::connection` refused, as a connection refusal label:
+/// a lockout after failed logins, a per-IP concurrency cap, else a rate.
+///
+/// The ports carry only the human reason (e.g. `too many failed logins from
+/// 192.0.2.1`); only its words before the first ` from ` / ` for ` are read,
+/// as they never contain an address or a user's name.
+pub fn connection_refusal(reason: &str) -> ConnectionRefusal {
+    let lower = reason.to_ascii_lowercase();
+    let what = [" from ", " for "]
+        .iter()
+        .filter_map(|sep| lower.find(sep))
+        .min()
+        .map_or(lower.as_str(), |i| &lower[..i]);
+    if what.contains("failed login") || what.contains("locked") {
+        ConnectionRefusal::LockedOut
+    } else if what.contains("concurrent") {
+        ConnectionRefusal::IpCap
+    } else {
+        ConnectionRefusal::RateLimited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The label read from the wording agrees with the limiter's own
+    /// labels for every refusal it makes at connect.
+    #[tokio::test]
+    async fn connection_refusals_of_the_limiter_are_labelled() {
+        use crate::limits::{Limiter, LimitsConfig, ManualClock};
+        let config = LimitsConfig {
+            ip_connections_per_minute: 1,
+            ip_concurrent_connections: 1,
+            ..LimitsConfig::default()
+        };
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        let l = Limiter::new(config, None, clock).unwrap();
+        let ip = |i: u8| std::net::IpAddr::from([192, 0, 2, i]);
+
+        l.connection(ip(1)).await.unwrap();
+        let r = l.connection(ip(1)).await.unwrap_err();
+        assert_eq!(r.limit, crate::metrics::LimitKind::Connections);
+        assert_eq!(
+            connection_refusal(&r.reason),
+            ConnectionRefusal::RateLimited
+        );
+
+        let _held = l.connection_slot(ip(2)).unwrap();
+        let r = l.connection_slot(ip(2)).unwrap_err();
+        assert_eq!(connection_refusal(&r.reason), ConnectionRefusal::IpCap);
+
+        for i in 0..100 {
+            let user = format!("u{i}");
+            if l.auth_allowed(ip(3), &user).await.is_err() {
+                break;
+            }
+            l.auth_result(ip(3), &user, false).await;
+        }
+        let r = l.connection(ip(3)).await.unwrap_err();
+        assert!(r.is_lockout(), "{r:?}");
+        assert_eq!(connection_refusal(&r.reason), ConnectionRefusal::LockedOut);
+    }
+
+    #[test]
+    fn connection_refusals_are_told_apart() {
+        assert_eq!(
+            connection_refusal("too many failed logins from 192.0.2.1"),
+            ConnectionRefusal::LockedOut
+        );
+        assert_eq!(
+            connection_refusal("too many concurrent connections from 192.0.2.1 (10)"),
+            ConnectionRefusal::IpCap
+        );
+        assert_eq!(
+            connection_refusal("connection rate from 192.0.2.1 exceeded (30 per minute)"),
+            ConnectionRefusal::RateLimited
+        );
+        assert_eq!(connection_refusal("no"), ConnectionRefusal::RateLimited);
+    }
+
+    #[test]
+    fn body_errors_and_mechanisms_map_to_labels() {
+        assert_eq!(
+            data_error_reason(&DataError::TooBig { max: 1 }),
+            RejectReason::TooLarge
+        );
+        assert_eq!(
+            data_error_reason(&DataError::BareCr),
+            RejectReason::BareLineEnding
+        );
+        assert_eq!(
+            data_error_reason(&DataError::BareLf),
+            RejectReason::BareLineEnding
+        );
+        assert_eq!(
+            data_error_reason(&DataError::LineTooLong { max: 998 }),
+            RejectReason::LineTooLong
+        );
+        assert_eq!(mechanism_label("LOGIN"), Mechanism::Login);
+        assert_eq!(mechanism_label("PLAIN"), Mechanism::Plain);
+    }
+}

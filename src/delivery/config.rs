@@ -274,13 +274,14 @@ pub struct DeliveryConfig {
 }
 
 impl DeliveryConfig {
-    /// Checks the config: at least one upstream, unique names, routes name
-    /// existing upstreams, at most one default route, sane queue numbers.
+    /// Checks the config: unique upstream names, routes name existing
+    /// upstreams, at most one default route, sane queue numbers. No upstream
+    /// at all is allowed (a node that only accepts: [`Delivery::start`]
+    /// then warns and delivers nothing).
+    ///
+    /// [`Delivery::start`]: super::Delivery::start
     pub fn validate(&self) -> Result<(), DeliveryError> {
         let bad = |s: String| Err(DeliveryError::Config(s));
-        if self.upstreams.is_empty() {
-            return bad("at least one [[upstream]] is required".into());
-        }
         let mut names = HashSet::new();
         for u in &self.upstreams {
             if u.name.is_empty() || !names.insert(u.name.as_str()) {

@@ -157,9 +157,15 @@ impl Delivery {
             engine.hostname,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        let workers = if engine.upstreams.is_empty() {
+            warn!("no [[upstream]] configured: messages are queued but not delivered");
+            0
+        } else {
+            engine.queue.workers
+        };
         Ok(tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..engine.queue.workers {
+            for i in 0..workers {
                 let e = engine.clone();
                 let owner = format!("{node}/{i}");
                 tasks.spawn(async move { e.worker(owner).await });

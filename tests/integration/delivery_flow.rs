@@ -522,7 +522,15 @@ fn bad_delivery_config_is_refused() {
         .contains("unknown upstream"));
     cfg.routes.clear();
     cfg.validate().unwrap();
+    // A node without upstreams is valid (it only accepts); routes still may
+    // not name unknown upstreams.
     cfg.upstreams.clear();
+    cfg.validate().unwrap();
+    cfg.routes.push(RouteConfig {
+        sender_domain: None,
+        user: None,
+        upstreams: vec!["a".into()],
+    });
     assert!(cfg.validate().is_err());
     let parsed: Result<postgate::delivery::QueueConfig, _> = toml::from_str("wokers = 3");
     assert!(parsed.is_err(), "unknown keys are refused");

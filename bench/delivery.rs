@@ -63,8 +63,8 @@ fn args() -> Args {
 
 /// The fast sink: counts messages, discards bodies.
 pub struct Sink {
-    port: u16,
-    ca_file: std::path::PathBuf,
+    pub port: u16,
+    pub ca_file: std::path::PathBuf,
     pub messages: Arc<AtomicU64>,
     _dir: tempfile::TempDir,
 }

@@ -178,17 +178,12 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
 
     let delivery_shutdown = CancellationToken::new();
     // `serve` refuses a config without upstreams; in-process callers may run
-    // an intake-only node (messages stay queued).
-    let delivering = if config.upstreams.is_empty() {
-        tracing::warn!("no [[upstream]] configured: accepted messages stay queued");
-        None
-    } else {
-        Some(crate::delivery::Delivery::start(
-            store.clone(),
-            config.delivery(),
-            delivery_shutdown.clone(),
-        )?)
-    };
+    // an intake-only node (delivery then starts no workers; messages stay queued).
+    let delivering = crate::delivery::Delivery::start(
+        store.clone(),
+        config.delivery(),
+        delivery_shutdown.clone(),
+    )?;
     let smtp_shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.serve(bound.smtp, smtp_shutdown.clone()));
     tracing::info!(hostname = %config.server.hostname, "postgate started");
@@ -199,9 +194,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     smtp_shutdown.cancel();
     let _ = serving.await;
     delivery_shutdown.cancel();
-    if let Some(d) = delivering {
-        let _ = d.await;
-    }
+    let _ = delivering.await;
     http_shutdown.cancel();
     invalidation.abort();
     background.shutdown().await;

@@ -20,6 +20,6 @@ for i in $(seq "$runs"); do
     psql "$server/postgres" -qc "CREATE DATABASE $name" >/dev/null
     url="$server/$name"
   fi
-  "$bin" --store "$url" --mode "$mode" --size "$size" --count "$count" ${EXTRA:-} 2>/dev/null | grep -v '^{' 
+  "$bin" --bench --store "$url" --mode "$mode" --size "$size" --count "$count" ${EXTRA:-} 2>/dev/null | grep -v '^{' 
   if [ "$server" = sqlite ]; then rm -f "$db"*; else psql "$server/postgres" -qc "DROP DATABASE $name" >/dev/null; fi
 done

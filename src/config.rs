@@ -347,6 +347,12 @@ impl Config {
         if let Some(tls) = &self.tls {
             crate::tls::ServerTls::load(tls).map_err(|e| invalid("tls", e.to_string()))?;
         }
+        if self.upstreams.is_empty() {
+            return Err(invalid(
+                "upstream",
+                "at least one [[upstream]] is needed to serve".into(),
+            ));
+        }
         self.delivery()
             .validate()
             .map_err(|e| invalid("upstream/route/queue", e.to_string()))?;

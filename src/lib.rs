@@ -7,6 +7,7 @@
 //! - [`policy`]: sender permissions (PURE).
 
 pub mod accounts;
+pub mod admin;
 pub mod auth;
 pub mod auth_cache;
 pub mod config;

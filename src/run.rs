@@ -158,7 +158,10 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             &config.http,
             metrics.clone(),
             store.clone(),
-            None,
+            Some(Arc::new(crate::admin::NodeAdmin {
+                store: store.clone(),
+                limiter: limiter.clone(),
+            })),
             None,
             draining.clone(),
         )?;
@@ -174,6 +177,8 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     ));
 
     let delivery_shutdown = CancellationToken::new();
+    // `serve` refuses a config without upstreams; in-process callers may run
+    // an intake-only node (delivery then starts no workers; messages stay queued).
     let delivering = crate::delivery::Delivery::start(
         store.clone(),
         config.delivery(),

@@ -7,7 +7,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::HashSet;
+
 use crate::config::Secret;
+
+use super::route::{self, Router};
+use super::DeliveryError;
 
 /// `[queue]`: delivery workers, leases, retries and lifetimes.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -266,4 +271,79 @@ pub struct DeliveryConfig {
     /// Identifies this node in queue leases (`[server].node_id()`); a random
     /// suffix is added per start, so a restarted node never reuses a lease.
     pub node_id: String,
+}
+
+impl DeliveryConfig {
+    /// Checks the config: unique upstream names, routes name existing
+    /// upstreams, at most one default route, sane queue numbers. No upstream
+    /// at all is allowed (a node that only accepts: [`Delivery::start`]
+    /// then warns and delivers nothing).
+    ///
+    /// [`Delivery::start`]: super::Delivery::start
+    pub fn validate(&self) -> Result<(), DeliveryError> {
+        let bad = |s: String| Err(DeliveryError::Config(s));
+        let mut names = HashSet::new();
+        for u in &self.upstreams {
+            if u.name.is_empty() || !names.insert(u.name.as_str()) {
+                return bad(format!("upstream name {:?} is empty or used twice", u.name));
+            }
+            if u.host.is_empty() {
+                return bad(format!("upstream {:?}: host is empty", u.name));
+            }
+            if u.password.is_some() != u.username.is_some() {
+                return bad(format!(
+                    "upstream {:?}: username and password go together",
+                    u.name
+                ));
+            }
+        }
+        let mut defaults = 0;
+        for r in &self.routes {
+            if r.upstreams.is_empty() {
+                return bad("a [[route]] needs at least one upstream".into());
+            }
+            if let Some(n) = r.upstreams.iter().find(|n| !names.contains(n.as_str())) {
+                return bad(format!("[[route]] names unknown upstream {n:?}"));
+            }
+            if r.sender_domain.is_none() && r.user.is_none() {
+                defaults += 1;
+            }
+        }
+        if defaults > 1 {
+            return bad("more than one default [[route]] (without sender_domain or user)".into());
+        }
+        let q = &self.queue;
+        if q.workers == 0 || q.batch == 0 {
+            return bad("[queue] workers and batch must be at least 1".into());
+        }
+        if q.lease < Duration::from_secs(1) {
+            return bad("[queue] lease must be at least 1s".into());
+        }
+        if q.retry_multiplier.is_nan()
+            || q.retry_multiplier < 1.0
+            || !(0.0..=1.0).contains(&q.retry_jitter)
+        {
+            return bad("[queue] retry_multiplier must be >= 1, retry_jitter in 0..1".into());
+        }
+        Ok(())
+    }
+
+    pub(super) fn router(&self) -> Router {
+        let mut default = None;
+        let mut rules = Vec::new();
+        for r in &self.routes {
+            if r.sender_domain.is_none() && r.user.is_none() {
+                default = Some(r.upstreams.clone());
+            } else {
+                rules.push(route::Rule {
+                    sender_domain: r.sender_domain.clone(),
+                    user: r.user.clone(),
+                    upstreams: r.upstreams.clone(),
+                });
+            }
+        }
+        let default =
+            default.unwrap_or_else(|| self.upstreams.iter().map(|u| u.name.clone()).collect());
+        Router::new(rules, default)
+    }
 }

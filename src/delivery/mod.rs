@@ -22,9 +22,10 @@ pub mod pool;
 pub mod retry;
 pub mod route;
 pub mod throttle;
+pub mod transaction;
 pub mod upstream;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,80 +65,6 @@ pub enum DeliveryError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl DeliveryConfig {
-    /// Checks the config: at least one upstream, unique names, routes name
-    /// existing upstreams, at most one default route, sane queue numbers.
-    pub fn validate(&self) -> Result<(), DeliveryError> {
-        let bad = |s: String| Err(DeliveryError::Config(s));
-        if self.upstreams.is_empty() {
-            return bad("at least one [[upstream]] is required".into());
-        }
-        let mut names = HashSet::new();
-        for u in &self.upstreams {
-            if u.name.is_empty() || !names.insert(u.name.as_str()) {
-                return bad(format!("upstream name {:?} is empty or used twice", u.name));
-            }
-            if u.host.is_empty() {
-                return bad(format!("upstream {:?}: host is empty", u.name));
-            }
-            if u.password.is_some() != u.username.is_some() {
-                return bad(format!(
-                    "upstream {:?}: username and password go together",
-                    u.name
-                ));
-            }
-        }
-        let mut defaults = 0;
-        for r in &self.routes {
-            if r.upstreams.is_empty() {
-                return bad("a [[route]] needs at least one upstream".into());
-            }
-            if let Some(n) = r.upstreams.iter().find(|n| !names.contains(n.as_str())) {
-                return bad(format!("[[route]] names unknown upstream {n:?}"));
-            }
-            if r.sender_domain.is_none() && r.user.is_none() {
-                defaults += 1;
-            }
-        }
-        if defaults > 1 {
-            return bad("more than one default [[route]] (without sender_domain or user)".into());
-        }
-        let q = &self.queue;
-        if q.workers == 0 || q.batch == 0 {
-            return bad("[queue] workers and batch must be at least 1".into());
-        }
-        if q.lease < Duration::from_secs(1) {
-            return bad("[queue] lease must be at least 1s".into());
-        }
-        if q.retry_multiplier.is_nan()
-            || q.retry_multiplier < 1.0
-            || !(0.0..=1.0).contains(&q.retry_jitter)
-        {
-            return bad("[queue] retry_multiplier must be >= 1, retry_jitter in 0..1".into());
-        }
-        Ok(())
-    }
-
-    fn router(&self) -> Router {
-        let mut default = None;
-        let mut rules = Vec::new();
-        for r in &self.routes {
-            if r.sender_domain.is_none() && r.user.is_none() {
-                default = Some(r.upstreams.clone());
-            } else {
-                rules.push(route::Rule {
-                    sender_domain: r.sender_domain.clone(),
-                    user: r.user.clone(),
-                    upstreams: r.upstreams.clone(),
-                });
-            }
-        }
-        let default =
-            default.unwrap_or_else(|| self.upstreams.iter().map(|u| u.name.clone()).collect());
-        Router::new(rules, default)
-    }
 }
 
 /// Unix milliseconds now.
@@ -235,9 +162,15 @@ impl Delivery {
             engine.hostname,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        let workers = if engine.upstreams.is_empty() {
+            warn!("no [[upstream]] configured: messages are queued but not delivered");
+            0
+        } else {
+            engine.queue.workers
+        };
         Ok(tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..engine.queue.workers {
+            for i in 0..workers {
                 let e = engine.clone();
                 let owner = format!("{node}/{i}");
                 tasks.spawn(async move { e.worker(owner).await });

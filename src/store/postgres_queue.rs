@@ -200,74 +200,116 @@ impl QueueStore for PgStore {
         now: i64,
         outcomes: &[RecipientOutcome],
     ) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
-        let mut recorded = 0;
-        let mut touched = std::collections::BTreeSet::new();
+        if outcomes.is_empty() {
+            return Ok(0);
+        }
+        // Three statements whatever the number of outcomes (arrays through
+        // unnest): a claim's outcomes cost one short transaction.
+        let mut ids = Vec::with_capacity(outcomes.len());
+        let mut statuses = Vec::with_capacity(outcomes.len());
+        let mut incs = Vec::with_capacity(outcomes.len());
+        let mut nexts = Vec::with_capacity(outcomes.len());
+        let mut routes = Vec::with_capacity(outcomes.len());
+        let mut upstreams = Vec::with_capacity(outcomes.len());
+        let mut replies = Vec::with_capacity(outcomes.len());
+        let mut by_id = HashMap::with_capacity(outcomes.len());
         for o in outcomes {
             let (status, inc, next, route) = outcome_parts(&o.kind);
-            let new_status = if status == "deferred" {
+            ids.push(o.recipient_id);
+            statuses.push(if status == "deferred" {
                 "queued"
             } else {
                 status
+            });
+            incs.push(inc);
+            nexts.push(next);
+            routes.push(route);
+            upstreams.push(o.upstream.as_deref());
+            replies.push(o.reply.as_deref());
+            by_id.insert(o.recipient_id, (o, status));
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        let rows = sqlx::query(
+            "UPDATE queue_recipients r SET status = o.status, attempts = r.attempts + o.inc,
+                    next_attempt_at = COALESCE(o.next_at, r.next_attempt_at),
+                    route_index = COALESCE(o.route, r.route_index),
+                    lease_owner = NULL, lease_until = NULL,
+                    last_upstream = COALESCE(o.upstream, r.last_upstream),
+                    last_reply = COALESCE(o.reply, r.last_reply), updated_at = $8
+             FROM unnest($1::BIGINT[], $2::TEXT[], $3::INTEGER[], $4::BIGINT[], $5::INTEGER[],
+                         $6::TEXT[], $7::TEXT[]) AS o(id, status, inc, next_at, route, upstream, reply)
+             WHERE r.id = o.id AND r.lease_owner = $9 AND r.status = 'queued'
+             RETURNING r.id, r.message_id, r.recipient, r.attempts",
+        )
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&incs)
+        .bind(&nexts)
+        .bind(&routes)
+        .bind(&upstreams)
+        .bind(&replies)
+        .bind(now)
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx(e, "queue outcome"))?;
+        let mut log_mid = Vec::new();
+        let mut log_rcpt = Vec::new();
+        let mut log_up: Vec<Option<&str>> = Vec::new();
+        let mut log_outcome = Vec::new();
+        let mut log_attempt = Vec::new();
+        let mut log_reply: Vec<Option<&str>> = Vec::new();
+        let mut delivered = std::collections::BTreeSet::new();
+        for row in &rows {
+            let id: i64 = row.get("id");
+            let Some((o, status)) = by_id.get(&id) else {
+                continue;
             };
-            let row = sqlx::query(
-                "UPDATE queue_recipients SET status = $1, attempts = attempts + $2,
-                        next_attempt_at = COALESCE($3, next_attempt_at),
-                        route_index = COALESCE($4, route_index),
-                        lease_owner = NULL, lease_until = NULL,
-                        last_upstream = COALESCE($5, last_upstream),
-                        last_reply = COALESCE($6, last_reply), updated_at = $7
-                 WHERE id = $8 AND lease_owner = $9 AND status = 'queued'
-                 RETURNING message_id, recipient, attempts",
-            )
-            .bind(new_status)
-            .bind(inc)
-            .bind(next)
-            .bind(route)
-            .bind(&o.upstream)
-            .bind(&o.reply)
-            .bind(now)
-            .bind(o.recipient_id)
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "queue outcome"))?;
-            let Some(row) = row else { continue };
-            recorded += 1;
-            if status == "delivered" {
-                touched.insert(row.get::<String, _>("message_id"));
+            let mid: String = row.get("message_id");
+            if *status == "delivered" {
+                delivered.insert(mid.clone());
             }
             if o.log {
-                sqlx::query(
-                    "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(now)
-                .bind(row.get::<String, _>("message_id"))
-                .bind(row.get::<String, _>("recipient"))
-                .bind(&o.upstream)
-                .bind(status)
-                .bind(row.get::<i32, _>("attempts"))
-                .bind(&o.reply)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| map_sqlx(e, "delivery log"))?;
+                log_mid.push(mid);
+                log_rcpt.push(row.get::<String, _>("recipient"));
+                log_up.push(o.upstream.as_deref());
+                log_outcome.push(*status);
+                log_attempt.push(row.get::<i32, _>("attempts"));
+                log_reply.push(o.reply.as_deref());
             }
         }
-        // The common case, every recipient delivered: finish here, saving a
-        // transaction. Anything else is finished by `finish_message`.
-        for id in &touched {
+        if !log_mid.is_empty() {
             sqlx::query(
-                "DELETE FROM queue_messages WHERE id = $1 AND NOT EXISTS
-                   (SELECT 1 FROM queue_recipients WHERE message_id = $1 AND status <> 'delivered')",
+                "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
+                 SELECT $1, * FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
+                                          $6::INTEGER[], $7::TEXT[])",
             )
-            .bind(id)
+            .bind(now)
+            .bind(&log_mid)
+            .bind(&log_rcpt)
+            .bind(&log_up)
+            .bind(&log_outcome)
+            .bind(&log_attempt)
+            .bind(&log_reply)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "delivery log"))?;
+        }
+        if !delivered.is_empty() {
+            // The common case, every recipient delivered: finish here, saving a
+            // transaction. Anything else is finished by `finish_message`.
+            let delivered: Vec<String> = delivered.into_iter().collect();
+            sqlx::query(
+                "DELETE FROM queue_messages m WHERE m.id = ANY($1) AND NOT EXISTS
+                   (SELECT 1 FROM queue_recipients r WHERE r.message_id = m.id AND r.status <> 'delivered')",
+            )
+            .bind(&delivered)
             .execute(&mut *tx)
             .await
             .map_err(|e| map_sqlx(e, "queue"))?;
         }
         tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(recorded)
+        Ok(rows.len() as u64)
     }
 
     async fn final_recipients(&self, id: &str) -> StoreResult<Option<Vec<FinalRecipient>>> {

@@ -243,7 +243,7 @@ fn check_config_prints_redacted_config_and_exits_2_when_invalid() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "[store]\nurl = { env = \"PG_TEST_URL_SECRET\" }\n\n[[smtp.listener]]\naddress = \"127.0.0.1:2587\"\nmode = \"plain\"\n",
+        "[store]\nurl = { env = \"PG_TEST_URL_SECRET\" }\n\n[[smtp.listener]]\naddress = \"127.0.0.1:2587\"\nmode = \"plain\"\n\n[[upstream]]\nname = \"mta\"\nhost = \"127.0.0.1\"\npassword = \"upstream-secret-value\"\nusername = \"u\"\n",
     )
     .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_postgate"))
@@ -255,6 +255,7 @@ fn check_config_prints_redacted_config_and_exits_2_when_invalid() {
     let out = text(&o).0;
     assert!(!out.contains("topsecret"), "{out}");
     assert!(out.contains("from env PG_TEST_URL_SECRET"), "{out}");
+    assert!(!out.contains("upstream-secret-value"), "{out}");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(

@@ -131,11 +131,11 @@ async fn delivers_over_starttls_with_auth_reusing_the_connection() {
         let run = Running::start(t.store.clone(), cfg);
         let m1 = new_message("a@example.com", &["r1@x.org", "r2@x.org"], ".dot line");
         t.store.enqueue(&m1).await.unwrap();
-        wait_for(10, "first delivery", async || server.received().len() == 1).await;
+        wait_for(30, "first delivery", async || server.received().len() == 1).await;
         let m2 = new_message("a@example.com", &["r3@x.org"], "second");
         t.store.enqueue(&m2).await.unwrap();
-        wait_for(10, "second delivery", async || server.received().len() == 2).await;
-        wait_for(10, "empty queue", async || queue_len(&*t.store).await == 0).await;
+        wait_for(30, "second delivery", async || server.received().len() == 2).await;
+        wait_for(30, "empty queue", async || queue_len(&*t.store).await == 0).await;
         run.stop().await;
         let got = server.received();
         assert_eq!(got[0].rcpt_to, ["r1@x.org", "r2@x.org"], "{b}");
@@ -170,8 +170,8 @@ async fn partial_failure_bounces_only_the_failed_recipient() {
         );
         let m = new_message("sender@example.com", &["good@x.org", "bad@x.org"], "hello");
         t.store.enqueue(&m).await.unwrap();
-        wait_for(10, "message and DSN", async || server.received().len() == 2).await;
-        wait_for(10, "empty queue", async || queue_len(&*t.store).await == 0).await;
+        wait_for(30, "message and DSN", async || server.received().len() == 2).await;
+        wait_for(30, "empty queue", async || queue_len(&*t.store).await == 0).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         run.stop().await;
         let got = server.received();
@@ -227,7 +227,7 @@ async fn fails_over_and_the_circuit_opens_and_closes() {
                 ))
                 .await
                 .unwrap();
-            wait_for(10, "delivery via b", async || bb.received().len() == n).await;
+            wait_for(30, "delivery via b", async || bb.received().len() == n).await;
         }
         // Two failures opened a's circuit: the third message did not try a.
         assert_eq!(a.connections(), 2, "{b}: circuit open after 2 failures");
@@ -242,7 +242,7 @@ async fn fails_over_and_the_circuit_opens_and_closes() {
                 ))
                 .await
                 .unwrap();
-            wait_for(10, "delivery via a", async || a.received().len() == n).await;
+            wait_for(30, "delivery via a", async || a.received().len() == n).await;
         }
         assert_eq!(
             bb.received().len(),
@@ -268,7 +268,7 @@ async fn throttling_pauses_without_using_up_attempts() {
         t.store.enqueue(&m).await.unwrap();
         let store = t.store.clone();
         let id = m.id.clone();
-        wait_for(10, "throttled attempt", async || {
+        wait_for(30, "throttled attempt", async || {
             store
                 .queue_show(&id)
                 .await
@@ -288,7 +288,7 @@ async fn throttling_pauses_without_using_up_attempts() {
             .starts_with("454 4.7.0 Throttling"));
         assert_eq!(shown.log[0].outcome, "deferred");
         server.set(|x| x.mail_reply = "250 ok".into());
-        wait_for(10, "delivery after the pause", async || {
+        wait_for(30, "delivery after the pause", async || {
             server.received().len() == 1
         })
         .await;
@@ -311,7 +311,7 @@ async fn transient_failure_is_retried_with_backoff_then_delivered() {
         t.store.enqueue(&m).await.unwrap();
         let store = t.store.clone();
         let id = m.id.clone();
-        wait_for(10, "two deferrals", async || {
+        wait_for(30, "two deferrals", async || {
             store
                 .queue_show(&id)
                 .await
@@ -324,8 +324,8 @@ async fn transient_failure_is_retried_with_backoff_then_delivered() {
         let gap = shown.log[1].at - shown.log[0].at;
         assert!(gap >= 250, "{b}: backoff between attempts ({gap} ms)");
         server.set(|x| x.rcpt_default = "250 ok".into());
-        wait_for(10, "delivery", async || server.received().len() == 1).await;
-        wait_for(10, "empty queue", async || queue_len(&*t.store).await == 0).await;
+        wait_for(30, "delivery", async || server.received().len() == 1).await;
+        wait_for(30, "empty queue", async || queue_len(&*t.store).await == 0).await;
         run.stop().await;
     }
 }
@@ -345,7 +345,7 @@ async fn connection_dropped_in_data_is_deferred_then_delivered_once() {
         t.store.enqueue(&m).await.unwrap();
         let store = t.store.clone();
         let id = m.id.clone();
-        wait_for(10, "deferral", async || {
+        wait_for(30, "deferral", async || {
             store
                 .queue_show(&id)
                 .await
@@ -356,8 +356,8 @@ async fn connection_dropped_in_data_is_deferred_then_delivered_once() {
         let shown = t.store.queue_show(&m.id).await.unwrap();
         assert_eq!(shown.log[0].outcome, "deferred", "{b}");
         server.set(|x| x.drop_during_data = false);
-        wait_for(10, "delivery", async || server.received().len() == 1).await;
-        wait_for(10, "empty queue", async || queue_len(&*t.store).await == 0).await;
+        wait_for(30, "delivery", async || server.received().len() == 1).await;
+        wait_for(30, "empty queue", async || queue_len(&*t.store).await == 0).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(server.received().len(), 1, "{b}");
         run.stop().await;
@@ -380,8 +380,8 @@ async fn expired_messages_bounce_unless_notify_never() {
             t.store.clone(),
             config(vec![server.upstream_config("up")], vec![]),
         );
-        wait_for(10, "DSN", async || server.received().len() == 1).await;
-        wait_for(10, "empty queue", async || queue_len(&*t.store).await == 0).await;
+        wait_for(30, "DSN", async || server.received().len() == 1).await;
+        wait_for(30, "empty queue", async || queue_len(&*t.store).await == 0).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         run.stop().await;
         let got = server.received();
@@ -417,7 +417,7 @@ async fn a_dead_workers_lease_expires_and_the_message_is_delivered() {
             t.store.clone(),
             config(vec![server.upstream_config("up")], vec![]),
         );
-        wait_for(10, "delivery after lease expiry", async || {
+        wait_for(30, "delivery after lease expiry", async || {
             server.received().len() == 1
         })
         .await;
@@ -425,7 +425,7 @@ async fn a_dead_workers_lease_expires_and_the_message_is_delivered() {
             started.elapsed() >= Duration::from_millis(1_200),
             "{b}: not before the lease ran out"
         );
-        wait_for(10, "empty queue", async || queue_len(&*t.store).await == 0).await;
+        wait_for(30, "empty queue", async || queue_len(&*t.store).await == 0).await;
         run.stop().await;
     }
 }
@@ -446,7 +446,7 @@ async fn shutdown_releases_claims_and_stops() {
             .unwrap();
     }
     let run = Running::start(t.store.clone(), cfg);
-    wait_for(10, "first session", async || server.connections() == 1).await;
+    wait_for(30, "first session", async || server.connections() == 1).await;
     run.stop().await;
     // The message in flight finished; the rest were released, not leased.
     let list = t.store.queue_list(10).await.unwrap();
@@ -491,7 +491,7 @@ async fn routes_pick_upstreams_by_sender_domain() {
         .enqueue(&new_message("y@corp.example", &["r@x.org"], "c"))
         .await
         .unwrap();
-    wait_for(10, "both", async || {
+    wait_for(30, "both", async || {
         one.received().len() + two.received().len() == 2
     })
     .await;
@@ -522,7 +522,15 @@ fn bad_delivery_config_is_refused() {
         .contains("unknown upstream"));
     cfg.routes.clear();
     cfg.validate().unwrap();
+    // A node without upstreams is valid (it only accepts); routes still may
+    // not name unknown upstreams.
     cfg.upstreams.clear();
+    cfg.validate().unwrap();
+    cfg.routes.push(RouteConfig {
+        sender_domain: None,
+        user: None,
+        upstreams: vec!["a".into()],
+    });
     assert!(cfg.validate().is_err());
     let parsed: Result<postgate::delivery::QueueConfig, _> = toml::from_str("wokers = 3");
     assert!(parsed.is_err(), "unknown keys are refused");
@@ -575,8 +583,8 @@ async fn a_message_left_final_by_a_crash_is_finished_with_its_dsn() {
         let mut cfg = config(vec![server.upstream_config("up")], vec![]);
         cfg.queue.lease = Duration::from_secs(2);
         let run = Running::start(t.store.clone(), cfg);
-        wait_for(10, "DSN", async || server.received().len() == 1).await;
-        wait_for(10, "empty queue", async || queue_len(&*t.store).await == 0).await;
+        wait_for(30, "DSN", async || server.received().len() == 1).await;
+        wait_for(30, "empty queue", async || queue_len(&*t.store).await == 0).await;
         run.stop().await;
         let text = String::from_utf8_lossy(&server.received()[0].data).into_owned();
         assert!(text.contains("Status: 5.7.1"), "{b}");

@@ -18,6 +18,7 @@ const USER: &str = "carol";
 const PASSWORD: &str = "metrics are counted once";
 /// The listener's name in the metrics: its configured address.
 const LISTENER: &str = "127.0.0.1:0";
+const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 
 /// One STARTTLS session: a failed AUTH, a good AUTH, one good message, one
 /// message with a header From the user may not use, one refused envelope
@@ -184,6 +185,7 @@ parallelism = 1
 
 [http]
 address = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
 
 {extra}
 "#
@@ -532,4 +534,102 @@ async fn e2e_metrics_count_connection_refusals_and_open_sessions() {
     assert_eq!(total(&after, "postgate_tls_handshake_failures_total"), 0.0);
     promtool_accepts(&after);
     node.stop().await;
+}
+
+/// `curl` against the admin API: (status, body).
+fn admin(http: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+            "-H",
+        ])
+        .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"))
+        .arg(format!("http://{http}/admin{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The admin endpoints act on the node's live queue and in-process limiter
+/// (the only way to reach `local` limit counters), on both stores.
+/// Multi-threaded: curl blocks a thread while the node answers on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_admin_endpoints_act_on_the_live_queue_and_limits() {
+    let mut urls = vec![];
+    let dir = tempfile::tempdir().unwrap();
+    urls.push(format!(
+        "sqlite://{}",
+        dir.path().join("admin.db").display()
+    ));
+    if let Some(pg) = common::pg_database_url().await {
+        urls.push(pg);
+    }
+    for url in urls {
+        let node = Node::start(&url, "").await;
+        let store = postgate::store::open(&url, &Default::default())
+            .await
+            .unwrap();
+        let id = postgate::store::new_queue_id();
+        let now = 1_700_000_000_000_i64;
+        store
+            .enqueue(&postgate::store::NewMessage {
+                id: id.clone(),
+                sender: "carol@example.com".into(),
+                recipients: vec![postgate::store::NewRecipient {
+                    address: "dave@example.net".into(),
+                    notify: None,
+                    orcpt: None,
+                }],
+                user_id: None,
+                username: Some(USER.into()),
+                credential: None,
+                body: bytes::Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n"),
+                envid: None,
+                dsn_ret: None,
+                is_dsn: false,
+                smtputf8: false,
+                received_at: now + 3_600_000_000,
+                expires_at: now + 7_200_000_000,
+            })
+            .await
+            .unwrap();
+
+        let (code, body) = admin(node.http, "GET", "/queue");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(&id), "{body}");
+        let (code, body) = admin(node.http, "GET", &format!("/queue/{id}"));
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("dave@example.net"), "{body}");
+        let (code, body) = admin(node.http, "POST", &format!("/queue/{id}/retry"));
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["recipients_due_now"], 1, "{body}");
+        let (code, _) = admin(node.http, "DELETE", &format!("/queue/{id}"));
+        assert_eq!(code, 200);
+        let (code, _) = admin(node.http, "GET", &format!("/queue/{id}"));
+        assert_eq!(code, 404, "deleted message is gone");
+
+        // A connection leaves a per-IP counter in the in-process limiter.
+        let mut raw = Raw::connect(node.smtp_port).await;
+        assert!(raw.reply().await.starts_with("220"));
+        let (code, body) = admin(node.http, "GET", "/limits");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("127.0.0.1"), "{body}");
+        let (code, body) = admin(node.http, "POST", "/limits/127.0.0.1/reset");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(v["removed"].as_u64().unwrap_or(0) >= 1, "{body}");
+        let (_, body) = admin(node.http, "GET", "/limits");
+        assert!(!body.contains("127.0.0.1"), "{body}");
+        drop(raw);
+        node.stop().await;
+    }
 }

@@ -221,9 +221,10 @@ impl Engine {
     /// Delivers the messages of one claim concurrently (the pools bound the
     /// sessions) and records each message's outcomes as soon as its own
     /// attempt is over, in one transaction with any others that finish
-    /// within [`OUTCOME_GATHER`]. Not waiting for the slowest message of the claim keeps the
-    /// duplicate window of a crash to "between the upstream's 250 and this
-    /// commit" (issue #4), instead of up to a slow sibling's data timeout.
+    /// within [`OUTCOME_GATHER`]. Not waiting for the slowest message of
+    /// the claim keeps the duplicate window of a crash to "between the
+    /// upstream's 250 and this commit" (issue #4), instead of up to a slow
+    /// sibling's data timeout.
     async fn process_claim(&self, owner: &str, claimed: Vec<ClaimedMessage>) {
         use futures::StreamExt;
         let mut attempts: futures::stream::FuturesUnordered<_> = claimed

@@ -240,6 +240,30 @@ fn check_postgate_toml(text: &str, what: &str) -> BTreeSet<String> {
         BTreeSet::from(["465".to_string(), "587".to_string()]),
         "{what}"
     );
+    let upstreams = doc["upstream"]
+        .as_array()
+        .expect("[[upstream]]: serve needs one");
+    for u in upstreams {
+        if let Some(var) = u.get("password").and_then(|p| p.get("env")) {
+            envs.insert(var.as_str().unwrap().to_string());
+        }
+    }
+    // The whole file loads through the real Config parser (every key known,
+    // every value valid), given the secrets it reads from the environment.
+    for var in &envs {
+        let value = if var == "DATABASE_URL" {
+            "postgres://postgate:secret@postgres:5432/postgate"
+        } else {
+            "deploy-test-secret-0123456789"
+        };
+        std::env::set_var(var, value);
+    }
+    let config = postgate::config::Config::parse(text, what).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!config.upstreams.is_empty(), "{what}");
+    config
+        .delivery()
+        .validate()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     envs
 }
 

@@ -161,9 +161,13 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         delivery_shutdown.clone(),
         Some(metrics.clone()),
     )?;
+    // An intake-only node is ready without upstreams; otherwise `/readyz`
+    // needs one whose circuit is not open.
     let circuits = delivery.circuits.clone();
-    let upstream_health: Arc<dyn crate::http::UpstreamHealth> =
-        Arc::new(move || circuits.upstream_status());
+    let upstream_health: Option<Arc<dyn crate::http::UpstreamHealth>> = (!circuits.is_empty())
+        .then(|| {
+            Arc::new(move || circuits.upstream_status()) as Arc<dyn crate::http::UpstreamHealth>
+        });
 
     let draining = CancellationToken::new();
     let http_shutdown = CancellationToken::new();
@@ -189,7 +193,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
                 store: store.clone(),
                 limiter: limiter.clone(),
             })),
-            Some(upstream_health),
+            upstream_health,
             draining.clone(),
         )?;
         background.spawn(crate::http::serve(listener, state, http_shutdown.clone()));

@@ -24,6 +24,11 @@ impl Circuits {
         }
     }
 
+    /// True when no upstream is configured (an intake-only node).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Each configured upstream's breaker state now, in config order.
     pub fn states(&self) -> Vec<(String, CircuitState)> {
         let now = Instant::now();

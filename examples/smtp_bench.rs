@@ -30,14 +30,23 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Runtime::new()?;
     match args.first().map(String::as_str) {
-        Some("server") => rt.block_on(server(&args[1])),
+        Some("server") => rt.block_on(server(
+            &args[1],
+            args.get(2).map(String::as_str) == Some("cache"),
+        )),
+        Some("relogin") => rt.block_on(relogin(
+            args[1].parse()?,
+            &args[2],
+            args[3].parse()?,
+            args[4].parse()?,
+        )),
         Some("idle") => rt.block_on(idle(args[1].parse()?, &args[2], args[3].parse()?, &args[4])),
         Some("storm") => rt.block_on(storm(args[1].parse()?, &args[2], args[3].parse()?)),
         _ => anyhow::bail!("usage: smtp_bench server DIR | idle PORT DIR N PID | storm PORT DIR N"),
     }
 }
 
-async fn server(dir: &str) -> anyhow::Result<()> {
+async fn server(dir: &str, cache: bool) -> anyhow::Result<()> {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let dir = std::path::Path::new(dir);
     std::fs::create_dir_all(dir)?;
@@ -75,8 +84,16 @@ async fn server(dir: &str) -> anyhow::Result<()> {
         max_connections_per_ip: 20_000,
         ..SmtpConfig::default()
     };
+    let verifier: Arc<dyn postgate::smtp::ports::Authenticator> =
+        Arc::new(StoreAuthenticator::new(store.clone(), &auth_config)?);
+    let authenticator: Arc<dyn postgate::smtp::ports::Authenticator> = if cache {
+        let cache = Arc::new(postgate::auth_cache::AuthCache::new(Default::default()));
+        Arc::new(postgate::auth::CachedAuthenticator::new(verifier, cache))
+    } else {
+        verifier
+    };
     let ports = Ports {
-        authenticator: Arc::new(StoreAuthenticator::new(store.clone(), &auth_config)?),
+        authenticator,
         intake: Arc::new(StoreIntake::new(store, Duration::from_secs(86400))),
         limits: Arc::new(NoLimits),
     };
@@ -245,6 +262,43 @@ async fn storm(port: u16, dir: &str, n: usize) -> anyhow::Result<()> {
         pct(0.50),
         pct(0.99),
         lat.last().copied().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// `n` reconnecting logins (TCP + TLS + EHLO + AUTH PLAIN + QUIT each) from
+/// `conc` concurrent clients; prints logins per second.
+async fn relogin(port: u16, dir: &str, n: usize, conc: usize) -> anyhow::Result<()> {
+    let tls = connector(dir)?;
+    // Warm the cache (when the server has one) with one login.
+    let mut first = open(port, &tls).await?;
+    anyhow::ensure!(login(&mut first).await? == 235, "warm-up login failed");
+    let _ = cmd(&mut first, "QUIT").await;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (tls, next) = (tls.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0usize;
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let mut s = open(port, &tls).await?;
+                if login(&mut s).await? == 235 {
+                    ok += 1;
+                }
+                let _ = cmd(&mut s, "QUIT").await;
+            }
+            anyhow::Ok(ok)
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{ok}/{n} logins (TCP+TLS+AUTH each, {conc} clients) in {secs:.2} s: {:.0} logins/s",
+        ok as f64 / secs
     );
     Ok(())
 }

@@ -150,9 +150,40 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     )?
     .with_metrics(metrics.clone());
 
+    let delivery_shutdown = CancellationToken::new();
+    // Stops delivery if starting the rest fails below.
+    let _stop_delivery = delivery_shutdown.clone().drop_guard();
+    // `serve` refuses a config without upstreams; in-process callers may run
+    // an intake-only node (delivery then starts no workers; messages stay queued).
+    let delivery = crate::delivery::Delivery::start_with_metrics(
+        store.clone(),
+        config.delivery(),
+        delivery_shutdown.clone(),
+        Some(metrics.clone()),
+    )?;
+    // An intake-only node is ready without upstreams; otherwise `/readyz`
+    // needs one whose circuit is not open.
+    let circuits = delivery.circuits.clone();
+    let upstream_health: Option<Arc<dyn crate::http::UpstreamHealth>> = (!circuits.is_empty())
+        .then(|| {
+            Arc::new(move || circuits.upstream_status()) as Arc<dyn crate::http::UpstreamHealth>
+        });
+
     let draining = CancellationToken::new();
     let http_shutdown = CancellationToken::new();
     let mut background = tokio::task::JoinSet::new();
+    background.spawn(crate::metrics::run_queue_sampler(
+        metrics.clone(),
+        QUEUE_SAMPLE_INTERVAL,
+        control.shutdown.clone(),
+        {
+            let store = store.clone();
+            move || {
+                let store = store.clone();
+                async move { crate::delivery::sample_queue(&*store).await }
+            }
+        },
+    ));
     if let Some(listener) = bound.http {
         let state = crate::http::HttpState::from_config(
             &config.http,
@@ -162,7 +193,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
                 store: store.clone(),
                 limiter: limiter.clone(),
             })),
-            None,
+            upstream_health,
             draining.clone(),
         )?;
         background.spawn(crate::http::serve(listener, state, http_shutdown.clone()));
@@ -176,14 +207,6 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         listener_names,
     ));
 
-    let delivery_shutdown = CancellationToken::new();
-    // `serve` refuses a config without upstreams; in-process callers may run
-    // an intake-only node (delivery then starts no workers; messages stay queued).
-    let delivering = crate::delivery::Delivery::start(
-        store.clone(),
-        config.delivery(),
-        delivery_shutdown.clone(),
-    )?;
     let smtp_shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.serve(bound.smtp, smtp_shutdown.clone()));
     tracing::info!(hostname = %config.server.hostname, "postgate started");
@@ -194,13 +217,16 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     smtp_shutdown.cancel();
     let _ = serving.await;
     delivery_shutdown.cancel();
-    let _ = delivering.await;
+    let _ = delivery.handle.await;
     http_shutdown.cancel();
     invalidation.abort();
     background.shutdown().await;
     tracing::info!("shutdown complete");
     Ok(())
 }
+
+/// How often the queue gauges are sampled from the store.
+const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// How long a message may stay queued (`queue.lifetime`).
 fn queue_lifetime(config: &Config) -> Duration {

@@ -78,6 +78,20 @@ impl Circuit {
         }
     }
 
+    /// The state as the metrics gauge and readiness report it at `now`: an
+    /// open circuit whose cooldown is over reads half-open (the next
+    /// delivery is let through as a probe), so an idle node does not stay
+    /// unready after its upstream recovered.
+    pub fn state_at(&self, now: Instant) -> crate::metrics::CircuitState {
+        use crate::metrics::CircuitState as S;
+        match self.state {
+            State::Closed => S::Closed,
+            State::HalfOpen => S::HalfOpen,
+            State::Open { until } if now >= until => S::HalfOpen,
+            State::Open { .. } => S::Open,
+        }
+    }
+
     /// True while deliveries are being refused (open, or half-open with a probe out).
     pub fn is_open(&self) -> bool {
         self.state != State::Closed
@@ -98,6 +112,12 @@ mod tests {
         assert!(c.allow(t0), "two failures keep it closed");
         assert!(c.failure(t0), "third failure opens");
         assert!(c.is_open());
+        assert_eq!(c.state_at(t0), crate::metrics::CircuitState::Open);
+        assert_eq!(
+            c.state_at(t0 + Duration::from_secs(30)),
+            crate::metrics::CircuitState::HalfOpen,
+            "cooldown over: the next delivery probes"
+        );
         assert!(!c.allow(t0));
         tokio::time::advance(Duration::from_secs(29)).await;
         assert!(!c.allow(Instant::now()));

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod circuit;
 pub mod config;
 pub mod dsn;
+pub mod health;
 pub mod pool;
 pub mod retry;
 pub mod route;
@@ -39,15 +40,19 @@ pub use config::{
     AuthMechanism, DeliveryConfig, QueueConfig, RouteConfig, TlsMode, UpstreamConfig,
 };
 
+pub use health::Circuits;
+
+use crate::metrics::{DeliveryResult, Metrics, StoreOperation, UpstreamMetrics};
+use crate::store::{
+    new_queue_id, ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome, Store,
+    StoreError,
+};
+
 /// How long finished attempts wait for others of the same claim to share
 /// one outcome commit (and so the longest a delivered message waits to be
 /// recorded, on top of the commit itself).
 const OUTCOME_GATHER: Duration = Duration::from_millis(20);
 
-use crate::store::{
-    new_queue_id, ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome, Store,
-    StoreError,
-};
 use circuit::Circuit;
 use pool::Pool;
 use retry::RetryPolicy;
@@ -67,6 +72,16 @@ pub enum DeliveryError {
     Store(#[from] StoreError),
 }
 
+/// The queue gauges now (`QueueStore::queue_stats`), for
+/// [`run_queue_sampler`](crate::metrics::run_queue_sampler).
+pub async fn sample_queue(store: &dyn Store) -> Result<crate::metrics::QueueStats, StoreError> {
+    let s = store.queue_stats(now_ms()).await?;
+    Ok(crate::metrics::QueueStats {
+        depth: s.depth,
+        oldest_age: Duration::from_millis(s.oldest_age_ms.max(0) as u64),
+    })
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -77,7 +92,8 @@ pub fn now_ms() -> i64 {
 
 struct UpstreamState {
     pool: Pool,
-    circuit: Mutex<Circuit>,
+    circuit: Arc<Mutex<Circuit>>,
+    metrics: Option<UpstreamMetrics>,
     throttle: Mutex<Throttle>,
     patterns: Vec<String>,
 }
@@ -101,10 +117,19 @@ struct Engine {
     retry: RetryPolicy,
     hostname: String,
     shutdown: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The delivery subsystem of one node.
 pub struct Delivery;
+
+/// A started delivery subsystem.
+pub struct Started {
+    /// Completes once delivery stopped after its `shutdown` was cancelled.
+    pub handle: JoinHandle<()>,
+    /// The upstreams' circuit breakers, for readiness.
+    pub circuits: Circuits,
+}
 
 impl Delivery {
     /// Validates `config`, prepares the upstreams (TLS roots, CA files,
@@ -117,6 +142,19 @@ impl Delivery {
         config: DeliveryConfig,
         shutdown: CancellationToken,
     ) -> Result<JoinHandle<()>, DeliveryError> {
+        Ok(Self::start_with_metrics(store, config, shutdown, None)?.handle)
+    }
+
+    /// [`start`](Self::start), recording into `metrics` (when given): per
+    /// upstream the recipients' attempt results, transaction durations and
+    /// circuit state; DSNs generated; claim and record-outcome store timings.
+    /// Also returns the circuit breakers, for readiness.
+    pub fn start_with_metrics(
+        store: Arc<dyn Store>,
+        config: DeliveryConfig,
+        shutdown: CancellationToken,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Started, DeliveryError> {
         config.validate()?;
         let hostname = if config.hostname.is_empty() {
             "localhost".to_string()
@@ -124,17 +162,21 @@ impl Delivery {
             config.hostname.clone()
         };
         let mut upstreams = HashMap::new();
+        let mut circuits = Vec::new();
         for u in &config.upstreams {
             let patterns = u
                 .throttle_patterns
                 .iter()
                 .map(|p| p.to_lowercase())
                 .collect();
+            let circuit = Arc::new(Mutex::new(Circuit::new(
+                config.queue.circuit_failures,
+                config.queue.circuit_cooldown,
+            )));
+            circuits.push((u.name.clone(), circuit.clone()));
             let state = UpstreamState {
-                circuit: Mutex::new(Circuit::new(
-                    config.queue.circuit_failures,
-                    config.queue.circuit_cooldown,
-                )),
+                circuit,
+                metrics: metrics.as_ref().map(|m| m.upstream(&u.name)),
                 throttle: Mutex::new(Throttle::new(u.rate, u.burst)),
                 pool: Pool::new(Upstream::new(u.clone(), &hostname)?),
                 patterns,
@@ -156,6 +198,7 @@ impl Delivery {
             upstreams,
             hostname,
             shutdown,
+            metrics,
         });
         let node = format!(
             "{}/{}",
@@ -168,7 +211,7 @@ impl Delivery {
         } else {
             engine.queue.workers
         };
-        Ok(tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
             for i in 0..workers {
                 let e = engine.clone();
@@ -181,7 +224,11 @@ impl Delivery {
             for u in engine.upstreams.values() {
                 u.pool.close_idle().await;
             }
-        }))
+        });
+        Ok(Started {
+            handle,
+            circuits: Circuits::new(circuits),
+        })
     }
 }
 
@@ -192,11 +239,13 @@ impl Engine {
 
     async fn worker(&self, owner: String) {
         while !self.shutdown.is_cancelled() {
-            let claimed = match self
+            let started = Instant::now();
+            let claimed = self
                 .store
                 .claim_due(&owner, now_ms(), self.lease_ms(), self.queue.batch)
-                .await
-            {
+                .await;
+            self.store_timing(StoreOperation::Claim, started, claimed.is_err());
+            let claimed = match claimed {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(error = %e, "queue claim failed");
@@ -327,7 +376,10 @@ impl Engine {
     /// duplicate delivery once the lease expires.
     async fn record(&self, owner: &str, outcomes: &[RecipientOutcome]) {
         for attempt in 0..5u32 {
-            match self.store.record_outcomes(owner, now_ms(), outcomes).await {
+            let started = Instant::now();
+            let recorded = self.store.record_outcomes(owner, now_ms(), outcomes).await;
+            self.store_timing(StoreOperation::RecordOutcome, started, recorded.is_err());
+            match recorded {
                 Ok(_) => return,
                 Err(e) => {
                     warn!(error = %e, attempt, "recording delivery outcomes failed");
@@ -449,6 +501,9 @@ impl Engine {
         match self.store.finish_message(&m.id, now, dsn.as_ref()).await {
             Ok(true) => {
                 if let Some(d) = &dsn {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.bounce_generated();
+                    }
                     for r in recipients.iter().filter(|r| r.status != "delivered") {
                         info!(queue_id = %m.id, recipient = %r.address, dsn_id = %d.id, sender = %m.sender, "bounced");
                     }
@@ -474,6 +529,9 @@ impl Engine {
                 .get(&route[i])
                 .is_some_and(|u| lock(&u.circuit).allow(now_i))
         });
+        for name in route {
+            self.publish_circuit(name);
+        }
         let Some(idx) = chosen else {
             let reply = format!("no upstream available (circuit open): {}", route.join(", "));
             let next = now_ms() + self.queue.circuit_cooldown.as_millis() as i64;
@@ -490,6 +548,7 @@ impl Engine {
         let wait = lock(&up.throttle).reserve(now_i);
         if wait > self.queue.max_throttle_wait {
             lock(&up.circuit).release_probe(Instant::now());
+            self.publish_circuit(name);
             let reply = format!("rate limit of upstream {name}: next slot in {wait:?}");
             let next = now_ms() + wait.as_millis() as i64;
             return rcpts
@@ -507,7 +566,12 @@ impl Engine {
             body,
             smtputf8: m.smtputf8,
         };
-        match up.pool.send(env).await {
+        let started = Instant::now();
+        let sent = up.pool.send(env).await;
+        if let Some(um) = &up.metrics {
+            um.transaction_duration(started.elapsed());
+        }
+        let outcomes = match sent {
             Err(e) => {
                 if lock(&up.circuit).failure(Instant::now()) {
                     warn!(upstream = %name, error = %e, "circuit opened");
@@ -519,6 +583,26 @@ impl Engine {
                     .collect()
             }
             Ok(tx) => self.classify(m, rcpts, route.len(), idx, name, up, &tx),
+        };
+        self.publish_circuit(name);
+        if let Some(um) = &up.metrics {
+            count_attempts(um, &outcomes);
+        }
+        outcomes
+    }
+
+    /// Sets the circuit gauge of upstream `name` from its breaker.
+    fn publish_circuit(&self, name: &str) {
+        if let Some(up) = self.upstreams.get(name) {
+            if let Some(um) = &up.metrics {
+                um.set_circuit(lock(&up.circuit).state_at(Instant::now()));
+            }
+        }
+    }
+
+    fn store_timing(&self, operation: StoreOperation, started: Instant, failed: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.store_operation(operation, started.elapsed(), failed);
         }
     }
 
@@ -614,6 +698,27 @@ impl Engine {
         };
         info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, next_attempt_at = next, "deferred");
         deferred(r, next, next_index, true, Some(name), reply)
+    }
+}
+
+/// Counts the recipient results of one transaction with an upstream.
+fn count_attempts(um: &UpstreamMetrics, outcomes: &[RecipientOutcome]) {
+    let (mut delivered, mut deferred, mut failed) = (0, 0, 0);
+    for o in outcomes {
+        match o.kind {
+            OutcomeKind::Delivered => delivered += 1,
+            OutcomeKind::Deferred { .. } => deferred += 1,
+            OutcomeKind::Failed | OutcomeKind::Expired => failed += 1,
+        }
+    }
+    for (result, n) in [
+        (DeliveryResult::Delivered, delivered),
+        (DeliveryResult::Deferred, deferred),
+        (DeliveryResult::Failed, failed),
+    ] {
+        if n > 0 {
+            um.attempts(result, n);
+        }
     }
 }
 

@@ -364,6 +364,16 @@ pub struct QueueDetail {
     pub log: Vec<DeliveryLogEntry>,
 }
 
+/// What [`QueueStore::queue_stats`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSummary {
+    /// Messages with at least one recipient in status `queued`.
+    pub depth: u64,
+    /// `now - received_at` of the oldest such message, in milliseconds;
+    /// 0 when the queue is empty (never negative).
+    pub oldest_age_ms: i64,
+}
+
 /// The queue: accepted messages and per-recipient delivery state.
 ///
 /// Delivery never holds a transaction across an SMTP conversation: it claims
@@ -436,6 +446,13 @@ pub trait QueueStore: Send + Sync {
 
     /// Deletes `delivery_log` rows older than `before`; returns how many.
     async fn prune_delivery_log(&self, before: i64) -> StoreResult<u64>;
+
+    /// One reading of the queue at `now` for the metrics sampler, in one
+    /// statement: how many messages have at least one recipient still
+    /// `queued` (leased or not), and how long ago the oldest of them was
+    /// received. Finished recipients (delivered, failed, expired) do not
+    /// count; an empty queue reads `depth` 0, `oldest_age_ms` 0.
+    async fn queue_stats(&self, now: i64) -> StoreResult<QueueSummary>;
 
     /// Messages in the queue, oldest first, at most `limit`.
     async fn queue_list(&self, limit: u32) -> StoreResult<Vec<QueueEntry>>;

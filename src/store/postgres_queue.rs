@@ -9,7 +9,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::postgres::PgStore;
-use super::sqlite_queue::group_claims;
+use super::sqlite_queue::{group_claims, queue_summary, QUEUE_STATS_SQL};
 use super::*;
 
 /// Inserts message and recipients on `conn` (inside the caller's transaction).
@@ -432,6 +432,14 @@ impl QueueStore for PgStore {
             .await
             .map_err(|e| map_sqlx(e, "delivery log"))?;
         Ok(done.rows_affected())
+    }
+
+    async fn queue_stats(&self, now: i64) -> StoreResult<QueueSummary> {
+        let row = sqlx::query(QUEUE_STATS_SQL)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(queue_summary(now, row.get(0), row.get(1)))
     }
 
     async fn queue_list(&self, limit: u32) -> StoreResult<Vec<QueueEntry>> {

@@ -501,6 +501,14 @@ impl QueueStore for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn queue_stats(&self, now: i64) -> StoreResult<QueueSummary> {
+        let row = sqlx::query(QUEUE_STATS_SQL)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(queue_summary(now, row.get(0), row.get(1)))
+    }
+
     async fn queue_list(&self, limit: u32) -> StoreResult<Vec<QueueEntry>> {
         let rows = sqlx::query(&format!("{LIST_SQL} ORDER BY m.received_at, m.id LIMIT ?1"))
             .bind(i64::from(limit))
@@ -641,5 +649,19 @@ fn entry_of(r: &SqliteRow) -> QueueEntry {
         recipients: u32_of(r.get("recipients")),
         pending: u32_of(r.get("pending")),
         next_attempt_at: r.get("next_at"),
+    }
+}
+
+/// Depth and oldest `received_at` of the messages with a recipient still
+/// queued (the same text on both backends; `COUNT` is 64-bit on both).
+pub(crate) const QUEUE_STATS_SQL: &str = "SELECT COUNT(*), MIN(m.received_at) FROM queue_messages m
+     WHERE EXISTS (SELECT 1 FROM queue_recipients r
+                   WHERE r.message_id = m.id AND r.status = 'queued')";
+
+/// The [`QueueSummary`] of one `QUEUE_STATS_SQL` row read at `now`.
+pub(crate) fn queue_summary(now: i64, count: i64, oldest: Option<i64>) -> QueueSummary {
+    QueueSummary {
+        depth: count.max(0) as u64,
+        oldest_age_ms: oldest.map_or(0, |t| (now - t).max(0)),
     }
 }

@@ -30,8 +30,16 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Runtime::new()?;
     match args.first().map(String::as_str) {
-        Some("server") => rt.block_on(server(&args[1], args.get(2).map(String::as_str) == Some("cache"))),
-        Some("relogin") => rt.block_on(relogin(args[1].parse()?, &args[2], args[3].parse()?, args[4].parse()?)),
+        Some("server") => rt.block_on(server(
+            &args[1],
+            args.get(2).map(String::as_str) == Some("cache"),
+        )),
+        Some("relogin") => rt.block_on(relogin(
+            args[1].parse()?,
+            &args[2],
+            args[3].parse()?,
+            args[4].parse()?,
+        )),
         Some("idle") => rt.block_on(idle(args[1].parse()?, &args[2], args[3].parse()?, &args[4])),
         Some("storm") => rt.block_on(storm(args[1].parse()?, &args[2], args[3].parse()?)),
         _ => anyhow::bail!("usage: smtp_bench server DIR | idle PORT DIR N PID | storm PORT DIR N"),
@@ -288,6 +296,9 @@ async fn relogin(port: u16, dir: &str, n: usize, conc: usize) -> anyhow::Result<
         ok += t.await??;
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("{ok}/{n} logins (TCP+TLS+AUTH each, {conc} clients) in {secs:.2} s: {:.0} logins/s", ok as f64 / secs);
+    println!(
+        "{ok}/{n} logins (TCP+TLS+AUTH each, {conc} clients) in {secs:.2} s: {:.0} logins/s",
+        ok as f64 / secs
+    );
     Ok(())
 }

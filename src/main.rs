@@ -313,7 +313,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let mut input = String::new();
             std::io::stdin().read_to_string(&mut input)?;
             let pw = input.lines().next().unwrap_or("");
-            let params = postgate::password::HashParams::default();
+            // The configured argon2id parameters ([auth.hash]), so SQL-made
+            // accounts are not rehashed at their first login.
+            let params = load_config(&cli)?.auth.hash;
             println!("{}", postgate::password::hash(pw, &params)?);
             Ok(())
         }
@@ -328,7 +330,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
 async fn user(cli: &Cli, cmd: &UserCommand) -> Result<(), Failure> {
     let config = load_config(cli)?;
     let store = open_store(&config).await?;
-    let params = postgate::password::HashParams::default();
+    let params = config.auth.hash;
     match cmd {
         UserCommand::Add { name, password } => {
             let (pw, generated) = read_password(password)?;

@@ -179,14 +179,18 @@ async fn accounts_are_managed_from_the_cli_on_both_backends() {
 #[tokio::test]
 async fn accounts_can_be_managed_with_plain_sql() {
     // The README's SQL recipe: hash-password, then INSERTs by hand.
-    let o = postgate(
-        std::path::Path::new("/nonexistent-is-not-read"),
-        &["hash-password"],
-        "pl41n sql\n",
-    );
+    // hash-password uses the configured [auth.hash] parameters.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        "[auth.hash]\nmemory_kib = 8192\niterations = 3\nparallelism = 1\n",
+    )
+    .unwrap();
+    let o = postgate(&cfg, &["hash-password"], "pl41n sql\n");
     assert!(o.status.success(), "{:?}", text(&o));
     let phc = text(&o).0.trim().to_string();
-    assert!(phc.starts_with("$argon2id$"), "{phc}");
+    assert!(phc.starts_with("$argon2id$v=19$m=8192,t=3,p=1$"), "{phc}");
     for t in all_stores().await {
         let sql = [
             "INSERT INTO users (username) VALUES ('carol')".to_string(),

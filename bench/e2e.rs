@@ -106,6 +106,20 @@ max_messages_per_connection = 1000
     let _ = postgate::accounts::user_add(&*store, "bench", "default", password, &config.auth.hash)
         .await;
     let _ = postgate::accounts::sender_allow(&*store, "bench", "@example.com").await;
+    // `--dkim rsa|ed25519|dual`: sign every message (the From domain is example.com).
+    let dkim = arg("--dkim", "none");
+    for (alg, selector) in [
+        (postgate::store::DkimAlgorithm::RsaSha256, "bench-rsa"),
+        (postgate::store::DkimAlgorithm::Ed25519Sha256, "bench-ed"),
+    ] {
+        let wanted = match alg {
+            postgate::store::DkimAlgorithm::RsaSha256 => dkim == "rsa" || dkim == "dual",
+            postgate::store::DkimAlgorithm::Ed25519Sha256 => dkim == "ed25519" || dkim == "dual",
+        };
+        if wanted {
+            let _ = postgate::dkim::cli_generate(&*store, "example.com", selector, alg, None).await;
+        }
+    }
 
     let bound = postgate::run::Bound::bind(&config).await.unwrap();
     let smtp_port = bound.smtp[0].1.local_addr().unwrap().port();

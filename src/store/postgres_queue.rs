@@ -12,15 +12,33 @@ use super::postgres::PgStore;
 use super::sqlite_queue::{group_claims, queue_summary, QUEUE_STATS_SQL};
 use super::*;
 
-/// Inserts message and recipients on `conn` (inside the caller's transaction).
-pub(crate) async fn insert_message(conn: &mut PgConnection, m: &NewMessage) -> StoreResult<()> {
+/// Inserts message and recipients in ONE statement (a data-modifying CTE):
+/// on the pool it is its own transaction, so an enqueue costs one round trip
+/// and one commit instead of BEGIN, two INSERTs and COMMIT; inside a caller's
+/// transaction (a DSN) it is one statement of it.
+pub(crate) async fn insert_message<'e, E: sqlx::PgExecutor<'e>>(
+    exec: E,
+    m: &NewMessage,
+) -> StoreResult<()> {
     if m.recipients.is_empty() {
         return Err(StoreError::Invalid("a message needs a recipient".into()));
     }
+    let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
+    let notify: Vec<Option<&str>> = m.recipients.iter().map(|r| r.notify.as_deref()).collect();
+    let orcpt: Vec<Option<&str>> = m.recipients.iter().map(|r| r.orcpt.as_deref()).collect();
+    // The recipients' foreign key is checked at the end of the statement, when
+    // the message row of the CTE is visible; ORDER BY keeps their ids in the
+    // order given (DSNs and `queue show` list recipients by id).
     sqlx::query(
-        "INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body, envid,
-                dsn_ret, is_dsn, smtputf8, received_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        "WITH m AS (
+             INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body,
+                    envid, dsn_ret, is_dsn, smtputf8, received_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             RETURNING id, received_at)
+         INSERT INTO queue_recipients (message_id, recipient, notify, orcpt, next_attempt_at)
+         SELECT m.id, t.r, t.n, t.o, m.received_at
+         FROM m, unnest($14::TEXT[], $15::TEXT[], $16::TEXT[]) WITH ORDINALITY AS t(r, n, o, i)
+         ORDER BY t.i",
     )
     .bind(&m.id)
     .bind(&m.sender)
@@ -35,25 +53,12 @@ pub(crate) async fn insert_message(conn: &mut PgConnection, m: &NewMessage) -> S
     .bind(m.smtputf8)
     .bind(m.received_at)
     .bind(m.expires_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| map_sqlx(e, "queued message"))?;
-    // One statement for all recipients: a round trip each would dominate small messages.
-    let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
-    let notify: Vec<Option<&str>> = m.recipients.iter().map(|r| r.notify.as_deref()).collect();
-    let orcpt: Vec<Option<&str>> = m.recipients.iter().map(|r| r.orcpt.as_deref()).collect();
-    sqlx::query(
-        "INSERT INTO queue_recipients (message_id, recipient, notify, orcpt, next_attempt_at)
-         SELECT $1, r, n, o, $5 FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[]) AS t(r, n, o)",
-    )
-    .bind(&m.id)
     .bind(&addresses)
     .bind(&notify)
     .bind(&orcpt)
-    .bind(m.received_at)
-    .execute(&mut *conn)
+    .execute(exec)
     .await
-    .map_err(|e| map_sqlx(e, "queued recipient"))?;
+    .map_err(|e| map_sqlx(e, "queued message"))?;
     Ok(())
 }
 
@@ -108,9 +113,9 @@ fn outcome_parts(kind: &OutcomeKind) -> (&'static str, i32, Option<i64>, Option<
 #[async_trait]
 impl QueueStore for PgStore {
     async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
-        insert_message(&mut tx, m).await?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
+        // One statement on the pool: its own transaction, committed (WAL
+        // flushed, synchronous_commit) before this returns and the 250 goes out.
+        insert_message(&self.pool, m).await
     }
 
     async fn claim_due(
@@ -120,66 +125,59 @@ impl QueueStore for PgStore {
         lease_ms: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        // One statement, its own short transaction: lease the due recipients
+        // (rows other claimers hold are skipped) and return them with their
+        // messages; a small body comes once per message (on its first row).
         let rows = sqlx::query(
             "WITH due AS (
                  SELECT id FROM queue_recipients
                  WHERE status = 'queued' AND next_attempt_at <= $1
                    AND (lease_until IS NULL OR lease_until <= $1)
                  ORDER BY next_attempt_at, id LIMIT $2
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE queue_recipients r SET lease_owner = $3, lease_until = $4, updated_at = $1
-             FROM due WHERE r.id = due.id
-             RETURNING r.id, r.message_id, r.recipient, r.notify, r.orcpt, r.attempts, r.route_index",
+                 FOR UPDATE SKIP LOCKED),
+             claimed AS (
+                 UPDATE queue_recipients r SET lease_owner = $3, lease_until = $4, updated_at = $1
+                 FROM due WHERE r.id = due.id
+                 RETURNING r.id, r.message_id, r.recipient, r.notify, r.orcpt, r.attempts,
+                           r.route_index)
+             SELECT c.id AS rid, c.recipient, c.notify, c.orcpt, c.attempts, c.route_index,
+                    m.id, m.sender, m.user_id, m.username, m.envid, m.dsn_ret, m.is_dsn,
+                    m.smtputf8, m.size, m.received_at, m.expires_at,
+                    CASE WHEN m.size <= $5
+                          AND c.id = min(c.id) OVER (PARTITION BY c.message_id)
+                         THEN m.body END AS small_body
+             FROM claimed c JOIN queue_messages m ON m.id = c.message_id",
         )
         .bind(now)
         .bind(i64::from(limit))
         .bind(owner)
         .bind(now.saturating_add(lease_ms))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| map_sqlx(e, "queue claim"))?;
-        let claimed: Vec<(String, ClaimedRecipient)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get("message_id"),
-                    ClaimedRecipient {
-                        id: r.get("id"),
-                        address: r.get("recipient"),
-                        notify: r.get("notify"),
-                        orcpt: r.get("orcpt"),
-                        attempts: u32_of(r.get("attempts")),
-                        route_index: u32_of(r.get("route_index")),
-                    },
-                )
-            })
-            .collect();
-        if claimed.is_empty() {
-            tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
-            return Ok(Vec::new());
-        }
-        let mut ids: Vec<&str> = claimed.iter().map(|(m, _)| m.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let msgs = sqlx::query(
-            "SELECT id, sender, user_id, username, envid, dsn_ret, is_dsn, smtputf8, size,
-                    received_at, expires_at, CASE WHEN size <= $2 THEN body END AS small_body
-             FROM queue_messages WHERE id = ANY($1)",
-        )
-        .bind(&ids)
         .bind(CLAIM_BODY_MAX)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(|e| map_sqlx(e, "queue claim"))?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue claim"))?;
-        let messages: HashMap<String, ClaimedMessage> = msgs
-            .iter()
-            .map(|r| {
-                let m = message_of(r);
-                (m.id.clone(), m)
-            })
-            .collect();
+        let mut messages: HashMap<String, ClaimedMessage> = HashMap::new();
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mid: String = r.get("id");
+            let recipient = ClaimedRecipient {
+                id: r.get("rid"),
+                address: r.get("recipient"),
+                notify: r.get("notify"),
+                orcpt: r.get("orcpt"),
+                attempts: u32_of(r.get("attempts")),
+                route_index: u32_of(r.get("route_index")),
+            };
+            match messages.get_mut(&mid) {
+                // The row that carries the body (if any) may come second.
+                Some(m) if m.body.is_none() => m.body = message_of(r).body,
+                Some(_) => {}
+                None => {
+                    messages.insert(mid.clone(), message_of(r));
+                }
+            }
+            claimed.push((mid, recipient));
+        }
         Ok(group_claims(messages, claimed))
     }
 
@@ -203,113 +201,78 @@ impl QueueStore for PgStore {
         if outcomes.is_empty() {
             return Ok(0);
         }
-        // Three statements whatever the number of outcomes (arrays through
-        // unnest): a claim's outcomes cost one short transaction.
+        // One statement whatever the number of outcomes (arrays through
+        // unnest), so one round trip and one commit: update the recipients
+        // still leased by `owner`, log the attempts, and delete the messages
+        // whose recipients are now all delivered (the common case; anything
+        // else is finished by `finish_message`). The sub-statements share one
+        // snapshot, so the DELETE counts the rows this UPDATE just delivered
+        // through `upd`, not through their (old) status.
         let mut ids = Vec::with_capacity(outcomes.len());
-        let mut statuses = Vec::with_capacity(outcomes.len());
+        let mut kinds = Vec::with_capacity(outcomes.len());
         let mut incs = Vec::with_capacity(outcomes.len());
         let mut nexts = Vec::with_capacity(outcomes.len());
         let mut routes = Vec::with_capacity(outcomes.len());
         let mut upstreams = Vec::with_capacity(outcomes.len());
         let mut replies = Vec::with_capacity(outcomes.len());
-        let mut by_id = HashMap::with_capacity(outcomes.len());
+        let mut logs = Vec::with_capacity(outcomes.len());
         for o in outcomes {
-            let (status, inc, next, route) = outcome_parts(&o.kind);
+            let (kind, inc, next, route) = outcome_parts(&o.kind);
             ids.push(o.recipient_id);
-            statuses.push(if status == "deferred" {
-                "queued"
-            } else {
-                status
-            });
+            kinds.push(kind);
             incs.push(inc);
             nexts.push(next);
             routes.push(route);
             upstreams.push(o.upstream.as_deref());
             replies.push(o.reply.as_deref());
-            by_id.insert(o.recipient_id, (o, status));
+            logs.push(o.log);
         }
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
-        let rows = sqlx::query(
-            "UPDATE queue_recipients r SET status = o.status, attempts = r.attempts + o.inc,
-                    next_attempt_at = COALESCE(o.next_at, r.next_attempt_at),
-                    route_index = COALESCE(o.route, r.route_index),
-                    lease_owner = NULL, lease_until = NULL,
-                    last_upstream = COALESCE(o.upstream, r.last_upstream),
-                    last_reply = COALESCE(o.reply, r.last_reply), updated_at = $8
-             FROM unnest($1::BIGINT[], $2::TEXT[], $3::INTEGER[], $4::BIGINT[], $5::INTEGER[],
-                         $6::TEXT[], $7::TEXT[]) AS o(id, status, inc, next_at, route, upstream, reply)
-             WHERE r.id = o.id AND r.lease_owner = $9 AND r.status = 'queued'
-             RETURNING r.id, r.message_id, r.recipient, r.attempts",
+        let updated: i64 = sqlx::query_scalar(
+            "WITH o AS (
+                 SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::INTEGER[], $4::BIGINT[],
+                                      $5::INTEGER[], $6::TEXT[], $7::TEXT[], $8::BOOLEAN[])
+                          AS o(id, kind, inc, next_at, route, upstream, reply, log)),
+             upd AS (
+                 UPDATE queue_recipients r
+                 SET status = CASE WHEN o.kind = 'deferred' THEN 'queued' ELSE o.kind END,
+                     attempts = r.attempts + o.inc,
+                     next_attempt_at = COALESCE(o.next_at, r.next_attempt_at),
+                     route_index = COALESCE(o.route, r.route_index),
+                     lease_owner = NULL, lease_until = NULL,
+                     last_upstream = COALESCE(o.upstream, r.last_upstream),
+                     last_reply = COALESCE(o.reply, r.last_reply), updated_at = $9
+                 FROM o
+                 WHERE r.id = o.id AND r.lease_owner = $10 AND r.status = 'queued'
+                 RETURNING r.id, r.message_id, r.recipient, r.attempts, o.kind, o.upstream,
+                           o.reply, o.log),
+             logged AS (
+                 INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt,
+                                           reply)
+                 SELECT $9, message_id, recipient, upstream, kind, attempts, reply
+                 FROM upd WHERE log),
+             finished AS (
+                 DELETE FROM queue_messages m
+                 WHERE m.id IN (SELECT message_id FROM upd WHERE kind = 'delivered')
+                   AND NOT EXISTS (
+                       SELECT 1 FROM queue_recipients r
+                       WHERE r.message_id = m.id AND r.status <> 'delivered'
+                         AND r.id NOT IN (SELECT id FROM upd WHERE kind = 'delivered')))
+             SELECT count(*) FROM upd",
         )
         .bind(&ids)
-        .bind(&statuses)
+        .bind(&kinds)
         .bind(&incs)
         .bind(&nexts)
         .bind(&routes)
         .bind(&upstreams)
         .bind(&replies)
+        .bind(&logs)
         .bind(now)
         .bind(owner)
-        .fetch_all(&mut *tx)
+        .fetch_one(&self.pool)
         .await
         .map_err(|e| map_sqlx(e, "queue outcome"))?;
-        let mut log_mid = Vec::new();
-        let mut log_rcpt = Vec::new();
-        let mut log_up: Vec<Option<&str>> = Vec::new();
-        let mut log_outcome = Vec::new();
-        let mut log_attempt = Vec::new();
-        let mut log_reply: Vec<Option<&str>> = Vec::new();
-        let mut delivered = std::collections::BTreeSet::new();
-        for row in &rows {
-            let id: i64 = row.get("id");
-            let Some((o, status)) = by_id.get(&id) else {
-                continue;
-            };
-            let mid: String = row.get("message_id");
-            if *status == "delivered" {
-                delivered.insert(mid.clone());
-            }
-            if o.log {
-                log_mid.push(mid);
-                log_rcpt.push(row.get::<String, _>("recipient"));
-                log_up.push(o.upstream.as_deref());
-                log_outcome.push(*status);
-                log_attempt.push(row.get::<i32, _>("attempts"));
-                log_reply.push(o.reply.as_deref());
-            }
-        }
-        if !log_mid.is_empty() {
-            sqlx::query(
-                "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
-                 SELECT $1, * FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
-                                          $6::INTEGER[], $7::TEXT[])",
-            )
-            .bind(now)
-            .bind(&log_mid)
-            .bind(&log_rcpt)
-            .bind(&log_up)
-            .bind(&log_outcome)
-            .bind(&log_attempt)
-            .bind(&log_reply)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "delivery log"))?;
-        }
-        if !delivered.is_empty() {
-            // The common case, every recipient delivered: finish here, saving a
-            // transaction. Anything else is finished by `finish_message`.
-            let delivered: Vec<String> = delivered.into_iter().collect();
-            sqlx::query(
-                "DELETE FROM queue_messages m WHERE m.id = ANY($1) AND NOT EXISTS
-                   (SELECT 1 FROM queue_recipients r WHERE r.message_id = m.id AND r.status <> 'delivered')",
-            )
-            .bind(&delivered)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
-        }
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(rows.len() as u64)
+        Ok(u64::try_from(updated).unwrap_or(0))
     }
 
     async fn final_recipients(&self, id: &str) -> StoreResult<Option<Vec<FinalRecipient>>> {
@@ -375,7 +338,7 @@ impl QueueStore for PgStore {
             return Ok(false);
         }
         if let Some(dsn) = dsn {
-            insert_message(&mut tx, dsn).await?;
+            insert_message(&mut *tx, dsn).await?;
             sqlx::query(
                 "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
                  SELECT $1, message_id, recipient, NULL, 'bounced', attempts, $2

@@ -202,12 +202,15 @@ impl QueueStore for PgStore {
             return Ok(0);
         }
         // One statement whatever the number of outcomes (arrays through
-        // unnest), so one round trip and one commit: update the recipients
-        // still leased by `owner`, log the attempts, and delete the messages
-        // whose recipients are now all delivered (the common case; anything
-        // else is finished by `finish_message`). The sub-statements share one
-        // snapshot, so the DELETE counts the rows this UPDATE just delivered
-        // through `upd`, not through their (old) status.
+        // unnest), so one round trip and one commit. `cur` locks the
+        // recipients still leased by `owner` (outcomes of a lost lease are
+        // ignored); messages whose recipients are now all delivered are
+        // deleted (the common case; anything else is finished by
+        // `finish_message`), their recipients by the cascade, without first
+        // writing a new 'delivered' version of each row; only the others
+        // are updated. Every attempt is logged. The sub-statements share
+        // one snapshot, so the DELETE counts the recipients delivered now
+        // through `cur`, not through their (old) status.
         let mut ids = Vec::with_capacity(outcomes.len());
         let mut kinds = Vec::with_capacity(outcomes.len());
         let mut incs = Vec::with_capacity(outcomes.len());
@@ -232,32 +235,37 @@ impl QueueStore for PgStore {
                  SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::INTEGER[], $4::BIGINT[],
                                       $5::INTEGER[], $6::TEXT[], $7::TEXT[], $8::BOOLEAN[])
                           AS o(id, kind, inc, next_at, route, upstream, reply, log)),
+             cur AS (
+                 SELECT r.id, r.message_id, r.recipient, r.attempts + o.inc AS attempts,
+                        o.kind, o.next_at, o.route, o.upstream, o.reply, o.log
+                 FROM queue_recipients r JOIN o ON r.id = o.id
+                 WHERE r.lease_owner = $10 AND r.status = 'queued'
+                 FOR UPDATE OF r),
+             finished AS (
+                 DELETE FROM queue_messages m
+                 WHERE m.id IN (SELECT message_id FROM cur WHERE kind = 'delivered')
+                   AND NOT EXISTS (
+                       SELECT 1 FROM queue_recipients r
+                       WHERE r.message_id = m.id AND r.status <> 'delivered'
+                         AND r.id NOT IN (SELECT id FROM cur WHERE kind = 'delivered'))
+                 RETURNING m.id),
              upd AS (
                  UPDATE queue_recipients r
-                 SET status = CASE WHEN o.kind = 'deferred' THEN 'queued' ELSE o.kind END,
-                     attempts = r.attempts + o.inc,
-                     next_attempt_at = COALESCE(o.next_at, r.next_attempt_at),
-                     route_index = COALESCE(o.route, r.route_index),
+                 SET status = CASE WHEN c.kind = 'deferred' THEN 'queued' ELSE c.kind END,
+                     attempts = c.attempts,
+                     next_attempt_at = COALESCE(c.next_at, r.next_attempt_at),
+                     route_index = COALESCE(c.route, r.route_index),
                      lease_owner = NULL, lease_until = NULL,
-                     last_upstream = COALESCE(o.upstream, r.last_upstream),
-                     last_reply = COALESCE(o.reply, r.last_reply), updated_at = $9
-                 FROM o
-                 WHERE r.id = o.id AND r.lease_owner = $10 AND r.status = 'queued'
-                 RETURNING r.id, r.message_id, r.recipient, r.attempts, o.kind, o.upstream,
-                           o.reply, o.log),
+                     last_upstream = COALESCE(c.upstream, r.last_upstream),
+                     last_reply = COALESCE(c.reply, r.last_reply), updated_at = $9
+                 FROM cur c
+                 WHERE r.id = c.id AND c.message_id NOT IN (SELECT id FROM finished)),
              logged AS (
                  INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt,
                                            reply)
                  SELECT $9, message_id, recipient, upstream, kind, attempts, reply
-                 FROM upd WHERE log),
-             finished AS (
-                 DELETE FROM queue_messages m
-                 WHERE m.id IN (SELECT message_id FROM upd WHERE kind = 'delivered')
-                   AND NOT EXISTS (
-                       SELECT 1 FROM queue_recipients r
-                       WHERE r.message_id = m.id AND r.status <> 'delivered'
-                         AND r.id NOT IN (SELECT id FROM upd WHERE kind = 'delivered')))
-             SELECT count(*) FROM upd",
+                 FROM cur WHERE log ORDER BY id)
+             SELECT count(*) FROM cur",
         )
         .bind(&ids)
         .bind(&kinds)

@@ -18,6 +18,7 @@ mod limits_auth_cache;
 mod limits_store;
 mod ops_deploy;
 mod ops_http;
+mod queue_outcomes;
 mod smtp_auth;
 mod smtp_clients;
 #[path = "common/smtp.rs"]

@@ -53,6 +53,13 @@ use crate::store::{
 /// recorded, on top of the commit itself).
 const OUTCOME_GATHER: Duration = Duration::from_millis(20);
 
+/// Claims of one node start at least this far apart while the queue is
+/// drained (a claim came back with less than a full batch): one claim then
+/// takes what arrived meanwhile instead of every worker polling for a
+/// message or two (each claim is a statement and a commit in the store).
+/// A full batch means a backlog: the next claim may start at once.
+const CLAIM_SPACING: Duration = Duration::from_millis(5);
+
 use circuit::Circuit;
 use pool::Pool;
 use retry::RetryPolicy;
@@ -110,6 +117,8 @@ const LARGE_BODY_BUDGET_MIB: u32 = 128;
 
 struct Engine {
     store: Arc<dyn Store>,
+    /// When the next claim of this node may start ([`CLAIM_SPACING`]).
+    next_claim: Mutex<Instant>,
     large_bodies: Arc<tokio::sync::Semaphore>,
     queue: QueueConfig,
     router: Router,
@@ -186,6 +195,7 @@ impl Delivery {
         let q = &config.queue;
         let engine = Arc::new(Engine {
             store,
+            next_claim: Mutex::new(Instant::now()),
             large_bodies: Arc::new(tokio::sync::Semaphore::new(LARGE_BODY_BUDGET_MIB as usize)),
             router: config.router(),
             retry: RetryPolicy {
@@ -237,8 +247,31 @@ impl Engine {
         self.queue.lease.as_millis() as i64
     }
 
+    /// Waits for this node's next claim slot ([`CLAIM_SPACING`]) and takes
+    /// it; false if shut down meanwhile.
+    async fn claim_slot(&self) -> bool {
+        loop {
+            let wait = {
+                let mut next = lock(&self.next_claim);
+                let now = Instant::now();
+                if *next <= now {
+                    *next = now + CLAIM_SPACING;
+                    return true;
+                }
+                *next - now
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.cancelled() => return false,
+            }
+        }
+    }
+
     async fn worker(&self, owner: String) {
         while !self.shutdown.is_cancelled() {
+            if !self.claim_slot().await {
+                break;
+            }
             let started = Instant::now();
             let claimed = self
                 .store
@@ -246,7 +279,14 @@ impl Engine {
                 .await;
             self.store_timing(StoreOperation::Claim, started, claimed.is_err());
             let claimed = match claimed {
-                Ok(c) => c,
+                Ok(c) => {
+                    let recipients: usize = c.iter().map(|m| m.recipients.len()).sum();
+                    if recipients >= self.queue.batch as usize {
+                        // A backlog: let the next claim start at once.
+                        *lock(&self.next_claim) = Instant::now();
+                    }
+                    c
+                }
                 Err(e) => {
                     warn!(error = %e, "queue claim failed");
                     Vec::new()

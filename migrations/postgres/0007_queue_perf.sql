@@ -15,3 +15,13 @@ BEGIN
 END $$;
 CREATE TRIGGER users_queue_user_deleted AFTER DELETE ON users
     FOR EACH ROW EXECUTE FUNCTION postgate_queue_user_deleted();
+
+-- Bodies of a few KB are compressed when stored (TOAST): lz4 costs a
+-- fraction of the CPU of the default pglz for a similar ratio on mail.
+-- Only new values use it; a server built without lz4 keeps pglz.
+DO $$
+BEGIN
+    EXECUTE 'ALTER TABLE queue_messages ALTER COLUMN body SET COMPRESSION lz4';
+EXCEPTION WHEN feature_not_supported OR syntax_error THEN
+    RAISE NOTICE 'lz4 not available: queue bodies stay compressed with pglz';
+END $$;

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use base64::Engine as _;
 
 use super::*;
-use crate::intake::IntakeError;
+use crate::intake::{IntakeError, Submission};
+use crate::smtp::ports::AuthOutcome;
 use crate::smtp::ports::{LimitRefusal, NoLimits};
 use crate::store::{LimitOverrides, StoreError};
 

@@ -22,7 +22,23 @@ const TAG: &str = "twonodes";
 /// lease far beyond a batch's delivery time, so that a duplicate can only
 /// come from a claim bug, not from a lease that expired on a busy machine.
 /// No per-user message quotas: 1,000 messages from one user in seconds.
-const EXTRA: &str = r#"
+/// Each node reaches the one shared upstream under its own name
+/// (`via-NODE`), so the delivery log says which process delivered what.
+fn extra(node: &str, upstream_port: u16) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "via-{node}"
+host = "127.0.0.1"
+port = {upstream_port}
+tls = "none"
+connect_timeout = "5s"
+command_timeout = "10s"
+data_timeout = "20s"
+
+[[route]]
+upstreams = ["via-{node}"]
+
 [queue]
 workers = 2
 batch = 4
@@ -36,12 +52,14 @@ poll_interval = "100ms"
 messages_per_minute = 0
 messages_per_hour = 0
 messages_per_day = 0
-"#;
+"#
+    )
+}
 
 /// The client: `SESSIONS_PER_NODE` sessions per port in threads, message
 /// `i` sent by session `i % sessions`; sessions alternate between the
-/// nodes. `sendmail` raises on any refusal, so exit 0 means every message
-/// got its 250.
+/// nodes, and each message names its node in `X-Submitted-Via`. `sendmail`
+/// raises on any refusal, so exit 0 means every message got its 250.
 const PY: &str = r#"
 import os, smtplib, ssl, sys, threading
 ports = [int(p) for p in os.environ["PORTS"].split(",")]
@@ -51,7 +69,7 @@ sessions = len(ports) * per
 errors = []
 
 def session(k):
-    port = ports[k % len(ports)]
+    port, via = ports[k % len(ports)], "node%d" % (k % len(ports) + 1)
     try:
         s = smtplib.SMTP("localhost", port, local_hostname="client.e2e", timeout=60)
         s.starttls(context=ctx)
@@ -59,8 +77,8 @@ def session(k):
         for i in range(k, n, sessions):
             tok = "%s-%04d" % (tag, i)
             msg = ("From: Alice <alice@example.com>\r\nTo: <bob@dest.example>\r\n"
-                   "Subject: %s\r\nMessage-ID: <%s@example.com>\r\n\r\nbody of %s\r\n"
-                   % (tok, tok, tok)).encode()
+                   "Subject: %s\r\nMessage-ID: <%s@example.com>\r\nX-Submitted-Via: %s\r\n"
+                   "\r\nbody of %s\r\n" % (tok, tok, via, tok)).encode()
             refused = s.sendmail("alice@example.com", ["bob@dest.example"], msg)
             assert refused == {}, (tok, refused)
         s.quit()
@@ -109,23 +127,41 @@ async fn submit(ports: &[u16], ca: &Path) {
     );
 }
 
-/// How many copies of each token the upstream accepted, and the
-/// transactions that carried no token of ours (or a wrong envelope).
-fn copies(up: &UpstreamServer) -> (HashMap<String, usize>, Vec<String>) {
-    let mut seen = HashMap::new();
+/// One copy of a message the upstream accepted.
+struct Copy {
+    /// The node it was submitted to (`X-Submitted-Via`).
+    via: String,
+    /// Its queue id (the `id` of the Received field postgate added).
+    queue_id: String,
+}
+
+/// Every copy of each token the upstream accepted, and the transactions
+/// that are not one of our messages as submitted (wrong envelope, missing
+/// Message-ID, or not received with ESMTPSA: TLS and AUTH).
+fn copies(up: &UpstreamServer) -> (HashMap<String, Vec<Copy>>, Vec<String>) {
+    let mut seen: HashMap<String, Vec<Copy>> = HashMap::new();
     let mut strange = Vec::new();
     for r in up.received() {
         let text = String::from_utf8_lossy(&r.data);
-        let subject = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Subject: "))
-            .filter(|s| s.starts_with(TAG));
+        let header = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+                .map(str::to_string)
+        };
+        let subject = header("Subject").filter(|s| s.starts_with(TAG));
+        let queue_id = text
+            .split_once(" (postgate) with ESMTPSA id ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(str::to_string);
         let envelope_ok = r.mail_from == FROM && r.rcpt_to == ["bob@dest.example"];
-        match subject {
-            Some(s) if envelope_ok && text.contains(&format!("Message-ID: <{s}@example.com>")) => {
-                *seen.entry(s.to_string()).or_default() += 1
+        match (subject, header("X-Submitted-Via"), queue_id) {
+            (Some(s), Some(via), Some(queue_id))
+                if envelope_ok
+                    && header("Message-ID").as_deref() == Some(&format!("<{s}@example.com>")) =>
+            {
+                seen.entry(s).or_default().push(Copy { via, queue_id })
             }
-            _ => strange.push(format!("{} -> {:?}: {text:.300}", r.mail_from, r.rcpt_to)),
+            _ => strange.push(format!("{} -> {:?}: {text:.400}", r.mail_from, r.rcpt_to)),
         }
     }
     (seen, strange)
@@ -179,14 +215,26 @@ async fn two_processes_on_one_postgres_deliver_1000_messages_exactly_once() {
     };
     let dir = tempfile::tempdir().unwrap();
     let up = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
-    let mut settings = Settings::new(&url, up.addr.port());
-    settings.mode = "starttls";
-    settings.extra = EXTRA;
-    let mut one = write_node(dir.path(), "node1", &settings);
-    let mut two = write_node(dir.path(), "node2", &settings);
-    add_user(&one.config).await;
-    let n1 = Serve::start(&mut one).await;
-    let n2 = Serve::start(&mut two).await;
+    let mut nodes = Vec::new();
+    for name in ["node1", "node2"] {
+        let extra = extra(name, up.addr.port());
+        let mut settings = Settings::new(&url, up.addr.port());
+        settings.mode = "starttls";
+        settings.extra = &extra;
+        nodes.push(write_node(dir.path(), name, &settings));
+    }
+    add_user(&nodes[0].config).await;
+    let mut serves = Vec::new();
+    for files in &mut nodes {
+        serves.push(Serve::start(files).await);
+    }
+    let logs = || {
+        serves
+            .iter()
+            .map(|s| s.logs())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&url)
@@ -195,11 +243,8 @@ async fn two_processes_on_one_postgres_deliver_1000_messages_exactly_once() {
 
     // Both nodes deliver while both still accept: every claim is contested.
     let started = Instant::now();
-    submit(
-        &[one.smtp_port, two.smtp_port],
-        &dir.path().join("cert.pem"),
-    )
-    .await;
+    let ports: Vec<u16> = nodes.iter().map(|n| n.smtp_port).collect();
+    submit(&ports, &dir.path().join("cert.pem")).await;
     let submitted = started.elapsed();
 
     // Every token at the upstream, then nothing left in the queue.
@@ -211,11 +256,10 @@ async fn two_processes_on_one_postgres_deliver_1000_messages_exactly_once() {
         }
         assert!(
             Instant::now() < deadline,
-            "only {} of {N} messages delivered; queue rows {:?}\nnode1: {}\nnode2: {}",
+            "only {} of {N} messages delivered; queue rows {:?}\n{}",
             seen.len(),
             queue_rows(&pool).await,
-            n1.logs(),
-            n2.logs()
+            logs()
         );
         sleep(Duration::from_millis(100)).await;
     }
@@ -227,7 +271,8 @@ async fn two_processes_on_one_postgres_deliver_1000_messages_exactly_once() {
         }
         assert!(
             Instant::now() < deadline,
-            "queue never emptied: {rows:?} (messages, recipients) rows left"
+            "queue never emptied: {rows:?} (messages, recipients) rows left\n{}",
+            logs()
         );
         sleep(Duration::from_millis(100)).await;
     }
@@ -235,6 +280,7 @@ async fn two_processes_on_one_postgres_deliver_1000_messages_exactly_once() {
     // from an attempt still in flight: give it a moment to show.
     sleep(Duration::from_millis(500)).await;
 
+    // Exactly once at the upstream.
     let (seen, strange) = copies(&up);
     assert!(strange.is_empty(), "unexpected transactions: {strange:?}");
     let missing: Vec<String> = (0..N)
@@ -242,42 +288,81 @@ async fn two_processes_on_one_postgres_deliver_1000_messages_exactly_once() {
         .filter(|t| !seen.contains_key(t))
         .collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
-    let mut dups: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let mut dups: Vec<(&String, usize)> = seen
+        .iter()
+        .filter(|(_, c)| c.len() > 1)
+        .map(|(t, c)| (t, c.len()))
+        .collect();
     dups.sort();
     assert!(dups.is_empty(), "duplicates (token, copies): {dups:?}");
     assert_eq!(seen.len(), N);
 
-    // The delivery log agrees: one successful attempt per message, no other.
-    let log: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT outcome, count(*), count(DISTINCT message_id) FROM delivery_log
-         GROUP BY outcome ORDER BY outcome",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(log, vec![("delivered".to_string(), N as i64, N as i64)]);
-
-    // Both processes delivered, and between them each message once.
-    let m1 = attempts_by_result(one.http).await;
-    let m2 = attempts_by_result(two.http).await;
-    let d1 = m1.get("delivered").copied().unwrap_or(0.0);
-    let d2 = m2.get("delivered").copied().unwrap_or(0.0);
-    eprintln!(
-        "two nodes: {N} messages submitted in {:.1} s, all delivered after {:.1} s; \
-         node1 delivered {d1}, node2 {d2}",
-        submitted.as_secs_f64(),
-        delivered.as_secs_f64()
-    );
-    assert_eq!(d1 + d2, N as f64, "node1 {m1:?}, node2 {m2:?}");
-    assert!(
-        d1 > 0.0 && d2 > 0.0,
-        "one node did all the work (node1 {d1}, node2 {d2}): sharing untested"
-    );
-    for (name, m) in [("node1", &m1), ("node2", &m2)] {
+    // The delivery log agrees: one successful attempt per message and no
+    // other attempt; it names the process that delivered each message.
+    let log: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT message_id, outcome, upstream FROM delivery_log")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(log.len(), N, "delivery log rows");
+    let mut by_queue_id = HashMap::new();
+    for (id, outcome, upstream) in log {
+        assert_eq!(outcome, "delivered", "{id}: {upstream:?}");
+        let node = upstream.and_then(|u| u.strip_prefix("via-").map(str::to_string));
         assert!(
-            m.iter().all(|(r, n)| r == "delivered" || *n == 0.0),
-            "{name} had other attempts: {m:?}"
+            by_queue_id.insert(id.clone(), node).is_none(),
+            "{id} logged twice"
         );
     }
-    drop((n1, n2));
+    // (submitted to, delivered by) for every message.
+    let mut split: HashMap<(String, String), usize> = HashMap::new();
+    for (tok, c) in &seen {
+        let c = &c[0];
+        let by = by_queue_id
+            .get(&c.queue_id)
+            .unwrap_or_else(|| panic!("{tok} ({}) is not in the delivery log", c.queue_id))
+            .clone()
+            .unwrap_or_else(|| panic!("{tok}: no upstream in the delivery log"));
+        *split.entry((c.via.clone(), by)).or_default() += 1;
+    }
+    let count = |via: &str, by: &str| {
+        split
+            .get(&(via.to_string(), by.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    eprintln!(
+        "two nodes: {N} messages submitted in {:.1} s, all delivered after {:.1} s; \
+         (submitted to -> delivered by) 1->1 {}, 1->2 {}, 2->1 {}, 2->2 {}",
+        submitted.as_secs_f64(),
+        delivered.as_secs_f64(),
+        count("node1", "node1"),
+        count("node1", "node2"),
+        count("node2", "node1"),
+        count("node2", "node2"),
+    );
+
+    // Each process took messages the other had accepted: they share one
+    // queue, not just one database.
+    assert!(
+        count("node1", "node2") > 0 && count("node2", "node1") > 0,
+        "no message crossed between the nodes: {split:?}"
+    );
+
+    // Each process's own count (its metrics) matches the log: both worked.
+    for name in ["node1", "node2"] {
+        let files = nodes.iter().find(|n| n.name == name).unwrap();
+        let by_result = attempts_by_result(files.http).await;
+        let logged = count("node1", name) + count("node2", name);
+        assert!(
+            logged > 0,
+            "{name} delivered nothing: sharing untested ({split:?})"
+        );
+        let mut want = HashMap::from([("delivered".to_string(), logged as f64)]);
+        for r in ["deferred", "failed"] {
+            want.insert(r.to_string(), 0.0);
+        }
+        assert_eq!(by_result, want, "{name}'s delivery attempts");
+    }
+    drop(serves);
 }

@@ -17,6 +17,7 @@ pub mod postgres;
 mod postgres_dkim;
 mod postgres_limits;
 mod postgres_queue;
+mod rows;
 pub mod sqlite;
 mod sqlite_dkim;
 mod sqlite_limits;

@@ -55,6 +55,8 @@ pub struct SessionSettings {
     pub auth_without_tls: bool,
     /// Bare CR/LF in DATA become CRLF instead of being refused (per-user override wins).
     pub normalize_line_endings: bool,
+    /// A failed AUTH is answered no sooner than this after its check began.
+    pub auth_failure_delay: std::time::Duration,
     /// Where AUTH outcomes, refusals and received messages are counted.
     pub metrics: SessionMetrics,
 }

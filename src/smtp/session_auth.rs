@@ -85,6 +85,7 @@ impl Session {
             Ok(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
             Ok(_) => {}
         }
+        let checked_from = tokio::time::Instant::now();
         let outcome = self
             .ports
             .authenticator
@@ -113,6 +114,10 @@ impl Session {
             AuthOutcome::Failed => {
                 tracing::info!(session = %self.id, username = %c.username, mechanism, "auth failed");
                 m.auth(mechanism, AuthResult::Failed);
+                // A deadline, not a delay after the check: an unknown user
+                // (one dummy verification) and a user with several
+                // credentials (one each) are answered at the same moment.
+                tokio::time::sleep_until(checked_from + self.settings.auth_failure_delay).await;
                 Reply::auth_failed()
             }
             AuthOutcome::Unavailable => {

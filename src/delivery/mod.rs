@@ -43,7 +43,9 @@ pub use config::{
 pub use health::Circuits;
 
 use crate::limits::{Limiter, LimitsConfig};
-use crate::metrics::{DeliveryResult, Metrics, StoreOperation, UpstreamMetrics};
+use crate::metrics::{
+    DeliveryResult, LimitKind, LimitScope, Metrics, StoreOperation, UpstreamMetrics,
+};
 use crate::store::{
     new_queue_id, ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome, Store,
     StoreError,
@@ -567,6 +569,9 @@ impl Engine {
         let name = &route[idx];
         let up = &self.upstreams[name];
         if let Admission::Defer(wait) = up.throttle.admit(self.queue.max_throttle_wait).await {
+            if let Some(metrics) = &self.metrics {
+                metrics.rate_limited(LimitScope::Upstream, LimitKind::Messages);
+            }
             lock(&up.circuit).release_probe(Instant::now());
             self.publish_circuit(name);
             let reply = format!("rate limit of upstream {name}: next slot in {wait:?}");

@@ -275,7 +275,9 @@ impl Signer {
     /// (a concurrent reload cannot leave a domain without keys).
     fn pick(&self, from_domain: &str) -> Option<(String, Vec<Arc<LoadedKey>>)> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut d = from_domain.trim_end_matches('.').to_ascii_lowercase();
+        // Keys are stored under A-labels: an SMTPUTF8 From domain in
+        // U-labels (RFC 6532) is looked up in that form.
+        let mut d = crate::store::domain_to_ascii(from_domain.trim_end_matches('.'));
         loop {
             if let Some(k) = keys.get(&d) {
                 return Some((d, k.clone()));

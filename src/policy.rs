@@ -4,7 +4,9 @@
 //! of their patterns: an exact address (`alice@example.com`) or a whole
 //! domain (`@example.com`). Matching is case-insensitive (RFC 5321 §2.4
 //! lets local parts be case-sensitive, but no organisation issues
-//! `Alice@` and `alice@` to different people).
+//! `Alice@` and `alice@` to different people). Domains are compared as
+//! A-labels, so `@bücher.example` and `@xn--bcher-kva.example` are one rule
+//! and match SMTPUTF8 addresses (RFC 6531) in either form.
 
 /// A validated, lower-cased sender pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,10 +27,12 @@ impl SenderPattern {
             pattern: input.to_string(),
             reason,
         };
-        let p = input.trim().to_lowercase();
-        let Some((local, domain)) = p.rsplit_once('@') else {
+        let lower = input.trim().to_lowercase();
+        let Some((local, domain)) = lower.rsplit_once('@') else {
             return Err(err("expected user@domain or @domain"));
         };
+        let domain = crate::store::domain_to_ascii(domain);
+        let p = format!("{local}@{domain}");
         if p.len() > 254 {
             return Err(err("longer than 254 octets"));
         }
@@ -37,7 +41,7 @@ impl SenderPattern {
         }) {
             return Err(err("local part has a character not allowed here"));
         }
-        if !is_domain(domain) {
+        if !is_domain(&domain) {
             return Err(err("domain is not a valid host name"));
         }
         Ok(SenderPattern(p))
@@ -51,11 +55,19 @@ impl SenderPattern {
     /// Whether `address` (an envelope or header address) matches.
     pub fn matches(&self, address: &str) -> bool {
         let a = address.to_lowercase();
-        if let Some(domain) = self.0.strip_prefix('@') {
-            a.rsplit_once('@')
-                .is_some_and(|(local, d)| !local.is_empty() && d == domain)
+        let Some((local, d)) = a.rsplit_once('@') else {
+            return false;
+        };
+        let Some((p_local, p_domain)) = self.0.rsplit_once('@') else {
+            return false;
+        };
+        // Rules stored before domains were kept as A-labels may hold U-labels.
+        let same_domain =
+            crate::store::domain_to_ascii(d) == crate::store::domain_to_ascii(p_domain);
+        if p_local.is_empty() {
+            !local.is_empty() && same_domain
         } else {
-            a == self.0
+            local == p_local && same_domain
         }
     }
 }
@@ -119,6 +131,22 @@ mod tests {
         assert!(!dom.matches("bob@sub.example.com"));
         assert!(!dom.matches("bob@evilexample.com"));
         assert!(!dom.matches("@example.com"));
+    }
+
+    #[test]
+    fn internationalized_domains_match_in_either_form() {
+        let dom = SenderPattern::parse("@Bücher.example").unwrap();
+        assert_eq!(dom.as_str(), "@xn--bcher-kva.example");
+        assert!(dom.matches("jörg@bücher.example"));
+        assert!(dom.matches("jorg@XN--BCHER-KVA.example"));
+        assert!(!dom.matches("jorg@bucher.example"));
+        let exact = SenderPattern::parse("Jörg@xn--bcher-kva.example").unwrap();
+        assert!(exact.matches("JÖRG@Bücher.example"));
+        assert!(!exact.matches("jorg@bücher.example"));
+        assert_eq!(
+            permitted_by(&["@bücher.example".to_string()], "a@xn--bcher-kva.example"),
+            Some("@bücher.example")
+        );
     }
 
     #[test]

@@ -155,11 +155,12 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     let _stop_delivery = delivery_shutdown.clone().drop_guard();
     // `serve` refuses a config without upstreams; in-process callers may run
     // an intake-only node (delivery then starts no workers; messages stay queued).
-    let delivery = crate::delivery::Delivery::start_with_metrics(
+    let delivery = crate::delivery::Delivery::start_with(
         store.clone(),
         config.delivery(),
         delivery_shutdown.clone(),
         Some(metrics.clone()),
+        limiter.clone(),
     )?;
     // An intake-only node is ready without upstreams; otherwise `/readyz`
     // needs one whose circuit is not open.

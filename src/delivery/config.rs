@@ -155,7 +155,9 @@ pub struct UpstreamConfig {
     /// How long an idle pooled connection is kept. Default `30s`.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Messages per second to this upstream per node (provider quota); unlimited when unset.
+    /// Messages per second to this upstream (provider quota), paced by the
+    /// node's limiter: for all nodes together with the `postgres` limits
+    /// backend, per node with `local`. Unlimited when unset.
     #[serde(default)]
     pub rate: Option<f64>,
     /// Messages that may go at once within the rate. Default 1.

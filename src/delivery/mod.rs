@@ -42,7 +42,10 @@ pub use config::{
 
 pub use health::Circuits;
 
-use crate::metrics::{DeliveryResult, Metrics, StoreOperation, UpstreamMetrics};
+use crate::limits::{Limiter, LimitsConfig};
+use crate::metrics::{
+    DeliveryResult, LimitKind, LimitScope, Metrics, StoreOperation, UpstreamMetrics,
+};
 use crate::store::{
     new_queue_id, ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome, Store,
     StoreError,
@@ -64,7 +67,7 @@ use circuit::Circuit;
 use pool::Pool;
 use retry::RetryPolicy;
 use route::Router;
-use throttle::Throttle;
+use throttle::{Admission, UpstreamThrottle};
 use upstream::{Envelope, Reply, TxReplies, Upstream, UpstreamError};
 
 /// Why delivery could not start.
@@ -101,7 +104,7 @@ struct UpstreamState {
     pool: Pool,
     circuit: Arc<Mutex<Circuit>>,
     metrics: Option<UpstreamMetrics>,
-    throttle: Mutex<Throttle>,
+    throttle: UpstreamThrottle,
     patterns: Vec<String>,
 }
 
@@ -154,15 +157,35 @@ impl Delivery {
         Ok(Self::start_with_metrics(store, config, shutdown, None)?.handle)
     }
 
-    /// [`start`](Self::start), recording into `metrics` (when given): per
-    /// upstream the recipients' attempt results, transaction durations and
-    /// circuit state; DSNs generated; claim and record-outcome store timings.
-    /// Also returns the circuit breakers, for readiness.
+    /// [`start`](Self::start), recording into `metrics` (when given), with
+    /// a limiter of delivery's own (upstream rates per node).
     pub fn start_with_metrics(
         store: Arc<dyn Store>,
         config: DeliveryConfig,
         shutdown: CancellationToken,
         metrics: Option<Arc<Metrics>>,
+    ) -> Result<Started, DeliveryError> {
+        let limiter = Limiter::new(
+            LimitsConfig::default(),
+            None,
+            Arc::new(crate::limits::SystemClock),
+        )
+        .map_err(|e| DeliveryError::Config(e.to_string()))?;
+        Self::start_with(store, config, shutdown, metrics, Arc::new(limiter))
+    }
+
+    /// [`start`](Self::start), recording into `metrics` (when given): per
+    /// upstream the recipients' attempt results, transaction durations and
+    /// circuit state; DSNs generated; claim and record-outcome store timings.
+    /// Upstream rates (`rate`, `burst`) are paced by `limiter`: the node's,
+    /// so that with the `postgres` limits backend they hold for all nodes
+    /// together. Also returns the circuit breakers, for readiness.
+    pub fn start_with(
+        store: Arc<dyn Store>,
+        config: DeliveryConfig,
+        shutdown: CancellationToken,
+        metrics: Option<Arc<Metrics>>,
+        limiter: Arc<Limiter>,
     ) -> Result<Started, DeliveryError> {
         config.validate()?;
         let hostname = if config.hostname.is_empty() {
@@ -186,7 +209,7 @@ impl Delivery {
             let state = UpstreamState {
                 circuit,
                 metrics: metrics.as_ref().map(|m| m.upstream(&u.name)),
-                throttle: Mutex::new(Throttle::new(u.rate, u.burst)),
+                throttle: UpstreamThrottle::new(&u.name, u.rate, u.burst, limiter.clone()),
                 pool: Pool::new(Upstream::new(u.clone(), &hostname)?),
                 patterns,
             };
@@ -585,8 +608,10 @@ impl Engine {
         };
         let name = &route[idx];
         let up = &self.upstreams[name];
-        let wait = lock(&up.throttle).reserve(now_i);
-        if wait > self.queue.max_throttle_wait {
+        if let Admission::Defer(wait) = up.throttle.admit(self.queue.max_throttle_wait).await {
+            if let Some(metrics) = &self.metrics {
+                metrics.rate_limited(LimitScope::Upstream, LimitKind::Messages);
+            }
             lock(&up.circuit).release_probe(Instant::now());
             self.publish_circuit(name);
             let reply = format!("rate limit of upstream {name}: next slot in {wait:?}");
@@ -595,9 +620,6 @@ impl Engine {
                 .iter()
                 .map(|r| deferred(r, next, idx as u32, false, Some(name), &reply))
                 .collect();
-        }
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
         }
         let addresses: Vec<String> = rcpts.iter().map(|r| r.address.clone()).collect();
         let env = Envelope {
@@ -703,7 +725,7 @@ impl Engine {
                         log: true,
                     }
                 } else if throttled(reply) {
-                    let p = *pause.get_or_insert_with(|| lock(&up.throttle).throttled(Instant::now()));
+                    let p = *pause.get_or_insert_with(|| up.throttle.throttled());
                     info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, "deferred (throttled)");
                     deferred(r, now_ms() + p.as_millis() as i64, idx as u32, false, Some(name), &reply.text)
                 } else {
@@ -712,7 +734,7 @@ impl Engine {
             })
             .collect();
         if delivered_any {
-            lock(&up.throttle).success();
+            up.throttle.success();
         }
         out
     }

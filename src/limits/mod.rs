@@ -103,6 +103,22 @@ impl fmt::Display for LimitRefusal {
     }
 }
 
+/// Outcome of [`Limiter::reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// A slot is held `wait` from now: wait that long, then go.
+    Granted {
+        /// Zero when the slot is free now.
+        wait: Duration,
+    },
+    /// No slot within the allowed wait; nothing was taken. After
+    /// `retry_after` one would be.
+    Refused {
+        /// Exact (millisecond) time until a reservation would be granted.
+        retry_after: Duration,
+    },
+}
+
 /// Errors of the operator API.
 #[derive(Debug, thiserror::Error)]
 pub enum LimitsError {
@@ -447,34 +463,58 @@ impl Limiter {
         Err(refusal)
     }
 
-    /// A named rate for anything else that must be paced the same way
-    /// (e.g. per-upstream throttles of #4): `cost` cells of `count` per
-    /// `period` under `name` (shared between nodes on shared backends).
-    /// `count == 0` means no limit.
-    pub async fn throttle(
+    /// Paces anything that must not exceed `count` per `period` under
+    /// `name` (per-upstream provider quotas of delivery), shared between
+    /// nodes on shared backends. Unlike the SMTP checks, a slot may be
+    /// reserved in the future: [`Reservation::Granted`] holds the slot
+    /// `wait` from now (sleep that long, then go), as long as `wait` is at
+    /// most `max_wait`; otherwise nothing is taken and
+    /// [`Reservation::Refused`] says when a slot within `max_wait` frees up.
+    /// Waits are exact to the millisecond (not rounded to seconds).
+    /// `count == 0` means no limit. One round trip on shared backends; when
+    /// the store cannot be reached the slot is granted (fail open, logged).
+    pub async fn reserve(
         &self,
         name: &str,
         count: u32,
         period: Duration,
-        cost: u32,
-    ) -> Result<(), LimitRefusal> {
-        if count == 0 || cost == 0 {
-            return Ok(());
+        max_wait: Duration,
+    ) -> Reservation {
+        if count == 0 {
+            return Reservation::Granted {
+                wait: Duration::ZERO,
+            };
         }
         let now = self.now();
-        let period_ms = (period.as_millis() as u64).max(1);
-        let rate = Rate::new(count, period_ms);
-        let check = Check {
-            key: keys::rate_key(&keys::name_subject(name), kind::THROTTLE, rate),
-            rate,
-            cost,
-            labels: (LimitScope::Upstream, LimitKind::Messages),
-            reason: format!(
-                "rate for {name} exceeded ({count} per {})",
-                human_period(period_ms)
-            ),
+        let rate = Rate::new(count, (period.as_millis() as u64).max(1));
+        let key = keys::rate_key(&keys::name_subject(name), kind::THROTTLE, rate);
+        let mut step = rate.step(now, 1);
+        let window = step.window;
+        // A slot `x` ms beyond the burst window is one that would pass at
+        // `now + x`: widening the window by `max_wait` reserves it now.
+        let max_wait_ms = i64::try_from(max_wait.as_millis()).unwrap_or(i64::MAX / 4);
+        step.window = window.saturating_add(max_wait_ms.saturating_mul(step.scale));
+        let units_to_ms = |units: i64| {
+            Duration::from_millis(((units.max(0) + step.scale - 1) / step.scale) as u64)
         };
-        self.run_checks(vec![check], now).await
+        match self.counters.check(&key, &step, now).await {
+            Ok(GcraOutcome::Allowed { tat }) => Reservation::Granted {
+                wait: units_to_ms(tat - step.now - window),
+            },
+            Ok(GcraOutcome::Refused { tat }) => {
+                let tat = tat.unwrap_or(step.now).max(step.now);
+                Reservation::Refused {
+                    retry_after: units_to_ms(tat + step.increment - step.now - step.window)
+                        .max(Duration::from_millis(1)),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key = %key, "limit store unavailable: pacing skipped");
+                Reservation::Granted {
+                    wait: Duration::ZERO,
+                }
+            }
+        }
     }
 
     /// Current counters and lockouts (the store's for shared backends, so

@@ -347,34 +347,73 @@ async fn follows_a_paused_tokio_clock() {
     assert!(l.message(&a, 1).await.is_err());
 }
 
-#[tokio::test]
-async fn named_throttles_for_other_subsystems() {
-    let (l, clock) = limiter(LimitsConfig::default());
-    for _ in 0..2 {
-        l.throttle("upstream ses", 2, Duration::from_secs(1), 1)
-            .await
-            .unwrap();
+fn granted(ms: u64) -> Reservation {
+    Reservation::Granted {
+        wait: Duration::from_millis(ms),
     }
-    let r = l
-        .throttle("upstream ses", 2, Duration::from_secs(1), 1)
-        .await
-        .unwrap_err();
-    assert_eq!(r.reason, "rate for upstream ses exceeded (2 per 1s)");
+}
+
+#[tokio::test]
+async fn reservations_pace_a_named_rate_to_the_millisecond() {
+    let (l, clock) = limiter(LimitsConfig::default());
+    let (period, max_wait) = (Duration::from_millis(72), Duration::from_millis(200));
+    // 1 per 72 ms (about 14 per second, SES's default quota): the first
+    // goes now, the next ones are reserved 72 ms apart, up to `max_wait`.
+    for ms in [0, 72, 144] {
+        assert_eq!(
+            l.reserve("upstream ses", 1, period, max_wait).await,
+            granted(ms)
+        );
+    }
     assert_eq!(
-        (r.scope, r.limit),
-        (LimitScope::Upstream, LimitKind::Messages)
+        l.reserve("upstream ses", 1, period, max_wait).await,
+        Reservation::Refused {
+            retry_after: Duration::from_millis(16)
+        }
     );
-    l.throttle("upstream m365", 2, Duration::from_secs(1), 1)
-        .await
-        .unwrap();
-    clock.advance_ms(500);
-    l.throttle("upstream ses", 2, Duration::from_secs(1), 1)
-        .await
-        .unwrap();
-    assert!(l
-        .throttle("upstream ses", 2, Duration::from_secs(1), 1)
-        .await
-        .is_err());
+    // Another name has its own slots; a refusal took nothing.
+    assert_eq!(
+        l.reserve("upstream m365", 1, period, max_wait).await,
+        granted(0)
+    );
+    clock.advance_ms(16);
+    assert_eq!(
+        l.reserve("upstream ses", 1, period, max_wait).await,
+        granted(200)
+    );
+    clock.advance_ms(1000);
+    assert_eq!(
+        l.reserve("upstream ses", 1, period, max_wait).await,
+        granted(0)
+    );
+}
+
+#[tokio::test]
+async fn reservations_allow_the_burst_at_once() {
+    let (l, clock) = limiter(LimitsConfig::default());
+    let period = Duration::from_millis(300);
+    for _ in 0..3 {
+        assert_eq!(l.reserve("u", 3, period, Duration::ZERO).await, granted(0));
+    }
+    assert_eq!(
+        l.reserve("u", 3, period, Duration::ZERO).await,
+        Reservation::Refused {
+            retry_after: Duration::from_millis(100)
+        }
+    );
+    assert_eq!(
+        l.reserve("u", 3, period, Duration::from_millis(100)).await,
+        granted(100)
+    );
+    clock.advance_ms(100);
+    assert_eq!(
+        l.reserve("u", 3, period, Duration::from_millis(100)).await,
+        granted(100)
+    );
+    assert_eq!(
+        l.reserve("unlimited", 0, period, Duration::ZERO).await,
+        granted(0)
+    );
 }
 
 #[test]

@@ -73,6 +73,12 @@ pub struct SmtpConfig {
     /// TLS handshake and PROXY header (default 30s).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// A failed AUTH is answered no sooner than this after its password
+    /// check began (default 1s), so the reply's timing does not tell how
+    /// many credentials were tried (unknown user: one dummy check; a user
+    /// with three credentials: three). Costs no CPU.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_delay: Duration,
     /// Concurrent connections, all listeners (default 10000).
     pub max_connections: usize,
     /// Concurrent connections per client IP (default 50).
@@ -105,6 +111,7 @@ impl Default for SmtpConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             handshake_timeout: Duration::from_secs(30),
+            auth_failure_delay: Duration::from_secs(1),
             max_connections: 10_000,
             max_connections_per_ip: 50,
             proxy_trusted: Vec::new(),

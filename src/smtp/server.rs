@@ -315,6 +315,7 @@ impl Server {
             starttls_available: self.tls.is_some() && cfg.mode != ListenerMode::ImplicitTls,
             auth_without_tls: cfg.mode == ListenerMode::Plain && ip.is_loopback(),
             normalize_line_endings: cfg.normalize_line_endings,
+            auth_failure_delay: self.config.auth_failure_delay,
             metrics: SessionMetrics::new(self.metrics.clone()),
         });
         let mut inbuf = BytesMut::new();

@@ -10,25 +10,30 @@
 //! through [`SessionSettings::metrics`] (see [`metrics`]); rate-limit
 //! refusals are counted by the [`SessionLimits`] implementation, which
 //! knows their exact labels.
+//!
+//! The AUTH exchange is in `session_auth.rs`, DATA/BDAT and submission in
+//! `session_data.rs` (more `impl Session` blocks).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
 use crate::auth::Identity;
-use crate::intake::{ClientInfo, Intake, Submission, TlsInfo};
-use crate::metrics::{AuthResult, RejectReason};
+use crate::intake::{Intake, TlsInfo};
+use crate::metrics::RejectReason;
 use crate::policy;
-use crate::smtp::command::{
-    self, Command, LineFramer, MailParams, Mechanism, RcptParams, MAX_AUTH_LINE,
-};
+use crate::smtp::command::{self, Command, LineFramer, MailParams, RcptParams, MAX_AUTH_LINE};
 use crate::smtp::data::{BdatChunk, Body, DataReader};
-use crate::smtp::ports::{AuthOutcome, Authenticator, SessionLimits};
+use crate::smtp::ports::{Authenticator, SessionLimits};
 use crate::smtp::reply::Reply;
-use crate::smtp::sasl::{self, Credentials, Exchange, Step};
+use crate::smtp::sasl::Exchange;
 use crate::store::NewRecipient;
 
+#[path = "session_auth.rs"]
+mod auth;
+#[path = "session_data.rs"]
+mod data_phase;
 #[path = "session_metrics.rs"]
 pub mod metrics;
 pub use metrics::SessionMetrics;
@@ -50,6 +55,8 @@ pub struct SessionSettings {
     pub auth_without_tls: bool,
     /// Bare CR/LF in DATA become CRLF instead of being refused (per-user override wins).
     pub normalize_line_endings: bool,
+    /// A failed AUTH is answered no sooner than this after its check began.
+    pub auth_failure_delay: std::time::Duration,
     /// Where AUTH outcomes, refusals and received messages are counted.
     pub metrics: SessionMetrics,
 }
@@ -314,117 +321,6 @@ impl Session {
         Reply::ready_for_tls()
     }
 
-    /// AUTH: RFC 4954 §4.
-    pub async fn on_auth(&mut self, mechanism: Mechanism, initial: Option<String>) -> Reply {
-        if !self.auth_allowed_here() {
-            return Reply::tls_required();
-        }
-        if self.helo.is_none() {
-            return Reply::bad_sequence("send EHLO first");
-        }
-        if self.identity.is_some() {
-            return Reply::bad_sequence("already authenticated");
-        }
-        if self.txn.is_some() {
-            return Reply::bad_sequence("AUTH not allowed during a mail transaction");
-        }
-        let name = match mechanism {
-            Mechanism::Plain => "PLAIN",
-            Mechanism::Login => "LOGIN",
-            Mechanism::Other => return Reply::unknown_mechanism(),
-        };
-        match sasl::start(mechanism, initial.as_deref()) {
-            Ok(step) => self.sasl_step(step, name).await,
-            Err(e) => {
-                self.settings.metrics.auth(name, AuthResult::Error);
-                Reply::from(&e)
-            }
-        }
-    }
-
-    async fn on_sasl_line(
-        &mut self,
-        exchange: Exchange,
-        mechanism: &'static str,
-        line: Result<Bytes, command::CommandError>,
-    ) -> Reply {
-        // A cancelled or garbled exchange ends the attempt (RFC 4954 §4).
-        let failed = |reply: Reply| {
-            self.settings.metrics.auth(mechanism, AuthResult::Error);
-            reply
-        };
-        let text = match line.and_then(|l| command::strip_line(&l).map(<[u8]>::to_vec)) {
-            Ok(t) => t,
-            Err(e) => return failed(Reply::from(&e)),
-        };
-        let Ok(text) = String::from_utf8(text) else {
-            return failed(Reply::from(&sasl::SaslError::Base64));
-        };
-        match exchange.respond(&text) {
-            Ok(step) => self.sasl_step(step, mechanism).await,
-            Err(e) => failed(Reply::from(&e)),
-        }
-    }
-
-    async fn sasl_step(&mut self, step: Step, mechanism: &'static str) -> Reply {
-        match step {
-            Step::Challenge(exchange, challenge) => {
-                self.input = Input::Sasl(exchange, mechanism);
-                Reply::challenge(challenge)
-            }
-            Step::Done(credentials) => self.verify(credentials, mechanism).await,
-        }
-    }
-
-    async fn verify(&mut self, c: Credentials, mechanism: &'static str) -> Reply {
-        let limits = self.ports.limits.clone();
-        match limits.auth_allowed(self.ip, &c.username).await {
-            Err(refusal) => {
-                tracing::info!(session = %self.id, username = %c.username, reason = %refusal.reason, "auth rate-limited");
-                // The refusal itself is counted by the SessionLimits implementation.
-                self.settings.metrics.auth(mechanism, AuthResult::LockedOut);
-                return Reply::auth_limited(&refusal);
-            }
-            Ok(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
-            Ok(_) => {}
-        }
-        let outcome = self
-            .ports
-            .authenticator
-            .authenticate(&c.username, &c.password, self.ip)
-            .await;
-        let success = matches!(outcome, AuthOutcome::Ok(_));
-        limits.auth_result(self.ip, &c.username, success).await;
-        let m = self.settings.metrics.clone();
-        match outcome {
-            AuthOutcome::Ok(identity) => match limits.session_start(&identity).await {
-                Ok(slot) => {
-                    tracing::info!(session = %self.id, username = %identity.username,
-                        credential = %identity.credential_label, mechanism, "auth ok");
-                    m.auth(mechanism, AuthResult::Success);
-                    self._slot = Some(slot);
-                    self.identity = Some(identity);
-                    self.mechanism = mechanism;
-                    Reply::auth_ok()
-                }
-                Err(refusal) => {
-                    // Right password, but no 235: a temporary refusal.
-                    m.auth(mechanism, AuthResult::Error);
-                    Reply::session_limited(&refusal)
-                }
-            },
-            AuthOutcome::Failed => {
-                tracing::info!(session = %self.id, username = %c.username, mechanism, "auth failed");
-                m.auth(mechanism, AuthResult::Failed);
-                Reply::auth_failed()
-            }
-            AuthOutcome::Unavailable => {
-                m.auth(mechanism, AuthResult::Error);
-                Reply::auth_unavailable()
-            }
-        }
-    }
-
     /// MAIL FROM: RFC 5321 §4.1.1.2, RFC 6409 §4.1 (authorised senders only).
     pub fn on_mail(&mut self, m: MailParams) -> Reply {
         if self.helo.is_none() {
@@ -502,173 +398,6 @@ impl Session {
             orcpt: r.orcpt,
         });
         Reply::recipient_ok()
-    }
-
-    /// Checks that a transaction may start sending content; charges the
-    /// message to the rate limits.
-    async fn content_allowed(&mut self) -> Result<(), Reply> {
-        let (Some(txn), Some(identity)) = (&self.txn, &self.identity) else {
-            return Err(Reply::bad_sequence("need MAIL and RCPT first"));
-        };
-        if txn.recipients.is_empty() {
-            return Err(Reply::no_recipients());
-        }
-        let n = txn.recipients.len() as u32;
-        if let Err(refusal) = self.ports.limits.message(identity, n).await {
-            tracing::info!(session = %self.id, reason = %refusal.reason, "message rate-limited");
-            self.settings.metrics.rejected(RejectReason::RateLimited);
-            return Err(Reply::message_limited(&refusal));
-        }
-        Ok(())
-    }
-
-    fn normalize(&self) -> bool {
-        self.identity
-            .as_ref()
-            .and_then(|i| i.normalize_line_endings)
-            .unwrap_or(self.settings.normalize_line_endings)
-    }
-
-    /// DATA: RFC 5321 §4.1.1.4.
-    pub async fn on_data(&mut self) -> Reply {
-        if self.txn.as_ref().is_some_and(|t| t.bdat.is_some()) {
-            return Reply::bad_sequence("DATA after BDAT");
-        }
-        if let Err(reply) = self.content_allowed().await {
-            return reply;
-        }
-        self.input = Input::Data(DataReader::new(
-            self.settings.max_message_size,
-            self.normalize(),
-        ));
-        Reply::start_data()
-    }
-
-    /// End of DATA: hand over to intake; 250 only after it committed.
-    pub async fn on_data_end(
-        &mut self,
-        result: Result<Vec<u8>, crate::smtp::data::DataError>,
-    ) -> Reply {
-        let Some(txn) = self.txn.take() else {
-            return Reply::bad_sequence("no transaction");
-        };
-        self.settings.metrics.received();
-        match result {
-            Ok(body) => self.submit(txn, body).await,
-            Err(e) => {
-                tracing::info!(session = %self.id, error = %e, "message refused");
-                self.settings
-                    .metrics
-                    .rejected(metrics::data_error_reason(&e));
-                Reply::from(&e)
-            }
-        }
-    }
-
-    /// BDAT: RFC 3030 §2. Starts reading the chunk; the chunk is always
-    /// read, and the reply (or refusal) is sent after it.
-    pub async fn on_bdat(&mut self, size: usize, last: bool) {
-        let mut refusal = None;
-        let starting = self.txn.as_ref().is_some_and(|t| t.bdat.is_none());
-        if starting {
-            match self.content_allowed().await {
-                Ok(()) => {
-                    let body = Body::new(self.settings.max_message_size, self.normalize());
-                    if let Some(t) = self.txn.as_mut() {
-                        t.bdat = Some(body);
-                    }
-                }
-                Err(reply) => refusal = Some(reply),
-            }
-        } else if self.txn.is_none() {
-            refusal = Some(if self.identity.is_none() {
-                self.settings.metrics.rejected(RejectReason::AuthRequired);
-                Reply::auth_required()
-            } else {
-                Reply::bad_sequence("need MAIL and RCPT before BDAT")
-            });
-        }
-        if refusal.is_some() {
-            // RFC 3030 §2: after a failed BDAT the transaction is over.
-            self.txn = None;
-        }
-        self.input = Input::Bdat {
-            chunk: BdatChunk::new(size),
-            size,
-            last,
-            refusal,
-        };
-    }
-
-    async fn on_bdat_chunk_end(
-        &mut self,
-        size: usize,
-        last: bool,
-        refusal: Option<Reply>,
-    ) -> Reply {
-        if let Some(r) = refusal {
-            return r;
-        }
-        let failed = self
-            .txn
-            .as_ref()
-            .and_then(|t| t.bdat.as_ref())
-            .is_some_and(Body::failed);
-        if !last && !failed {
-            return Reply::chunk_ok(size);
-        }
-        let Some(mut txn) = self.txn.take() else {
-            return Reply::bad_sequence("no transaction");
-        };
-        let body = txn.bdat.take().map(Body::finish);
-        if last {
-            self.settings.metrics.received();
-        }
-        match body {
-            Some(Ok(body)) => self.submit(txn, body).await,
-            Some(Err(e)) => {
-                self.settings
-                    .metrics
-                    .rejected(metrics::data_error_reason(&e));
-                Reply::from(&e)
-            }
-            None => Reply::bad_sequence("no BDAT transaction"),
-        }
-    }
-
-    async fn submit(&mut self, txn: Transaction, body: Vec<u8>) -> Reply {
-        let Some(identity) = self.identity.clone() else {
-            return Reply::auth_required();
-        };
-        let size = body.len();
-        let submission = Submission {
-            session_id: self.id.clone(),
-            identity,
-            client: ClientInfo {
-                ip: self.ip,
-                helo: self.helo.clone().unwrap_or_default(),
-                tls: self.tls.clone(),
-                auth_mechanism: self.mechanism.to_string(),
-            },
-            sender: txn.mail.address,
-            recipients: txn.recipients,
-            body: Bytes::from(body),
-            envid: txn.mail.envid,
-            ret: txn.mail.ret,
-            smtputf8: txn.mail.smtputf8,
-            body_type: txn.mail.body.map(|b| b.as_str()),
-        };
-        match self.ports.intake.submit(submission).await {
-            Ok(queue_id) => {
-                tracing::info!(session = %self.id, queue_id = %queue_id, size, "queued");
-                Reply::queued(&queue_id)
-            }
-            Err(e) => {
-                // Not counted here: the intake counts the refusals it decides.
-                tracing::warn!(session = %self.id, error = %e, "intake refused message");
-                Reply::from(&e)
-            }
-        }
     }
 }
 

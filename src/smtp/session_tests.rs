@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use base64::Engine as _;
 
 use super::*;
-use crate::intake::IntakeError;
+use crate::intake::{IntakeError, Submission};
+use crate::smtp::ports::AuthOutcome;
 use crate::smtp::ports::{LimitRefusal, NoLimits};
 use crate::store::{LimitOverrides, StoreError};
 
@@ -85,6 +86,7 @@ fn settings() -> SessionSettings {
         starttls_available: true,
         auth_without_tls: false,
         normalize_line_endings: false,
+        auth_failure_delay: Duration::ZERO,
         metrics: SessionMetrics::default(),
     }
 }
@@ -377,6 +379,53 @@ async fn bdat_chunks_and_refused_chunk_is_consumed() {
         ]
     );
     assert_eq!(&intake.got.lock().unwrap()[0].body[..], b"ab\r\ncd\r\n");
+}
+
+/// Checks passwords as slowly as a store would: one argon2 verification
+/// (100 ms) per credential; "carol" has three, unknown users get one dummy.
+struct SlowAuth;
+
+#[async_trait]
+impl Authenticator for SlowAuth {
+    async fn authenticate(&self, username: &str, password: &str, ip: IpAddr) -> AuthOutcome {
+        let credentials = if username == "carol" { 3 } else { 1 };
+        tokio::time::sleep(Duration::from_millis(100) * credentials).await;
+        match (username, password) {
+            ("carol", "pw3") => FakeAuth.authenticate("bob", "pw", ip).await,
+            _ => AuthOutcome::Failed,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_auth_is_answered_at_one_deadline_whatever_was_checked() {
+    let mut st = settings();
+    st.auth_failure_delay = Duration::from_secs(1);
+    let mut s = Session::new(
+        "s1".into(),
+        Arc::new(st),
+        Ports {
+            authenticator: Arc::new(SlowAuth),
+            intake: Arc::new(FakeIntake::default()),
+            limits: Arc::new(NoLimits),
+        },
+        "192.0.2.1".parse().unwrap(),
+        Some(tls()),
+    );
+    feed(&mut s, b"EHLO c\r\n").await;
+    let mut answered = Vec::new();
+    for (user, pw) in [("nobody", "x"), ("carol", "wrong"), ("carol", "pw3")] {
+        let started = tokio::time::Instant::now();
+        let r = feed(
+            &mut s,
+            format!("AUTH PLAIN {}\r\n", plain(user, pw)).as_bytes(),
+        )
+        .await;
+        answered.push((r[0].code, started.elapsed().as_millis()));
+    }
+    // Unknown user (one check) and a user with three credentials (three
+    // checks) fail at the same moment; a success is not delayed.
+    assert_eq!(answered, [(535, 1000), (535, 1000), (235, 300)]);
 }
 
 #[tokio::test]

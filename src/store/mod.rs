@@ -17,6 +17,7 @@ pub mod postgres;
 mod postgres_dkim;
 mod postgres_limits;
 mod postgres_queue;
+mod rows;
 pub mod sqlite;
 mod sqlite_dkim;
 mod sqlite_limits;
@@ -507,8 +508,10 @@ impl std::fmt::Display for DkimAlgorithm {
 
 /// Lower-cases and checks a DKIM signing domain (`d=`): a host name of
 /// dot-separated labels of letters, digits and hyphens, at most 253 bytes.
+/// An internationalized name is stored as A-labels (`bücher.example` ->
+/// `xn--bcher-kva.example`), the form DNS and verifiers use.
 pub fn normalize_dkim_domain(domain: &str) -> StoreResult<String> {
-    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let d = domain_to_ascii(domain.trim().trim_end_matches('.'));
     if is_dns_name(&d) {
         Ok(d)
     } else {
@@ -516,6 +519,16 @@ pub fn normalize_dkim_domain(domain: &str) -> StoreResult<String> {
             "invalid DKIM domain {domain:?}: expected a host name like example.com"
         )))
     }
+}
+
+/// A domain name in lower-case ASCII: U-labels become A-labels (IDNA,
+/// UTS #46); a name IDNA rejects is only lower-cased, for the caller's own
+/// syntax check to refuse.
+pub fn domain_to_ascii(domain: &str) -> String {
+    if domain.is_ascii() {
+        return domain.to_ascii_lowercase();
+    }
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
 }
 
 /// Checks a DKIM selector (`s=`, RFC 6376 §3.1: sub-domain syntax, may

@@ -68,10 +68,6 @@ async fn user_id<'e, E: sqlx::SqliteExecutor<'e>>(exec: E, username: &str) -> St
         .ok_or_else(|| StoreError::NotFound(format!("user {name:?}")))
 }
 
-fn opt_u32(v: Option<i64>) -> Option<u32> {
-    v.and_then(|n| u32::try_from(n).ok())
-}
-
 #[async_trait]
 impl AccountStore for SqliteStore {
     async fn user_add(&self, username: &str, label: &str, password_hash: &str) -> StoreResult<()> {
@@ -355,13 +351,7 @@ impl AccountStore for SqliteStore {
         Ok(Some(LoginRecord {
             user_id,
             username: u.get("username"),
-            limits: LimitOverrides {
-                messages_per_minute: opt_u32(u.get("max_messages_per_minute")),
-                messages_per_hour: opt_u32(u.get("max_messages_per_hour")),
-                messages_per_day: opt_u32(u.get("max_messages_per_day")),
-                recipients_per_day: opt_u32(u.get("max_recipients_per_day")),
-                concurrent_sessions: opt_u32(u.get("max_concurrent_sessions")),
-            },
+            limits: rows::limit_overrides(&u, true),
             normalize_line_endings: u.get("normalize_line_endings"),
             credentials: creds
                 .iter()
@@ -369,13 +359,7 @@ impl AccountStore for SqliteStore {
                     id: c.get("id"),
                     label: c.get("label"),
                     password_hash: c.get("password_hash"),
-                    limits: LimitOverrides {
-                        messages_per_minute: opt_u32(c.get("max_messages_per_minute")),
-                        messages_per_hour: opt_u32(c.get("max_messages_per_hour")),
-                        messages_per_day: opt_u32(c.get("max_messages_per_day")),
-                        recipients_per_day: opt_u32(c.get("max_recipients_per_day")),
-                        concurrent_sessions: None,
-                    },
+                    limits: rows::limit_overrides(c, false),
                 })
                 .collect(),
             senders,

@@ -86,6 +86,21 @@ impl Running {
         }
     }
 
+    /// Like [`start`](Self::start), with upstream rates paced by `limiter`.
+    pub fn start_limited(
+        store: Arc<dyn Store>,
+        cfg: DeliveryConfig,
+        limiter: Arc<postgate::limits::Limiter>,
+    ) -> Self {
+        let token = CancellationToken::new();
+        let started =
+            Delivery::start_with(store, cfg, token.clone(), None, limiter).expect("start delivery");
+        Running {
+            token,
+            handle: Some(started.handle),
+        }
+    }
+
     pub async fn stop(mut self) {
         self.token.cancel();
         if let Some(h) = self.handle.take() {

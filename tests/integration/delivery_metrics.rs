@@ -35,6 +35,64 @@ fn attempts(m: &Metrics, upstream: &str, result: &str) -> f64 {
     series(m, "postgate_delivery_attempts_total", &[&u, &r]).unwrap_or(0.0)
 }
 
+/// An upstream's `rate` with no slot within `max_throttle_wait` defers the
+/// message without using an attempt, counts in
+/// `postgate_rate_limit_rejections_total{scope="upstream"}`, and the message
+/// goes once its slot comes.
+#[tokio::test]
+async fn upstream_rate_deferrals_are_counted_and_then_delivered() {
+    for t in all_stores().await {
+        let b = t.backend;
+        let server = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
+        let mut upstream = server.upstream_config("paced");
+        upstream.rate = Some(2.0);
+        let mut cfg = config(vec![upstream], vec![]);
+        cfg.queue.max_throttle_wait = Duration::ZERO;
+        cfg.queue.poll_interval = Duration::from_millis(50);
+        let metrics = Arc::new(Metrics::new(&MetricsOptions::default()));
+        let token = CancellationToken::new();
+        let started = Delivery::start_with_metrics(
+            t.store.clone(),
+            cfg,
+            token.clone(),
+            Some(metrics.clone()),
+        )
+        .expect("start delivery");
+        for n in 0..3 {
+            let m = new_message("s@example.com", &["r@x.org"], &format!("paced-{n}"));
+            t.store.enqueue(&m).await.unwrap();
+        }
+        wait_for(30, "all three delivered", async || {
+            server.received().len() == 3
+        })
+        .await;
+        token.cancel();
+        started.handle.await.unwrap();
+        let deferrals = series(
+            &metrics,
+            "postgate_rate_limit_rejections_total",
+            &["scope=\"upstream\"", "limit=\"messages\""],
+        );
+        assert!(deferrals.is_some_and(|n| n >= 2.0), "{b}: {deferrals:?}");
+        assert_eq!(attempts(&metrics, "paced", "delivered"), 3.0, "{b}");
+        assert_eq!(
+            attempts(&metrics, "paced", "deferred"),
+            0.0,
+            "{b}: no attempt used"
+        );
+        let times: Vec<_> = server.received().iter().map(|r| r.at).collect();
+        let span = times
+            .iter()
+            .max()
+            .unwrap()
+            .duration_since(*times.iter().min().unwrap());
+        assert!(
+            span >= Duration::from_millis(950),
+            "{b}: 3 at 2/s took {span:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn attempt_results_bounce_and_latency_are_counted() {
     for t in all_stores().await {

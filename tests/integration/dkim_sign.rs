@@ -243,6 +243,30 @@ async fn keys_are_picked_by_header_from_domain_with_optional_parent_fallback() {
     assert_verifies(&records, &sigs.prepend_to(&sub), "parent fallback").await;
     assert_eq!(fallback.signing_domain("a.b.unrelated.example"), None);
 
+    // An internationalized domain: the key is stored under A-labels, and a
+    // From in U-labels (an SMTPUTF8 message) is signed with it.
+    let idn = dkim::cli_generate(
+        s,
+        "Bücher.example",
+        "ed1",
+        DkimAlgorithm::Ed25519Sha256,
+        None,
+    )
+    .await
+    .unwrap()
+    .to_string();
+    assert!(
+        idn.contains("ed1._domainkey.xn--bcher-kva.example"),
+        "{idn}"
+    );
+    let strict = Signer::new(t.store.clone(), DkimConfig::default())
+        .await
+        .unwrap();
+    let m = "From: Jörg <jörg@bücher.example>\r\nSubject: s\r\n\r\nhi\r\n".as_bytes();
+    let sigs = strict.sign(bytes::Bytes::copy_from_slice(m)).await.unwrap();
+    assert_eq!(sigs.domain.as_deref(), Some("xn--bcher-kva.example"));
+    assert_verifies(&idn, &sigs.prepend_to(m), "IDN domain").await;
+
     // require_signature: no key is an error naming the domain.
     let required = Signer::new(
         t.store.clone(),

@@ -505,6 +505,7 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 }
 
 mod crash;
+mod delivery_nodes;
 mod dkim_e2e;
 mod nodes;
 mod signals;

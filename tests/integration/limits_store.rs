@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use postgate::limits::{
     gcra, Account, Clock, LimitRefusal, Limiter, LimitsBackend, LimitsConfig, ManualClock,
+    Reservation,
 };
 use postgate::store::{self, GcraOutcome, LimitCounter, LimitOverrides, LimitStore, StoreOptions};
 
@@ -100,6 +101,45 @@ async fn store_counters_match_the_pure_algorithm() {
         let left = s.limit_list(now).await.unwrap();
         assert_eq!(left.len(), 1, "{}", t.backend);
         assert_eq!(left[0].key, "k/x/7/60000", "{}", t.backend);
+    }
+}
+
+/// Upstream pacing (delivery's provider throttles) on the store's
+/// counters: slots reserved to the millisecond, a refusal past the allowed
+/// wait that takes nothing, recovery.
+#[tokio::test]
+async fn reservations_pace_to_the_millisecond_on_the_store() {
+    let ms = Duration::from_millis;
+    for t in all_stores().await {
+        let b = t.backend;
+        let clock = Arc::new(ManualClock::new(T0));
+        let l = Limiter::new(config(), shared(t.store.clone()), clock.clone()).unwrap();
+        for wait in [0, 72, 144] {
+            assert_eq!(
+                l.reserve("upstream ses", 1, ms(72), ms(200)).await,
+                Reservation::Granted { wait: ms(wait) },
+                "{b}"
+            );
+        }
+        assert_eq!(
+            l.reserve("upstream ses", 1, ms(72), ms(200)).await,
+            Reservation::Refused {
+                retry_after: ms(16)
+            },
+            "{b}"
+        );
+        clock.advance_ms(16);
+        assert_eq!(
+            l.reserve("upstream ses", 1, ms(72), ms(200)).await,
+            Reservation::Granted { wait: ms(200) },
+            "{b}"
+        );
+        clock.advance_ms(1_000);
+        assert_eq!(
+            l.reserve("upstream ses", 1, ms(72), ms(200)).await,
+            Reservation::Granted { wait: ms(0) },
+            "{b}"
+        );
     }
 }
 

@@ -151,3 +151,41 @@ async fn certificate_reload_keeps_sessions_and_serves_new_cert() {
         srv.stop().await;
     }
 }
+
+/// `[smtp] auth_failure_delay` over a real socket: a wrong password for a
+/// user with three credentials and an unknown user are both answered no
+/// sooner than the delay (the same deadline; see the session test
+/// `failed_auth_is_answered_at_one_deadline_whatever_was_checked`), with the
+/// same reply; a right password is not delayed.
+#[tokio::test]
+async fn failed_logins_are_answered_after_the_failure_delay() {
+    use base64::Engine as _;
+    use std::time::{Duration, Instant};
+    let ts = crate::common::sqlite_store().await;
+    h::add_user(ts.store.as_ref()).await;
+    for label in ["laptop", "printer"] {
+        let hash = password::hash(&format!("{label}-pw"), &h::cheap()).unwrap();
+        ts.store
+            .credential_add(h::USER, label, &hash)
+            .await
+            .unwrap();
+    }
+    let srv = h::start(&ts, |c| c.auth_failure_delay = Duration::from_millis(1500)).await;
+    let (mut c, _) = Raw::connect_tls(srv.implicit(), &srv).await;
+    c.cmd("EHLO client.test").await;
+    let mut replies = Vec::new();
+    for (user, pw) in [(h::USER, "wrong"), ("nobody", "wrong")] {
+        let ir = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pw}"));
+        let started = Instant::now();
+        let r = c.cmd(&format!("AUTH PLAIN {ir}")).await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(1500), "{user}: {took:?}");
+        replies.push((r.code, r.text));
+    }
+    assert_eq!(replies[0], replies[1], "identical replies");
+    assert_eq!(replies[0].0, 535);
+    let started = Instant::now();
+    h::expect(&c.login().await, 235, "2.7.0");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    srv.stop().await;
+}

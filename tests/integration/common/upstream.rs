@@ -158,6 +158,8 @@ pub struct Received {
     pub rcpt_to: Vec<String>,
     /// The message after dot-unstuffing, without the final `.` line.
     pub data: Vec<u8>,
+    /// When the final `.` arrived.
+    pub at: std::time::Instant,
 }
 
 /// A running test upstream; stops when dropped.
@@ -466,6 +468,7 @@ impl Shared {
                             mail_from: s.mail_from.clone().unwrap_or_default(),
                             rcpt_to: s.rcpt_to.clone(),
                             data,
+                            at: std::time::Instant::now(),
                         });
                     }
                     s.mail_from = None;

@@ -1,0 +1,180 @@
+//! Message content in a session: DATA (RFC 5321 §4.1.1.4) and BDAT
+//! (RFC 3030), rate-limit charging before content, and submission to the
+//! intake (whose durable commit the final 250 waits for).
+
+use bytes::Bytes;
+
+use super::{metrics, Input, Session, Transaction};
+use crate::intake::{ClientInfo, Submission};
+use crate::metrics::RejectReason;
+use crate::smtp::data::{BdatChunk, Body, DataReader};
+use crate::smtp::reply::Reply;
+
+impl Session {
+    /// Checks that a transaction may start sending content; charges the
+    /// message to the rate limits.
+    async fn content_allowed(&mut self) -> Result<(), Reply> {
+        let (Some(txn), Some(identity)) = (&self.txn, &self.identity) else {
+            return Err(Reply::bad_sequence("need MAIL and RCPT first"));
+        };
+        if txn.recipients.is_empty() {
+            return Err(Reply::no_recipients());
+        }
+        let n = txn.recipients.len() as u32;
+        if let Err(refusal) = self.ports.limits.message(identity, n).await {
+            tracing::info!(session = %self.id, reason = %refusal.reason, "message rate-limited");
+            self.settings.metrics.rejected(RejectReason::RateLimited);
+            return Err(Reply::message_limited(&refusal));
+        }
+        Ok(())
+    }
+
+    fn normalize(&self) -> bool {
+        self.identity
+            .as_ref()
+            .and_then(|i| i.normalize_line_endings)
+            .unwrap_or(self.settings.normalize_line_endings)
+    }
+
+    /// DATA: RFC 5321 §4.1.1.4.
+    pub async fn on_data(&mut self) -> Reply {
+        if self.txn.as_ref().is_some_and(|t| t.bdat.is_some()) {
+            return Reply::bad_sequence("DATA after BDAT");
+        }
+        if let Err(reply) = self.content_allowed().await {
+            return reply;
+        }
+        self.input = Input::Data(DataReader::new(
+            self.settings.max_message_size,
+            self.normalize(),
+        ));
+        Reply::start_data()
+    }
+
+    /// End of DATA: hand over to intake; 250 only after it committed.
+    pub async fn on_data_end(
+        &mut self,
+        result: Result<Vec<u8>, crate::smtp::data::DataError>,
+    ) -> Reply {
+        let Some(txn) = self.txn.take() else {
+            return Reply::bad_sequence("no transaction");
+        };
+        self.settings.metrics.received();
+        match result {
+            Ok(body) => self.submit(txn, body).await,
+            Err(e) => {
+                tracing::info!(session = %self.id, error = %e, "message refused");
+                self.settings
+                    .metrics
+                    .rejected(metrics::data_error_reason(&e));
+                Reply::from(&e)
+            }
+        }
+    }
+
+    /// BDAT: RFC 3030 §2. Starts reading the chunk; the chunk is always
+    /// read, and the reply (or refusal) is sent after it.
+    pub async fn on_bdat(&mut self, size: usize, last: bool) {
+        let mut refusal = None;
+        let starting = self.txn.as_ref().is_some_and(|t| t.bdat.is_none());
+        if starting {
+            match self.content_allowed().await {
+                Ok(()) => {
+                    let body = Body::new(self.settings.max_message_size, self.normalize());
+                    if let Some(t) = self.txn.as_mut() {
+                        t.bdat = Some(body);
+                    }
+                }
+                Err(reply) => refusal = Some(reply),
+            }
+        } else if self.txn.is_none() {
+            refusal = Some(if self.identity.is_none() {
+                self.settings.metrics.rejected(RejectReason::AuthRequired);
+                Reply::auth_required()
+            } else {
+                Reply::bad_sequence("need MAIL and RCPT before BDAT")
+            });
+        }
+        if refusal.is_some() {
+            // RFC 3030 §2: after a failed BDAT the transaction is over.
+            self.txn = None;
+        }
+        self.input = Input::Bdat {
+            chunk: BdatChunk::new(size),
+            size,
+            last,
+            refusal,
+        };
+    }
+
+    pub(super) async fn on_bdat_chunk_end(
+        &mut self,
+        size: usize,
+        last: bool,
+        refusal: Option<Reply>,
+    ) -> Reply {
+        if let Some(r) = refusal {
+            return r;
+        }
+        let failed = self
+            .txn
+            .as_ref()
+            .and_then(|t| t.bdat.as_ref())
+            .is_some_and(Body::failed);
+        if !last && !failed {
+            return Reply::chunk_ok(size);
+        }
+        let Some(mut txn) = self.txn.take() else {
+            return Reply::bad_sequence("no transaction");
+        };
+        let body = txn.bdat.take().map(Body::finish);
+        if last {
+            self.settings.metrics.received();
+        }
+        match body {
+            Some(Ok(body)) => self.submit(txn, body).await,
+            Some(Err(e)) => {
+                self.settings
+                    .metrics
+                    .rejected(metrics::data_error_reason(&e));
+                Reply::from(&e)
+            }
+            None => Reply::bad_sequence("no BDAT transaction"),
+        }
+    }
+
+    async fn submit(&mut self, txn: Transaction, body: Vec<u8>) -> Reply {
+        let Some(identity) = self.identity.clone() else {
+            return Reply::auth_required();
+        };
+        let size = body.len();
+        let submission = Submission {
+            session_id: self.id.clone(),
+            identity,
+            client: ClientInfo {
+                ip: self.ip,
+                helo: self.helo.clone().unwrap_or_default(),
+                tls: self.tls.clone(),
+                auth_mechanism: self.mechanism.to_string(),
+            },
+            sender: txn.mail.address,
+            recipients: txn.recipients,
+            body: Bytes::from(body),
+            envid: txn.mail.envid,
+            ret: txn.mail.ret,
+            smtputf8: txn.mail.smtputf8,
+            body_type: txn.mail.body.map(|b| b.as_str()),
+        };
+        match self.ports.intake.submit(submission).await {
+            Ok(queue_id) => {
+                tracing::info!(session = %self.id, queue_id = %queue_id, size, "queued");
+                Reply::queued(&queue_id)
+            }
+            Err(e) => {
+                // Not counted here: the intake counts the refusals it decides.
+                tracing::warn!(session = %self.id, error = %e, "intake refused message");
+                Reply::from(&e)
+            }
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! -> sink over STARTTLS.
 //!
 //! ```text
-//! cargo bench --bench e2e -- --store URL [--size 2048] [--count 5000] [--sessions 50] [--workers 32]
+//! cargo bench --bench e2e -- --store URL [--size 2048] [--count 5000] [--sessions 50] [--workers 32] [--pool 16]
 //! ```
 //! Prints accepted messages/s, delivered messages/s, and the latency from
 //! the pipelined MAIL/RCPT/DATA to the 250 after the body (p50/p99).
@@ -40,6 +40,8 @@ async fn main() {
     let count: usize = arg("--count", "5000").parse().unwrap();
     let sessions: usize = arg("--sessions", "50").parse().unwrap();
     let workers: usize = arg("--workers", "32").parse().unwrap();
+    // Store pool size ([store] max_connections; 16 is its default).
+    let pool: usize = arg("--pool", "16").parse().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = postgate::tls::self_signed(&["localhost".into()]).unwrap();
@@ -55,7 +57,7 @@ shutdown_grace = "5s"
 
 [store]
 url = "{url}"
-max_connections = 64
+max_connections = {pool}
 
 [tls]
 cert = "{c}"

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::lock;
 use crate::limits::{Limiter, Reservation};
 
 /// First pause after a throttling reply.
@@ -96,10 +97,6 @@ impl UpstreamThrottle {
     pub fn success(&self) {
         lock(&self.pause).success();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `rate` per second with `burst` at once as a GCRA rate: `burst` per

@@ -4,7 +4,7 @@
 //! a message killed between the upstream's 250 and recording it).
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,28 +12,12 @@ use postgate::config::Secret;
 use postgate::delivery::upstream::{Envelope, Upstream};
 use postgate::delivery::{TlsMode, UpstreamConfig};
 
+use crate::common::{free_port, KillOnDrop};
 use crate::delivery_flow::wait_for;
 use crate::upstream_server::{Behavior, ServerTls, UpstreamServer};
 
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn serve(config: &std::path::Path) -> Node {
-    Node(
+fn serve(config: &std::path::Path) -> KillOnDrop {
+    KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_postgate"))
             .arg("-c")
             .arg(config)

@@ -29,6 +29,19 @@ fn series(m: &Metrics, name: &str, labels: &[&str]) -> Option<f64> {
     })
 }
 
+/// Delivery recording into a registry of its own; cancel the token to stop.
+fn start_measured(
+    store: &Arc<dyn postgate::store::Store>,
+    cfg: postgate::delivery::DeliveryConfig,
+) -> (Arc<Metrics>, CancellationToken, Started) {
+    let metrics = Arc::new(Metrics::new(&MetricsOptions::default()));
+    let token = CancellationToken::new();
+    let started =
+        Delivery::start_with_metrics(store.clone(), cfg, token.clone(), Some(metrics.clone()))
+            .expect("start delivery");
+    (metrics, token, started)
+}
+
 fn attempts(m: &Metrics, upstream: &str, result: &str) -> f64 {
     let u = format!("upstream=\"{upstream}\"");
     let r = format!("result=\"{result}\"");
@@ -49,15 +62,7 @@ async fn upstream_rate_deferrals_are_counted_and_then_delivered() {
         let mut cfg = config(vec![upstream], vec![]);
         cfg.queue.max_throttle_wait = Duration::ZERO;
         cfg.queue.poll_interval = Duration::from_millis(50);
-        let metrics = Arc::new(Metrics::new(&MetricsOptions::default()));
-        let token = CancellationToken::new();
-        let started = Delivery::start_with_metrics(
-            t.store.clone(),
-            cfg,
-            token.clone(),
-            Some(metrics.clone()),
-        )
-        .expect("start delivery");
+        let (metrics, token, started) = start_measured(&t.store, cfg);
         for n in 0..3 {
             let m = new_message("s@example.com", &["r@x.org"], &format!("paced-{n}"));
             t.store.enqueue(&m).await.unwrap();
@@ -125,15 +130,7 @@ async fn attempt_results_bounce_and_latency_are_counted() {
         // The deferred recipient is not retried while the test runs.
         cfg.queue.retry_initial = Duration::from_secs(600);
         cfg.queue.retry_max = Duration::from_secs(600);
-        let metrics = Arc::new(Metrics::new(&MetricsOptions::default()));
-        let token = CancellationToken::new();
-        let started = Delivery::start_with_metrics(
-            t.store.clone(),
-            cfg,
-            token.clone(),
-            Some(metrics.clone()),
-        )
-        .expect("start delivery");
+        let (metrics, token, started) = start_measured(&t.store, cfg);
         // A DSN is due once all of a message's recipients are final, so the
         // refused recipient comes in a message of its own.
         let m1 = new_message("sender@example.com", &["good@x.org", "later@x.org"], "one");
@@ -227,15 +224,7 @@ async fn an_open_circuit_shows_in_the_gauge_and_makes_readyz_fail() {
         cfg.queue.workers = 1;
         cfg.queue.circuit_failures = 2;
         cfg.queue.circuit_cooldown = Duration::from_secs(600);
-        let metrics = Arc::new(Metrics::new(&MetricsOptions::default()));
-        let token = CancellationToken::new();
-        let Started { handle, circuits } = Delivery::start_with_metrics(
-            t.store.clone(),
-            cfg,
-            token.clone(),
-            Some(metrics.clone()),
-        )
-        .expect("start delivery");
+        let (metrics, token, Started { handle, circuits }) = start_measured(&t.store, cfg);
         let gauge = || {
             series(
                 &metrics,

@@ -3,7 +3,7 @@
 //! an upstream's rate holds for both together (issue #6: the same limiter).
 
 use std::collections::HashMap;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,25 +11,9 @@ use postgate::limits::{Limiter, LimitsBackend, LimitsConfig, SystemClock};
 
 use postgate::store::{self, StoreOptions};
 
+use crate::common::{free_port, KillOnDrop};
 use crate::delivery_flow::{config, new_message, wait_for, Running};
 use crate::upstream_server::{Behavior, ServerTls, UpstreamServer};
-
-struct Sink(Child);
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test]
 async fn delivers_to_postfix_smtp_sink() {
@@ -53,7 +37,7 @@ async fn delivers_to_postfix_smtp_sink() {
             cmd.args(["-u", "nobody"]);
         }
         let template = format!("{}/%s.", dir.path().display());
-        let _sink = Sink(
+        let _sink = KillOnDrop(
             cmd.args(["-d", &template, &format!("127.0.0.1:{port}"), "10"])
                 .spawn()
                 .expect("start smtp-sink"),

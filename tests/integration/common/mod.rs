@@ -79,3 +79,24 @@ pub async fn all_stores() -> Vec<TestStore> {
     }
     v
 }
+
+/// A child process (a postgate node, an `smtp-sink`) killed and reaped
+/// when dropped, so a failing test leaves nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1, as the kernel hands out (bound, read,
+/// released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -20,7 +20,8 @@ use super::DeliveryError;
 pub struct QueueConfig {
     /// Delivery workers per node (each claims and delivers). Default 16.
     pub workers: usize,
-    /// Recipients one worker claims at a time. Default 32.
+    /// Due recipients whose messages one worker claims at a time (a claim
+    /// takes whole messages, so it can hold more). Default 32.
     pub batch: u32,
     /// How long a claim is leased before another node may take it over
     /// (must exceed the time to deliver one batch). Default `5m`.

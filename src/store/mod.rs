@@ -389,11 +389,13 @@ pub trait QueueStore: Send + Sync {
     /// message survives a crash; only then may the client be told 250.
     async fn enqueue(&self, message: &NewMessage) -> StoreResult<()>;
 
-    /// Leases up to `limit` queued recipients that are due (`next_attempt_at
-    /// <= now`) and not leased (or whose lease expired), oldest due first,
-    /// to `owner` until `now + lease_ms`, in one transaction. Concurrent
+    /// Leases, to `owner` until `now + lease_ms` and in one transaction,
+    /// the queued recipients that are due (`next_attempt_at <= now`) and not
+    /// leased (or whose lease expired) of the messages of the oldest `limit`
+    /// such recipients: whole messages, so every due recipient of a message
+    /// is in one claim (and can share one upstream transaction). Concurrent
     /// claimers (any node) never get the same recipient while a lease holds.
-    /// Returned grouped by message, envelope included, body not.
+    /// Returned grouped by message, envelope included, body only when small.
     async fn claim_due(
         &self,
         owner: &str,

@@ -129,19 +129,27 @@ impl QueueStore for PgStore {
         lease_ms: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        // One statement, its own short transaction: lease the due recipients
-        // (rows other claimers hold are skipped) and return them with their
-        // messages; a small body comes once per message (on its first row).
+        // One statement, its own short transaction. A claim takes whole
+        // messages, so a message goes to an upstream in one transaction with
+        // all its due recipients: `due` locks the messages of the oldest due
+        // recipients (messages another claimer holds are skipped; FOR NO KEY
+        // UPDATE does not block the foreign-key checks of enqueues), and
+        // `claimed` leases every due recipient of those messages. A recipient
+        // another claimer leased since this statement's snapshot fails the
+        // re-checked WHERE and is left alone. A small body comes once per
+        // message (on its first row).
         let rows = sqlx::query(
             "WITH due AS (
-                 SELECT id FROM queue_recipients
-                 WHERE status = 'queued' AND next_attempt_at <= $1
-                   AND (lease_until IS NULL OR lease_until <= $1)
-                 ORDER BY next_attempt_at, id LIMIT $2
-                 FOR UPDATE SKIP LOCKED),
+                 SELECT m.id FROM queue_recipients r JOIN queue_messages m ON m.id = r.message_id
+                 WHERE r.status = 'queued' AND r.next_attempt_at <= $1
+                   AND (r.lease_until IS NULL OR r.lease_until <= $1)
+                 ORDER BY r.next_attempt_at, r.id LIMIT $2
+                 FOR NO KEY UPDATE OF m SKIP LOCKED),
              claimed AS (
                  UPDATE queue_recipients r SET lease_owner = $3, lease_until = $4, updated_at = $1
-                 FROM due WHERE r.id = due.id
+                 WHERE r.message_id IN (SELECT id FROM due)
+                   AND r.status = 'queued' AND r.next_attempt_at <= $1
+                   AND (r.lease_until IS NULL OR r.lease_until <= $1)
                  RETURNING r.id, r.message_id, r.recipient, r.notify, r.orcpt, r.attempts,
                            r.route_index)
              SELECT c.id AS rid, c.recipient, c.notify, c.orcpt, c.attempts, c.route_index,

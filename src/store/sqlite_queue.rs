@@ -231,11 +231,16 @@ impl QueueStore for SqliteStore {
             .await
             .map_err(|e| map_sqlx(e, "queue"))?;
         let rows = sqlx::query(
+            // Whole messages: every due recipient of the messages of the
+            // oldest `limit` due recipients (BEGIN IMMEDIATE serialises
+            // claimers), so a message goes out in one transaction.
             "UPDATE queue_recipients SET lease_owner = ?3, lease_until = ?4, updated_at = ?1
-             WHERE id IN (SELECT id FROM queue_recipients
-                          WHERE status = 'queued' AND next_attempt_at <= ?1
-                            AND (lease_until IS NULL OR lease_until <= ?1)
-                          ORDER BY next_attempt_at, id LIMIT ?2)
+             WHERE status = 'queued' AND next_attempt_at <= ?1
+               AND (lease_until IS NULL OR lease_until <= ?1)
+               AND message_id IN (SELECT message_id FROM queue_recipients
+                                  WHERE status = 'queued' AND next_attempt_at <= ?1
+                                    AND (lease_until IS NULL OR lease_until <= ?1)
+                                  ORDER BY next_attempt_at, id LIMIT ?2)
              RETURNING id, message_id, recipient, notify, orcpt, attempts, route_index",
         )
         .bind(now)

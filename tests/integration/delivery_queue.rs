@@ -1,6 +1,7 @@
 //! The queue in the store, on both backends: the contract of `QueueStore`
 //! (enqueue, claim with lease, lease expiry and reclaim, outcomes, finish
-//! with DSN, admin) and concurrent claimers never sharing a recipient.
+//! with DSN, admin), claims taking whole messages, and concurrent claimers
+//! never sharing a recipient.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -340,8 +341,11 @@ async fn concurrent_claimers_never_share_a_recipient_on_every_backend() {
         for w in 0..8 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
-                let mut got = Vec::new();
+                // (message, recipients of that message in one claim)
+                let mut got: Vec<(String, Vec<i64>)> = Vec::new();
                 loop {
+                    // An odd limit would cut a two-recipient message in half
+                    // if claims took recipients rather than messages.
                     let c = store
                         .claim_due(&format!("w{w}"), T0, 600_000, 7)
                         .await
@@ -350,9 +354,7 @@ async fn concurrent_claimers_never_share_a_recipient_on_every_backend() {
                         break;
                     }
                     for m in c {
-                        for r in m.recipients {
-                            got.push((m.id.clone(), r.id));
-                        }
+                        got.push((m.id.clone(), m.recipients.iter().map(|r| r.id).collect()));
                     }
                 }
                 got
@@ -362,10 +364,16 @@ async fn concurrent_claimers_never_share_a_recipient_on_every_backend() {
         for task in tasks {
             all.extend(task.await.unwrap());
         }
-        let unique: HashSet<i64> = all.iter().map(|(_, r)| *r).collect();
-        assert_eq!(all.len(), 300, "{b}: every recipient claimed");
+        let recipients: Vec<i64> = all.iter().flat_map(|(_, r)| r.clone()).collect();
+        let unique: HashSet<i64> = recipients.iter().copied().collect();
+        assert_eq!(recipients.len(), 300, "{b}: every recipient claimed");
         assert_eq!(unique.len(), 300, "{b}: no recipient claimed twice");
+        assert!(
+            all.iter().all(|(_, r)| r.len() == 2),
+            "{b}: a message's recipients come in one claim, never split"
+        );
         let messages: HashSet<String> = all.into_iter().map(|(m, _)| m).collect();
+        assert_eq!(messages.len(), 150, "{b}: each message claimed once");
         assert_eq!(messages, expected, "{b}");
     }
 }
@@ -423,5 +431,67 @@ async fn a_25_mb_message_round_trips_on_every_backend() {
         let loaded = t.store.load_body(&m.id).await.unwrap();
         assert_eq!(loaded.len(), body.len(), "{}", t.backend);
         assert!(loaded == body, "{}", t.backend);
+    }
+}
+
+/// A claim takes whole messages: a limit smaller than a message's recipient
+/// count still leases all of its due recipients (so they share one upstream
+/// transaction), and recipients not yet due stay out.
+#[tokio::test]
+async fn a_claim_takes_every_due_recipient_of_a_message_on_every_backend() {
+    for t in all_stores().await {
+        let s: &dyn Store = &*t.store;
+        let b = t.backend;
+        let rcpts = ["a@x.org", "b@x.org", "c@x.org", "d@x.org", "e@x.org"];
+        let big = message("s@example.com", &rcpts, b"five\r\n", T0);
+        let next = message("s@example.com", &["z@x.org"], b"one\r\n", T0 + 1);
+        s.enqueue(&big).await.unwrap();
+        s.enqueue(&next).await.unwrap();
+        let c = s.claim_due("A", T0 + 5, 60_000, 2).await.unwrap();
+        assert_eq!(c.len(), 1, "{b}: only the oldest message: {c:?}");
+        assert_eq!(c[0].id, big.id, "{b}");
+        let got: Vec<&str> = c[0].recipients.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(got, rcpts, "{b}: all five, though the limit is 2");
+
+        // Defer two of them; the next claim of the message takes only the
+        // three that are due again, still together.
+        let later = T0 + 60_000;
+        let deferred: Vec<RecipientOutcome> = c[0].recipients[..2]
+            .iter()
+            .map(|r| {
+                outcome(
+                    r.id,
+                    OutcomeKind::Deferred {
+                        next_attempt_at: later,
+                        route_index: 0,
+                        count_attempt: true,
+                    },
+                    "451 later",
+                )
+            })
+            .collect();
+        let due_again: Vec<RecipientOutcome> = c[0].recipients[2..]
+            .iter()
+            .map(|r| {
+                outcome(
+                    r.id,
+                    OutcomeKind::Deferred {
+                        // Due before the other message's recipient (T0 + 1).
+                        next_attempt_at: T0,
+                        route_index: 0,
+                        count_attempt: true,
+                    },
+                    "451 soon",
+                )
+            })
+            .collect();
+        s.record_outcomes("A", T0 + 6, &[deferred, due_again].concat())
+            .await
+            .unwrap();
+        let c = s.claim_due("B", T0 + 20, 60_000, 1).await.unwrap();
+        let ids: Vec<&str> = c.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, [big.id.as_str()], "{b}");
+        let got: Vec<&str> = c[0].recipients.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(got, &rcpts[2..], "{b}: the due three, not the two deferred");
     }
 }

@@ -1,0 +1,289 @@
+//! The queue's contract: the types of accepted messages, claims and
+//! outcomes, and [`QueueStore`], which both backends implement.
+
+use async_trait::async_trait;
+
+use super::StoreResult;
+
+/// A recipient of a message being queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecipient {
+    pub address: String,
+    /// RFC 3461 NOTIFY parameter as given (e.g. `FAILURE,DELAY`).
+    pub notify: Option<String>,
+    /// RFC 3461 ORCPT parameter as given.
+    pub orcpt: Option<String>,
+}
+
+/// A message ready to be committed to the queue. `body` is final: the bytes
+/// stored are the bytes delivered (fixups and DKIM already applied).
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Queue id, unique (see [`new_queue_id`]).
+    pub id: String,
+    /// Envelope sender; empty only for DSNs postgate generates.
+    pub sender: String,
+    pub recipients: Vec<NewRecipient>,
+    pub user_id: Option<i64>,
+    pub username: Option<String>,
+    pub credential: Option<String>,
+    pub body: bytes::Bytes,
+    pub envid: Option<String>,
+    /// RFC 3461 RET: `FULL` or `HDRS`.
+    pub dsn_ret: Option<String>,
+    pub is_dsn: bool,
+    pub smtputf8: bool,
+    pub received_at: i64,
+    pub expires_at: i64,
+}
+
+/// A new, time-ordered queue id (UUID v7, 32 lower-case hex digits).
+pub fn new_queue_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// A recipient claimed for delivery (its lease is held by the claimer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedRecipient {
+    /// Row id in `queue_recipients`; what outcomes refer to.
+    pub id: i64,
+    pub address: String,
+    pub notify: Option<String>,
+    pub orcpt: Option<String>,
+    /// Attempts made so far (before this one).
+    pub attempts: u32,
+    /// Index into the route's upstream list to try (fail-over position).
+    pub route_index: u32,
+}
+
+/// A message with the recipients of it that one claim returned. The body is
+/// loaded separately ([`QueueStore::load_body`]) so claims stay small.
+#[derive(Debug, Clone)]
+pub struct ClaimedMessage {
+    pub id: String,
+    pub sender: String,
+    pub user_id: Option<i64>,
+    pub username: Option<String>,
+    pub envid: Option<String>,
+    pub dsn_ret: Option<String>,
+    pub is_dsn: bool,
+    pub smtputf8: bool,
+    pub size: i64,
+    pub received_at: i64,
+    pub expires_at: i64,
+    /// Never empty (except from [`QueueStore::unfinished_messages`]).
+    pub recipients: Vec<ClaimedRecipient>,
+    /// The stored bytes when the message is small (at most
+    /// [`CLAIM_BODY_MAX`] bytes) and came from a claim: saves a round trip
+    /// per message. Otherwise load it with [`QueueStore::load_body`].
+    pub body: Option<bytes::Bytes>,
+}
+
+/// Bodies up to this size are returned with their claim.
+pub const CLAIM_BODY_MAX: i64 = 64 * 1024;
+
+/// What happened to one claimed recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// The upstream accepted it (2xx after DATA): final.
+    Delivered,
+    /// Try again at `next_attempt_at`, on upstream `route_index` of the route.
+    /// `count_attempt = false` leaves `attempts` alone (throttled by the
+    /// provider, or released without trying: shutdown, circuit open).
+    Deferred {
+        next_attempt_at: i64,
+        route_index: u32,
+        count_attempt: bool,
+    },
+    /// Permanent failure (5xx): final, bounces.
+    Failed,
+    /// The queue lifetime ran out: final, bounces.
+    Expired,
+}
+
+/// One recipient's outcome, recorded by [`QueueStore::record_outcomes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientOutcome {
+    /// [`ClaimedRecipient::id`].
+    pub recipient_id: i64,
+    pub kind: OutcomeKind,
+    /// Upstream name tried, when one was.
+    pub upstream: Option<String>,
+    /// The upstream's reply or a description of the failure.
+    pub reply: Option<String>,
+    /// Write a `delivery_log` row (false only for a release without attempt).
+    pub log: bool,
+}
+
+/// Final state of one recipient, for building a DSN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalRecipient {
+    pub address: String,
+    pub notify: Option<String>,
+    pub orcpt: Option<String>,
+    /// `delivered`, `failed` or `expired`.
+    pub status: String,
+    pub attempts: u32,
+    pub last_upstream: Option<String>,
+    pub last_reply: Option<String>,
+}
+
+/// One line of `queue list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueEntry {
+    pub id: String,
+    pub sender: String,
+    pub username: Option<String>,
+    pub size: i64,
+    pub received_at: i64,
+    pub is_dsn: bool,
+    pub recipients: u32,
+    /// Recipients still queued.
+    pub pending: u32,
+    /// Earliest next attempt of the pending recipients.
+    pub next_attempt_at: Option<i64>,
+}
+
+/// One recipient in `queue show`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueRecipientDetail {
+    pub address: String,
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at: i64,
+    pub route_index: u32,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub last_upstream: Option<String>,
+    pub last_reply: Option<String>,
+}
+
+/// One `delivery_log` row.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeliveryLogEntry {
+    pub at: i64,
+    pub recipient: String,
+    pub upstream: Option<String>,
+    /// `delivered`, `deferred`, `failed`, `expired`, `bounced` or `deleted`.
+    pub outcome: String,
+    pub attempt: u32,
+    pub reply: Option<String>,
+}
+
+/// `queue show`: a message's envelope, recipients and log (no body).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDetail {
+    pub entry: QueueEntry,
+    pub envid: Option<String>,
+    pub expires_at: i64,
+    pub recipients: Vec<QueueRecipientDetail>,
+    pub log: Vec<DeliveryLogEntry>,
+}
+
+/// What [`QueueStore::queue_stats`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSummary {
+    /// Messages with at least one recipient in status `queued`.
+    pub depth: u64,
+    /// `now - received_at` of the oldest such message, in milliseconds;
+    /// 0 when the queue is empty (never negative).
+    pub oldest_age_ms: i64,
+}
+
+/// The queue: accepted messages and per-recipient delivery state.
+///
+/// Delivery never holds a transaction across an SMTP conversation: it claims
+/// recipients with a lease ([`claim_due`](Self::claim_due)), talks to the
+/// upstream, then records outcomes in a second short transaction. A lease
+/// whose holder died expires and the recipient is claimable again, so
+/// delivery is at least once.
+#[async_trait]
+pub trait QueueStore: Send + Sync {
+    /// Commits message, envelope and one row per recipient (status `queued`,
+    /// due at `received_at`) in one transaction. When this returns `Ok` the
+    /// message survives a crash; only then may the client be told 250.
+    async fn enqueue(&self, message: &NewMessage) -> StoreResult<()>;
+
+    /// Leases, to `owner` until `now + lease_ms` and in one transaction,
+    /// the queued recipients that are due (`next_attempt_at <= now`) and not
+    /// leased (or whose lease expired) of the messages of the oldest `limit`
+    /// such recipients: whole messages, so every due recipient of a message
+    /// is in one claim (and can share one upstream transaction). Concurrent
+    /// claimers (any node) never get the same recipient while a lease holds.
+    /// Returned grouped by message, envelope included, body only when small.
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<ClaimedMessage>>;
+
+    /// The stored bytes of message `id`. `NotFound` if it is gone.
+    async fn load_body(&self, id: &str) -> StoreResult<bytes::Bytes>;
+
+    /// Records outcomes of recipients leased by `owner`, with a
+    /// `delivery_log` row each (when `log`), in one transaction; clears the
+    /// lease. Outcomes for recipients no longer leased by `owner` (lease
+    /// expired and taken over, message deleted) are skipped. A message whose
+    /// recipients are now all delivered is deleted in the same transaction
+    /// (no DSN is due; the log rows stay). Returns how many were recorded.
+    async fn record_outcomes(
+        &self,
+        owner: &str,
+        now: i64,
+        outcomes: &[RecipientOutcome],
+    ) -> StoreResult<u64>;
+
+    /// The recipients of message `id` when every one of them is final
+    /// (delivered, failed or expired); `None` when some are still queued or
+    /// the message is gone. Read-only.
+    async fn final_recipients(&self, id: &str) -> StoreResult<Option<Vec<FinalRecipient>>>;
+
+    /// Finishes message `id` in one transaction: if every recipient is final,
+    /// enqueues `dsn` (when given, writing a `bounced` log row per failed or
+    /// expired recipient) and deletes the message. Returns `false` (and does
+    /// nothing) if recipients are still queued or the message is gone; two
+    /// concurrent callers never both enqueue a DSN.
+    async fn finish_message(
+        &self,
+        id: &str,
+        now: i64,
+        dsn: Option<&NewMessage>,
+    ) -> StoreResult<bool>;
+
+    /// Messages whose recipients are all final but which were not finished
+    /// (the process died between recording outcomes and
+    /// [`finish_message`](Self::finish_message)), oldest first, at most
+    /// `limit`; `recipients` is empty. Read-only.
+    async fn unfinished_messages(&self, limit: u32) -> StoreResult<Vec<ClaimedMessage>>;
+
+    /// Clears leases that expired before `now` (their holders died); returns
+    /// how many. Claims already ignore expired leases; this makes them visible.
+    async fn reclaim_expired(&self, now: i64) -> StoreResult<u64>;
+
+    /// Deletes `delivery_log` rows older than `before`; returns how many.
+    async fn prune_delivery_log(&self, before: i64) -> StoreResult<u64>;
+
+    /// One reading of the queue at `now` for the metrics sampler, in one
+    /// statement: how many messages have at least one recipient still
+    /// `queued` (leased or not), and how long ago the oldest of them was
+    /// received. Finished recipients (delivered, failed, expired) do not
+    /// count; an empty queue reads `depth` 0, `oldest_age_ms` 0.
+    async fn queue_stats(&self, now: i64) -> StoreResult<QueueSummary>;
+
+    /// Messages in the queue, oldest first, at most `limit`.
+    async fn queue_list(&self, limit: u32) -> StoreResult<Vec<QueueEntry>>;
+
+    /// One message's envelope, recipients and log. `NotFound` if missing.
+    async fn queue_show(&self, id: &str) -> StoreResult<QueueDetail>;
+
+    /// Makes every queued recipient of `id` due at `now` (attempts and route
+    /// kept; a held lease is left alone). Returns how many; `NotFound` if the
+    /// message is missing.
+    async fn queue_retry(&self, id: &str, now: i64) -> StoreResult<u64>;
+
+    /// Deletes message `id` without a DSN, logging `deleted` for each
+    /// recipient still queued. `NotFound` if missing.
+    async fn queue_delete(&self, id: &str, now: i64) -> StoreResult<()>;
+}

@@ -8,6 +8,13 @@
 //! ```
 //! Prints accepted messages/s, delivered messages/s, and the latency from
 //! the pipelined MAIL/RCPT/DATA to the 250 after the body (p50/p99).
+//!
+//! `--process PATH_TO_POSTGATE` runs the real binary (`postgate serve`) as a
+//! child process instead of `run` in this one, and also prints that
+//! process's peak RSS (`VmHWM`): the whole relay (SMTP front end, intake,
+//! store, delivery), without the load generator and the sink. With
+//! `--size 25000000 --count 20 --sessions 20` that is the "20 concurrent
+//! 25 MB messages" figure.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +57,17 @@ async fn main() {
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
     let sink = delivery_bench::start_sink().await;
+    // In --process mode the child binds this port (found free here).
+    let process = arg("--process", "");
+    let fixed_port = if process.is_empty() {
+        0
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     let text = format!(
         r#"[server]
 hostname = "localhost"
@@ -64,7 +82,7 @@ cert = "{c}"
 key = "{k}"
 
 [[smtp.listener]]
-address = "127.0.0.1:0"
+address = "127.0.0.1:{fixed_port}"
 mode = "starttls"
 
 [http]
@@ -123,10 +141,31 @@ max_messages_per_connection = 1000
         }
     }
 
-    let bound = postgate::run::Bound::bind(&config).await.unwrap();
-    let smtp_port = bound.smtp[0].1.local_addr().unwrap().port();
     let control = postgate::run::Control::default();
-    let node = tokio::spawn(postgate::run::run(config, bound, control.clone()));
+    let (smtp_port, node, mut child) = if process.is_empty() {
+        let bound = postgate::run::Bound::bind(&config).await.unwrap();
+        let port = bound.smtp[0].1.local_addr().unwrap().port();
+        let node = tokio::spawn(postgate::run::run(config, bound, control.clone()));
+        (port, Some(node), None)
+    } else {
+        let config_path = dir.path().join("postgate.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let child = std::process::Command::new(&process)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start postgate");
+        let addr = format!("127.0.0.1:{fixed_port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(Instant::now() < deadline, "postgate did not listen on {addr}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (fixed_port, None, Some(child))
+    };
 
     let mut client = UpstreamConfig::new("postgate", "127.0.0.1", smtp_port, TlsMode::Starttls);
     client.ca_file = Some(cert_path.clone());
@@ -187,6 +226,29 @@ max_messages_per_connection = 1000
         delivery_bench::pct(&lat, 0.5).as_secs_f64() * 1000.0,
         delivery_bench::pct(&lat, 0.99).as_secs_f64() * 1000.0,
     );
+    if let Some(child) = &mut child {
+        println!(
+            "postgate process peak RSS (VmHWM): {:.0} MiB",
+            peak_rss_kib(child.id()) as f64 / 1024.0
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     control.shutdown.cancel();
-    let _ = node.await;
+    if let Some(node) = node {
+        let _ = node.await;
+    }
+}
+
+/// The peak resident set size of process `pid` in KiB (`VmHWM` in
+/// /proc/PID/status), 0 if unreadable.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

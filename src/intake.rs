@@ -264,6 +264,10 @@ impl Intake for StoreIntake {
         let id = store::new_queue_id();
         let received_at = now_ms();
         let body = self.final_body(&submission, &id, received_at).await?;
+        // The bytes as received are not needed once the stored form exists:
+        // free them before waiting for the commit (a 25 MB message would
+        // otherwise be held twice while it waits for the writer).
+        drop(submission.body);
         let user = submission.identity.username;
         let message = NewMessage {
             id,

@@ -161,7 +161,10 @@ max_messages_per_connection = 1000
         let addr = format!("127.0.0.1:{fixed_port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(&addr).await.is_err() {
-            assert!(Instant::now() < deadline, "postgate did not listen on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "postgate did not listen on {addr}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         (fixed_port, None, Some(child))

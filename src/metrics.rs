@@ -34,7 +34,7 @@ pub use sampler::{run_queue_sampler, QueueStats};
 
 pub use labels::{
     AuthResult, CircuitState, ConnectionRefusal, DeliveryResult, DkimAlgorithm, DkimResult,
-    LimitKind, LimitScope, Mechanism, RejectReason, StoreOperation, TlsMode,
+    LimitKind, LimitScope, Mechanism, RejectReason, StoreOperation, ThrottleCause, TlsMode,
 };
 
 /// The label value that per-user series past the cap are counted under.
@@ -96,6 +96,7 @@ pub struct Metrics {
     delivery_attempts: IntCounterVec,
     delivery_duration: HistogramVec,
     upstream_circuit: IntGaugeVec,
+    upstream_throttled: IntCounterVec,
     bounces: IntCounter,
     dkim_signatures: IntCounterVec,
     dkim_unsigned: IntCounter,
@@ -284,6 +285,11 @@ impl Metrics {
             "Circuit breaker of each upstream: 0 closed (in use), 1 half-open (probing), 2 open (not used).",
             &["upstream"],
         );
+        let upstream_throttled = d.counter_vec(
+            "postgate_upstream_throttled_total",
+            "Recipients held back by an upstream's throttle, by upstream and cause: rate (its configured rate had no slot in time; no attempt made) or reply (it answered with a throttling reply and is paused; no attempt used up).",
+            &["upstream", "cause"],
+        );
         let bounces = d.counter(
             "postgate_bounces_total",
             "Delivery status notifications (RFC 3464) generated for failed or expired recipients.",
@@ -369,6 +375,7 @@ impl Metrics {
             delivery_attempts,
             delivery_duration,
             upstream_circuit,
+            upstream_throttled,
             bounces,
             dkim_signatures,
             dkim_unsigned,
@@ -439,6 +446,13 @@ impl Metrics {
                 .collect(),
             duration: self.delivery_duration.with_label_values(&[name]),
             circuit,
+            throttled: ThrottleCause::ALL
+                .iter()
+                .map(|c| {
+                    self.upstream_throttled
+                        .with_label_values(&[name, c.as_str()])
+                })
+                .collect(),
         }
     }
 
@@ -594,6 +608,7 @@ pub struct UpstreamMetrics {
     attempts: Vec<IntCounter>,
     duration: Histogram,
     circuit: IntGauge,
+    throttled: Vec<IntCounter>,
 }
 
 impl UpstreamMetrics {
@@ -609,6 +624,15 @@ impl UpstreamMetrics {
     /// Records the duration of one SMTP transaction with this upstream.
     pub fn transaction_duration(&self, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts `recipients` held back by this upstream's throttle.
+    pub fn throttled(&self, cause: ThrottleCause, recipients: u64) {
+        let i = ThrottleCause::ALL
+            .iter()
+            .position(|c| *c == cause)
+            .unwrap_or(0);
+        self.throttled[i].inc_by(recipients);
     }
 
     /// Sets the circuit breaker state.

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::throttle::{self, Admission};
 use super::upstream::{Envelope, Reply, TxReplies};
 use super::{lock, now_ms, route, Engine, UpstreamState};
-use crate::metrics::{DeliveryResult, LimitKind, LimitScope, UpstreamMetrics};
+use crate::metrics::{DeliveryResult, LimitKind, LimitScope, ThrottleCause, UpstreamMetrics};
 use crate::store::{ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome};
 
 impl Engine {
@@ -49,6 +49,9 @@ impl Engine {
         if let Admission::Defer(wait) = up.throttle.admit(self.queue.max_throttle_wait).await {
             if let Some(metrics) = &self.metrics {
                 metrics.rate_limited(LimitScope::Upstream, LimitKind::Messages);
+            }
+            if let Some(um) = &up.metrics {
+                um.throttled(ThrottleCause::Rate, rcpts.len() as u64);
             }
             lock(&up.circuit).release_probe(Instant::now());
             self.publish_circuit(name);
@@ -158,6 +161,9 @@ impl Engine {
                     }
                 } else if throttled(reply) {
                     let p = *pause.get_or_insert_with(|| up.throttle.throttled());
+                    if let Some(um) = &up.metrics {
+                        um.throttled(ThrottleCause::Reply, 1);
+                    }
                     info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, "deferred (throttled)");
                     deferred(r, now_ms() + p.as_millis() as i64, idx as u32, false, Some(name), &reply.text)
                 } else {

@@ -143,6 +143,18 @@ label_enum!(
 );
 
 label_enum!(
+    /// Why recipients bound for an upstream were held back by its throttle.
+    ThrottleCause {
+        /// Its configured `rate` had no slot within `max_throttle_wait`: no
+        /// attempt was made.
+        Rate => "rate",
+        /// It answered with a throttling reply (e.g. SES `454 Throttling
+        /// failure`): it is paused, no attempt is used up.
+        Reply => "reply",
+    }
+);
+
+label_enum!(
     /// DKIM signing algorithm (RFC 6376, RFC 8463).
     DkimAlgorithm {
         /// RFC 6376.

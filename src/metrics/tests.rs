@@ -142,6 +142,7 @@ fn catalogue_follows_the_naming_conventions() {
                     "scope",
                     "limit",
                     "upstream",
+                    "cause",
                     "algorithm",
                     "operation",
                     "user",

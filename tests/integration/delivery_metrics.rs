@@ -48,6 +48,43 @@ fn attempts(m: &Metrics, upstream: &str, result: &str) -> f64 {
     series(m, "postgate_delivery_attempts_total", &[&u, &r]).unwrap_or(0.0)
 }
 
+fn throttled(m: &Metrics, upstream: &str, cause: &str) -> f64 {
+    let u = format!("upstream=\"{upstream}\"");
+    let c = format!("cause=\"{cause}\"");
+    series(m, "postgate_upstream_throttled_total", &[&u, &c]).unwrap_or(0.0)
+}
+
+/// A throttling reply (SES `454 Throttling failure`) counts per upstream
+/// and recipient as `cause="reply"`, not as a rate deferral, and the
+/// message goes once the upstream accepts again.
+#[tokio::test]
+async fn throttling_replies_are_counted_per_upstream() {
+    for t in all_stores().await {
+        let b = t.backend;
+        let mut beh = Behavior::new(ServerTls::None);
+        beh.rcpt_default = "454 4.7.0 Throttling failure: Maximum sending rate exceeded.".into();
+        let server = UpstreamServer::start(beh).await;
+        let cfg = config(vec![server.upstream_config("ses")], vec![]);
+        let (metrics, token, started) = start_measured(&t.store, cfg);
+        let m = new_message("s@example.com", &["a@x.org", "b@x.org"], "throttled");
+        t.store.enqueue(&m).await.unwrap();
+        wait_for(30, "throttling counted", async || {
+            throttled(&metrics, "ses", "reply") >= 2.0
+        })
+        .await;
+        server.set(|x| x.rcpt_default = "250 ok".into());
+        wait_for(30, "both delivered after the pause", async || {
+            attempts(&metrics, "ses", "delivered") == 2.0
+        })
+        .await;
+        token.cancel();
+        started.handle.await.unwrap();
+        assert!(throttled(&metrics, "ses", "reply") >= 2.0, "{b}");
+        assert_eq!(throttled(&metrics, "ses", "rate"), 0.0, "{b}: no rate set");
+        assert_eq!(attempts(&metrics, "ses", "failed"), 0.0, "{b}");
+    }
+}
+
 /// An upstream's `rate` with no slot within `max_throttle_wait` defers the
 /// message without using an attempt, counts in
 /// `postgate_rate_limit_rejections_total{scope="upstream"}`, and the message
@@ -79,6 +116,12 @@ async fn upstream_rate_deferrals_are_counted_and_then_delivered() {
             &["scope=\"upstream\"", "limit=\"messages\""],
         );
         assert!(deferrals.is_some_and(|n| n >= 2.0), "{b}: {deferrals:?}");
+        assert_eq!(
+            throttled(&metrics, "paced", "rate"),
+            deferrals.unwrap(),
+            "{b}: one recipient per deferred message, counted for its upstream"
+        );
+        assert_eq!(throttled(&metrics, "paced", "reply"), 0.0, "{b}");
         assert_eq!(attempts(&metrics, "paced", "delivered"), 3.0, "{b}");
         assert_eq!(
             attempts(&metrics, "paced", "deferred"),

@@ -44,10 +44,10 @@ impl Session {
         if let Err(reply) = self.content_allowed().await {
             return reply;
         }
-        self.input = Input::Data(DataReader::new(
-            self.settings.max_message_size,
-            self.normalize(),
-        ));
+        let declared = self.txn.as_ref().and_then(|t| t.mail.size);
+        self.input = Input::Data(
+            DataReader::new(self.settings.max_message_size, self.normalize()).expecting(declared),
+        );
         Reply::start_data()
     }
 
@@ -80,7 +80,9 @@ impl Session {
         if starting {
             match self.content_allowed().await {
                 Ok(()) => {
-                    let body = Body::new(self.settings.max_message_size, self.normalize());
+                    let declared = self.txn.as_ref().and_then(|t| t.mail.size);
+                    let body = Body::new(self.settings.max_message_size, self.normalize())
+                        .expecting(declared);
                     if let Some(t) = self.txn.as_mut() {
                         t.bdat = Some(body);
                     }

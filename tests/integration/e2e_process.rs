@@ -508,4 +508,5 @@ mod crash;
 mod delivery_nodes;
 mod dkim_e2e;
 mod nodes;
+mod operator_cli;
 mod signals;

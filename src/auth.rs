@@ -18,6 +18,7 @@ use crate::metrics::{Metrics, StoreOperation};
 use crate::password::{self, HashParams, Verification};
 use crate::smtp::ports::{AuthOutcome, Authenticator};
 use crate::store::{self, LimitOverrides, LoginCredential, Store};
+use crate::time::now_ms;
 
 /// An authenticated user, as the rest of the session and intake see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,13 +152,6 @@ impl StoreAuthenticator {
         .ok()
         .flatten()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[async_trait]

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use crate::auth::Identity;
 use crate::metrics::{Metrics, RejectReason, StoreOperation};
 use crate::store::{self, NewMessage, NewRecipient, Store, StoreError};
+use crate::time::now_ms;
 
 /// The TLS parameters of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,13 +250,6 @@ impl StoreIntake {
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[async_trait]

@@ -25,4 +25,5 @@ pub mod quickstart;
 pub mod run;
 pub mod smtp;
 pub mod store;
+pub mod time;
 pub mod tls;

@@ -91,13 +91,8 @@ pub async fn sample_queue(store: &dyn Store) -> Result<crate::metrics::QueueStat
     })
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// Unix milliseconds now (re-exported: tests and tools use this path).
+pub use crate::time::now_ms;
 
 struct UpstreamState {
     pool: Pool,

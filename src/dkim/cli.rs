@@ -10,12 +10,7 @@ use crate::store::{DkimAlgorithm, DkimKeyInfo, NewDkimKey, Store};
 use super::key::{self, DnsRecord, KeyMaterial};
 use super::{read_key_file, DkimError};
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::time::now_ms;
 
 async fn store_key(
     store: &dyn Store,

@@ -5,6 +5,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
 use super::*;
+use crate::time::now_ms;
 
 /// Store on a PostgreSQL database, shared by any number of nodes.
 #[derive(Clone)]
@@ -61,13 +62,6 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 async fn user_id<'e, E: sqlx::PgExecutor<'e>>(exec: E, username: &str) -> StoreResult<i64> {

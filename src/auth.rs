@@ -7,6 +7,7 @@
 //! user exists.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +38,39 @@ pub struct Identity {
     pub user_limits: LimitOverrides,
     /// Per-user override of the listener's `normalize_line_endings`.
     pub normalize_line_endings: Option<bool>,
+    /// Which stored password hash the login matched: see [`credential_tag`].
+    pub credential_tag: CredentialTag,
+}
+
+/// SHA-256 of a stored password hash (PHC or crypt string). A cached login
+/// keeps this instead of the hash, so it can be re-checked against the store
+/// without holding anything a password could be tested against offline.
+pub type CredentialTag = [u8; 32];
+
+/// The [`CredentialTag`] of `password_hash`.
+pub fn credential_tag(password_hash: &str) -> CredentialTag {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(password_hash.as_bytes()).into()
+}
+
+/// The identity of `credential` of `record`, which matched with the stored
+/// hash `password_hash`.
+fn identity_of(
+    record: &store::LoginRecord,
+    credential: &LoginCredential,
+    password_hash: &str,
+) -> Identity {
+    Identity {
+        user_id: record.user_id,
+        username: record.username.clone(),
+        credential_id: credential.id,
+        credential_label: credential.label.clone(),
+        senders: record.senders.clone(),
+        limits: merge_limits(&record.limits, &credential.limits),
+        user_limits: record.limits.clone(),
+        normalize_line_endings: record.normalize_line_endings,
+        credential_tag: credential_tag(password_hash),
+    }
 }
 
 /// `[auth]` configuration.
@@ -198,20 +232,39 @@ impl Authenticator for StoreAuthenticator {
             .credential_used(credential.id, now_ms(), upgraded.as_deref())
             .await;
         self.timed(StoreOperation::CredentialUsed, started, used.is_err());
-        if let Err(e) = used {
+        // The hash stored from now on: the upgraded one once it is written.
+        let stored = match (&used, &upgraded) {
+            (Ok(()), Some(new_hash)) => new_hash.as_str(),
+            _ => credential.password_hash.as_str(),
+        };
+        if let Err(e) = &used {
             // The login itself is valid; only the bookkeeping failed.
             tracing::warn!(error = %e, "recording credential use failed");
         }
-        AuthOutcome::Ok(Identity {
-            user_id: record.user_id,
-            username: record.username,
-            credential_id: credential.id,
-            credential_label: credential.label.clone(),
-            senders: record.senders,
-            limits: merge_limits(&record.limits, &credential.limits),
-            user_limits: record.limits.clone(),
-            normalize_line_endings: record.normalize_line_endings,
-        })
+        AuthOutcome::Ok(identity_of(&record, credential, stored))
+    }
+
+    /// One store lookup, no password hashing: the user must still be
+    /// enabled and the credential still hold the hash the login matched.
+    async fn recheck(&self, identity: &Identity) -> AuthOutcome {
+        let record = match self.login_lookup(&identity.username).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return AuthOutcome::Failed,
+            Err(e) => {
+                tracing::warn!(error = %e, "login lookup failed");
+                return AuthOutcome::Unavailable;
+            }
+        };
+        let current = record.credentials.iter().find(|c| {
+            c.id == identity.credential_id
+                && credential_tag(&c.password_hash) == identity.credential_tag
+        });
+        match current {
+            Some(c) if record.user_id == identity.user_id => {
+                AuthOutcome::Ok(identity_of(&record, c, &c.password_hash))
+            }
+            _ => AuthOutcome::Failed,
+        }
     }
 }
 
@@ -219,6 +272,13 @@ impl Authenticator for StoreAuthenticator {
 /// [`crate::auth_cache::AuthCache`] (keyed by an HMAC of user and password),
 /// so reconnecting clients skip argon2; concurrent identical logins share one
 /// verification. Failures are never cached.
+///
+/// A login answered from the cache is re-checked against the store
+/// ([`Authenticator::recheck`]: one lookup, no hashing), so a password
+/// change, credential revocation, disable or delete takes effect at the
+/// very next login on every node, whether or not a change notification
+/// has arrived yet, and the identity (sender permissions, limit overrides)
+/// is always the current one. Notifications only keep the cache tidy.
 pub struct CachedAuthenticator {
     inner: Arc<dyn Authenticator>,
     cache: Arc<crate::auth_cache::AuthCache<Identity, ()>>,
@@ -238,22 +298,37 @@ impl CachedAuthenticator {
 impl Authenticator for CachedAuthenticator {
     async fn authenticate(&self, username: &str, password: &str, ip: IpAddr) -> AuthOutcome {
         let key = store::normalize_username(username).unwrap_or_else(|_| username.to_string());
-        let inner = self.inner.clone();
-        let verified = self
-            .cache
-            .get_or_verify(&key, password.as_bytes(), || async move {
-                match inner.authenticate(username, password, ip).await {
-                    AuthOutcome::Ok(identity) => Ok(Some(identity)),
-                    AuthOutcome::Failed => Ok(None),
-                    AuthOutcome::Unavailable => Err(()),
-                }
-            })
-            .await;
-        match verified {
-            Ok(Some(identity)) => AuthOutcome::Ok(identity),
-            Ok(None) => AuthOutcome::Failed,
-            Err(()) => AuthOutcome::Unavailable,
+        // Two passes at most: a cached login whose recheck fails is dropped
+        // and the password verified afresh (it may still be right, e.g.
+        // after its hash was upgraded elsewhere).
+        for _ in 0..2 {
+            let verified_here = AtomicBool::new(false);
+            let inner = self.inner.clone();
+            let verified = self
+                .cache
+                .get_or_verify(&key, password.as_bytes(), || async {
+                    verified_here.store(true, Ordering::Relaxed);
+                    match inner.authenticate(username, password, ip).await {
+                        AuthOutcome::Ok(identity) => Ok(Some(identity)),
+                        AuthOutcome::Failed => Ok(None),
+                        AuthOutcome::Unavailable => Err(()),
+                    }
+                })
+                .await;
+            let identity = match verified {
+                Ok(Some(identity)) => identity,
+                Ok(None) => return AuthOutcome::Failed,
+                Err(()) => return AuthOutcome::Unavailable,
+            };
+            if verified_here.load(Ordering::Relaxed) {
+                return AuthOutcome::Ok(identity);
+            }
+            match self.inner.recheck(&identity).await {
+                AuthOutcome::Failed => self.cache.invalidate_user(&key),
+                current => return current,
+            }
         }
+        AuthOutcome::Failed
     }
 }
 

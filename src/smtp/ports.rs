@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use crate::auth::Identity;
 
 /// The result of checking a username and password.
+// One per login, moved once: the size of `Ok` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AuthOutcome {
     /// The password matches an enabled credential of an enabled user.
@@ -31,6 +33,16 @@ pub enum AuthOutcome {
 pub trait Authenticator: Send + Sync {
     /// Checks `username`/`password` for a client connected from `ip`.
     async fn authenticate(&self, username: &str, password: &str, ip: IpAddr) -> AuthOutcome;
+
+    /// Re-checks a login verified earlier (kept in a cache) against the
+    /// accounts as they are now, without hashing: `Ok` with the current
+    /// identity while the user is enabled and the credential still holds
+    /// the password hash the login matched; `Failed` once the password,
+    /// credential or user changed; `Unavailable` if that cannot be told.
+    /// The default trusts the earlier verification.
+    async fn recheck(&self, identity: &Identity) -> AuthOutcome {
+        AuthOutcome::Ok(identity.clone())
+    }
 }
 
 /// A refusal by a rate limit: how long to wait, and why (sent to the client).

@@ -27,6 +27,7 @@ impl Authenticator for FakeAuth {
                 limits: LimitOverrides::default(),
                 user_limits: Default::default(),
                 normalize_line_endings: None,
+                credential_tag: [0; 32],
             }),
             ("down", _) => AuthOutcome::Unavailable,
             _ => AuthOutcome::Failed,

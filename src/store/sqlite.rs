@@ -313,13 +313,15 @@ impl AccountStore for SqliteStore {
         let Ok(name) = normalize_username(username) else {
             return Ok(None);
         };
+        // Three short statements on one connection (not three checkouts).
+        let mut conn = self.pool.acquire().await.map_err(|e| map_sqlx(e, "user"))?;
         let Some(u) = sqlx::query(
             "SELECT id, username, max_messages_per_minute, max_messages_per_hour, max_messages_per_day,
                     max_recipients_per_day, max_concurrent_sessions, normalize_line_endings
              FROM users WHERE username = ?1 AND enabled = 1",
         )
         .bind(&name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(|e| map_sqlx(e, "user"))?
         else {
@@ -332,14 +334,14 @@ impl AccountStore for SqliteStore {
              FROM credentials WHERE user_id = ?1 AND enabled = 1 ORDER BY id",
         )
         .bind(user_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(|e| map_sqlx(e, "credentials"))?;
         let senders: Vec<String> = sqlx::query_scalar(
             "SELECT pattern FROM sender_permissions WHERE user_id = ?1 ORDER BY pattern",
         )
         .bind(user_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(|e| map_sqlx(e, "senders"))?;
         Ok(Some(LoginRecord {

@@ -22,7 +22,7 @@ pub struct NodeAdmin {
 fn limits_err(e: LimitsError) -> AdminError {
     match e {
         LimitsError::Store(s) => s.into(),
-        LimitsError::Config(m) => AdminError::Invalid(m),
+        LimitsError::Config(m) | LimitsError::Invalid(m) => AdminError::Invalid(m),
     }
 }
 

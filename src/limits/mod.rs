@@ -128,6 +128,9 @@ pub enum LimitsError {
     /// The limit store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An operator's request names nothing usable.
+    #[error("limits: {0}")]
+    Invalid(String),
 }
 
 /// One session slot of a user; the slot is freed when this is dropped.

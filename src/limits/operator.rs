@@ -13,6 +13,11 @@ pub async fn show(limiter: &Limiter) -> Result<LimitsSnapshot, LimitsError> {
 /// user's message quotas (keyed by user id) as well as its failed logins.
 /// Returns how many counters were removed.
 pub async fn reset(limiter: &Limiter, store: &dyn Store, target: &str) -> Result<u64, LimitsError> {
+    if target.trim().is_empty() {
+        return Err(LimitsError::Invalid(
+            "reset needs an IP address, a username, uid:ID or cred:ID".into(),
+        ));
+    }
     let mut removed = limiter.reset(target).await?;
     if target.parse::<std::net::IpAddr>().is_err() && !target.contains(':') {
         if let Ok(Some(record)) = store.login_lookup(target).await {

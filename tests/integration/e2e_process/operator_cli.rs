@@ -183,4 +183,8 @@ async fn limits_commands_show_and_reset_a_lockout_on_the_shared_store() {
     assert!(!shown.contains(&format!("user:{USER} ")), "{shown}");
     let (_, code) = Client::login(files.smtp_port, USER, PASSWORD).await;
     assert_eq!(code, 235, "the reset lifts the lockout at once");
+
+    let (ok, _, err) = cli_output(&config, &["limits", "reset", " "]).await;
+    assert!(!ok, "an empty target resets nothing and says so");
+    assert!(err.contains("reset needs an IP address, a username"), "{err}");
 }

@@ -25,6 +25,7 @@ pub mod sqlite;
 mod sqlite_dkim;
 mod sqlite_limits;
 mod sqlite_queue;
+mod sqlite_writer;
 
 use std::sync::Arc;
 

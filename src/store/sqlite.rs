@@ -15,7 +15,7 @@ use crate::time::now_ms;
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
     /// The queue's group-commit writer task (see `sqlite_queue`).
-    pub(crate) writer: super::sqlite_queue::EnqueueSender,
+    pub(crate) writer: super::sqlite_writer::EnqueueSender,
 }
 
 impl SqliteStore {
@@ -34,7 +34,7 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot open {url}: {e}")))?;
-        let writer = super::sqlite_queue::spawn_writer(pool.clone());
+        let writer = super::sqlite_writer::spawn_writer(pool.clone());
         Ok(SqliteStore { pool, writer })
     }
 

@@ -186,5 +186,8 @@ async fn limits_commands_show_and_reset_a_lockout_on_the_shared_store() {
 
     let (ok, _, err) = cli_output(&config, &["limits", "reset", " "]).await;
     assert!(!ok, "an empty target resets nothing and says so");
-    assert!(err.contains("reset needs an IP address, a username"), "{err}");
+    assert!(
+        err.contains("reset needs an IP address, a username"),
+        "{err}"
+    );
 }

@@ -1,0 +1,143 @@
+//! The SQLite enqueue writer: SQLite has one writer at a time and each
+//! commit costs a disk flush (`synchronous = FULL`), so enqueues go through
+//! one task that commits every enqueue waiting at that moment in a single
+//! transaction (group commit). Each caller's `Ok` is that shared commit.
+
+use sqlx::{SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{map_sqlx, NewMessage, StoreError, StoreResult};
+
+/// Most messages one group commit carries.
+const BATCH_MESSAGES: usize = 256;
+/// Most body bytes one group commit carries (a batch always takes at least one).
+const BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// One enqueue waiting for the writer task.
+pub(crate) struct EnqueueJob {
+    message: NewMessage,
+    done: oneshot::Sender<StoreResult<()>>,
+}
+
+/// Handle to the writer task; dropping every clone stops the task.
+pub(crate) type EnqueueSender = mpsc::Sender<EnqueueJob>;
+
+/// Starts the writer task that group-commits enqueues on `pool`.
+pub(crate) fn spawn_writer(pool: SqlitePool) -> EnqueueSender {
+    let (tx, mut rx) = mpsc::channel::<EnqueueJob>(1024);
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut bytes = first.message.body.len();
+            let mut batch = vec![first];
+            while batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        bytes += job.message.body.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            commit_batch(&pool, batch).await;
+        }
+    });
+    tx
+}
+
+async fn commit_batch(pool: &SqlitePool, batch: Vec<EnqueueJob>) {
+    let all = async {
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?;
+        for job in &batch {
+            insert_message(&mut tx, &job.message).await?;
+        }
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
+    }
+    .await;
+    match all {
+        Ok(()) => {
+            for job in batch {
+                let _ = job.done.send(Ok(()));
+            }
+        }
+        Err(_) if batch.len() > 1 => {
+            // One bad message (e.g. a duplicate id) must not fail the others:
+            // commit them one by one so each gets its own answer.
+            for job in batch {
+                let one = async {
+                    let mut tx = pool
+                        .begin_with("BEGIN IMMEDIATE")
+                        .await
+                        .map_err(|e| map_sqlx(e, "queue"))?;
+                    insert_message(&mut tx, &job.message).await?;
+                    tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
+                }
+                .await;
+                let _ = job.done.send(one);
+            }
+        }
+        Err(e) => {
+            // A batch of one: its own error, as is.
+            if let Some(job) = batch.into_iter().next() {
+                let _ = job.done.send(Err(e));
+            }
+        }
+    }
+}
+
+/// Inserts message and recipients on `conn` (inside the caller's transaction).
+pub(crate) async fn insert_message(conn: &mut SqliteConnection, m: &NewMessage) -> StoreResult<()> {
+    if m.recipients.is_empty() {
+        return Err(StoreError::Invalid("a message needs a recipient".into()));
+    }
+    sqlx::query(
+        "INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body, envid,
+                dsn_ret, is_dsn, smtputf8, received_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .bind(&m.id)
+    .bind(&m.sender)
+    .bind(m.user_id)
+    .bind(&m.username)
+    .bind(&m.credential)
+    .bind(m.body.len() as i64)
+    .bind(&m.body[..])
+    .bind(&m.envid)
+    .bind(&m.dsn_ret)
+    .bind(m.is_dsn)
+    .bind(m.smtputf8)
+    .bind(m.received_at)
+    .bind(m.expires_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| map_sqlx(e, "queued message"))?;
+    for r in &m.recipients {
+        sqlx::query(
+            "INSERT INTO queue_recipients (message_id, recipient, notify, orcpt, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&m.id)
+        .bind(&r.address)
+        .bind(&r.notify)
+        .bind(&r.orcpt)
+        .bind(m.received_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_sqlx(e, "queued recipient"))?;
+    }
+    Ok(())
+}
+
+/// Hands `message` to the writer; returns once its group commit is done
+/// (or failed). `Unavailable` when the writer has stopped.
+pub(crate) async fn enqueue(writer: &EnqueueSender, message: NewMessage) -> StoreResult<()> {
+    let (done, wait) = oneshot::channel();
+    writer
+        .send(EnqueueJob { message, done })
+        .await
+        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?;
+    wait.await
+        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?
+}

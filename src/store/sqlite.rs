@@ -313,49 +313,48 @@ impl AccountStore for SqliteStore {
         let Ok(name) = normalize_username(username) else {
             return Ok(None);
         };
-        // Three short statements on one connection (not three checkouts).
-        let mut conn = self.pool.acquire().await.map_err(|e| map_sqlx(e, "user"))?;
-        let Some(u) = sqlx::query(
-            "SELECT id, username, max_messages_per_minute, max_messages_per_hour, max_messages_per_day,
-                    max_recipients_per_day, max_concurrent_sessions, normalize_line_endings
-             FROM users WHERE username = ?1 AND enabled = 1",
+        // One statement (one snapshot): the user, a row per enabled
+        // credential (none: one row of NULLs), sender patterns as JSON.
+        let found = sqlx::query(
+            "SELECT u.id, u.username, u.max_messages_per_minute, u.max_messages_per_hour,
+                    u.max_messages_per_day, u.max_recipients_per_day, u.max_concurrent_sessions,
+                    u.normalize_line_endings,
+                    (SELECT json_group_array(pattern) FROM sender_permissions
+                     WHERE user_id = u.id) AS senders,
+                    c.id AS c_id, c.label AS c_label, c.password_hash AS c_password_hash,
+                    c.max_messages_per_minute AS c_max_messages_per_minute,
+                    c.max_messages_per_hour AS c_max_messages_per_hour,
+                    c.max_messages_per_day AS c_max_messages_per_day,
+                    c.max_recipients_per_day AS c_max_recipients_per_day
+             FROM users u LEFT JOIN credentials c ON c.user_id = u.id AND c.enabled = 1
+             WHERE u.username = ?1 AND u.enabled = 1
+             ORDER BY c.id",
         )
         .bind(&name)
-        .fetch_optional(&mut *conn)
+        .fetch_all(&self.pool)
         .await
-        .map_err(|e| map_sqlx(e, "user"))?
-        else {
+        .map_err(|e| map_sqlx(e, "user"))?;
+        let Some(u) = found.first() else {
             return Ok(None);
         };
-        let user_id: i64 = u.get("id");
-        let creds = sqlx::query(
-            "SELECT id, label, password_hash, max_messages_per_minute, max_messages_per_hour,
-                    max_messages_per_day, max_recipients_per_day
-             FROM credentials WHERE user_id = ?1 AND enabled = 1 ORDER BY id",
-        )
-        .bind(user_id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| map_sqlx(e, "credentials"))?;
-        let senders: Vec<String> = sqlx::query_scalar(
-            "SELECT pattern FROM sender_permissions WHERE user_id = ?1 ORDER BY pattern",
-        )
-        .bind(user_id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| map_sqlx(e, "senders"))?;
+        let senders: String = u.get("senders");
+        let mut senders: Vec<String> = serde_json::from_str(&senders)
+            .map_err(|e| StoreError::Unavailable(format!("sender permissions: {e}")))?;
+        senders.sort();
         Ok(Some(LoginRecord {
-            user_id,
+            user_id: u.get("id"),
             username: u.get("username"),
-            limits: rows::limit_overrides(&u, true),
+            limits: rows::limit_overrides(u, "", true),
             normalize_line_endings: u.get("normalize_line_endings"),
-            credentials: creds
+            credentials: found
                 .iter()
-                .map(|c| LoginCredential {
-                    id: c.get("id"),
-                    label: c.get("label"),
-                    password_hash: c.get("password_hash"),
-                    limits: rows::limit_overrides(c, false),
+                .filter_map(|c| {
+                    Some(LoginCredential {
+                        id: c.get::<Option<i64>, _>("c_id")?,
+                        label: c.get("c_label"),
+                        password_hash: c.get("c_password_hash"),
+                        limits: rows::limit_overrides(c, "c_", false),
+                    })
                 })
                 .collect(),
             senders,

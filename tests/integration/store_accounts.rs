@@ -47,8 +47,25 @@ async fn user_lifecycle_on_every_backend() {
             .unwrap()
             .expect("login record");
         assert_eq!(rec.username, "alice");
-        assert_eq!(rec.credentials.len(), 2, "{b}");
-        assert_eq!(rec.senders.len(), 2, "{b}");
+        let labels: Vec<&str> = rec.credentials.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(labels, ["default", "printer"], "{b}: in creation order");
+        assert_eq!(rec.credentials[1].password_hash, "$2b$y", "{b}");
+        assert_eq!(rec.senders, ["@example.com", "ceo@other.example"], "{b}");
+
+        // Credential overrides (set with plain SQL) come with their
+        // credential only; the user's own stay apart.
+        let sql = "UPDATE credentials SET max_messages_per_day = 7 WHERE label = 'printer'";
+        if b == "sqlite" {
+            let pool = sqlx::SqlitePool::connect(&t.url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        } else {
+            let pool = sqlx::PgPool::connect(&t.url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        let rec = s.login_lookup("alice").await.unwrap().unwrap();
+        assert_eq!(rec.credentials[1].limits.messages_per_day, Some(7), "{b}");
+        assert_eq!(rec.credentials[0].limits, LimitOverrides::default(), "{b}");
+        assert_eq!(rec.limits.messages_per_day, None, "{b}");
 
         s.user_set_limits(
             "alice",

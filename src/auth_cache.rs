@@ -12,7 +12,9 @@
 //! - Invalidation: [`AuthCache::invalidate_user`] (this process) and
 //!   [`AuthCache::spawn_invalidation`], which drops everything on each
 //!   account change reported by the store (PostgreSQL NOTIFY from any node
-//!   or plain SQL; SQLite: a polled version bumped by triggers).
+//!   or plain SQL; SQLite: a polled version bumped by triggers). That only
+//!   keeps the cache tidy: [`crate::auth::CachedAuthenticator`] re-checks
+//!   every hit against the store, so an account change never waits for it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

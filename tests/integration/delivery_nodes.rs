@@ -1,6 +1,8 @@
 //! Delivery against a real MTA (Postfix's `smtp-sink`), and two delivery
 //! instances sharing one PostgreSQL: 1,000 messages, no duplicate, no loss;
-//! an upstream's rate holds for both together (issue #6: the same limiter).
+//! an upstream's rate holds for both together (issue #6: the same limiter);
+//! many workers with a small batch still send each message once, with all
+//! its recipients in one transaction.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -11,7 +13,7 @@ use postgate::limits::{Limiter, LimitsBackend, LimitsConfig, SystemClock};
 
 use postgate::store::{self, StoreOptions};
 
-use crate::common::{free_port, KillOnDrop};
+use crate::common::{all_stores, free_port, KillOnDrop};
 use crate::delivery_flow::{config, new_message, wait_for, Running};
 use crate::upstream_server::{Behavior, ServerTls, UpstreamServer};
 
@@ -232,4 +234,42 @@ async fn an_upstream_rate_holds_for_two_nodes_together_on_the_postgres_limiter()
         local < shared * 0.75,
         "per-node limiters took {local:.2} s, shared {shared:.2} s"
     );
+}
+
+/// A claim takes whole messages: 8 workers claiming 3 recipients' worth at a
+/// time still hand each 5-recipient message to the upstream once, in one
+/// transaction with all five (not split across workers or claims).
+#[tokio::test]
+async fn each_message_goes_out_once_with_all_its_recipients_on_every_backend() {
+    for t in all_stores().await {
+        let b = t.backend;
+        let server = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
+        let mut cfg = config(vec![server.upstream_config("up")], vec![]);
+        cfg.queue.workers = 8;
+        cfg.queue.batch = 3;
+        let rcpts = ["a@x.org", "b@x.org", "c@x.org", "d@x.org", "e@x.org"];
+        // Queued before delivery starts, so the workers race for them.
+        for i in 0..20 {
+            let m = new_message("s@example.com", &rcpts, &format!("whole-{i}"));
+            t.store.enqueue(&m).await.unwrap();
+        }
+        let run = Running::start(t.store.clone(), cfg);
+        wait_for(30, "100 recipients delivered", async || {
+            server
+                .received()
+                .iter()
+                .map(|r| r.rcpt_to.len())
+                .sum::<usize>()
+                >= 100
+        })
+        .await;
+        run.stop().await;
+        let got = server.received();
+        assert_eq!(got.len(), 20, "{b}: one transaction per message");
+        assert!(
+            got.iter().all(|r| r.rcpt_to == rcpts),
+            "{b}: every transaction carries all five: {:?}",
+            got.iter().map(|r| r.rcpt_to.len()).collect::<Vec<_>>()
+        );
+    }
 }

@@ -510,3 +510,4 @@ mod dkim_e2e;
 mod nodes;
 mod operator_cli;
 mod signals;
+mod store_outage;

@@ -16,7 +16,7 @@ use postgate::store::Store;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::common;
+use crate::common::{self, pg_admin, pg_exec, pg_kick};
 
 /// A running `http::serve` on 127.0.0.1:0.
 struct Server {
@@ -219,30 +219,6 @@ impl SqliteWriteLock {
         drop(self.0.stdin.take());
         assert!(self.0.wait().unwrap().success());
     }
-}
-
-async fn pg_admin() -> sqlx::PgConnection {
-    use sqlx::Connection;
-    let url = std::env::var("POSTGATE_TEST_PG_URL").unwrap();
-    sqlx::PgConnection::connect(&url).await.unwrap()
-}
-
-async fn pg_exec(conn: &mut sqlx::PgConnection, sql: &str) {
-    sqlx::query(sql)
-        .execute(&mut *conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-async fn pg_kick(conn: &mut sqlx::PgConnection, db: &str) {
-    pg_exec(
-        conn,
-        &format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = '{db}' AND pid <> pg_backend_pid()"
-        ),
-    )
-    .await;
 }
 
 #[tokio::test]

@@ -100,3 +100,30 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// An admin connection to the test PostgreSQL server (its default database).
+pub async fn pg_admin() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let url = std::env::var("POSTGATE_TEST_PG_URL").unwrap();
+    sqlx::PgConnection::connect(&url).await.unwrap()
+}
+
+/// Runs `sql` on `conn`; panics naming the statement if it fails.
+pub async fn pg_exec(conn: &mut sqlx::PgConnection, sql: &str) {
+    sqlx::query(sql)
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Terminates every other connection to database `db`.
+pub async fn pg_kick(conn: &mut sqlx::PgConnection, db: &str) {
+    pg_exec(
+        conn,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+        ),
+    )
+    .await;
+}

@@ -16,7 +16,7 @@ use postgate::store::Store;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{self, pg_admin, pg_exec, pg_kick};
+use crate::common::{self, pg_admin, pg_exec, pg_kick, SqliteWriteLock};
 
 /// A running `http::serve` on 127.0.0.1:0.
 struct Server {
@@ -187,38 +187,6 @@ async fn ready(server: &Server) -> (u16, Value) {
         r.status,
         serde_json::from_str(&r.body).expect("readyz answers JSON"),
     )
-}
-
-/// Holds SQLite's write lock from another process, like a long maintenance
-/// transaction would: every writer of postgate waits, then fails.
-struct SqliteWriteLock(std::process::Child);
-
-impl SqliteWriteLock {
-    fn take(path: &str) -> SqliteWriteLock {
-        let mut child = Command::new("python3")
-            .args([
-                "-c",
-                "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\nsys.stdin.read()\nc.execute('ROLLBACK')",
-                path,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "locked");
-        SqliteWriteLock(child)
-    }
-
-    fn release(mut self) {
-        drop(self.0.stdin.take());
-        assert!(self.0.wait().unwrap().success());
-    }
 }
 
 #[tokio::test]

@@ -127,3 +127,37 @@ pub async fn pg_kick(conn: &mut sqlx::PgConnection, db: &str) {
     )
     .await;
 }
+
+/// Holds SQLite's write lock from another process, like a long maintenance
+/// transaction would: every writer of postgate waits, then fails.
+pub struct SqliteWriteLock(std::process::Child);
+
+impl SqliteWriteLock {
+    /// Takes the write lock of the SQLite file at `path` (python3 holds it).
+    pub fn take(path: &str) -> SqliteWriteLock {
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\nsys.stdin.read()\nc.execute('ROLLBACK')",
+                path,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "locked");
+        SqliteWriteLock(child)
+    }
+
+    /// Rolls back and ends the holder.
+    pub fn release(mut self) {
+        drop(self.0.stdin.take());
+        assert!(self.0.wait().unwrap().success());
+    }
+}

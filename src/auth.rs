@@ -54,11 +54,11 @@ pub fn credential_tag(password_hash: &str) -> CredentialTag {
 }
 
 /// The identity of `credential` of `record`, which matched with the stored
-/// hash `password_hash`.
+/// hash whose tag is `tag`.
 fn identity_of(
     record: &store::LoginRecord,
     credential: &LoginCredential,
-    password_hash: &str,
+    tag: CredentialTag,
 ) -> Identity {
     Identity {
         user_id: record.user_id,
@@ -69,7 +69,7 @@ fn identity_of(
         limits: merge_limits(&record.limits, &credential.limits),
         user_limits: record.limits.clone(),
         normalize_line_endings: record.normalize_line_endings,
-        credential_tag: credential_tag(password_hash),
+        credential_tag: tag,
     }
 }
 
@@ -241,7 +241,7 @@ impl Authenticator for StoreAuthenticator {
             // The login itself is valid; only the bookkeeping failed.
             tracing::warn!(error = %e, "recording credential use failed");
         }
-        AuthOutcome::Ok(identity_of(&record, credential, stored))
+        AuthOutcome::Ok(identity_of(&record, credential, credential_tag(stored)))
     }
 
     /// One store lookup, no password hashing: the user must still be
@@ -261,7 +261,7 @@ impl Authenticator for StoreAuthenticator {
         });
         match current {
             Some(c) if record.user_id == identity.user_id => {
-                AuthOutcome::Ok(identity_of(&record, c, &c.password_hash))
+                AuthOutcome::Ok(identity_of(&record, c, identity.credential_tag))
             }
             _ => AuthOutcome::Failed,
         }

@@ -353,24 +353,8 @@ impl AccountStore for PgStore {
         let Some(u) = found.first() else {
             return Ok(None);
         };
-        Ok(Some(LoginRecord {
-            user_id: u.get("id"),
-            username: u.get("username"),
-            limits: rows::limit_overrides(u, "", true),
-            normalize_line_endings: u.get("normalize_line_endings"),
-            credentials: found
-                .iter()
-                .filter_map(|c| {
-                    Some(LoginCredential {
-                        id: c.get::<Option<i64>, _>("c_id")?,
-                        label: c.get("c_label"),
-                        password_hash: c.get("c_password_hash"),
-                        limits: rows::limit_overrides(c, "c_", false),
-                    })
-                })
-                .collect(),
-            senders: u.get("senders"),
-        }))
+        let senders: Vec<String> = u.get("senders");
+        Ok(rows::login_record(&found, senders))
     }
 
     async fn credential_used(

@@ -2,7 +2,7 @@
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::LimitOverrides;
+use super::{LimitOverrides, LoginCredential, LoginRecord};
 
 /// The `max_*` override columns of a `users` row (`with_sessions`: it has
 /// `max_concurrent_sessions`) or a `credentials` row, named `{prefix}max_*`
@@ -31,4 +31,38 @@ where
             .then(|| get("max_concurrent_sessions"))
             .flatten(),
     }
+}
+
+/// The [`LoginRecord`] of a `login_lookup` result: one row per enabled
+/// credential (user columns repeated, credential columns prefixed `c_`; a
+/// user without one gives a single row whose `c_id` is NULL), with the
+/// user's sender patterns already decoded. `None` when there is no row.
+pub(super) fn login_record<'r, R>(found: &'r [R], senders: Vec<String>) -> Option<LoginRecord>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+    Option<bool>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let u = found.first()?;
+    Some(LoginRecord {
+        user_id: u.get("id"),
+        username: u.get("username"),
+        limits: limit_overrides(u, "", true),
+        normalize_line_endings: u.get("normalize_line_endings"),
+        credentials: found
+            .iter()
+            .filter_map(|c| {
+                Some(LoginCredential {
+                    id: c.get::<Option<i64>, _>("c_id")?,
+                    label: c.get("c_label"),
+                    password_hash: c.get("c_password_hash"),
+                    limits: limit_overrides(c, "c_", false),
+                })
+            })
+            .collect(),
+        senders,
+    })
 }

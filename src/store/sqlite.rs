@@ -341,24 +341,7 @@ impl AccountStore for SqliteStore {
         let mut senders: Vec<String> = serde_json::from_str(&senders)
             .map_err(|e| StoreError::Unavailable(format!("sender permissions: {e}")))?;
         senders.sort();
-        Ok(Some(LoginRecord {
-            user_id: u.get("id"),
-            username: u.get("username"),
-            limits: rows::limit_overrides(u, "", true),
-            normalize_line_endings: u.get("normalize_line_endings"),
-            credentials: found
-                .iter()
-                .filter_map(|c| {
-                    Some(LoginCredential {
-                        id: c.get::<Option<i64>, _>("c_id")?,
-                        label: c.get("c_label"),
-                        password_hash: c.get("c_password_hash"),
-                        limits: rows::limit_overrides(c, "c_", false),
-                    })
-                })
-                .collect(),
-            senders,
-        }))
+        Ok(rows::login_record(&found, senders))
     }
 
     async fn credential_used(

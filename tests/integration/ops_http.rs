@@ -16,7 +16,7 @@ use postgate::store::Store;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{self, pg_admin, pg_exec, pg_kick, SqliteWriteLock};
+use crate::common::{self, pg_admin, pg_allow_connections, pg_exec, pg_kick, SqliteWriteLock};
 
 /// A running `http::serve` on 127.0.0.1:0.
 struct Server {
@@ -219,19 +219,10 @@ async fn ops_readyz_fails_while_the_store_is_down_and_recovers() {
             let mut admin = pg_admin().await;
 
             // 1. The database refuses connections and the pool's are killed.
-            pg_exec(
-                &mut admin,
-                &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"),
-            )
-            .await;
-            pg_kick(&mut admin, &db).await;
+            pg_allow_connections(&mut admin, &db, false).await;
             let (status, body) = ready(&server).await;
             assert_eq!(status, 503, "connections refused: {body}");
-            pg_exec(
-                &mut admin,
-                &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"),
-            )
-            .await;
+            pg_allow_connections(&mut admin, &db, true).await;
             let (status, body) = ready(&server).await;
             assert_eq!(status, 200, "connections allowed again: {body}");
 

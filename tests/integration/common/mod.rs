@@ -161,3 +161,16 @@ impl SqliteWriteLock {
         assert!(self.0.wait().unwrap().success());
     }
 }
+
+/// Database `db` refuses new connections and its open ones are killed
+/// (`allow` false), or accepts connections again (`allow` true).
+pub async fn pg_allow_connections(conn: &mut sqlx::PgConnection, db: &str, allow: bool) {
+    pg_exec(
+        conn,
+        &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS {allow}"),
+    )
+    .await;
+    if !allow {
+        pg_kick(conn, db).await;
+    }
+}

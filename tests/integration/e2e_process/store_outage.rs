@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::common::{pg_admin, pg_exec, pg_kick, SqliteWriteLock};
+use crate::common::{pg_admin, pg_allow_connections, SqliteWriteLock};
 
 /// An outage in progress; [`Outage::end`] brings the store back.
 enum Outage {
@@ -28,12 +28,7 @@ impl Outage {
         }
         let db = url.rsplit('/').next().unwrap().to_string();
         let mut admin = pg_admin().await;
-        pg_exec(
-            &mut admin,
-            &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"),
-        )
-        .await;
-        pg_kick(&mut admin, &db).await;
+        pg_allow_connections(&mut admin, &db, false).await;
         Outage::Postgres { admin, db }
     }
 
@@ -41,11 +36,7 @@ impl Outage {
         match self {
             Outage::Sqlite(lock) => lock.release(),
             Outage::Postgres { mut admin, db } => {
-                pg_exec(
-                    &mut admin,
-                    &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"),
-                )
-                .await;
+                pg_allow_connections(&mut admin, &db, true).await;
             }
         }
     }

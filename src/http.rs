@@ -37,6 +37,7 @@ use crate::metrics::{Metrics, MetricsOptions, StoreOperation};
 use crate::store::HealthStore;
 
 mod admin;
+pub mod probe;
 
 pub use admin::{Admin, AdminError, AdminToken, QueueQuery, MIN_TOKEN_LEN};
 

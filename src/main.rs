@@ -55,6 +55,16 @@ enum Command {
     /// Manage DKIM signing keys.
     #[command(subcommand)]
     Dkim(DkimCommand),
+    /// Ask the running node's HTTP server for its health (exit 0 on 200,
+    /// 1 otherwise): the container health check, as the image has no curl.
+    Health {
+        /// Path to ask: /healthz (alive) or /readyz (can accept and commit mail).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// Give up after this long (e.g. 3s).
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -283,6 +293,17 @@ fn read_password(src: &PasswordSource) -> Result<(String, bool), Failure> {
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
+        Command::Health { path, timeout } => {
+            let config = load_config(&cli)?;
+            let target = postgate::http::probe::target(config.http.address);
+            let status = postgate::http::probe::get_status(target, path, *timeout).await?;
+            println!("{target}{path}: {status}");
+            if status == 200 {
+                Ok(())
+            } else {
+                Err(Failure(format!("{target}{path} answered {status}"), 1))
+            }
+        }
         Command::CheckConfig => {
             let config = load_config(&cli)?;
             config

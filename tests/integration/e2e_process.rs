@@ -507,6 +507,7 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 mod crash;
 mod delivery_nodes;
 mod dkim_e2e;
+mod health;
 mod nodes;
 mod operator_cli;
 mod signals;

@@ -151,6 +151,16 @@ fn ops_prometheus_rules_and_config_pass_promtool() {
 
 #[test]
 fn ops_systemd_unit_verifies_and_is_sandboxed() {
+    // The documented install is the stripped `dist` build (Cargo.toml's profile).
+    let runbook = read(&deploy("../docs/operations.md"));
+    assert!(runbook.contains("cargo build --profile dist --locked"));
+    assert!(runbook.contains("install -m 0755 target/dist/postgate /usr/local/bin/postgate"));
+    let manifest = read(&deploy("../Cargo.toml"));
+    let dist = &manifest[manifest.find("[profile.dist]").expect("[profile.dist]")..];
+    assert!(
+        dist.contains("strip = true") && dist.contains("debug = false"),
+        "{dist}"
+    );
     let unit = read(&deploy("systemd/postgate.service"));
     for directive in [
         "ProtectSystem=strict",
@@ -288,6 +298,30 @@ fn ops_compose_file_is_consistent() {
     }
     let postgate = &services["postgate"];
     assert_eq!(postgate["build"]["dockerfile"], "deploy/Dockerfile");
+    let check: Vec<&str> = postgate["healthcheck"]["test"]
+        .as_array()
+        .expect("postgate healthcheck")
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(check.last(), Some(&"health"), "{check:?}");
+    // Every variable compose insists on is named in its header and in the run book's commands.
+    let text = read(&deploy("docker-compose.yml"));
+    let header: String = text.lines().take_while(|l| l.starts_with('#')).collect();
+    let runbook = read(&deploy("../docs/operations.md"));
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("${") {
+        rest = &rest[i + 2..];
+        let var = rest.split([':', '}']).next().unwrap();
+        assert!(
+            header.contains(var),
+            "compose header does not mention {var}"
+        );
+        assert!(
+            runbook.contains(&format!("export {var}=")),
+            "docs/operations.md does not export {var}"
+        );
+    }
     assert_eq!(
         postgate["depends_on"]["postgres"]["condition"],
         "service_healthy"
@@ -415,6 +449,68 @@ fn ops_kubernetes_manifests_are_consistent() {
     let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
     assert!(names.contains(endpoint["port"].as_str().unwrap()));
     assert_eq!(endpoint["path"], "/metrics");
+    // kube-prometheus-stack selects PodMonitors by their `release` label.
+    assert!(monitor["metadata"]["labels"]["release"].is_string());
+    // The Operator names the job "<namespace>/postgate": the relabeling must
+    // give the job every alert and dashboard query selects.
+    let job = endpoint["relabelings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["targetLabel"] == "job")
+        .expect("a relabeling that sets job")["replacement"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for file in ["prometheus/rules.yml", "grafana/dashboards/postgate.json"] {
+        let text = read(&deploy(file)).replace("\\\"", "\"");
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("job=\"") {
+            rest = &rest[i + 5..];
+            let used = rest.split('"').next().unwrap();
+            assert_eq!(
+                used, job,
+                "{file} selects job={used:?}, the PodMonitor sets {job:?}"
+            );
+        }
+    }
+    // Every key of the Secret the Deployment reads is in the documented
+    // `kubectl create secret` commands (run book and the example's header).
+    let mut keys = BTreeSet::new();
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        for c in d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+        {
+            for e in c["env"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                let r = &e["valueFrom"]["secretKeyRef"];
+                if r["name"] == "postgate" {
+                    keys.insert(r["key"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    assert!(!keys.is_empty());
+    let runbook = read(&deploy("../docs/operations.md"));
+    let example = read(&deploy("k8s/secret.example.yaml"));
+    for (what, text) in [
+        ("docs/operations.md", &runbook),
+        ("secret.example.yaml", &example),
+    ] {
+        let command = &text[text
+            .find("kubectl create secret generic postgate")
+            .expect(what)..];
+        let command: String = command
+            .lines()
+            .take_while(|l| !l.contains("kubectl create secret tls"))
+            .collect();
+        for k in &keys {
+            assert!(
+                command.contains(&format!("--from-literal={k}=")),
+                "{what}: the kubectl command lacks {k}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -515,8 +611,20 @@ fn ops_dockerfile_is_multi_stage_and_non_root() {
         !user.starts_with("root") && !user.starts_with("0"),
         "runs as {user}"
     );
-    assert!(text.contains("cargo build --release --locked"));
+    // The stripped `dist` profile (Cargo.toml), not the release build with line tables.
+    assert!(text.contains("cargo build --profile dist --locked"));
+    assert!(text.contains("target/dist/postgate"));
     assert!(text.contains(r#"CMD ["serve", "--config", "/etc/postgate/postgate.toml"]"#));
+    // The image has no curl: the health check is postgate's own.
+    let check = text
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK "))
+        .nth(1)
+        .expect("HEALTHCHECK");
+    assert!(
+        check.contains(r#""/usr/local/bin/postgate""#) && check.contains(r#""health"]"#),
+        "{check}"
+    );
     // The files the image copies exist in the build context.
     assert!(deploy("postgate.example.toml").exists());
 }

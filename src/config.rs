@@ -370,6 +370,24 @@ impl Config {
         }
     }
 
+    /// The top-level sections (`smtp`, `upstream`, `route`, ...) whose
+    /// settings differ between `self` and `other`, sorted by name.
+    /// Secrets are compared as written (inline, `{ env }`, `{ file }`),
+    /// redacted: a new value behind the same file or variable is not seen.
+    pub fn changed_sections(&self, other: &Config) -> Vec<String> {
+        let (Ok(a), Ok(b)) = (serde_json::to_value(self), serde_json::to_value(other)) else {
+            return vec!["(the configuration cannot be compared)".to_string()];
+        };
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return Vec::new();
+        };
+        a.iter()
+            .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+            .map(|(k, _)| k.clone())
+            .chain(b.keys().filter(|k| !a.contains_key(k.as_str())).cloned())
+            .collect()
+    }
+
     /// The effective configuration as TOML, secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self)

@@ -222,13 +222,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The config file in use: `-c`, else ./postgate.toml when present, else
+/// none (built-in defaults).
+fn config_file(cli: &Cli) -> Option<PathBuf> {
+    match &cli.config {
+        Some(p) => Some(p.clone()),
+        None if std::path::Path::new("postgate.toml").exists() => {
+            Some(PathBuf::from("postgate.toml"))
+        }
+        None => None,
+    }
+}
+
 fn load_config(cli: &Cli) -> Result<Config, Failure> {
-    let path = match &cli.config {
-        Some(p) => p.clone(),
-        None if std::path::Path::new("postgate.toml").exists() => PathBuf::from("postgate.toml"),
-        None => return Ok(Config::default()),
-    };
-    Config::load(&path).map_err(|e| Failure(e.to_string(), 2))
+    match config_file(cli) {
+        Some(path) => Config::load(&path).map_err(|e| Failure(e.to_string(), 2)),
+        None => Ok(Config::default()),
+    }
 }
 
 /// Opens the store; migrates it first when `store.migrate_on_start` is set
@@ -253,11 +263,14 @@ fn config_name(cli: &Cli) -> String {
 
 /// Starts logging, binds, wires SIGTERM/SIGINT to a graceful shutdown and
 /// SIGHUP to a reload, and runs until shut down.
-async fn serve(config: Config) -> Result<(), Failure> {
+async fn serve(config: Config, config_file: Option<PathBuf>) -> Result<(), Failure> {
     use tokio::signal::unix::{signal, SignalKind};
     postgate::logging::init(&config.log)?;
     let bound = postgate::run::Bound::bind(&config).await?;
-    let control = postgate::run::Control::default();
+    let control = postgate::run::Control {
+        config_file,
+        ..Default::default()
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -317,11 +330,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             config
                 .validate_for_serve(&config_name(&cli))
                 .map_err(|e| Failure(e.to_string(), 2))?;
-            serve(config).await
+            serve(config, config_file(&cli)).await
         }
         Command::Dev { dir } => {
             let config = postgate::quickstart::prepare(dir).await?;
-            serve(config).await
+            serve(config, None).await
         }
         Command::Migrate => {
             let config = load_config(&cli)?;

@@ -69,6 +69,9 @@ pub struct Control {
     pub shutdown: CancellationToken,
     /// Notify to reload certificates and DKIM keys (SIGHUP).
     pub reload: Arc<Notify>,
+    /// The config file `serve` read: re-read on each reload to report the
+    /// settings that changed in it and need a restart (none: not re-read).
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// Runs one node until `control.shutdown` is cancelled, then shuts down in
@@ -199,8 +202,10 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         )?;
         background.spawn(crate::http::serve(listener, state, http_shutdown.clone()));
     }
+    let running = config.clone();
     background.spawn(reload_loop(
         control.clone(),
+        running,
         tls.clone(),
         signer.clone(),
         config.dkim.reload_interval,
@@ -262,11 +267,34 @@ fn record_certificate_expiry(
     }
 }
 
+/// Re-reads `file` and logs which of its sections differ from `running`
+/// (they apply at the next restart), or why it cannot be read.
+fn report_config_changes(running: &Config, file: Option<&std::path::Path>) {
+    let Some(file) = file else { return };
+    match Config::load(file) {
+        Err(e) => tracing::error!(error = %e,
+            "reload: config file has errors; nothing of it changes until it is fixed and postgate restarted"),
+        Ok(new) => {
+            let changed = running.changed_sections(&new);
+            if changed.is_empty() {
+                tracing::info!(file = %file.display(), "reload: config file unchanged");
+            } else {
+                tracing::warn!(file = %file.display(), sections = %changed.join(", "),
+                    "reload: these config sections changed and apply only after a restart (SIGHUP reloads the TLS certificate files and DKIM keys)");
+            }
+        }
+    }
+}
+
 /// Reloads certificates and DKIM keys on `control.reload`, and DKIM keys
 /// every `dkim_interval`; logs what changed. A failed reload keeps the old
-/// material and says why.
+/// material and says why. On `control.reload` the config file is read
+/// again and the sections that changed in it are logged as needing a
+/// restart: everything but the certificate files' contents and the DKIM
+/// keys is read once, at start.
 async fn reload_loop(
     control: Control,
+    running: Config,
     tls: Option<crate::tls::ServerTls>,
     signer: Option<Arc<crate::dkim::Signer>>,
     dkim_interval: Option<Duration>,
@@ -285,6 +313,7 @@ async fn reload_loop(
             _ = tick.tick() => false,
         };
         if full {
+            report_config_changes(&running, control.config_file.as_deref());
             if let Some(t) = &tls {
                 match t.reload() {
                     Ok(()) => {

@@ -218,3 +218,53 @@ async fn sighup_reloads_certificate_and_keeps_it_on_bad_file() {
     assert!(node.child.try_wait().unwrap().is_none(), "serve exited");
     assert_eq!(peer_fingerprint(files.smtp_port).await, b);
 }
+
+/// Issue #14 item 6: SIGHUP re-reads the config file and says exactly which
+/// sections changed and need a restart; a broken file is reported and the
+/// node keeps running on what it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_names_the_config_sections_that_need_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("postgate.db").display());
+    let up = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
+    let mut files = write_node(dir.path(), "hupcfg", &Settings::new(&url, up.addr.port()));
+    let node = Serve::start(&mut files).await;
+
+    node.signal(libc::SIGHUP);
+    node.wait_log("reload: config file unchanged", Duration::from_secs(15))
+        .await;
+
+    let text = std::fs::read_to_string(&files.config).unwrap();
+    let changed = text
+        .replace("command_timeout = \"10s\"", "command_timeout = \"11s\"")
+        .replace("filter = \"info\"", "filter = \"info,postgate=info\"");
+    assert_ne!(changed, text);
+    std::fs::write(&files.config, changed).unwrap();
+    node.signal(libc::SIGHUP);
+    node.wait_log("apply only after a restart", Duration::from_secs(15))
+        .await;
+    let line = node
+        .logs()
+        .lines()
+        .find(|l| l.contains("apply only after a restart"))
+        .unwrap()
+        .to_string();
+    let sections = line
+        .split("sections=")
+        .nth(1)
+        .expect("sections field")
+        .trim_matches('"');
+    let sections: Vec<&str> = sections
+        .split(", ")
+        .map(|s| s.split_whitespace().next().unwrap_or("").trim_matches('"'))
+        .collect();
+    assert_eq!(sections, ["log", "upstream"], "{line}");
+
+    std::fs::write(&files.config, "[smtp\nbroken").unwrap();
+    node.signal(libc::SIGHUP);
+    node.wait_log("config file has errors", Duration::from_secs(15))
+        .await;
+    sleep(Duration::from_millis(300)).await;
+    let mut node = node;
+    assert!(node.child.try_wait().unwrap().is_none(), "serve exited");
+}

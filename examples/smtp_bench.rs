@@ -74,12 +74,10 @@ async fn server(dir: &str, cache: bool) -> anyhow::Result<()> {
     store.sender_allow(USER, "@example.com").await?;
 
     let config = SmtpConfig {
-        listeners: vec![ListenerConfig {
-            address: "127.0.0.1:0".parse()?,
-            mode: ListenerMode::ImplicitTls,
-            proxy_protocol: false,
-            normalize_line_endings: false,
-        }],
+        listeners: vec![ListenerConfig::new(
+            "127.0.0.1:0".parse()?,
+            ListenerMode::ImplicitTls,
+        )],
         max_connections: 20_000,
         max_connections_per_ip: 20_000,
         ..SmtpConfig::default()

@@ -266,6 +266,36 @@ impl Authenticator for StoreAuthenticator {
             _ => AuthOutcome::Failed,
         }
     }
+
+    async fn account(&self, username: &str) -> AuthOutcome {
+        let Ok(name) = store::normalize_username(username) else {
+            return AuthOutcome::Failed;
+        };
+        match self.login_lookup(&name).await {
+            Ok(Some(record)) => AuthOutcome::Ok(network_identity(&record)),
+            Ok(None) => AuthOutcome::Failed,
+            Err(e) => {
+                tracing::warn!(error = %e, "login lookup failed");
+                AuthOutcome::Unavailable
+            }
+        }
+    }
+}
+
+/// The identity of `record` for a session on a trusted network: the user's
+/// senders and limits, no credential (none was used).
+fn network_identity(record: &store::LoginRecord) -> Identity {
+    Identity {
+        user_id: record.user_id,
+        username: record.username.clone(),
+        credential_id: 0,
+        credential_label: "network".to_string(),
+        senders: record.senders.clone(),
+        limits: record.limits.clone(),
+        user_limits: record.limits.clone(),
+        normalize_line_endings: record.normalize_line_endings,
+        credential_tag: [0; 32],
+    }
 }
 
 /// An [`Authenticator`] that remembers successful logins in an
@@ -329,6 +359,11 @@ impl Authenticator for CachedAuthenticator {
             }
         }
         AuthOutcome::Failed
+    }
+
+    /// Not cached: one lookup per trusted session, always current.
+    async fn account(&self, username: &str) -> AuthOutcome {
+        self.inner.account(username).await
     }
 }
 

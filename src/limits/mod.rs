@@ -304,6 +304,37 @@ impl Limiter {
         self.run_checks(vec![check], now).await
     }
 
+    /// Charges one message of a trusted-network session (a listener's
+    /// `trusted_networks`: no AUTH) against `messages` per `window` for the
+    /// client `ip` (IPv6 by `ipv6_prefix`). `messages == 0`: no limit.
+    /// `Err`: reply `451 4.7.1` at MAIL.
+    pub async fn trusted_message(
+        &self,
+        ip: IpAddr,
+        messages: u32,
+        window: Duration,
+    ) -> Result<(), LimitRefusal> {
+        if messages == 0 {
+            return Ok(());
+        }
+        let now = self.now();
+        let subject = self.ip(ip);
+        let period = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let rate = Rate::new(messages, period);
+        let check = Check {
+            key: keys::rate_key(&subject, kind::MESSAGES, rate),
+            rate,
+            cost: 1,
+            labels: (LimitScope::Ip, LimitKind::Messages),
+            reason: format!(
+                "message rate from {} exceeded ({messages} per {})",
+                &keys::unescape(&subject)[3..],
+                human_period(period)
+            ),
+        };
+        self.run_checks(vec![check], now).await
+    }
+
     /// Takes one of `ip_concurrent_connections` slots of `ip` on this node
     /// for the life of the connection. `Err`: reply `421 4.7.0` and close.
     pub fn connection_slot(&self, ip: IpAddr) -> Result<ConnectionGuard, LimitRefusal> {

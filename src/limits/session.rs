@@ -66,6 +66,18 @@ impl SessionLimits for LimiterPorts {
             .map_err(|r| self.refused(r))
     }
 
+    async fn trusted_message(
+        &self,
+        ip: IpAddr,
+        messages: u32,
+        window: Duration,
+    ) -> Result<(), PortRefusal> {
+        self.limiter
+            .trusted_message(ip, messages, window)
+            .await
+            .map_err(|r| self.refused(r))
+    }
+
     async fn message(&self, identity: &Identity, recipients: u32) -> Result<(), PortRefusal> {
         let credential_limits = credential_only(&identity.user_limits, &identity.limits);
         let account = Account {

@@ -1,6 +1,7 @@
 //! `[smtp]` configuration: listeners, protocol limits, timeouts, caps.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -34,6 +35,84 @@ pub struct ListenerConfig {
     /// (default false; a user's `normalize_line_endings` overrides it).
     #[serde(default)]
     pub normalize_line_endings: bool,
+    /// Client networks whose sessions ARE a named account, without AUTH:
+    /// for printers and scanners that cannot log in, e.g.
+    /// `{ "10.20.0.0/24" = "printers" }`. Such a session has the account's
+    /// sender permissions and limits; every other client of the listener
+    /// must log in. Anyone who can send from that network sends as that
+    /// account: keep the networks small. Default: none.
+    #[serde(default)]
+    pub trusted_networks: BTreeMap<IpNet, String>,
+    /// Trusted clients must start TLS before MAIL (default true; false lets
+    /// devices without TLS send in clear text over a `starttls` listener).
+    #[serde(default = "default_true")]
+    pub trusted_require_tls: bool,
+    /// Messages per client IP per `trusted_ip_window` for trusted sessions,
+    /// refused at MAIL with `451 4.7.1` (default 120; 0: no per-IP limit).
+    #[serde(default = "default_trusted_ip_messages")]
+    pub trusted_ip_messages: u32,
+    /// The window of `trusted_ip_messages` (default "1h").
+    #[serde(default = "default_trusted_ip_window", with = "humantime_serde")]
+    pub trusted_ip_window: Duration,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_trusted_ip_messages() -> u32 {
+    120
+}
+
+fn default_trusted_ip_window() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// A session whose client is on a listener's trusted network: it is
+/// `account` without AUTH (see [`ListenerConfig::trusted_networks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedAccess {
+    /// The network that matched.
+    pub network: IpNet,
+    /// The account the session is.
+    pub account: String,
+    /// TLS first, then MAIL.
+    pub require_tls: bool,
+    /// Messages per client IP per `ip_window` (0: no limit).
+    pub ip_messages: u32,
+    pub ip_window: Duration,
+}
+
+impl ListenerConfig {
+    /// A listener on `address` in `mode` with every other key at its default.
+    pub fn new(address: SocketAddr, mode: ListenerMode) -> Self {
+        ListenerConfig {
+            address,
+            mode,
+            proxy_protocol: false,
+            normalize_line_endings: false,
+            trusted_networks: BTreeMap::new(),
+            trusted_require_tls: true,
+            trusted_ip_messages: default_trusted_ip_messages(),
+            trusted_ip_window: default_trusted_ip_window(),
+        }
+    }
+
+    /// The trusted access of a client at `ip` on this listener: the most
+    /// specific (longest-prefix) trusted network that contains it.
+    pub fn trusted_access(&self, ip: IpAddr) -> Option<TrustedAccess> {
+        self.trusted_networks
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(net, account)| TrustedAccess {
+                network: *net,
+                account: account.clone(),
+                require_tls: self.trusted_require_tls,
+                ip_messages: self.trusted_ip_messages,
+                ip_window: self.trusted_ip_window,
+            })
+    }
 }
 
 /// Why the SMTP configuration is unusable. Names the key.
@@ -48,6 +127,12 @@ pub enum SmtpConfigError {
     },
     #[error("smtp.{key} must be at least {min}")]
     TooSmall { key: &'static str, min: u64 },
+    #[error("smtp.listener {address}: trusted_networks {network}: {reason}")]
+    Trusted {
+        address: SocketAddr,
+        network: IpNet,
+        reason: String,
+    },
 }
 
 /// `[smtp]`.
@@ -92,18 +177,14 @@ impl Default for SmtpConfig {
     fn default() -> Self {
         SmtpConfig {
             listeners: vec![
-                ListenerConfig {
-                    address: "0.0.0.0:587".parse().expect("literal"),
-                    mode: ListenerMode::Starttls,
-                    proxy_protocol: false,
-                    normalize_line_endings: false,
-                },
-                ListenerConfig {
-                    address: "0.0.0.0:465".parse().expect("literal"),
-                    mode: ListenerMode::ImplicitTls,
-                    proxy_protocol: false,
-                    normalize_line_endings: false,
-                },
+                ListenerConfig::new(
+                    "0.0.0.0:587".parse().expect("literal"),
+                    ListenerMode::Starttls,
+                ),
+                ListenerConfig::new(
+                    "0.0.0.0:465".parse().expect("literal"),
+                    ListenerMode::ImplicitTls,
+                ),
             ],
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
@@ -152,6 +233,24 @@ impl SmtpConfig {
                     })
                 }
                 _ => {}
+            }
+            for (network, account) in &l.trusted_networks {
+                let problem = if crate::store::normalize_username(account).is_err() {
+                    Some(format!("{account:?} is not a valid username"))
+                } else if network.prefix_len() == 0 {
+                    Some("a trusted network cannot be every address".to_string())
+                } else if l.trusted_ip_window.is_zero() {
+                    Some("trusted_ip_window must be more than 0".to_string())
+                } else {
+                    None
+                };
+                if let Some(reason) = problem {
+                    return Err(SmtpConfigError::Trusted {
+                        address: l.address,
+                        network: *network,
+                        reason,
+                    });
+                }
             }
         }
         let mins: [(&'static str, u64, u64); 5] = [
@@ -219,5 +318,57 @@ mod tests {
         assert!(e.contains("loopback"), "{e}");
         assert!(toml::from_str::<SmtpConfig>("nonsense = 1").is_err());
         assert!(toml::from_str::<SmtpConfig>("proxy_trusted = [\"nope\"]").is_err());
+    }
+
+    #[test]
+    fn trusted_networks_match_the_longest_prefix_and_are_validated() {
+        let c: SmtpConfig = toml::from_str(
+            r#"
+            [[listener]]
+            address = "0.0.0.0:587"
+            mode = "starttls"
+            trusted_networks = { "10.20.0.0/16" = "office", "10.20.5.0/24" = "printers" }
+            trusted_require_tls = false
+            trusted_ip_messages = 30
+            trusted_ip_window = "10m"
+            "#,
+        )
+        .unwrap();
+        let l = &c.listeners[0];
+        let printer = l.trusted_access("10.20.5.9".parse().unwrap()).unwrap();
+        assert_eq!(printer.account, "printers");
+        assert!(!printer.require_tls);
+        assert_eq!(
+            (printer.ip_messages, printer.ip_window),
+            (30, Duration::from_secs(600))
+        );
+        assert_eq!(
+            l.trusted_access("10.20.9.9".parse().unwrap())
+                .unwrap()
+                .account,
+            "office"
+        );
+        assert_eq!(l.trusted_access("10.21.0.1".parse().unwrap()), None);
+        assert!(c.validate(true).is_ok());
+        // Defaults: none trusted; TLS required; 120 per hour.
+        let d = SmtpConfig::default();
+        assert!(d.listeners[0].trusted_networks.is_empty());
+        assert!(d.listeners[0].trusted_require_tls);
+
+        for (net, account, want) in [
+            ("0.0.0.0/0", "printers", "every address"),
+            ("10.0.0.0/8", "", "not a valid username"),
+        ] {
+            let text = format!(
+                "[[listener]]\naddress = \"0.0.0.0:587\"\nmode = \"starttls\"\ntrusted_networks = {{ \"{net}\" = \"{account}\" }}\n"
+            );
+            let c: SmtpConfig = toml::from_str(&text).unwrap();
+            let e = c.validate(true).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("trusted_networks"), "{e}");
+        }
+        assert!(toml::from_str::<SmtpConfig>(
+            "[[listener]]\naddress = \"0.0.0.0:587\"\nmode = \"starttls\"\ntrusted_networks = { \"nope\" = \"x\" }\n"
+        )
+        .is_err());
     }
 }

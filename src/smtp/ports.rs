@@ -43,6 +43,16 @@ pub trait Authenticator: Send + Sync {
     async fn recheck(&self, identity: &Identity) -> AuthOutcome {
         AuthOutcome::Ok(identity.clone())
     }
+
+    /// The identity of the account `username` WITHOUT a password, for a
+    /// client on a listener's trusted network: `Ok` while the user exists
+    /// and is enabled (its sender permissions and user limits; no
+    /// credential: `credential_id` 0, label `"network"`), `Failed` if not,
+    /// `Unavailable` if that cannot be told. The default knows no account.
+    async fn account(&self, username: &str) -> AuthOutcome {
+        let _ = username;
+        AuthOutcome::Failed
+    }
 }
 
 /// A refusal by a rate limit: how long to wait, and why (sent to the client).
@@ -71,6 +81,17 @@ pub trait SessionLimits: Send + Sync {
     ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal>;
     /// At DATA/BDAT start, charging one message and `recipients`. Err => 451 4.7.1 "<reason>, try again in N s".
     async fn message(&self, identity: &Identity, recipients: u32) -> Result<(), LimitRefusal>;
+    /// At MAIL of a session on a trusted network (no AUTH): charges one of
+    /// `messages` per `window` for the client `ip`. Err => 451 4.7.1.
+    async fn trusted_message(
+        &self,
+        ip: IpAddr,
+        messages: u32,
+        window: Duration,
+    ) -> Result<(), LimitRefusal> {
+        let _ = (ip, messages, window);
+        Ok(())
+    }
 }
 
 /// No limits at all: every call is allowed at once.

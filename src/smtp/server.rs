@@ -317,6 +317,7 @@ impl Server {
             normalize_line_endings: cfg.normalize_line_endings,
             auth_failure_delay: self.config.auth_failure_delay,
             metrics: SessionMetrics::new(self.metrics.clone()),
+            trusted: cfg.trusted_access(ip),
         });
         let mut inbuf = BytesMut::new();
         let ctx = Ctx {

@@ -36,6 +36,8 @@ mod auth;
 mod data_phase;
 #[path = "session_metrics.rs"]
 pub mod metrics;
+#[path = "session_trusted.rs"]
+mod trusted;
 pub use metrics::SessionMetrics;
 
 /// What a session needs to know about its listener and limits.
@@ -59,6 +61,9 @@ pub struct SessionSettings {
     pub auth_failure_delay: std::time::Duration,
     /// Where AUTH outcomes, refusals and received messages are counted.
     pub metrics: SessionMetrics,
+    /// The client is on one of the listener's trusted networks: it is that
+    /// network's account without AUTH (see `session_trusted.rs`).
+    pub trusted: Option<crate::smtp::config::TrustedAccess>,
 }
 
 /// The traits a session talks to.
@@ -258,7 +263,7 @@ impl Session {
             Command::Helo(host) => self.on_helo(host),
             Command::StartTls => self.on_starttls(),
             Command::Auth { mechanism, initial } => self.on_auth(mechanism, initial).await,
-            Command::Mail(m) => self.on_mail(m),
+            Command::Mail(m) => self.on_mail_any(m).await,
             Command::Rcpt(r) => self.on_rcpt(r),
             Command::Data => self.on_data().await,
             Command::Bdat { .. } => Reply::bad_sequence("BDAT is handled by advance()"),

@@ -89,6 +89,7 @@ fn settings() -> SessionSettings {
         normalize_line_endings: false,
         auth_failure_delay: Duration::ZERO,
         metrics: SessionMetrics::default(),
+        trusted: None,
     }
 }
 

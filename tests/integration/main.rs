@@ -24,6 +24,7 @@ mod smtp_clients;
 #[path = "common/smtp.rs"]
 mod smtp_harness;
 mod smtp_security;
+mod smtp_trusted;
 mod store_accounts;
 #[path = "common/upstream.rs"]
 mod upstream_server;

@@ -127,12 +127,7 @@ impl Harness {
 }
 
 fn listener(mode: ListenerMode) -> ListenerConfig {
-    ListenerConfig {
-        address: "127.0.0.1:0".parse().unwrap(),
-        mode,
-        proxy_protocol: false,
-        normalize_line_endings: false,
-    }
+    ListenerConfig::new("127.0.0.1:0".parse().unwrap(), mode)
 }
 
 /// Starts a server on `ts` with user `bob`; `tweak` adjusts the config.

@@ -359,6 +359,7 @@ async fn main() {
         routes: vec![],
         hostname: "bench.local".into(),
         node_id: "bench".into(),
+        ..DeliveryConfig::default()
     };
     let backend = store.backend();
     match a.mode.as_str() {

@@ -238,9 +238,13 @@ pub struct Config {
     /// `[[upstream]]`: the relays postgate delivers to (at least one to serve).
     #[serde(rename = "upstream")]
     pub upstreams: Vec<crate::delivery::config::UpstreamConfig>,
-    /// `[[route]]`: sender domain / user to an ordered list of upstreams.
+    /// `[[route]]`: recipient domain / sender domain / user to an ordered
+    /// list of upstreams.
     #[serde(rename = "route")]
     pub routes: Vec<crate::delivery::config::RouteConfig>,
+    /// `[delivery]`: the DSN sender.
+    #[serde(rename = "delivery")]
+    pub delivery_settings: crate::delivery::config::DeliverySettings,
     pub dkim: crate::dkim::DkimConfig,
     pub fixups: crate::fixups::FixupsConfig,
     pub http: crate::http::HttpConfig,
@@ -367,6 +371,9 @@ impl Config {
             routes: self.routes.clone(),
             hostname: self.server.hostname.clone(),
             node_id: self.server.node_id(),
+            dsn_from: self.delivery_settings.dsn_from.clone(),
+            // The node's signer is made from the store at start (run.rs).
+            dsn_signer: None,
         }
     }
 

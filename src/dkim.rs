@@ -233,6 +233,18 @@ pub struct Signer {
     keys: RwLock<Arc<HashMap<String, Vec<Arc<LoadedKey>>>>>,
 }
 
+impl std::fmt::Debug for Signer {
+    /// The signing domains only: never key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut domains: Vec<&String> = keys.keys().collect();
+        domains.sort();
+        f.debug_struct("Signer")
+            .field("domains", &domains)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Signer {
     /// Loads every active key from `store`. Fails if the store fails or a
     /// stored key cannot be parsed (naming the key, never its content).

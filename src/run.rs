@@ -158,9 +158,12 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     let _stop_delivery = delivery_shutdown.clone().drop_guard();
     // `serve` refuses a config without upstreams; in-process callers may run
     // an intake-only node (delivery then starts no workers; messages stay queued).
+    let mut delivery_config = config.delivery();
+    // DSNs are signed like the messages intake accepts.
+    delivery_config.dsn_signer = signer.clone();
     let delivery = crate::delivery::Delivery::start_with(
         store.clone(),
-        config.delivery(),
+        delivery_config,
         delivery_shutdown.clone(),
         Some(metrics.clone()),
         limiter.clone(),

@@ -63,6 +63,8 @@ impl Engine {
                 .collect();
         }
         let addresses: Vec<String> = rcpts.iter().map(|r| r.address.clone()).collect();
+        // `add_headers` of this upstream, above the stored bytes.
+        let body = &super::headers::prepend(&up.added_headers, body);
         let env = Envelope {
             sender: &m.sender,
             recipients: &addresses,

@@ -2,7 +2,9 @@
 //! `[[route]]`. The lead's `config.rs` composes these into the top-level
 //! config; every default is documented on its field.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -169,6 +171,11 @@ pub struct UpstreamConfig {
     /// Default `["throttl", "maximum sending rate", "rate limit", "too many messages"]`.
     #[serde(default = "default_throttle_patterns")]
     pub throttle_patterns: Vec<String>,
+    /// Header fields added above every message sent to this upstream, as a
+    /// table of name to value (e.g. `{ "X-SES-CONFIGURATION-SET" = "main" }`).
+    /// Checked by [`super::headers::check`]. Default none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add_headers: BTreeMap<String, String>,
 }
 
 fn default_tls() -> TlsMode {
@@ -229,6 +236,7 @@ impl UpstreamConfig {
             rate: None,
             burst: default_burst(),
             throttle_patterns: default_throttle_patterns(),
+            add_headers: BTreeMap::new(),
         }
     }
 
@@ -242,14 +250,20 @@ impl UpstreamConfig {
     }
 }
 
-/// `[[route]]`: messages whose sender domain and/or user match go through
-/// `upstreams` in order. A route with neither `sender_domain` nor `user` is
-/// the default route (at most one); without one, the default route is every
-/// upstream in config order.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[[route]]`: recipients whose domain, sender domain and/or user match
+/// (every key given must match) go through `upstreams` in order; the first
+/// matching route in config order wins. A route with none of
+/// `recipient_domain`, `sender_domain`, `user` is the default route (at
+/// most one); without one, the default route is every upstream in config
+/// order. Domains: `"example.com"` matches that domain exactly,
+/// `".example.com"` its subdomains.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Sender domain to match (exact, case-insensitive).
+    /// Recipient domain to match (case-insensitive; leading dot: subdomains).
+    #[serde(default)]
+    pub recipient_domain: Option<String>,
+    /// Sender domain to match (case-insensitive; leading dot: subdomains).
     #[serde(default)]
     pub sender_domain: Option<String>,
     /// Authenticated username to match (case-insensitive).
@@ -257,6 +271,25 @@ pub struct RouteConfig {
     pub user: Option<String>,
     /// Upstream names in fail-over order. Required, non-empty.
     pub upstreams: Vec<String>,
+}
+
+impl RouteConfig {
+    /// A route without conditions: the default route.
+    pub fn is_default(&self) -> bool {
+        self.sender_domain.is_none() && self.recipient_domain.is_none() && self.user.is_none()
+    }
+}
+
+/// `[delivery]`: how postgate's own messages go out.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySettings {
+    /// The address DSNs come from (header From), e.g.
+    /// `postmaster@example.com`: one the upstream providers accept. DSNs
+    /// are routed as if sent from it and DKIM-signed with its domain's
+    /// keys; their envelope sender stays empty (RFC 5321 §4.5.5). Default:
+    /// `MAILER-DAEMON@` the server's host name.
+    pub dsn_from: Option<String>,
 }
 
 /// Everything [`super::Delivery::start`] needs.
@@ -274,6 +307,13 @@ pub struct DeliveryConfig {
     /// Identifies this node in queue leases (`[server].node_id()`); a random
     /// suffix is added per start, so a restarted node never reuses a lease.
     pub node_id: String,
+    /// `[delivery] dsn_from`: header From of DSNs, and the sender their
+    /// route is chosen for. `None`: `MAILER-DAEMON@hostname`, default route
+    /// rules only.
+    pub dsn_from: Option<String>,
+    /// Signs DSNs like intake signs messages (the node's signer); `None`
+    /// leaves them unsigned.
+    pub dsn_signer: Option<Arc<crate::dkim::Signer>>,
 }
 
 impl DeliveryConfig {
@@ -299,21 +339,41 @@ impl DeliveryConfig {
                     u.name
                 ));
             }
+            if let Err(e) = super::headers::check_all(&u.add_headers) {
+                return bad(format!("upstream {:?}: add_headers: {e}", u.name));
+            }
+        }
+        if let Some(from) = &self.dsn_from {
+            check_dsn_from(from)
+                .map_err(|e| DeliveryError::Config(format!("[delivery] dsn_from: {e}")))?;
         }
         let mut defaults = 0;
-        for r in &self.routes {
+        for (i, r) in self.routes.iter().enumerate() {
             if r.upstreams.is_empty() {
                 return bad("a [[route]] needs at least one upstream".into());
             }
             if let Some(n) = r.upstreams.iter().find(|n| !names.contains(n.as_str())) {
                 return bad(format!("[[route]] names unknown upstream {n:?}"));
             }
-            if r.sender_domain.is_none() && r.user.is_none() {
+            for (key, value) in [
+                ("sender_domain", &r.sender_domain),
+                ("recipient_domain", &r.recipient_domain),
+            ] {
+                if let Some(v) = value {
+                    if let Err(e) = route::DomainMatch::parse(v) {
+                        return bad(format!("[[route]] #{}: {key}: {e}", i + 1));
+                    }
+                }
+            }
+            if r.is_default() {
                 defaults += 1;
             }
         }
         if defaults > 1 {
-            return bad("more than one default [[route]] (without sender_domain or user)".into());
+            return bad(
+                "more than one default [[route]] (without recipient_domain, sender_domain or user)"
+                    .into(),
+            );
         }
         let q = &self.queue;
         if q.workers == 0 || q.batch == 0 {
@@ -331,15 +391,20 @@ impl DeliveryConfig {
         Ok(())
     }
 
+    /// The routing table; call after [`validate`](Self::validate), which
+    /// refuses domains that do not parse.
     pub(super) fn router(&self) -> Router {
         let mut default = None;
         let mut rules = Vec::new();
+        let domain =
+            |d: &Option<String>| d.as_deref().and_then(|d| route::DomainMatch::parse(d).ok());
         for r in &self.routes {
-            if r.sender_domain.is_none() && r.user.is_none() {
+            if r.is_default() {
                 default = Some(r.upstreams.clone());
             } else {
                 rules.push(route::Rule {
-                    sender_domain: r.sender_domain.clone(),
+                    sender_domain: domain(&r.sender_domain),
+                    recipient_domain: domain(&r.recipient_domain),
                     user: r.user.clone(),
                     upstreams: r.upstreams.clone(),
                 });
@@ -348,5 +413,111 @@ impl DeliveryConfig {
         let default =
             default.unwrap_or_else(|| self.upstreams.iter().map(|u| u.name.clone()).collect());
         Router::new(rules, default)
+    }
+}
+
+/// Checks `[delivery] dsn_from`: a bare address `local@domain` (no angle
+/// brackets, no display name, no spaces or control characters).
+fn check_dsn_from(from: &str) -> Result<(), String> {
+    let how = "write a bare address such as \"postmaster@example.com\"";
+    let Some((local, domain)) = from.rsplit_once('@') else {
+        return Err(format!("{from:?} is not an address: {how}"));
+    };
+    let bad_char = |c: char| c.is_whitespace() || c.is_control() || "<>()[],;:\"".contains(c);
+    if local.is_empty() || local.chars().any(bad_char) || local.contains('@') {
+        return Err(format!("{from:?} is not an address: {how}"));
+    }
+    match route::DomainMatch::parse(domain) {
+        Ok(route::DomainMatch::Exact(_)) => Ok(()),
+        _ => Err(format!("{from:?} has no valid domain: {how}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_routes(routes: Vec<RouteConfig>) -> DeliveryConfig {
+        DeliveryConfig {
+            upstreams: vec![UpstreamConfig::new("a", "h", 25, TlsMode::None)],
+            routes,
+            ..DeliveryConfig::default()
+        }
+    }
+
+    fn route(sender: Option<&str>, recipient: Option<&str>) -> RouteConfig {
+        RouteConfig {
+            sender_domain: sender.map(String::from),
+            recipient_domain: recipient.map(String::from),
+            user: None,
+            upstreams: vec!["a".into()],
+        }
+    }
+
+    #[test]
+    fn at_domains_are_refused_with_how_to_write_them() {
+        let e = with_routes(vec![
+            route(None, Some("x.org")),
+            route(Some("@example.com"), None),
+        ])
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[[route]] #2: sender_domain"), "{e}");
+        assert!(e.contains("without the @"), "{e}");
+        assert!(e.contains("\"example.com\""), "{e}");
+        let e = with_routes(vec![route(None, Some("@x.org"))])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[[route]] #1: recipient_domain"), "{e}");
+        with_routes(vec![
+            route(Some(".example.com"), Some("x.org")),
+            route(None, None),
+        ])
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn recipient_domain_alone_is_not_a_default_route() {
+        // Two routes without sender/user: only one of them is the default.
+        with_routes(vec![route(None, Some("x.org")), route(None, None)])
+            .validate()
+            .unwrap();
+        let e = with_routes(vec![route(None, None), route(None, None)])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than one default"), "{e}");
+    }
+
+    #[test]
+    fn dsn_from_and_add_headers_are_checked() {
+        let mut c = with_routes(vec![]);
+        for good in ["postmaster@example.com", "bounces+x@mail.example.org"] {
+            c.dsn_from = Some(good.into());
+            c.validate().unwrap();
+        }
+        for bad in [
+            "postmaster",
+            "<postmaster@example.com>",
+            "a b@example.com",
+            "@example.com",
+            "p@",
+            "p@.example.com",
+            "Postmaster <p@example.com>",
+        ] {
+            c.dsn_from = Some(bad.into());
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("[delivery] dsn_from"), "{bad}: {e}");
+        }
+        c.dsn_from = None;
+        c.upstreams[0]
+            .add_headers
+            .insert("X-Set".into(), "a\r\nBcc: x@y.z".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("upstream \"a\": add_headers"), "{e}");
+        assert!(e.contains("CR or LF"), "{e}");
     }
 }

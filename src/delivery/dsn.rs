@@ -25,12 +25,38 @@ pub fn wants_failure_dsn(notify: Option<&str>) -> bool {
 /// The DSN for `message` (whose stored bytes are `body`) given the final
 /// state of its recipients, or `None` when none is due: the message is a
 /// DSN or has the null sender, or no failed/expired recipient asked for one.
-/// `id` is the new queue id, `now` and `expires_at` Unix ms.
+/// `id` is the new queue id, `now` and `expires_at` Unix ms. The DSN
+/// comes from `MAILER-DAEMON@reporting_mta` (see [`build_from`]).
 pub fn build(
     message: &ClaimedMessage,
     body: &[u8],
     recipients: &[FinalRecipient],
     reporting_mta: &str,
+    id: String,
+    now: i64,
+    expires_at: i64,
+) -> Option<NewMessage> {
+    build_from(
+        message,
+        body,
+        recipients,
+        reporting_mta,
+        None,
+        id,
+        now,
+        expires_at,
+    )
+}
+
+/// [`build`], with header From `from` (`[delivery] dsn_from`) when given.
+/// The envelope sender stays empty either way (RFC 5321 §4.5.5).
+#[allow(clippy::too_many_arguments)]
+pub fn build_from(
+    message: &ClaimedMessage,
+    body: &[u8],
+    recipients: &[FinalRecipient],
+    reporting_mta: &str,
+    from: Option<&str>,
     id: String,
     now: i64,
     expires_at: i64,
@@ -49,8 +75,9 @@ pub fn build(
     let boundary = format!("{id}/{reporting_mta}");
     let date = rfc5322_date(now);
     let mut out = String::with_capacity(2048);
+    let from = from.map_or_else(|| format!("MAILER-DAEMON@{reporting_mta}"), String::from);
     out.push_str(&format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n\
+        "From: Mail Delivery System <{from}>\r\n\
          To: <{sender}>\r\n\
          Subject: Undelivered Mail Returned to Sender\r\n\
          Date: {date}\r\n\

@@ -16,9 +16,12 @@
 
 pub mod admin;
 mod attempt;
+mod bounce;
 pub mod circuit;
 pub mod config;
 pub mod dsn;
+mod fanout;
+pub mod headers;
 pub mod health;
 pub mod pool;
 pub mod retry;
@@ -27,7 +30,7 @@ pub mod throttle;
 pub mod transaction;
 pub mod upstream;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use config::{
-    AuthMechanism, DeliveryConfig, QueueConfig, RouteConfig, TlsMode, UpstreamConfig,
+    AuthMechanism, DeliveryConfig, DeliverySettings, QueueConfig, RouteConfig, TlsMode,
+    UpstreamConfig,
 };
 
 pub use health::Circuits;
@@ -46,8 +50,7 @@ pub use health::Circuits;
 use crate::limits::{Limiter, LimitsConfig};
 use crate::metrics::{Metrics, StoreOperation, UpstreamMetrics};
 use crate::store::{
-    new_queue_id, ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome, Store,
-    StoreError,
+    new_queue_id, ClaimedMessage, OutcomeKind, RecipientOutcome, Store, StoreError,
 };
 
 /// How long finished attempts wait for others of the same claim to share
@@ -100,6 +103,8 @@ struct UpstreamState {
     metrics: Option<UpstreamMetrics>,
     throttle: UpstreamThrottle,
     patterns: Vec<String>,
+    /// `add_headers` rendered, put above every message sent there.
+    added_headers: Bytes,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -124,6 +129,8 @@ struct Engine {
     hostname: String,
     shutdown: CancellationToken,
     metrics: Option<Arc<Metrics>>,
+    dsn_from: Option<String>,
+    dsn_signer: Option<Arc<crate::dkim::Signer>>,
 }
 
 /// The delivery subsystem of one node.
@@ -206,6 +213,7 @@ impl Delivery {
                 throttle: UpstreamThrottle::new(&u.name, u.rate, u.burst, limiter.clone()),
                 pool: Pool::new(Upstream::new(u.clone(), &hostname)?),
                 patterns,
+                added_headers: headers::render(&u.add_headers),
             };
             upstreams.insert(u.name.clone(), state);
         }
@@ -226,6 +234,8 @@ impl Delivery {
             hostname,
             shutdown,
             metrics,
+            dsn_from: config.dsn_from.clone(),
+            dsn_signer: config.dsn_signer.clone(),
         });
         let node = format!(
             "{}/{}",
@@ -507,21 +517,7 @@ impl Engine {
                 return (m, Bytes::new(), outcomes);
             }
         };
-        let route: Vec<String> = self
-            .router
-            .upstreams_for(&m.sender, m.username.as_deref())
-            .to_vec();
-        let mut groups: BTreeMap<usize, Vec<&ClaimedRecipient>> = BTreeMap::new();
-        for r in &m.recipients {
-            groups
-                .entry(r.route_index as usize % route.len().max(1))
-                .or_default()
-                .push(r);
-        }
-        let mut outcomes = Vec::with_capacity(m.recipients.len());
-        for (start, rcpts) in groups {
-            outcomes.extend(self.attempt(&m, &body, &route, start, &rcpts).await);
-        }
+        let outcomes = self.attempt_routes(&m, &body).await;
         // Keep only what a DSN needs, so a claim does not pin its bodies.
         let bounced = outcomes
             .iter()
@@ -546,15 +542,20 @@ impl Engine {
         };
         let now = now_ms();
         let lifetime = self.queue.lifetime.as_millis() as i64;
-        let dsn = dsn::build(
+        let dsn = dsn::build_from(
             m,
             body,
             &recipients,
             &self.hostname,
+            self.dsn_from.as_deref(),
             new_queue_id(),
             now,
             now + lifetime,
         );
+        let dsn = match dsn {
+            Some(d) => Some(self.sign_dsn(d).await),
+            None => None,
+        };
         match self.store.finish_message(&m.id, now, dsn.as_ref()).await {
             Ok(true) => {
                 if let Some(d) = &dsn {

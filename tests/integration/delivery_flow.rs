@@ -39,6 +39,7 @@ pub fn config(upstreams: Vec<UpstreamConfig>, routes: Vec<RouteConfig>) -> Deliv
         routes,
         hostname: "relay.test".into(),
         node_id: "test-node".into(),
+        ..DeliveryConfig::default()
     }
 }
 
@@ -223,6 +224,7 @@ async fn fails_over_and_the_circuit_opens_and_closes() {
         let a = UpstreamServer::start(down).await;
         let bb = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
         let routes = vec![RouteConfig {
+            recipient_domain: None,
             sender_domain: None,
             user: None,
             upstreams: vec!["a".into(), "b".into()],
@@ -483,11 +485,13 @@ async fn routes_pick_upstreams_by_sender_domain() {
     let two = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
     let routes = vec![
         RouteConfig {
+            recipient_domain: None,
             sender_domain: Some("marketing.example".into()),
             user: None,
             upstreams: vec!["two".into()],
         },
         RouteConfig {
+            recipient_domain: None,
             sender_domain: None,
             user: None,
             upstreams: vec!["one".into()],
@@ -526,6 +530,7 @@ fn bad_delivery_config_is_refused() {
         .contains("used twice"));
     cfg.upstreams.pop();
     cfg.routes.push(RouteConfig {
+        recipient_domain: None,
         sender_domain: Some("x.org".into()),
         user: None,
         upstreams: vec!["nope".into()],
@@ -542,6 +547,7 @@ fn bad_delivery_config_is_refused() {
     cfg.upstreams.clear();
     cfg.validate().unwrap();
     cfg.routes.push(RouteConfig {
+        recipient_domain: None,
         sender_domain: None,
         user: None,
         upstreams: vec!["a".into()],

@@ -156,11 +156,13 @@ async fn attempt_results_bounce_and_latency_are_counted() {
         // so `main` counts only the three recipients.
         let routes = vec![
             RouteConfig {
+                recipient_domain: None,
                 sender_domain: Some("example.com".into()),
                 user: None,
                 upstreams: vec!["main".into()],
             },
             RouteConfig {
+                recipient_domain: None,
                 sender_domain: None,
                 user: None,
                 upstreams: vec!["dsn".into()],

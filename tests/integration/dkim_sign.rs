@@ -529,8 +529,7 @@ async fn a_broken_stored_key_fails_loading_without_leaking_it() {
         .unwrap();
     let err = Signer::new(t.store.clone(), DkimConfig::default())
         .await
-        .err()
-        .expect("unusable key refused");
+        .expect_err("unusable key refused");
     let text = err.to_string();
     assert!(text.contains("bad._domainkey.example.com"), "{text}");
     assert!(!text.contains("c2VjcmV0"), "{text}");

@@ -8,6 +8,7 @@ pub mod delivery_flow;
 mod delivery_metrics;
 mod delivery_nodes;
 mod delivery_queue;
+mod delivery_routing;
 mod delivery_upstream;
 mod dkim_sign;
 mod dkim_store;

@@ -13,6 +13,7 @@ mod delivery_upstream;
 mod dkim_sign;
 mod dkim_store;
 mod dkim_verify;
+mod docs_providers;
 mod e2e_metrics;
 mod e2e_process;
 mod limits_auth_cache;

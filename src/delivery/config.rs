@@ -308,8 +308,9 @@ pub struct DeliveryConfig {
     /// suffix is added per start, so a restarted node never reuses a lease.
     pub node_id: String,
     /// `[delivery] dsn_from`: header From of DSNs, and the sender their
-    /// route is chosen for. `None`: `MAILER-DAEMON@hostname`, default route
-    /// rules only.
+    /// route is chosen for. `None`: `MAILER-DAEMON@hostname`, and routes
+    /// see the null sender (only recipient-domain rules and the default
+    /// route can match).
     pub dsn_from: Option<String>,
     /// Signs DSNs like intake signs messages (the node's signer); `None`
     /// leaves them unsigned.

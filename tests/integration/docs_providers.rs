@@ -1,8 +1,10 @@
 //! docs/providers.md: every ```toml block is a complete configuration that
 //! the real `postgate check-config` accepts. Files the examples name under
 //! `/etc/postgate/` and `/run/secrets/` are created by the test under a
-//! temp dir (TLS certificate and key are real, generated here; other
-//! files get a placeholder secret), the paths rewritten to point there;
+//! temp dir, the paths rewritten to point there: `*.pem` files are a real
+//! certificate, or its private key when the name contains `key` (one
+//! matching pair per example); `*.json` files a Google-format service
+//! account key with a fresh RSA key; others a placeholder secret;
 //! `{ env = "VAR" }` secrets get a placeholder value. Any other absolute
 //! path in an example fails the test, so what is checked is what is
 //! printed. Also: `check-config` refuses `@example.com` route domains and
@@ -60,6 +62,23 @@ fn strings(v: &toml::Value, out: &mut Vec<String>, env: &mut Vec<String>) {
     }
 }
 
+/// A service account key file in the form Google issues it, with a fresh
+/// RSA key (for examples that name a `.json` key file).
+fn service_account_json() -> String {
+    let key =
+        postgate::dkim::key::generate(postgate::store::DkimAlgorithm::RsaSha256, None).unwrap();
+    serde_json::json!({
+        "type": "service_account",
+        "project_id": "example-project",
+        "private_key_id": "0123456789abcdef",
+        "private_key": key.private_key_pem,
+        "client_email": "postgate@example-project.iam.gserviceaccount.com",
+        "client_id": "100000000000000000000",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    })
+    .to_string()
+}
+
 /// Writes the files `block` names into `root`, returns the block with its
 /// paths rewritten and the environment variables it reads.
 fn materialize(block: &str, root: &Path, section: &str) -> (String, Vec<String>) {
@@ -80,6 +99,8 @@ fn materialize(block: &str, root: &Path, section: &str) -> (String, Vec<String>)
             key.clone()
         } else if name.ends_with(".pem") {
             cert.clone()
+        } else if name.ends_with(".json") {
+            service_account_json()
         } else {
             format!("{PLACEHOLDER}\n")
         };

@@ -137,6 +137,21 @@ pub enum SmtpConfigError {
     BudgetBelowMessageSize { budget: usize, max: usize },
 }
 
+impl SmtpConfigError {
+    /// The configuration key at fault, e.g. `smtp.session_lifetime`.
+    pub fn key(&self) -> String {
+        match self {
+            SmtpConfigError::PlainNotLoopback { .. }
+            | SmtpConfigError::TlsMissing { .. }
+            | SmtpConfigError::Trusted { .. } => "smtp.listener".into(),
+            SmtpConfigError::TooSmall { key, .. } => {
+                format!("smtp.{}", key.split(' ').next().unwrap_or(key))
+            }
+            SmtpConfigError::BudgetBelowMessageSize { .. } => "smtp.message_memory_budget".into(),
+        }
+    }
+}
+
 /// `[smtp]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -276,3 +276,76 @@ async fn memory_budget_refuses_with_452_4_3_1_and_recovers() {
         srv.stop().await;
     }
 }
+
+/// Item 9: 300 idle TCP connections and 64 clients trickling their request
+/// headers (more than `http.max_connections`, 256) do not delay `/healthz`:
+/// curl gets its answer within a second, several times over, while the
+/// slow clients keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_within_a_second_while_idle_and_slow_clients_hold_connections() {
+    use postgate::http::{self, HttpState};
+    use postgate::metrics::{Metrics, MetricsOptions};
+    use tokio::io::AsyncWriteExt;
+
+    let ts = sqlite_store().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = HttpState::new(
+        Arc::new(Metrics::new(&MetricsOptions::default())),
+        ts.store.clone(),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(http::serve(listener, state, shutdown.clone()));
+
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let slowloris = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut slow = Vec::new();
+            for _ in 0..64 {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+                slow.push(s);
+            }
+            while !stop.is_cancelled() {
+                for s in &mut slow {
+                    let _ = s.write_all(b"X-Slow: 1\r\n").await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 0..3 {
+        let t0 = Instant::now();
+        let url = format!("http://{addr}/healthz");
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "5", "-w", " %{http_code}", &url])
+                .output()
+                .expect("run curl")
+        })
+        .await
+        .unwrap();
+        let took = t0.elapsed();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(text, "ok\n 200", "round {round}: {out:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "round {round}: took {took:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    stop.cancel();
+    slowloris.await.unwrap();
+    drop(idle);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -324,8 +324,8 @@ impl Config {
         if let Err(e) = self.fixups.validate() {
             return Err(invalid("fixups.remove_headers", e.to_string()));
         }
-        if let Err(e) = self.http.admin_token() {
-            return Err(invalid("http.admin_token", e.to_string()));
+        if let Err(e) = self.http.validate() {
+            return Err(invalid(&e.key(), e.to_string()));
         }
         if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
             return Err(invalid(
@@ -347,7 +347,7 @@ impl Config {
         };
         self.smtp
             .validate(self.tls.is_some())
-            .map_err(|e| invalid("smtp.listener", e.to_string()))?;
+            .map_err(|e| invalid(&e.key(), e.to_string()))?;
         if let Some(tls) = &self.tls {
             crate::tls::ServerTls::load(tls).map_err(|e| invalid("tls", e.to_string()))?;
         }

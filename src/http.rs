@@ -11,6 +11,12 @@
 //! | `/admin/limits`, `/admin/limits/{subject}` | GET | limiter state |
 //! | `/admin/limits/{subject}/reset` | POST | clear a lockout or quota (subject as `postgate limits reset` takes it: an IP address, a username, `uid:ID`, `cred:ID`) |
 //!
+//! At most `http.max_connections` are open; at the cap the connection
+//! waiting longest for a request head is closed to make room (see
+//! `conns`), and a request head must arrive within
+//! `http.header_read_timeout`, so idle or slow clients cannot delay
+//! `/healthz`.
+//!
 //! Admin endpoints need `Authorization: Bearer TOKEN` (RFC 6750 §2.1),
 //! compared in constant time; 401 without it or with a wrong one. With no
 //! token or no [`Admin`] implementation configured they do not exist (404).
@@ -37,14 +43,11 @@ use crate::metrics::{Metrics, MetricsOptions, StoreOperation};
 use crate::store::HealthStore;
 
 mod admin;
+mod conns;
 pub mod probe;
 
 pub use admin::{Admin, AdminError, AdminToken, QueueQuery, MIN_TOKEN_LEN};
 
-/// Concurrent HTTP connections; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 64;
-/// A client must send its request head within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -66,6 +69,13 @@ pub struct HttpConfig {
     /// How long `/readyz` waits for the store; default 2s.
     #[serde(with = "humantime_serde")]
     pub readiness_timeout: Duration,
+    /// Open connections at most (default 256); at the cap the one waiting
+    /// longest for a request head is closed to make room.
+    pub max_connections: usize,
+    /// A request head (first or next on a kept-alive connection) must
+    /// arrive within this time, else the connection is closed (default 5s).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -76,6 +86,8 @@ impl Default for HttpConfig {
             per_user_metrics: false,
             per_user_metrics_cap: 1000,
             readiness_timeout: Duration::from_secs(2),
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -87,6 +99,19 @@ impl HttpConfig {
             per_user: self.per_user_metrics,
             per_user_cap: self.per_user_metrics_cap,
         }
+    }
+
+    /// Checks what serde cannot: a usable token, at least one connection,
+    /// a non-zero header timeout.
+    pub fn validate(&self) -> Result<(), HttpError> {
+        self.admin_token()?;
+        if self.max_connections == 0 {
+            return Err(HttpError::TooSmall("max_connections", "1"));
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err(HttpError::TooSmall("header_read_timeout", "1ms"));
+        }
+        Ok(())
     }
 
     /// The admin token, checked; `Ok(None)` when none is configured.
@@ -103,6 +128,19 @@ impl HttpConfig {
 pub enum HttpError {
     #[error("http.admin_token must be at least {MIN_TOKEN_LEN} characters")]
     WeakToken,
+    /// A key below its minimum: `(key, minimum)`.
+    #[error("http.{0} must be at least {1}")]
+    TooSmall(&'static str, &'static str),
+}
+
+impl HttpError {
+    /// The configuration key at fault, e.g. `http.max_connections`.
+    pub fn key(&self) -> String {
+        match self {
+            HttpError::WeakToken => "http.admin_token".into(),
+            HttpError::TooSmall(key, _) => format!("http.{key}"),
+        }
+    }
 }
 
 /// How many upstreams delivery may use now.
@@ -148,6 +186,10 @@ pub struct HttpState {
     pub draining: CancellationToken,
     /// How long `/readyz` waits for the store.
     pub readiness_timeout: Duration,
+    /// Open connections at most (`http.max_connections`).
+    pub max_connections: usize,
+    /// Time allowed for each request head (`http.header_read_timeout`).
+    pub header_read_timeout: Duration,
 }
 
 impl HttpState {
@@ -161,6 +203,8 @@ impl HttpState {
             admin_token: None,
             draining: CancellationToken::new(),
             readiness_timeout: HttpConfig::default().readiness_timeout,
+            max_connections: HttpConfig::default().max_connections,
+            header_read_timeout: HttpConfig::default().header_read_timeout,
         }
     }
 
@@ -183,6 +227,8 @@ impl HttpState {
             admin_token: config.admin_token()?,
             draining,
             readiness_timeout: config.readiness_timeout,
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
         })
     }
 }
@@ -193,17 +239,14 @@ impl HttpState {
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
     let state = Arc::new(state);
     let tracker = TaskTracker::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let conns = conns::Conns::new(state.max_connections);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(address = %addr, "http listening");
     }
     loop {
-        let permit = tokio::select! {
+        let slot = tokio::select! {
             _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+            c = conns.admit() => c,
         };
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -220,14 +263,23 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
         let state = state.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
+            let slot = Arc::new(slot);
+            let header_timeout = state.header_read_timeout;
+            let service = hyper::service::service_fn({
+                let slot = slot.clone();
+                move |req| {
+                    let (state, slot) = (state.clone(), slot.clone());
+                    async move {
+                        slot.busy();
+                        let response = route(&state, req).await;
+                        slot.idle();
+                        Ok::<_, Infallible>(response)
+                    }
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -236,6 +288,8 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
                         tracing::debug!(error = %e, "http connection ended with an error");
                     }
                 }
+                // Evicted at the cap while waiting for a request head.
+                _ = slot.closed().cancelled() => {}
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
@@ -345,6 +399,20 @@ mod tests {
         assert!(c.admin_token.is_none() && !c.per_user_metrics);
         assert_eq!(c.per_user_metrics_cap, 1000);
         assert_eq!(c.readiness_timeout, Duration::from_secs(2));
+        assert_eq!(c.max_connections, 256);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(5));
+        assert!(c.validate().is_ok());
+        let bad: HttpConfig = toml::from_str("max_connections = 0").unwrap();
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "http.max_connections must be at least 1"
+        );
+        let bad: HttpConfig = toml::from_str("header_read_timeout = \"0s\"").unwrap();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("http.header_read_timeout"));
         let c: HttpConfig = toml::from_str(
             "address = \"0.0.0.0:9000\"\nadmin_token = \"0123456789abcdef-secret\"\nper_user_metrics = true\nper_user_metrics_cap = 5\nreadiness_timeout = \"500ms\"",
         )

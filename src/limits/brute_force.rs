@@ -8,16 +8,28 @@ use std::time::Duration;
 
 use super::gcra::Rate;
 use super::keys::{self, kind};
-use super::{LimitRefusal, Limiter};
+use super::{Check, LimitRefusal, Limiter};
 use crate::metrics::{LimitKind, LimitScope};
-use crate::store::{GcraOutcome, LimitCounter};
+use crate::store::LimitCounter;
 
 impl Limiter {
     /// Before verifying an AUTH from `ip` for `username` (as typed; never
     /// looked up, so unknown and existing users are treated alike).
-    /// `Ok(delay)`: wait `delay` (the tarpit, zero when no recent failures)
+    ///
+    /// Reserves the attempt: it is counted as a failure of the IP and of the
+    /// username *now*, atomically with the check (one GCRA step per counter:
+    /// a mutex-held update locally, one `UPDATE` on the store), so however
+    /// many attempts run concurrently, across nodes too, at most
+    /// `auth_lockout_per_ip`/`auth_lockout_per_user` are ever verified per
+    /// window. Every `Ok` must be followed by exactly one
+    /// [`Limiter::auth_result`] (the verification's outcome) or
+    /// [`Limiter::auth_abandoned`] (nothing was verified).
+    ///
+    /// `Ok(delay)`: wait `delay` (the tarpit, grown by the failures before
+    /// this one, in flight included; zero when below `auth_tarpit_after`)
     /// before answering, whatever the outcome. `Err`: the IP or username is
-    /// locked out: reply `454 4.7.0` without verifying.
+    /// locked out, or the attempts in flight already fill its allowance:
+    /// reply `454 4.7.0` without verifying; nothing is reserved.
     pub async fn auth_allowed(&self, ip: IpAddr, username: &str) -> Result<Duration, LimitRefusal> {
         let now = self.now();
         let ip_subject = self.ip(ip);
@@ -26,26 +38,27 @@ impl Limiter {
             keys::lockout_key(&ip_subject),
             keys::lockout_key(&user_subject),
         ];
-        let fails = self.failure_keys(&ip_subject, &user_subject);
-        let mut wanted: Vec<String> = locks.to_vec();
-        wanted.extend(fails.iter().map(|(k, _)| k.clone()));
-        let rows = self.counters.get(&wanted).await.unwrap_or_else(|e| {
+        let rows = self.counters.get(&locks).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "limit store unavailable: AUTH checks skipped");
             Vec::new()
         });
         let tat_of = |key: &str| rows.iter().find(|r| r.key == key).map(|r| r.tat);
+        let who = |ip_side: bool| {
+            if ip_side {
+                (
+                    LimitScope::Ip,
+                    format!("from {}", &keys::unescape(&ip_subject)[3..]),
+                )
+            } else {
+                (
+                    LimitScope::User,
+                    format!("for user {}", &keys::unescape(&user_subject)[5..]),
+                )
+            }
+        };
         for (i, lock) in locks.iter().enumerate() {
             if let Some(until) = tat_of(lock).filter(|&t| t > now) {
-                let who = if i == 0 {
-                    format!("from {}", &keys::unescape(&ip_subject)[3..])
-                } else {
-                    format!("for user {}", &keys::unescape(&user_subject)[5..])
-                };
-                let scope = if i == 0 {
-                    LimitScope::Ip
-                } else {
-                    LimitScope::User
-                };
+                let (scope, who) = who(i == 0);
                 return Err(LimitRefusal::new(
                     (scope, LimitKind::AuthFailures),
                     (until - now) as u64,
@@ -53,9 +66,26 @@ impl Limiter {
                 ));
             }
         }
-        let recent = fails
+        let fails = self.failure_keys(&ip_subject, &user_subject);
+        let checks: Vec<Check> = fails
             .iter()
-            .filter_map(|(k, rate)| tat_of(k).map(|t| rate.used(t, now)))
+            .map(|(key, rate)| {
+                let (scope, who) = who(key.starts_with(&format!("{ip_subject}/")));
+                Check {
+                    key: key.clone(),
+                    rate: *rate,
+                    cost: 1,
+                    labels: (scope, LimitKind::AuthFailures),
+                    reason: format!("too many failed logins {who}"),
+                }
+            })
+            .collect();
+        let tats = self.take_all(&checks, now).await?;
+        // The failures before this attempt (this one is reserved in `tats`).
+        let recent = checks
+            .iter()
+            .zip(tats)
+            .filter_map(|(c, tat)| tat.map(|t| c.rate.used(t, now).saturating_sub(1)))
             .max()
             .unwrap_or(0);
         Ok(self.tarpit(recent))
@@ -90,43 +120,43 @@ impl Limiter {
         .collect()
     }
 
-    /// Records the outcome of a verified AUTH. A failure counts against the
-    /// IP and the username (existing or not); reaching
-    /// `auth_lockout_per_ip`/`auth_lockout_per_user` failures within the
-    /// window locks that IP/username out for `auth_lockout_duration`. A
-    /// success clears the username's failures (not the IP's).
+    /// Records the outcome of a verified AUTH reserved by
+    /// [`Limiter::auth_allowed`]. A failure stays counted against the IP and
+    /// the username (existing or not); once `auth_lockout_per_ip` /
+    /// `auth_lockout_per_user` failures are within the window, that
+    /// IP/username is locked out for `auth_lockout_duration`. A success
+    /// gives the IP its reservation back and clears the username's failures.
     pub async fn auth_result(&self, ip: IpAddr, username: &str, success: bool) {
         let now = self.now();
         let ip_subject = self.ip(ip);
         let user_subject = keys::user_subject(username);
+        let fails = self.failure_keys(&ip_subject, &user_subject);
         if success {
-            let mine: Vec<String> = self
-                .failure_keys(&ip_subject, &user_subject)
+            let (mine, ip_side): (Vec<_>, Vec<_>) = fails
                 .into_iter()
-                .map(|(k, _)| k)
-                .filter(|k| k.starts_with(&format!("{user_subject}/")))
-                .collect();
+                .partition(|(k, _)| k.starts_with(&format!("{user_subject}/")));
+            let mine: Vec<String> = mine.into_iter().map(|(k, _)| k).collect();
             if let Err(e) = self.counters.delete(&mine).await {
                 tracing::warn!(error = %e, "limit store unavailable: failures not cleared");
             }
+            self.give_back(&ip_side, now).await;
             return;
         }
-        let fails = self.failure_keys(&ip_subject, &user_subject);
+        let keys: Vec<String> = fails.iter().map(|(k, _)| k.clone()).collect();
+        let rows = match self.counters.get(&keys).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "limit store unavailable: lockout not checked");
+                return;
+            }
+        };
         let subjects = [ip_subject.as_str(), user_subject.as_str()];
-        let outcomes = futures::future::join_all(fails.iter().map(|(key, rate)| async move {
-            self.counters.check(key, &rate.step(now, 1), now).await
-        }))
-        .await;
         let lock_ms = self.config.auth_lockout_duration.as_millis() as i64;
-        for ((key, rate), outcome) in fails.iter().zip(outcomes) {
-            let full = match outcome {
-                Ok(GcraOutcome::Allowed { tat }) => rate.used(tat, now) >= rate.count,
-                Ok(GcraOutcome::Refused { .. }) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "limit store unavailable: failure not counted");
-                    false
-                }
-            };
+        for (key, rate) in &fails {
+            let full = rows
+                .iter()
+                .find(|r| &r.key == key)
+                .is_some_and(|r| rate.used(r.tat, now) >= rate.count);
             if !full {
                 continue;
             }
@@ -143,6 +173,25 @@ impl Limiter {
             tracing::warn!(subject = %keys::unescape(subject), seconds = lock_ms / 1000, "locked out after failed logins");
             if let Err(e) = self.counters.set(&lock).await {
                 tracing::warn!(error = %e, "limit store unavailable: lockout not recorded");
+            }
+        }
+    }
+
+    /// Gives back an attempt reserved by [`Limiter::auth_allowed`] that was
+    /// never verified (the credential store could not be asked, the client
+    /// left): it counts as nothing.
+    pub async fn auth_abandoned(&self, ip: IpAddr, username: &str) {
+        let now = self.now();
+        let fails = self.failure_keys(&self.ip(ip), &keys::user_subject(username));
+        self.give_back(&fails, now).await;
+    }
+
+    async fn give_back(&self, counters: &[(String, Rate)], now: i64) {
+        for (key, rate) in counters {
+            let mut step = rate.step(now, 1);
+            step.increment = -step.increment;
+            if let Err(e) = self.counters.check(key, &step, now).await {
+                tracing::warn!(error = %e, key = %key, "limit refund failed");
             }
         }
     }

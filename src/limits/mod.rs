@@ -462,27 +462,39 @@ impl Limiter {
     /// cell of another and make a concurrent request fail with it, so a
     /// burst of parallel messages would get less than its quota.
     async fn run_checks(&self, checks: Vec<Check>, now: i64) -> Result<(), LimitRefusal> {
+        self.take_all(&checks, now).await.map(|_| ())
+    }
+
+    /// [`Limiter::run_checks`], returning each counter's new TAT when
+    /// taken (`None`: the store could not be asked and the check was
+    /// skipped, failing open).
+    async fn take_all(&self, checks: &[Check], now: i64) -> Result<Vec<Option<i64>>, LimitRefusal> {
         let mut taken: Vec<&Check> = Vec::new();
+        let mut tats = Vec::with_capacity(checks.len());
         let mut refusal = None;
-        for check in &checks {
+        for check in checks {
             match self
                 .counters
                 .check(&check.key, &check.rate.step(now, check.cost), now)
                 .await
             {
-                Ok(GcraOutcome::Allowed { .. }) => taken.push(check),
+                Ok(GcraOutcome::Allowed { tat }) => {
+                    taken.push(check);
+                    tats.push(Some(tat));
+                }
                 Ok(GcraOutcome::Refused { tat }) => {
                     let wait = check.rate.retry_after_ms(tat, now, check.cost);
                     refusal = Some(LimitRefusal::new(check.labels, wait, check.reason.clone()));
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, key = %check.key, "limit store unavailable: check skipped")
+                    tracing::warn!(error = %e, key = %check.key, "limit store unavailable: check skipped");
+                    tats.push(None);
                 }
             }
         }
         let Some(refusal) = refusal else {
-            return Ok(());
+            return Ok(tats);
         };
         let refunds = taken.iter().map(|c| {
             let mut step = c.rate.step(now, c.cost);

@@ -56,6 +56,10 @@ impl SessionLimits for LimiterPorts {
         self.limiter.auth_result(ip, username, success).await
     }
 
+    async fn auth_abandoned(&self, ip: IpAddr, username: &str) {
+        self.limiter.auth_abandoned(ip, username).await
+    }
+
     async fn session_start(
         &self,
         identity: &Identity,

@@ -287,14 +287,20 @@ async fn failed_logins_lock_the_ip_at_accept_too() {
     let _ = clock;
 }
 
+/// One verified failure: reserved, then reported.
+async fn fail(l: &Limiter, from: &str, user: &str) {
+    l.auth_allowed(ip(from), user).await.unwrap();
+    l.auth_result(ip(from), user, false).await;
+}
+
 #[tokio::test]
 async fn success_clears_the_username_failures() {
     let (l, _) = limiter(brute_config());
     for _ in 0..4 {
-        l.auth_result(ip("192.0.2.1"), "alice", false).await;
+        fail(&l, "192.0.2.1", "alice").await;
     }
-    assert!(l.auth_allowed(ip("192.0.2.2"), "alice").await.unwrap() > Duration::ZERO);
-    l.auth_result(ip("192.0.2.1"), "alice", true).await;
+    l.auth_allowed(ip("192.0.2.2"), "alice").await.unwrap();
+    l.auth_result(ip("192.0.2.2"), "alice", true).await;
     assert_eq!(
         l.auth_allowed(ip("192.0.2.2"), "alice").await.unwrap(),
         Duration::ZERO
@@ -305,18 +311,85 @@ async fn success_clears_the_username_failures() {
 async fn failures_are_forgotten_over_the_window() {
     let (l, clock) = limiter(brute_config());
     for _ in 0..4 {
-        l.auth_result(ip("192.0.2.1"), "alice", false).await;
+        fail(&l, "192.0.2.1", "alice").await;
     }
     clock.advance_ms(600_000);
     assert_eq!(
         l.auth_allowed(ip("192.0.2.1"), "alice").await.unwrap(),
         Duration::ZERO
     );
+    l.auth_abandoned(ip("192.0.2.1"), "alice").await;
     // 4 old + 4 new would lock at 5 if nothing had been forgotten.
     for _ in 0..4 {
-        l.auth_result(ip("192.0.2.1"), "alice", false).await;
+        fail(&l, "192.0.2.1", "alice").await;
     }
     l.auth_allowed(ip("192.0.2.1"), "alice").await.unwrap();
+}
+
+/// Issue 12 item 3: attempts are reserved when checked, so a burst of
+/// concurrent wrong passwords (each from its own address) gets at most the
+/// username's allowance verified; the rest are refused before verifying.
+#[tokio::test]
+async fn concurrent_attempts_never_exceed_the_lockout() {
+    let (l, _) = limiter(LimitsConfig {
+        auth_tarpit_after: 0,
+        auth_lockout_per_user: 10,
+        ..brute_config()
+    });
+    let l = Arc::new(l);
+    let barrier = Arc::new(tokio::sync::Barrier::new(100));
+    let tasks: Vec<_> = (0..100u8)
+        .map(|i| {
+            let (l, barrier) = (l.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let from = IpAddr::from([198, 51, 100, i]);
+                let allowed = l.auth_allowed(from, "alice").await.is_ok();
+                // Every check happens before any verification ends.
+                barrier.wait().await;
+                if allowed {
+                    l.auth_result(from, "alice", false).await;
+                }
+                allowed
+            })
+        })
+        .collect();
+    let mut verified = 0;
+    for t in tasks {
+        verified += t.await.unwrap() as u32;
+    }
+    assert_eq!(verified, 10);
+    let r = l
+        .auth_allowed(ip("203.0.113.1"), "alice")
+        .await
+        .unwrap_err();
+    assert!(r.is_lockout(), "{r:?}");
+    assert_eq!(
+        r.retry_after_secs(),
+        300,
+        "the lockout itself, not a GCRA wait"
+    );
+}
+
+/// A success gives the IP its reserved attempt back and an unverified
+/// attempt (credential store down) counts as nothing: the IP's allowance
+/// is untouched after any number of them.
+#[tokio::test]
+async fn successes_and_abandoned_attempts_cost_nothing() {
+    let (l, _) = limiter(brute_config());
+    for i in 0..20 {
+        let user = format!("user{i}");
+        l.auth_allowed(ip("192.0.2.7"), &user).await.unwrap();
+        if i % 2 == 0 {
+            l.auth_result(ip("192.0.2.7"), &user, true).await;
+        } else {
+            l.auth_abandoned(ip("192.0.2.7"), &user).await;
+        }
+    }
+    assert_eq!(
+        l.auth_allowed(ip("192.0.2.7"), "alice").await.unwrap(),
+        Duration::ZERO
+    );
+    l.connection(ip("192.0.2.7")).await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]

@@ -97,6 +97,8 @@ label_enum!(
         StoreUnavailable => "store_unavailable",
         /// Any other failure on our side.
         Internal => "internal",
+        /// The node's memory budget for message content is spent (452 4.3.1).
+        MemoryBudget => "memory_budget",
     }
 );
 

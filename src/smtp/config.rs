@@ -133,6 +133,23 @@ pub enum SmtpConfigError {
         network: IpNet,
         reason: String,
     },
+    #[error("smtp.message_memory_budget ({budget}) must be at least smtp.max_message_size ({max}): a message of the largest size could never be received")]
+    BudgetBelowMessageSize { budget: usize, max: usize },
+}
+
+impl SmtpConfigError {
+    /// The configuration key at fault, e.g. `smtp.session_lifetime`.
+    pub fn key(&self) -> String {
+        match self {
+            SmtpConfigError::PlainNotLoopback { .. }
+            | SmtpConfigError::TlsMissing { .. }
+            | SmtpConfigError::Trusted { .. } => "smtp.listener".into(),
+            SmtpConfigError::TooSmall { key, .. } => {
+                format!("smtp.{}", key.split(' ').next().unwrap_or(key))
+            }
+            SmtpConfigError::BudgetBelowMessageSize { .. } => "smtp.message_memory_budget".into(),
+        }
+    }
 }
 
 /// `[smtp]`.
@@ -149,12 +166,27 @@ pub struct SmtpConfig {
     pub max_recipients: usize,
     /// Error replies per session before `421` and close (default 10).
     pub max_errors: usize,
-    /// Waiting for a command (default 5m, RFC 5321 §4.5.3.2.7).
+    /// Deadline for one whole command line, counted from the previous
+    /// reply (default 5m, RFC 5321 §4.5.3.2.7, Postfix's `smtpd_timeout`):
+    /// a client trickling a line byte by byte is cut at it too.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
-    /// Waiting for more message data (default 3m, RFC 5321 §4.5.3.2.5).
+    /// Waiting for more message data, per read (default 3m, RFC 5321
+    /// §4.5.3.2.5).
     #[serde(with = "humantime_serde")]
     pub data_timeout: Duration,
+    /// Deadline for the whole content of one message: from `354` to the
+    /// final dot, or from the first BDAT to the last chunk (default 10m).
+    #[serde(with = "humantime_serde")]
+    pub data_phase_timeout: Duration,
+    /// Total lifetime of a session, TLS handshake included (default 1h).
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    /// Message bytes all sessions of this node may hold in memory while
+    /// receiving (default 512 MiB; at least `max_message_size`). When
+    /// spent, MAIL with a SIZE that does not fit, DATA and BDAT get
+    /// `452 4.3.1` and the session goes on.
+    pub message_memory_budget: usize,
     /// TLS handshake and PROXY header (default 30s).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -191,6 +223,9 @@ impl Default for SmtpConfig {
             max_errors: 10,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            data_phase_timeout: Duration::from_secs(600),
+            session_lifetime: Duration::from_secs(3600),
+            message_memory_budget: 512 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(30),
             auth_failure_delay: Duration::from_secs(1),
             max_connections: 10_000,
@@ -253,7 +288,7 @@ impl SmtpConfig {
                 }
             }
         }
-        let mins: [(&'static str, u64, u64); 5] = [
+        let mins: [(&'static str, u64, u64); 7] = [
             ("max_message_size", self.max_message_size as u64, 1024),
             ("max_recipients", self.max_recipients as u64, 1),
             ("max_connections", self.max_connections as u64, 1),
@@ -267,11 +302,27 @@ impl SmtpConfig {
                 self.command_timeout.as_millis() as u64,
                 1,
             ),
+            (
+                "data_phase_timeout (ms)",
+                self.data_phase_timeout.as_millis() as u64,
+                1,
+            ),
+            (
+                "session_lifetime (ms)",
+                self.session_lifetime.as_millis() as u64,
+                1,
+            ),
         ];
         for (key, value, min) in mins {
             if value < min {
                 return Err(SmtpConfigError::TooSmall { key, min });
             }
+        }
+        if self.message_memory_budget < self.max_message_size {
+            return Err(SmtpConfigError::BudgetBelowMessageSize {
+                budget: self.message_memory_budget,
+                max: self.max_message_size,
+            });
         }
         Ok(())
     }
@@ -370,5 +421,25 @@ mod tests {
             "[[listener]]\naddress = \"0.0.0.0:587\"\nmode = \"starttls\"\ntrusted_networks = { \"nope\" = \"x\" }\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn deadlines_and_memory_budget_defaults_and_checks() {
+        let c = SmtpConfig::default();
+        assert_eq!(c.command_timeout, Duration::from_secs(300));
+        assert_eq!(c.data_phase_timeout, Duration::from_secs(600));
+        assert_eq!(c.session_lifetime, Duration::from_secs(3600));
+        assert_eq!(c.message_memory_budget, 512 * 1024 * 1024);
+        let c: SmtpConfig = toml::from_str(
+            "data_phase_timeout = \"30s\"\nsession_lifetime = \"2h\"\nmessage_memory_budget = 1048576",
+        )
+        .unwrap();
+        assert_eq!(c.data_phase_timeout, Duration::from_secs(30));
+        assert_eq!(c.session_lifetime, Duration::from_secs(7200));
+        let e = c.validate(true).unwrap_err().to_string();
+        assert!(e.contains("smtp.message_memory_budget (1048576)"), "{e}");
+        let c: SmtpConfig = toml::from_str("session_lifetime = \"0s\"").unwrap();
+        let e = c.validate(true).unwrap_err().to_string();
+        assert!(e.contains("smtp.session_lifetime"), "{e}");
     }
 }

@@ -27,6 +27,10 @@ pub enum DataError {
     BareCr,
     #[error("text line longer than {max} octets")]
     LineTooLong { max: usize },
+    /// The node's memory budget for message content was spent while this
+    /// message was received (see `smtp::budget`): a temporary refusal.
+    #[error("memory budget for message content exhausted")]
+    MemoryBudget,
 }
 
 /// The message content being received, with its caps. Holds at most
@@ -79,6 +83,19 @@ impl Body {
     /// Whether the body is already refused (more input is only drained).
     pub fn failed(&self) -> bool {
         self.error.is_some()
+    }
+
+    /// Octets of memory the body's buffer holds (its capacity), what a
+    /// memory budget must cover.
+    pub fn reserved(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Refuses the message with `e` from now on: the buffer is freed, the
+    /// rest of the content is read and dropped, and [`Body::finish`] returns
+    /// `e` (unless an earlier error stands).
+    pub fn refuse(&mut self, e: DataError) {
+        self.fail(e);
     }
 
     fn fail(&mut self, e: DataError) {
@@ -188,6 +205,11 @@ impl DataReader {
     pub fn expecting(mut self, declared: Option<usize>) -> Self {
         self.body = self.body.expecting(declared);
         self
+    }
+
+    /// The body being received (to check or refuse it between feeds).
+    pub fn body_mut(&mut self) -> &mut Body {
+        &mut self.body
     }
 
     /// Consumes from `input` up to and including the end-of-data marker.

@@ -6,6 +6,7 @@
 //! - [`config`]: the `[smtp]` section; [`proxy`]: PROXY v1/v2 headers (PURE);
 //! - [`server`]: the only inbound socket code (listeners, caps, TLS, timeouts).
 
+pub mod budget;
 pub mod command;
 pub mod config;
 pub mod data;

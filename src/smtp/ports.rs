@@ -70,10 +70,17 @@ pub struct LimitRefusal {
 pub trait SessionLimits: Send + Sync {
     /// New connection from ip (after any PROXY header). Err => 421 4.7.0 and close.
     async fn connection(&self, ip: IpAddr) -> Result<(), LimitRefusal>;
-    /// Before verifying a password. Ok(delay): wait that long before answering (tarpit); Err => 454 4.7.0.
+    /// Before verifying a password; reserves the attempt (counted as a
+    /// failure until told otherwise), so concurrent attempts cannot all pass
+    /// one check. Ok(delay): wait that long before answering (tarpit);
+    /// Err => 454 4.7.0, nothing reserved. Every Ok is followed by exactly
+    /// one [`SessionLimits::auth_result`] or [`SessionLimits::auth_abandoned`].
     async fn auth_allowed(&self, ip: IpAddr, username: &str) -> Result<Duration, LimitRefusal>;
-    /// After verification.
+    /// After verification: the outcome of the reserved attempt.
     async fn auth_result(&self, ip: IpAddr, username: &str, success: bool);
+    /// The reserved attempt was not verified (credential store unavailable):
+    /// give it back. Default: nothing to give back.
+    async fn auth_abandoned(&self, _ip: IpAddr, _username: &str) {}
     /// After a successful AUTH: hold a concurrent-session slot while the session lives. Err => 421 4.7.0 and close.
     async fn session_start(
         &self,

@@ -228,6 +228,12 @@ impl Reply {
     pub fn too_many_errors() -> Self {
         Reply::new(421, "4.7.0", "too many errors, closing connection").closing()
     }
+    /// 452 4.3.1: the node's memory budget for message content is spent
+    /// (RFC 3463 §3.4 "mail system full"); the session goes on, the client
+    /// tries again later.
+    pub fn insufficient_storage() -> Self {
+        Reply::new(452, "4.3.1", "insufficient system storage, try again later")
+    }
     /// 421 4.4.2: the client was idle longer than the timeout (RFC 5321 §4.5.3.2).
     pub fn timeout() -> Self {
         Reply::new(421, "4.4.2", "timeout exceeded, closing connection").closing()
@@ -311,6 +317,7 @@ impl From<&DataError> for Reply {
     fn from(e: &DataError) -> Self {
         match e {
             DataError::TooBig { max } => Reply::too_big(*max),
+            DataError::MemoryBudget => Reply::insufficient_storage(),
             DataError::BareLf => Reply::new(
                 550,
                 "5.6.0",

@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::intake::TlsInfo;
 use crate::metrics::{ConnectionRefusal, ListenerMetrics, Metrics};
+use crate::smtp::budget::MemoryBudget;
 use crate::smtp::config::{ListenerConfig, ListenerMode, SmtpConfig, SmtpConfigError};
 use crate::smtp::proxy;
 use crate::smtp::reply::Reply;
@@ -42,6 +43,7 @@ pub struct Server {
     tls: Option<ServerTls>,
     ports: Ports,
     conns: Arc<ConnectionCaps>,
+    memory: Arc<MemoryBudget>,
     shutdown_grace: Duration,
     metrics: Option<Arc<Metrics>>,
 }
@@ -140,6 +142,7 @@ impl Server {
         });
         Ok(Server {
             hostname,
+            memory: MemoryBudget::new(config.message_memory_budget),
             config: Arc::new(config),
             tls,
             ports,
@@ -270,6 +273,7 @@ impl Server {
         let Listener { cfg, metrics: lm } = listener;
         let lm = lm.as_deref();
         let implicit = cfg.mode == ListenerMode::ImplicitTls;
+        let session_end = tokio::time::Instant::now() + self.config.session_lifetime;
         let Some(mut slot) = self.conns.acquire_global() else {
             tracing::info!(session = %id, peer = %peer, "global connection cap reached");
             if let Some(lm) = lm {
@@ -318,12 +322,14 @@ impl Server {
             auth_failure_delay: self.config.auth_failure_delay,
             metrics: SessionMetrics::new(self.metrics.clone()),
             trusted: cfg.trusted_access(ip),
+            memory: self.memory.clone(),
         });
         let mut inbuf = BytesMut::new();
         let ctx = Ctx {
             config: &self.config,
             shutdown: &shutdown,
             hard: &hard,
+            session_end,
         };
         if implicit {
             let Some(tls) = &self.tls else { return };
@@ -448,6 +454,74 @@ struct Ctx<'a> {
     config: &'a SmtpConfig,
     shutdown: &'a CancellationToken,
     hard: &'a CancellationToken,
+    /// `smtp.session_lifetime` after the connection was accepted.
+    session_end: tokio::time::Instant,
+}
+
+/// Which deadline a read may wait for (named in the log when it passes).
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    /// No byte for `command_timeout`/`data_timeout` (RFC 5321 §4.5.3.2).
+    Idle,
+    /// A command line not complete `command_timeout` after the last reply.
+    CommandLine,
+    /// A message's content not complete within `data_phase_timeout`.
+    DataPhase,
+    /// `session_lifetime` over.
+    Session,
+}
+
+/// The read deadlines of one session (issue 12 item 7): besides the
+/// per-read timeout, a whole command line, a whole message's content and
+/// the whole session each have one, so a client trickling a byte at a time
+/// cannot hold a session forever.
+struct Deadlines {
+    command_line: tokio::time::Instant,
+    data_phase: Option<tokio::time::Instant>,
+}
+
+impl Deadlines {
+    fn new(config: &SmtpConfig) -> Self {
+        Deadlines {
+            command_line: tokio::time::Instant::now() + config.command_timeout,
+            data_phase: None,
+        }
+    }
+
+    /// A reply was produced: the next command line starts now.
+    fn replied(&mut self, config: &SmtpConfig) {
+        self.command_line = tokio::time::Instant::now() + config.command_timeout;
+    }
+
+    /// The earliest deadline for the next read, and which one it is.
+    fn next(&mut self, session: &Session, ctx: &Ctx<'_>) -> (tokio::time::Instant, Deadline) {
+        let now = tokio::time::Instant::now();
+        let data = session.reading_data();
+        if !session.in_message() {
+            self.data_phase = None;
+        } else if self.data_phase.is_none() {
+            self.data_phase = Some(now + ctx.config.data_phase_timeout);
+        }
+        let per_read = if data {
+            ctx.config.data_timeout
+        } else {
+            ctx.config.command_timeout
+        };
+        let mut next = (now + per_read, Deadline::Idle);
+        let mut earlier = |at: tokio::time::Instant, which: Deadline| {
+            if at < next.0 {
+                next = (at, which);
+            }
+        };
+        if !data {
+            earlier(self.command_line, Deadline::CommandLine);
+        }
+        if let Some(at) = self.data_phase {
+            earlier(at, Deadline::DataPhase);
+        }
+        earlier(ctx.session_end, Deadline::Session);
+        next
+    }
 }
 
 /// Writes a refusal (not on implicit TLS: there is no TLS yet to write it in).
@@ -504,12 +578,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Ctx<'_>,
 ) -> Exit {
     let write_timeout = ctx.config.command_timeout;
+    let mut deadlines = Deadlines::new(ctx.config);
     let mut out: Vec<u8> = Vec::new();
     if let Some(g) = greeting {
         out.extend_from_slice(g.to_wire().as_bytes());
     }
     loop {
         while let Some(reply) = session.advance(inbuf).await {
+            deadlines.replied(ctx.config);
             out.extend_from_slice(reply.to_wire().as_bytes());
             if reply.close {
                 write_out(stream, &mut out, write_timeout).await;
@@ -531,13 +607,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if inbuf.capacity() - inbuf.len() < 1024 {
             inbuf.reserve(READ_CHUNK.min(inbuf.len().max(4096)));
         }
-        let (timeout, busy) = if session.reading_data() {
-            (ctx.config.data_timeout, true)
-        } else {
-            (ctx.config.command_timeout, false)
-        };
+        let busy = session.reading_data();
+        let (deadline, which) = deadlines.next(session, ctx);
         let read = tokio::select! {
-            r = tokio::time::timeout(timeout, stream.read_buf(inbuf)) => r,
+            r = tokio::time::timeout_at(deadline, stream.read_buf(inbuf)) => r,
             _ = ctx.shutdown.cancelled(), if !busy && inbuf.is_empty() => {
                 out.extend_from_slice(Reply::shutting_down().to_wire().as_bytes());
                 write_out(stream, &mut out, Duration::from_secs(5)).await;
@@ -551,7 +624,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         };
         match read {
             Err(_) => {
-                tracing::info!(session = %session.id(), "idle timeout");
+                tracing::info!(session = %session.id(), deadline = ?which, "timeout");
                 out.extend_from_slice(Reply::timeout().to_wire().as_bytes());
                 write_out(stream, &mut out, Duration::from_secs(5)).await;
                 return Exit::Closed;

@@ -23,6 +23,7 @@ use crate::auth::Identity;
 use crate::intake::{Intake, TlsInfo};
 use crate::metrics::RejectReason;
 use crate::policy;
+use crate::smtp::budget::{Lease, MemoryBudget};
 use crate::smtp::command::{self, Command, LineFramer, MailParams, RcptParams, MAX_AUTH_LINE};
 use crate::smtp::data::{BdatChunk, Body, DataReader};
 use crate::smtp::ports::{Authenticator, SessionLimits};
@@ -64,6 +65,9 @@ pub struct SessionSettings {
     /// The client is on one of the listener's trusted networks: it is that
     /// network's account without AUTH (see `session_trusted.rs`).
     pub trusted: Option<crate::smtp::config::TrustedAccess>,
+    /// The node-wide budget of message bytes held in memory (shared by
+    /// every session of the node): `452 4.3.1` when spent.
+    pub memory: Arc<MemoryBudget>,
 }
 
 /// The traits a session talks to.
@@ -79,6 +83,9 @@ struct Transaction {
     recipients: Vec<NewRecipient>,
     /// Set once BDAT started: the content received so far.
     bdat: Option<Body>,
+    /// The memory budget held for the content (from DATA/BDAT to the end
+    /// of the transaction: stored or refused).
+    lease: Option<Lease>,
 }
 
 enum Input {
@@ -156,6 +163,13 @@ impl Session {
         matches!(self.input, Input::Data(_) | Input::Bdat { .. })
     }
 
+    /// Whether a message is being transferred: DATA content, a BDAT chunk,
+    /// or between the chunks of a BDAT transaction (the server applies the
+    /// whole-message deadline while this holds).
+    pub fn in_message(&self) -> bool {
+        self.reading_data() || self.txn.as_ref().is_some_and(|t| t.bdat.is_some())
+    }
+
     /// The authenticated identity, if any.
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.as_ref()
@@ -227,18 +241,27 @@ impl Session {
             Input::Data(reader) => {
                 let (n, done) = reader.feed(input);
                 input.advance(n);
+                if let Some(t) = self.txn.as_mut() {
+                    data_phase::cover(&mut t.lease, reader.body_mut());
+                }
                 let result = done?;
                 self.input = Input::Command;
                 Some(self.on_data_end(result).await)
             }
             Input::Bdat { chunk, .. } => {
                 let mut discard = Body::new(0, false);
-                let body = match self.txn.as_mut().and_then(|t| t.bdat.as_mut()) {
-                    Some(b) => b,
-                    None => &mut discard,
+                let mut no_lease = None;
+                let (body, lease) = match self.txn.as_mut() {
+                    Some(Transaction {
+                        bdat: Some(b),
+                        lease,
+                        ..
+                    }) => (b, lease),
+                    _ => (&mut discard, &mut no_lease),
                 };
                 let (n, complete) = chunk.feed(input, body);
                 input.advance(n);
+                data_phase::cover(lease, body);
                 if !complete {
                     return None;
                 }
@@ -352,6 +375,11 @@ impl Session {
             metrics.rejected(RejectReason::TooLarge);
             return Reply::too_big(self.settings.max_message_size);
         }
+        if let Some(size) = m.size.filter(|&s| !self.settings.memory.fits(s)) {
+            tracing::info!(session = %self.id, size, "memory budget spent");
+            metrics.rejected(RejectReason::MemoryBudget);
+            return Reply::insufficient_storage();
+        }
         if !m.smtputf8 && !m.address.is_ascii() {
             return Reply::utf8_required();
         }
@@ -373,6 +401,7 @@ impl Session {
             mail: m,
             recipients: Vec::new(),
             bdat: None,
+            lease: None,
         });
         Reply::sender_ok()
     }

@@ -91,8 +91,13 @@ impl Session {
             .authenticator
             .authenticate(&c.username, &c.password, self.ip)
             .await;
-        let success = matches!(outcome, AuthOutcome::Ok(_));
-        limits.auth_result(self.ip, &c.username, success).await;
+        match outcome {
+            AuthOutcome::Unavailable => limits.auth_abandoned(self.ip, &c.username).await,
+            _ => {
+                let success = matches!(outcome, AuthOutcome::Ok(_));
+                limits.auth_result(self.ip, &c.username, success).await
+            }
+        }
         let m = self.settings.metrics.clone();
         match outcome {
             AuthOutcome::Ok(identity) => match limits.session_start(&identity).await {

@@ -7,8 +7,27 @@ use bytes::Bytes;
 use super::{metrics, Input, Session, Transaction};
 use crate::intake::{ClientInfo, Submission};
 use crate::metrics::RejectReason;
-use crate::smtp::data::{BdatChunk, Body, DataReader};
+use crate::smtp::budget::Lease;
+use crate::smtp::data::{BdatChunk, Body, DataError, DataReader};
 use crate::smtp::reply::Reply;
+
+/// Memory leased for content whose size was not declared; grown as the
+/// body's buffer grows.
+const FIRST_LEASE: usize = 64 * 1024;
+
+/// Grows `lease` to cover the memory `body` holds; when the node's budget
+/// cannot, refuses the body (`452 4.3.1` at its end) and gives the lease
+/// back at once, since a refused body holds nothing.
+pub(super) fn cover(lease: &mut Option<Lease>, body: &mut Body) {
+    let Some(l) = lease else {
+        return;
+    };
+    if body.failed() || l.grow_to(body.reserved()) {
+        return;
+    }
+    body.refuse(DataError::MemoryBudget);
+    *lease = None;
+}
 
 impl Session {
     /// Checks that a transaction may start sending content; charges the
@@ -21,10 +40,23 @@ impl Session {
             return Err(Reply::no_recipients());
         }
         let n = txn.recipients.len() as u32;
+        let first = txn.mail.size.unwrap_or(FIRST_LEASE);
+        let Some(lease) = self
+            .settings
+            .memory
+            .lease(first.min(self.settings.max_message_size))
+        else {
+            tracing::info!(session = %self.id, "memory budget spent");
+            self.settings.metrics.rejected(RejectReason::MemoryBudget);
+            return Err(Reply::insufficient_storage());
+        };
         if let Err(refusal) = self.ports.limits.message(identity, n).await {
             tracing::info!(session = %self.id, reason = %refusal.reason, "message rate-limited");
             self.settings.metrics.rejected(RejectReason::RateLimited);
             return Err(Reply::message_limited(&refusal));
+        }
+        if let Some(t) = self.txn.as_mut() {
+            t.lease = Some(lease);
         }
         Ok(())
     }

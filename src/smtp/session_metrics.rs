@@ -75,6 +75,7 @@ pub fn data_error_reason(e: &DataError) -> RejectReason {
         DataError::TooBig { .. } => RejectReason::TooLarge,
         DataError::BareLf | DataError::BareCr => RejectReason::BareLineEnding,
         DataError::LineTooLong { .. } => RejectReason::LineTooLong,
+        DataError::MemoryBudget => RejectReason::MemoryBudget,
     }
 }
 

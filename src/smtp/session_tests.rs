@@ -90,6 +90,7 @@ fn settings() -> SessionSettings {
         auth_failure_delay: Duration::ZERO,
         metrics: SessionMetrics::default(),
         trusted: None,
+        memory: crate::smtp::budget::MemoryBudget::new(1 << 20),
     }
 }
 

@@ -394,3 +394,68 @@ async fn two_nodes_on_one_postgres_enforce_one_quota() {
         .any(|c| c.kind == "recipients" && c.used == 25 && c.subject == "uid:9"));
     let _ = clock.now_ms();
 }
+
+/// Issue 12 item 3 on both store backends: 100 concurrent wrong passwords
+/// for one username from 100 addresses, every check made before any result
+/// is known: exactly the username's allowance (10) is verified, the rest
+/// refused before verification; the lockout follows. A success in between
+/// (the right password) still clears the username and costs the IP nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_attempts_never_exceed_the_lockout_on_every_backend() {
+    for t in all_stores().await {
+        let b = t.backend;
+        let clock = Arc::new(ManualClock::new(T0));
+        let cfg = LimitsConfig {
+            auth_tarpit_after: 3,
+            auth_lockout_per_user: 10,
+            auth_lockout_per_ip: 10,
+            ..config()
+        };
+        let l = Arc::new(Limiter::new(cfg, shared(t.store.clone()), clock.clone()).unwrap());
+        let barrier = Arc::new(tokio::sync::Barrier::new(100));
+        let tasks: Vec<_> = (0..100u8)
+            .map(|i| {
+                let (l, barrier) = (l.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let from = IpAddr::from([198, 51, 100, i]);
+                    let allowed = l.auth_allowed(from, "victim").await.is_ok();
+                    barrier.wait().await;
+                    if allowed {
+                        l.auth_result(from, "victim", false).await;
+                    }
+                    allowed
+                })
+            })
+            .collect();
+        let mut verified = 0;
+        for task in tasks {
+            verified += task.await.unwrap() as u32;
+        }
+        assert_eq!(verified, 10, "{b}: at most the allowance is verified");
+        let r = l
+            .auth_allowed(ip("203.0.113.1"), "victim")
+            .await
+            .unwrap_err();
+        assert_eq!((r.is_lockout(), r.retry_after_secs()), (true, 300), "{b}");
+
+        // Success semantics: failures, then the right password, clear the
+        // username; the successful attempt is not charged to its IP.
+        for _ in 0..3 {
+            l.auth_allowed(ip("192.0.2.5"), "alice").await.unwrap();
+            l.auth_result(ip("192.0.2.5"), "alice", false).await;
+        }
+        assert!(l.auth_allowed(ip("192.0.2.6"), "alice").await.unwrap() > Duration::ZERO);
+        l.auth_result(ip("192.0.2.6"), "alice", true).await;
+        for _ in 0..9 {
+            l.auth_allowed(ip("192.0.2.6"), "carol").await.unwrap();
+            l.auth_result(ip("192.0.2.6"), "carol", true).await;
+        }
+        assert_eq!(
+            l.auth_allowed(ip("192.0.2.6"), "alice").await.unwrap(),
+            Duration::ZERO,
+            "{b}"
+        );
+        l.auth_abandoned(ip("192.0.2.6"), "alice").await;
+        l.connection(ip("192.0.2.6")).await.unwrap();
+    }
+}

@@ -21,6 +21,7 @@ mod limits_store;
 mod ops_deploy;
 mod ops_http;
 mod queue_outcomes;
+mod security_limits;
 mod smtp_auth;
 mod smtp_clients;
 #[path = "common/smtp.rs"]

@@ -319,6 +319,30 @@ impl Raw {
         (raw, g)
     }
 
+    /// Connects in clear to a `proxy_protocol` listener, sends a PROXY v1
+    /// header naming `client` as the source, and reads the greeting.
+    pub async fn connect_proxied(addr: SocketAddr, h: &Harness, client: &str) -> (Raw, Got) {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let family = if client.contains(':') { "TCP6" } else { "TCP4" };
+        let dst = if client.contains(':') {
+            "::1"
+        } else {
+            "127.0.0.1"
+        };
+        tcp.write_all(format!("PROXY {family} {client} {dst} 40000 587\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut raw = Raw {
+            peer: None,
+            tcp: Some(tcp),
+            tls: None,
+            buf: Vec::new(),
+            ca: h.certs.ca.clone(),
+        };
+        let g = raw.reply().await;
+        (raw, g)
+    }
+
     /// Connects with implicit TLS and reads the greeting.
     pub async fn connect_tls(addr: SocketAddr, h: &Harness) -> (Raw, Got) {
         let tcp = TcpStream::connect(addr).await.unwrap();

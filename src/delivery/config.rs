@@ -62,8 +62,8 @@ pub struct QueueConfig {
     /// One not shorter than `lifetime` never fires. Default `4h`.
     #[serde(with = "humantime_serde")]
     pub delay_warning: Duration,
-    /// RFC 3461 RET=FULL: the largest message (octets) a DSN returns in
-    /// full; a larger one is returned as its header section only.
+    /// RFC 3461 RET=FULL: the largest message (octets) a failed DSN returns
+    /// in full; a larger one is returned as its header section only.
     /// Default 1048576 (1 MiB).
     pub dsn_return_max: u64,
 }

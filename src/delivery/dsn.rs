@@ -10,8 +10,9 @@
 //!
 //! NOTIFY=NEVER suppresses all three. ENVID comes back as
 //! Original-Envelope-Id, ORCPT as Original-Recipient. RET=FULL returns the
-//! whole message when the caller kept it ([`kept_for_dsn`]: up to
-//! `[queue] dsn_return_max`), else the header section (RFC 3461 §4.3).
+//! whole message in a failed DSN when the caller kept it ([`kept_for_dsn`]:
+//! up to `[queue] dsn_return_max`); otherwise, and in delayed and relayed
+//! DSNs, the header section is returned (RFC 3461 §4.3).
 //! Never for a DSN (RFC 3461 §6.2 / RFC 5321 §4.5.5: the null sender gets
 //! no notification). PURE.
 
@@ -242,10 +243,13 @@ pub fn build_report(
             ));
         }
     }
-    // RFC 3462 §2 / RFC 6533 §6: the returned content; message/global for
-    // an internationalised message.
+    // RFC 3461 §4.3: RET=FULL asks for the whole message in a *failed*
+    // DSN; the other kinds return the headers. RFC 3462 §2 / RFC 6533 §6:
+    // message/global for an internationalised message.
     let headers = header_block(body);
-    let full = message.dsn_ret.as_deref() == Some("FULL") && headers.len() < body.len();
+    let full = kind == Kind::Failed
+        && message.dsn_ret.as_deref() == Some("FULL")
+        && headers.len() < body.len();
     let part_type = match (full, message.smtputf8) {
         (true, false) => "message/rfc822",
         (true, true) => "message/global",

@@ -162,6 +162,18 @@ fn ret_full_returns_the_whole_message_up_to_the_cap() {
 }
 
 #[test]
+fn ret_full_is_for_failed_dsns_only() {
+    let m = message(Some("FULL"));
+    let relayed = [rcpt("delivered", Some("SUCCESS"), None, None)];
+    let t = report(Kind::Relayed, &m, BODY, &relayed).expect("dsn");
+    assert!(t.contains("Content-Type: text/rfc822-headers\r\n"));
+    assert!(!t.contains("the body"));
+    let delayed = [rcpt("delayed", Some("DELAY"), None, None)];
+    let t = report(Kind::Delayed, &m, BODY, &delayed).expect("dsn");
+    assert!(!t.contains("the body"));
+}
+
+#[test]
 fn ret_hdrs_or_absent_returns_headers_only() {
     let rs = [rcpt("failed", None, None, None)];
     for ret in [Some("HDRS"), None] {

@@ -321,6 +321,7 @@ async fn main() {
                         recipients: &rcpt,
                         body: &b,
                         smtputf8: false,
+                        dsn: None,
                     })
                     .await
                     .unwrap();

@@ -195,6 +195,7 @@ max_messages_per_connection = 1000
                         recipients: &rcpt,
                         body: &body,
                         smtputf8: false,
+                        dsn: None,
                     })
                     .await
                     .expect("send");

@@ -16,6 +16,7 @@ command -v curl >/dev/null || need_apt+=(curl)
 [ -x /usr/sbin/smtp-sink ] || need_apt+=(postfix)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v c++ >/dev/null || need_apt+=(g++)   # libfuzzer-sys compiles libFuzzer (fuzz/)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -60,3 +61,9 @@ fi
 # --- the suite -----------------------------------------------------------------
 log "cargo test (unit + integration, SQLite and PostgreSQL)"
 cargo test --all-targets --locked 2>&1
+
+# --- fuzzing -------------------------------------------------------------------
+# Every parser's libFuzzer target for FUZZ_SECONDS (default 30) each, on the
+# stable toolchain (see README "Fuzzing"); a crash fails the run.
+log "fuzzing: every target for ${FUZZ_SECONDS:-30} s (fuzz/run.sh)"
+fuzz/run.sh

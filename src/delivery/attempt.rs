@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::throttle::{self, Admission};
+use super::transaction::{EnvelopeDsn, RecipientDsn};
 use super::upstream::{Envelope, Reply, TxReplies};
 use super::{lock, now_ms, route, Engine, UpstreamState};
 use crate::metrics::{DeliveryResult, LimitKind, LimitScope, ThrottleCause, UpstreamMetrics};
@@ -16,6 +17,9 @@ use crate::store::{ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutco
 
 impl Engine {
     /// One delivery attempt of `rcpts` (all at route position `start`).
+    /// Recipients delivered to an upstream that did not take the DSN
+    /// parameters are added to `relayed` (RFC 3461 §6.2.1: postgate then
+    /// owes the SUCCESS notice).
     pub(super) async fn attempt(
         &self,
         m: &ClaimedMessage,
@@ -23,6 +27,7 @@ impl Engine {
         route: &[String],
         start: usize,
         rcpts: &[&ClaimedRecipient],
+        relayed: &mut Vec<i64>,
     ) -> Vec<RecipientOutcome> {
         let now_i = Instant::now();
         let chosen = route::pick(route.len(), start as u32, |i| {
@@ -65,11 +70,23 @@ impl Engine {
         let addresses: Vec<String> = rcpts.iter().map(|r| r.address.clone()).collect();
         // `add_headers` of this upstream, above the stored bytes.
         let body = &super::headers::prepend(&up.added_headers, body);
+        let dsn: Vec<RecipientDsn> = rcpts
+            .iter()
+            .map(|r| RecipientDsn {
+                notify: r.notify.as_deref(),
+                orcpt: r.orcpt.as_deref(),
+            })
+            .collect();
         let env = Envelope {
             sender: &m.sender,
             recipients: &addresses,
             body,
             smtputf8: m.smtputf8,
+            dsn: Some(EnvelopeDsn {
+                ret: m.dsn_ret.as_deref(),
+                envid: m.envid.as_deref(),
+                recipients: &dsn,
+            }),
         };
         let started = Instant::now();
         let sent = up.pool.send(env).await;
@@ -87,7 +104,18 @@ impl Engine {
                     .map(|r| self.transient(m, r, route.len(), idx, name, &reply))
                     .collect()
             }
-            Ok(tx) => self.classify(m, rcpts, route.len(), idx, name, up, &tx),
+            Ok(tx) => {
+                let outcomes = self.classify(m, rcpts, route.len(), idx, name, up, &tx);
+                if !tx.dsn_passed {
+                    relayed.extend(
+                        outcomes
+                            .iter()
+                            .filter(|o| o.kind == OutcomeKind::Delivered)
+                            .map(|o| o.recipient_id),
+                    );
+                }
+                outcomes
+            }
         };
         self.publish_circuit(name);
         if let Some(um) = &up.metrics {

@@ -58,6 +58,16 @@ pub struct QueueConfig {
     /// the message instead. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub max_throttle_wait: Duration,
+    /// RFC 3461 NOTIFY=DELAY: a recipient that asked for delay
+    /// notifications and is still queued this long after the message
+    /// arrived gets one delay warning (once). `0s` turns warnings off.
+    /// One not shorter than `lifetime` never fires. Default `4h`.
+    #[serde(with = "humantime_serde")]
+    pub delay_warning: Duration,
+    /// RFC 3461 RET=FULL: the largest message (octets) a failed DSN returns
+    /// in full; a larger one is returned as its header section only.
+    /// Default 1048576 (1 MiB).
+    pub dsn_return_max: u64,
 }
 
 impl Default for QueueConfig {
@@ -76,6 +86,8 @@ impl Default for QueueConfig {
             circuit_failures: 5,
             circuit_cooldown: Duration::from_secs(30),
             max_throttle_wait: Duration::from_secs(10),
+            delay_warning: Duration::from_secs(4 * 3600),
+            dsn_return_max: 1 << 20,
         }
     }
 }

@@ -1,7 +1,20 @@
-//! Delivery status notifications (RFC 3464): one `multipart/report` per
-//! message for its failed or expired recipients, to the envelope sender,
-//! with the original headers. Never for a DSN (RFC 3461 §6.2 / RFC 5321
-//! §4.5.5: the null sender gets no notification).
+//! Delivery status notifications (RFC 3464, requested per RFC 3461): one
+//! `multipart/report` to the envelope sender per message and kind:
+//! - **failed**: failed or expired recipients (NOTIFY absent or FAILURE),
+//!   when the message is finished;
+//! - **delayed**: recipients with NOTIFY=DELAY still queued after
+//!   `[queue] delay_warning` (one warning per recipient);
+//! - **relayed**: recipients with NOTIFY=SUCCESS accepted by an upstream
+//!   that does not offer DSN (RFC 3461 §6.2.1.1 "relayed"); an upstream that
+//!   offers DSN gets the parameters passed on and owns the notification.
+//!
+//! NOTIFY=NEVER suppresses all three. ENVID comes back as
+//! Original-Envelope-Id, ORCPT as Original-Recipient. RET=FULL returns the
+//! whole message in a failed DSN when the caller kept it ([`kept_for_dsn`]:
+//! up to `[queue] dsn_return_max`); otherwise, and in delayed and relayed
+//! DSNs, the header section is returned (RFC 3461 §4.3).
+//! Never for a DSN (RFC 3461 §6.2 / RFC 5321 §4.5.5: the null sender gets
+//! no notification). PURE.
 
 use bytes::Bytes;
 
@@ -10,23 +23,81 @@ use crate::store::{ClaimedMessage, FinalRecipient, NewMessage, NewRecipient};
 /// Most header bytes copied from the original message.
 const MAX_HEADERS: usize = 64 * 1024;
 
-/// Whether RFC 3461 NOTIFY asks for a failure DSN (absent: yes, RFC 3461 §4.1).
-pub fn wants_failure_dsn(notify: Option<&str>) -> bool {
-    match notify {
-        None => true,
-        Some(n) => {
-            let upper = n.to_ascii_uppercase();
-            !upper.split(',').any(|w| w.trim() == "NEVER")
-                && upper.split(',').any(|w| w.trim() == "FAILURE")
+/// Which notification a DSN is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Action: failed (RFC 3464 §2.3.3); for `failed` / `expired` recipients.
+    Failed,
+    /// Action: delayed; for recipients still queued (status `delayed`).
+    Delayed,
+    /// Action: relayed; for recipients delivered to an upstream without
+    /// DSN support (status `delivered`).
+    Relayed,
+}
+
+impl Kind {
+    /// The RFC 3461 NOTIFY keyword that asks for this kind.
+    fn keyword(self) -> &'static str {
+        match self {
+            Kind::Failed => "FAILURE",
+            Kind::Delayed => "DELAY",
+            Kind::Relayed => "SUCCESS",
+        }
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            Kind::Failed => "failed",
+            Kind::Delayed => "delayed",
+            Kind::Relayed => "relayed",
+        }
+    }
+
+    fn concerns(self, r: &FinalRecipient) -> bool {
+        match self {
+            Kind::Failed => r.status == "failed" || r.status == "expired",
+            Kind::Delayed => r.status == "delayed",
+            Kind::Relayed => r.status == "delivered",
         }
     }
 }
 
-/// The DSN for `message` (whose stored bytes are `body`) given the final
-/// state of its recipients, or `None` when none is due: the message is a
-/// DSN or has the null sender, or no failed/expired recipient asked for one.
-/// `id` is the new queue id, `now` and `expires_at` Unix ms. The DSN
-/// comes from `MAILER-DAEMON@reporting_mta` (see [`build_from`]).
+/// Whether RFC 3461 NOTIFY asks for notifications of `kind`. Absent NOTIFY
+/// means FAILURE only (RFC 3461 §4.1 lets the MTA choose between FAILURE
+/// and FAILURE,DELAY; postgate sends delay warnings only when asked).
+pub fn wants(notify: Option<&str>, kind: Kind) -> bool {
+    match notify {
+        None => kind == Kind::Failed,
+        Some(n) => {
+            let upper = n.to_ascii_uppercase();
+            let mut words = upper.split(',').map(str::trim);
+            !upper.split(',').any(|w| w.trim() == "NEVER") && words.any(|w| w == kind.keyword())
+        }
+    }
+}
+
+/// Whether RFC 3461 NOTIFY asks for a failure DSN (absent: yes, RFC 3461 §4.1).
+pub fn wants_failure_dsn(notify: Option<&str>) -> bool {
+    wants(notify, Kind::Failed)
+}
+
+/// What of `body` a DSN about `message` may return, to keep until the DSN
+/// is built: the whole message for RET=FULL when it is at most
+/// `return_max` octets, else a copy of its header section.
+pub fn kept_for_dsn(message: &ClaimedMessage, body: &Bytes, return_max: u64) -> Bytes {
+    if message.dsn_ret.as_deref() == Some("FULL") && body.len() as u64 <= return_max {
+        body.clone()
+    } else {
+        Bytes::copy_from_slice(header_block(body))
+    }
+}
+
+/// The failure DSN for `message` (whose stored bytes, or what
+/// [`kept_for_dsn`] kept of them, are `body`) given the final state of its
+/// recipients, or `None` when none is due: the message is a DSN or has the
+/// null sender, or no failed/expired recipient asked for one. `id` is the
+/// new queue id, `now` and `expires_at` Unix ms. The DSN comes from
+/// `MAILER-DAEMON@reporting_mta`; see [`build_report`] for another From.
 pub fn build(
     message: &ClaimedMessage,
     body: &[u8],
@@ -36,7 +107,8 @@ pub fn build(
     now: i64,
     expires_at: i64,
 ) -> Option<NewMessage> {
-    build_from(
+    build_report(
+        Kind::Failed,
         message,
         body,
         recipients,
@@ -48,10 +120,15 @@ pub fn build(
     )
 }
 
-/// [`build`], with header From `from` (`[delivery] dsn_from`) when given.
-/// The envelope sender stays empty either way (RFC 5321 §4.5.5).
+/// The DSN of `kind` for the `recipients` of `message` that it concerns
+/// (by status, see [`Kind`]) and that asked for it (NOTIFY), or `None`
+/// when there are none or the message is a DSN or has the null sender.
+/// Its header From is `from` (`[delivery] dsn_from`) when given, else
+/// `MAILER-DAEMON@reporting_mta`; the envelope sender stays empty either
+/// way (RFC 5321 §4.5.5). Other arguments as for [`build`].
 #[allow(clippy::too_many_arguments)]
-pub fn build_from(
+pub fn build_report(
+    kind: Kind,
     message: &ClaimedMessage,
     body: &[u8],
     recipients: &[FinalRecipient],
@@ -64,22 +141,38 @@ pub fn build_from(
     if message.is_dsn || message.sender.is_empty() {
         return None;
     }
-    let failed: Vec<&FinalRecipient> = recipients
+    let listed: Vec<&FinalRecipient> = recipients
         .iter()
-        .filter(|r| r.status == "failed" || r.status == "expired")
-        .filter(|r| wants_failure_dsn(r.notify.as_deref()))
+        .filter(|r| kind.concerns(r))
+        .filter(|r| wants(r.notify.as_deref(), kind))
         .collect();
-    if failed.is_empty() {
+    if listed.is_empty() {
         return None;
     }
     let boundary = format!("{id}/{reporting_mta}");
     let date = rfc5322_date(now);
+    let (subject, intro) = match kind {
+        Kind::Failed => (
+            "Undelivered Mail Returned to Sender",
+            "could not be delivered to the\r\nfollowing recipients",
+        ),
+        Kind::Delayed => (
+            "Delayed Mail (still being retried)",
+            "has not been delivered yet to the\r\nfollowing recipients; \
+             delivery is still being attempted",
+        ),
+        Kind::Relayed => (
+            "Successful Mail Delivery Report",
+            "was relayed to the following\r\nrecipients (the next system \
+             does not report delivery)",
+        ),
+    };
     let mut out = String::with_capacity(2048);
     let from = from.map_or_else(|| format!("MAILER-DAEMON@{reporting_mta}"), String::from);
     out.push_str(&format!(
         "From: Mail Delivery System <{from}>\r\n\
          To: <{sender}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
+         Subject: {subject}\r\n\
          Date: {date}\r\n\
          Message-ID: <{id}@{reporting_mta}>\r\n\
          Auto-Submitted: auto-replied\r\n\
@@ -94,17 +187,17 @@ pub fn build_from(
          \r\n\
          This is the mail system at {reporting_mta}.\r\n\
          \r\n\
-         Your message (queue id {qid}) could not be delivered to the\r\n\
-         following recipients:\r\n\
+         Your message (queue id {qid}) {intro}:\r\n\
          \r\n",
         sender = message.sender,
         qid = message.id,
     ));
-    for r in &failed {
-        let why = if r.status == "expired" {
-            "the message stayed in the queue too long"
-        } else {
-            "permanent failure"
+    for r in &listed {
+        let why = match (kind, r.status.as_str()) {
+            (Kind::Failed, "expired") => "the message stayed in the queue too long",
+            (Kind::Failed, _) => "permanent failure",
+            (Kind::Delayed, _) => "delayed",
+            (Kind::Relayed, _) => "relayed",
         };
         out.push_str(&format!("<{}>: {why}", r.address));
         if let Some(reply) = &r.last_reply {
@@ -124,15 +217,17 @@ pub fn build_from(
         arrival = rfc5322_date(message.received_at),
     ));
     if let Some(envid) = &message.envid {
+        // RFC 3464 §2.2.1: the ENVID as given (RFC 3461 §4.4).
         out.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(envid)));
     }
-    for r in &failed {
+    for r in &listed {
         out.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", r.address));
         if let Some(orcpt) = &r.orcpt {
+            // RFC 3464 §2.3.1: address-type ";" the ORCPT address.
             out.push_str(&format!("Original-Recipient: {}\r\n", one_line(orcpt)));
         }
-        out.push_str("Action: failed\r\n");
-        out.push_str(&format!("Status: {}\r\n", status_code(r)));
+        out.push_str(&format!("Action: {}\r\n", kind.action()));
+        out.push_str(&format!("Status: {}\r\n", status_code(r, kind)));
         if let Some(up) = &r.last_upstream {
             out.push_str(&format!("Remote-MTA: dns; {}\r\n", one_line(up)));
         }
@@ -147,14 +242,33 @@ pub fn build_from(
             }
         }
         out.push_str(&format!("Last-Attempt-Date: {date}\r\n"));
+        if kind == Kind::Delayed {
+            out.push_str(&format!(
+                "Will-Retry-Until: {}\r\n",
+                rfc5322_date(message.expires_at)
+            ));
+        }
     }
+    // RFC 3461 §4.3: RET=FULL asks for the whole message in a *failed*
+    // DSN; the other kinds return the headers. RFC 3462 §2 / RFC 6533 §6:
+    // message/global for an internationalised message.
+    let headers = header_block(body);
+    let full = kind == Kind::Failed
+        && message.dsn_ret.as_deref() == Some("FULL")
+        && headers.len() < body.len();
+    let part_type = match (full, message.smtputf8) {
+        (true, false) => "message/rfc822",
+        (true, true) => "message/global",
+        (false, false) => "text/rfc822-headers",
+        (false, true) => "message/global-headers",
+    };
     out.push_str(&format!(
-        "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "\r\n--{boundary}\r\nContent-Type: {part_type}\r\n\r\n"
     ));
     let mut bytes = out.into_bytes();
-    let headers = header_block(body);
-    bytes.extend_from_slice(headers);
-    if !headers.ends_with(b"\r\n") {
+    let returned = if full { body } else { headers };
+    bytes.extend_from_slice(returned);
+    if !returned.ends_with(b"\r\n") {
         bytes.extend_from_slice(b"\r\n");
     }
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
@@ -179,9 +293,16 @@ pub fn build_from(
     })
 }
 
-/// RFC 3463 status of a final recipient: the enhanced code of its last
-/// reply when it has one of class 5, else 5.0.0 (failed) or 4.4.7 (expired).
-fn status_code(r: &FinalRecipient) -> String {
+/// RFC 3463 status of a listed recipient: the enhanced code of its last
+/// reply when it has the class of `kind` (5 failed, 4 delayed, 2 relayed),
+/// else 5.0.0 (failed), 4.4.7 (expired), 4.0.0 (delayed) or 2.0.0.
+fn status_code(r: &FinalRecipient, kind: Kind) -> String {
+    let class = match (kind, r.status.as_str()) {
+        (Kind::Failed, "expired") => None,
+        (Kind::Failed, _) => Some("5"),
+        (Kind::Delayed, _) => Some("4"),
+        (Kind::Relayed, _) => Some("2"),
+    };
     let from_reply = r.last_reply.as_deref().and_then(|reply| {
         let code = reply.split_whitespace().nth(1)?;
         let parts: Vec<&str> = code.split('.').collect();
@@ -189,12 +310,14 @@ fn status_code(r: &FinalRecipient) -> String {
             && parts
                 .iter()
                 .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
-        (ok && (r.status != "failed" || parts[0] == "5")).then(|| code.to_string())
+        (ok && class == Some(parts[0])).then(|| code.to_string())
     });
-    match (from_reply, r.status.as_str()) {
-        (Some(c), "failed") => c,
-        (_, "expired") => "4.4.7".into(),
-        _ => "5.0.0".into(),
+    match (from_reply, kind, r.status.as_str()) {
+        (Some(c), _, _) => c,
+        (None, Kind::Failed, "expired") => "4.4.7".into(),
+        (None, Kind::Failed, _) => "5.0.0".into(),
+        (None, Kind::Delayed, _) => "4.0.0".into(),
+        (None, Kind::Relayed, _) => "2.0.0".into(),
     }
 }
 
@@ -393,3 +516,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "dsn_tests.rs"]
+mod report_tests;

@@ -12,12 +12,14 @@ use crate::store::{ClaimedMessage, RecipientOutcome};
 
 impl Engine {
     /// One attempt for every claimed recipient of `m`: one transaction per
-    /// route group, all groups concurrently. Outcomes of all recipients.
+    /// route group, all groups concurrently. Outcomes of all recipients,
+    /// and the ids of those delivered to an upstream that did not take the
+    /// DSN parameters (postgate owes their SUCCESS notice, see notices.rs).
     pub(super) async fn attempt_routes(
         &self,
         m: &ClaimedMessage,
         body: &Bytes,
-    ) -> Vec<RecipientOutcome> {
+    ) -> (Vec<RecipientOutcome>, Vec<i64>) {
         let facts = self
             .router
             .message(self.routing_sender(m), m.username.as_deref());
@@ -28,13 +30,16 @@ impl Engine {
                 .iter()
                 .map(|r| (r, r.address.as_str(), r.route_index)),
         );
+        let mut relayed = vec![Vec::new(); groups.len()];
         let attempts = groups
             .iter()
-            .map(|g| self.attempt(m, body, g.route, g.start, &g.members));
-        futures::future::join_all(attempts)
+            .zip(relayed.iter_mut())
+            .map(|(g, rel)| self.attempt(m, body, g.route, g.start, &g.members, rel));
+        let outcomes = futures::future::join_all(attempts)
             .await
             .into_iter()
             .flatten()
-            .collect()
+            .collect();
+        (outcomes, relayed.into_iter().flatten().collect())
     }
 }

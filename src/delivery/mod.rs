@@ -20,9 +20,11 @@ mod bounce;
 pub mod circuit;
 pub mod config;
 pub mod dsn;
+pub mod extensions;
 mod fanout;
 pub mod headers;
 pub mod health;
+mod notices;
 pub mod pool;
 pub mod retry;
 pub mod route;
@@ -424,7 +426,8 @@ impl Engine {
                 Ok(list) => {
                     for m in list {
                         let body = self.store.load_body(&m.id).await.unwrap_or_default();
-                        self.finish(&m, &body).await;
+                        let kept = dsn::kept_for_dsn(&m, &body, self.queue.dsn_return_max);
+                        self.finish(&m, &kept).await;
                     }
                 }
                 Err(e) => warn!(error = %e, "looking for unfinished messages failed"),
@@ -490,8 +493,10 @@ impl Engine {
                     }
                 })
                 .collect();
-            let headers = body.map(|b| headers_only(&b)).unwrap_or_default();
-            return (m, headers, outcomes);
+            let kept = body
+                .map(|b| dsn::kept_for_dsn(&m, &b, self.queue.dsn_return_max))
+                .unwrap_or_default();
+            return (m, kept, outcomes);
         }
         let body = match body {
             Ok(b) => b,
@@ -517,17 +522,18 @@ impl Engine {
                 return (m, Bytes::new(), outcomes);
             }
         };
-        let outcomes = self.attempt_routes(&m, &body).await;
+        let (outcomes, relayed) = self.attempt_routes(&m, &body).await;
+        self.notices(&m, &body, &outcomes, &relayed).await;
         // Keep only what a DSN needs, so a claim does not pin its bodies.
         let bounced = outcomes
             .iter()
             .any(|o| matches!(o.kind, OutcomeKind::Failed | OutcomeKind::Expired));
-        let headers = if bounced {
-            headers_only(&body)
+        let kept = if bounced {
+            dsn::kept_for_dsn(&m, &body, self.queue.dsn_return_max)
         } else {
             Bytes::new()
         };
-        (m, headers, outcomes)
+        (m, kept, outcomes)
     }
 
     /// Deletes the message once every recipient is final, enqueuing its DSN.
@@ -542,7 +548,8 @@ impl Engine {
         };
         let now = now_ms();
         let lifetime = self.queue.lifetime.as_millis() as i64;
-        let dsn = dsn::build_from(
+        let dsn = dsn::build_report(
+            dsn::Kind::Failed,
             m,
             body,
             &recipients,
@@ -562,7 +569,10 @@ impl Engine {
                     if let Some(metrics) = &self.metrics {
                         metrics.bounce_generated();
                     }
-                    for r in recipients.iter().filter(|r| r.status != "delivered") {
+                    for r in recipients
+                        .iter()
+                        .filter(|r| r.status == "failed" || r.status == "expired")
+                    {
                         info!(queue_id = %m.id, recipient = %r.address, dsn_id = %d.id, sender = %m.sender, "bounced");
                     }
                 }
@@ -577,9 +587,4 @@ impl Engine {
             metrics.store_operation(operation, started.elapsed(), failed);
         }
     }
-}
-
-/// A copy of the header section of `body` (what a DSN returns).
-fn headers_only(body: &Bytes) -> Bytes {
-    Bytes::copy_from_slice(dsn::header_block(body))
 }

@@ -3,6 +3,7 @@
 //! socket code is in `upstream.rs`.
 
 use bytes::Bytes;
+use smtp_proto::response::parser::ResponseReceiver;
 
 /// One SMTP reply from an upstream, bounded in size.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,8 +14,40 @@ pub struct Reply {
     pub text: String,
 }
 
+/// Takes one complete reply from the front of `buf` (the octets read from
+/// an upstream so far), consuming them: `None` when more input is needed,
+/// `Some(Err)` for a reply longer than smtp-proto's bound (4096 octets) or
+/// malformed. PURE (fuzzed: `fuzz/fuzz_targets/upstream_reply.rs`).
+pub fn next_response(
+    rx: &mut ResponseReceiver,
+    buf: &mut Vec<u8>,
+    what: &'static str,
+) -> Option<Result<smtp_proto::Response<String>, SendError>> {
+    if buf.is_empty() {
+        return None;
+    }
+    let mut it = buf.iter();
+    let parsed = rx.parse(&mut it);
+    let consumed = buf.len() - it.len();
+    buf.drain(..consumed);
+    match parsed {
+        Ok(r) => {
+            rx.reset();
+            Some(Ok(r))
+        }
+        Err(smtp_proto::Error::NeedsMoreData { .. }) => None,
+        Err(smtp_proto::Error::ResponseTooLong) => Some(Err(SendError::Protocol(format!(
+            "reply to {what} longer than {} bytes",
+            smtp_proto::response::parser::MAX_RESPONSE_LENGTH
+        )))),
+        Err(e) => Some(Err(SendError::Protocol(format!("reply to {what}: {e:?}")))),
+    }
+}
+
 impl Reply {
-    pub(crate) fn from_proto(r: smtp_proto::Response<String>) -> Self {
+    /// The reply as postgate records it: code, enhanced code and text on
+    /// one line, control characters replaced by spaces.
+    pub fn from_proto(r: smtp_proto::Response<String>) -> Self {
         let mut text = r.code.to_string();
         if r.esc[0] != 0 {
             text.push_str(&format!(" {}.{}.{}", r.esc[0], r.esc[1], r.esc[2]));
@@ -85,6 +118,10 @@ pub struct TxReplies {
     pub rcpt: Vec<Reply>,
     /// `None` when no recipient was accepted (no body was sent).
     pub data: Option<Reply>,
+    /// The upstream offered DSN, so the envelope's DSN parameters were
+    /// passed on: the upstream, not postgate, now owns success and delay
+    /// notifications (RFC 3461 §6.2.1).
+    pub dsn_passed: bool,
 }
 
 /// One message to send.
@@ -95,4 +132,26 @@ pub struct Envelope<'a> {
     /// The stored bytes (CRLF line ends, not dot-stuffed).
     pub body: &'a Bytes,
     pub smtputf8: bool,
+    /// RFC 3461 parameters, passed on when the upstream offers DSN.
+    pub dsn: Option<EnvelopeDsn<'a>>,
+}
+
+/// The RFC 3461 parameters of an envelope.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvelopeDsn<'a> {
+    /// RET: `FULL` or `HDRS`.
+    pub ret: Option<&'a str>,
+    /// ENVID, xtext-decoded.
+    pub envid: Option<&'a str>,
+    /// Per recipient, in the order of [`Envelope::recipients`].
+    pub recipients: &'a [RecipientDsn<'a>],
+}
+
+/// One recipient's RFC 3461 parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct RecipientDsn<'a> {
+    /// NOTIFY as stored (`NEVER` or a comma list).
+    pub notify: Option<&'a str>,
+    /// ORCPT as stored (`rfc822;address`, xtext-decoded).
+    pub orcpt: Option<&'a str>,
 }

@@ -22,7 +22,8 @@ use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
 use super::config::{AuthMechanism, TlsMode, UpstreamConfig};
-pub use super::transaction::{Envelope, Reply, SendError, TxReplies, UpstreamError};
+use super::extensions::{self, Offered};
+pub use super::transaction::{next_response, Envelope, Reply, SendError, TxReplies, UpstreamError};
 
 /// What the upstream offered in its EHLO reply.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +32,7 @@ struct Caps {
     starttls: bool,
     eightbitmime: bool,
     smtputf8: bool,
+    dsn: bool,
     size: bool,
     auth_plain: bool,
     auth_login: bool,
@@ -47,6 +49,7 @@ impl Caps {
                 "STARTTLS" => caps.starttls = true,
                 "8BITMIME" => caps.eightbitmime = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
+                "DSN" => caps.dsn = true,
                 "SIZE" => caps.size = true,
                 "AUTH" => {
                     for mech in words {
@@ -282,25 +285,8 @@ impl Connection {
         what: &'static str,
     ) -> Result<smtp_proto::Response<String>, SendError> {
         loop {
-            if !self.buf.is_empty() {
-                let mut it = self.buf.iter();
-                let parsed = self.rx.parse(&mut it);
-                let consumed = self.buf.len() - it.len();
-                self.buf.drain(..consumed);
-                match parsed {
-                    Ok(r) => {
-                        self.rx.reset();
-                        return Ok(r);
-                    }
-                    Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
-                    Err(smtp_proto::Error::ResponseTooLong) => {
-                        return Err(SendError::Protocol(format!(
-                            "reply to {what} longer than {} bytes",
-                            smtp_proto::response::parser::MAX_RESPONSE_LENGTH
-                        )))
-                    }
-                    Err(e) => return Err(SendError::Protocol(format!("reply to {what}: {e:?}"))),
-                }
+            if let Some(parsed) = next_response(&mut self.rx, &mut self.buf, what) {
+                return parsed;
             }
             let mut chunk = [0u8; 8192];
             let n = timeout_at(deadline, self.stream.read(&mut chunk))
@@ -437,6 +423,27 @@ impl Connection {
     /// PIPELINING (RFC 2920). `Err` means the session broke (the connection
     /// must be dropped); refusals are replies in the `Ok` value.
     pub async fn send(&mut self, env: Envelope<'_>) -> Result<TxReplies, SendError> {
+        let offered = Offered {
+            smtputf8: self.caps.smtputf8,
+            eightbitmime: self.caps.eightbitmime,
+            dsn: self.caps.dsn,
+        };
+        // RFC 6531 §3.4, RFC 6152: what this upstream cannot take is refused
+        // here, per recipient, and the rest is sent.
+        let refused = extensions::refusals(&env, offered);
+        if let Some(first) = refused.iter().flatten().next() {
+            if refused.iter().all(Option::is_some) {
+                return Ok(TxReplies {
+                    mail: first.clone(),
+                    rcpt: refused.into_iter().flatten().collect(),
+                    data: None,
+                    dsn_passed: false,
+                });
+            }
+        }
+        let keep: Vec<usize> = (0..env.recipients.len())
+            .filter(|&i| refused[i].is_none())
+            .collect();
         self.transactions += 1;
         let mut mail = format!("MAIL FROM:<{}>", env.sender);
         if self.caps.size {
@@ -448,24 +455,46 @@ impl Connection {
         if env.smtputf8 && self.caps.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
+        mail.push_str(&extensions::mail_dsn_params(&env, offered));
         mail.push_str("\r\n");
+        let rcpt_lines: Vec<String> = keep
+            .iter()
+            .map(|&i| {
+                format!(
+                    "RCPT TO:<{}>{}\r\n",
+                    env.recipients[i],
+                    extensions::rcpt_dsn_params(&env, i, offered)
+                )
+            })
+            .collect();
         let result = if self.caps.pipelining {
-            self.send_pipelined(&mail, env).await
+            self.send_pipelined(&mail, &rcpt_lines, env.body).await
         } else {
-            self.send_lockstep(&mail, env).await
+            self.send_lockstep(&mail, &rcpt_lines, env.body).await
         };
         self.last_used = Instant::now();
-        result
+        let mut tx = result?;
+        tx.dsn_passed = offered.dsn && env.dsn.is_some();
+        if keep.len() < env.recipients.len() && !tx.rcpt.is_empty() {
+            // Put the local refusals back in the recipients' order.
+            let mut sent = std::mem::take(&mut tx.rcpt).into_iter();
+            tx.rcpt = refused
+                .into_iter()
+                .map(|r| r.or_else(|| sent.next()).unwrap_or_else(|| tx.mail.clone()))
+                .collect();
+        }
+        Ok(tx)
     }
 
     async fn send_pipelined(
         &mut self,
         mail: &str,
-        env: Envelope<'_>,
+        rcpt_lines: &[String],
+        body: &Bytes,
     ) -> Result<TxReplies, SendError> {
         let mut batch = mail.as_bytes().to_vec();
-        for r in env.recipients {
-            batch.extend_from_slice(format!("RCPT TO:<{r}>\r\n").as_bytes());
+        for line in rcpt_lines {
+            batch.extend_from_slice(line.as_bytes());
         }
         // RFC 2920 §3.1: DATA may end a pipelined group.
         batch.extend_from_slice(b"DATA\r\n");
@@ -473,8 +502,8 @@ impl Connection {
         self.write(&batch, deadline, "MAIL").await?;
         self.flush(deadline, "MAIL").await?;
         let mail = self.read_reply(deadline, "MAIL").await?;
-        let mut rcpt = Vec::with_capacity(env.recipients.len());
-        for _ in env.recipients {
+        let mut rcpt = Vec::with_capacity(rcpt_lines.len());
+        for _ in rcpt_lines {
             let deadline = self.command_deadline();
             rcpt.push(self.read_reply(deadline, "RCPT").await?);
         }
@@ -483,11 +512,12 @@ impl Connection {
         let accepted = mail.is_positive() && rcpt.iter().any(Reply::is_positive);
         if data.code == 354 {
             if accepted {
-                let final_reply = self.send_body(env.body).await?;
+                let final_reply = self.send_body(body).await?;
                 return Ok(TxReplies {
                     mail,
                     rcpt,
                     data: Some(final_reply),
+                    dsn_passed: false,
                 });
             }
             // RFC 2920 §3.1: DATA accepted with no valid recipient; end it empty.
@@ -499,19 +529,22 @@ impl Connection {
                 mail,
                 rcpt,
                 data: None,
+                dsn_passed: false,
             });
         }
         Ok(TxReplies {
             mail,
             rcpt,
             data: accepted.then_some(data),
+            dsn_passed: false,
         })
     }
 
     async fn send_lockstep(
         &mut self,
         mail: &str,
-        env: Envelope<'_>,
+        rcpt_lines: &[String],
+        body: &Bytes,
     ) -> Result<TxReplies, SendError> {
         let mail = self.command(mail.as_bytes(), "MAIL").await?;
         if !mail.is_positive() {
@@ -519,25 +552,24 @@ impl Connection {
                 mail,
                 rcpt: Vec::new(),
                 data: None,
+                dsn_passed: false,
             });
         }
-        let mut rcpt = Vec::with_capacity(env.recipients.len());
-        for r in env.recipients {
-            rcpt.push(
-                self.command(format!("RCPT TO:<{r}>\r\n").as_bytes(), "RCPT")
-                    .await?,
-            );
+        let mut rcpt = Vec::with_capacity(rcpt_lines.len());
+        for line in rcpt_lines {
+            rcpt.push(self.command(line.as_bytes(), "RCPT").await?);
         }
         if !rcpt.iter().any(Reply::is_positive) {
             return Ok(TxReplies {
                 mail,
                 rcpt,
                 data: None,
+                dsn_passed: false,
             });
         }
         let data = self.command(b"DATA\r\n", "DATA").await?;
         let data = if data.code == 354 {
-            self.send_body(env.body).await?
+            self.send_body(body).await?
         } else {
             data
         };
@@ -545,6 +577,7 @@ impl Connection {
             mail,
             rcpt,
             data: Some(data),
+            dsn_passed: false,
         })
     }
 

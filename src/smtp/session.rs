@@ -319,6 +319,8 @@ impl Session {
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
             "CHUNKING".to_string(),
+            // RFC 3461: NOTIFY, RET, ENVID and ORCPT are honoured (delivery/dsn.rs).
+            "DSN".to_string(),
         ];
         if self.tls.is_none() && s.starttls_available {
             lines.push("STARTTLS".to_string());

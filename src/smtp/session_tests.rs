@@ -178,6 +178,7 @@ async fn ehlo_offers_starttls_before_tls_and_auth_only_after() {
         "SMTPUTF8",
         "ENHANCEDSTATUSCODES",
         "CHUNKING",
+        "DSN",
         "STARTTLS",
     ] {
         assert!(text.lines().any(|l| l == cap), "{cap} missing: {text}");

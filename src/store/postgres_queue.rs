@@ -151,8 +151,9 @@ impl QueueStore for PgStore {
                    AND r.status = 'queued' AND r.next_attempt_at <= $1
                    AND (r.lease_until IS NULL OR r.lease_until <= $1)
                  RETURNING r.id, r.message_id, r.recipient, r.notify, r.orcpt, r.attempts,
-                           r.route_index)
+                           r.route_index, r.delay_warned)
              SELECT c.id AS rid, c.recipient, c.notify, c.orcpt, c.attempts, c.route_index,
+                    c.delay_warned,
                     m.id, m.sender, m.user_id, m.username, m.envid, m.dsn_ret, m.is_dsn,
                     m.smtputf8, m.size, m.received_at, m.expires_at,
                     CASE WHEN m.size <= $5
@@ -179,6 +180,7 @@ impl QueueStore for PgStore {
                 orcpt: r.get("orcpt"),
                 attempts: u32_of(r.get("attempts")),
                 route_index: u32_of(r.get("route_index")),
+                delay_warned: r.get("delay_warned"),
             };
             match messages.get_mut(&mid) {
                 // The row that carries the body (if any) may come second.
@@ -376,6 +378,28 @@ impl QueueStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| map_sqlx(e, "queue"))?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(true)
+    }
+
+    async fn enqueue_notice(&self, notice: &NewMessage, delay_warned: &[i64]) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        if !delay_warned.is_empty() {
+            let marked = sqlx::query(
+                "UPDATE queue_recipients SET delay_warned = TRUE
+                 WHERE id = ANY($1) AND NOT delay_warned",
+            )
+            .bind(delay_warned)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?
+            .rows_affected();
+            if marked == 0 {
+                tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
+                return Ok(false);
+            }
+        }
+        insert_message(&mut *tx, notice).await?;
         tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
         Ok(true)
     }

@@ -54,6 +54,8 @@ pub struct ClaimedRecipient {
     pub attempts: u32,
     /// Index into the route's upstream list to try (fail-over position).
     pub route_index: u32,
+    /// A delay warning (RFC 3461 NOTIFY=DELAY) was sent for it already.
+    pub delay_warned: bool,
 }
 
 /// A message with the recipients of it that one claim returned. The body is
@@ -251,6 +253,14 @@ pub trait QueueStore: Send + Sync {
         now: i64,
         dsn: Option<&NewMessage>,
     ) -> StoreResult<bool>;
+
+    /// Enqueues `notice` (a success or delay DSN about recipients of
+    /// another message, RFC 3461 §6.2) and marks the recipients with ids
+    /// `delay_warned` as warned, in one transaction: a recipient marked is
+    /// never warned again. Returns `false` (and enqueues nothing) when
+    /// `delay_warned` is not empty and every one of them was marked already
+    /// or is gone.
+    async fn enqueue_notice(&self, notice: &NewMessage, delay_warned: &[i64]) -> StoreResult<bool>;
 
     /// Messages whose recipients are all final but which were not finished
     /// (the process died between recording outcomes and

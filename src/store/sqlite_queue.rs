@@ -105,7 +105,7 @@ impl QueueStore for SqliteStore {
                                   WHERE status = 'queued' AND next_attempt_at <= ?1
                                     AND (lease_until IS NULL OR lease_until <= ?1)
                                   ORDER BY next_attempt_at, id LIMIT ?2)
-             RETURNING id, message_id, recipient, notify, orcpt, attempts, route_index",
+             RETURNING id, message_id, recipient, notify, orcpt, attempts, route_index, delay_warned",
         )
         .bind(now)
         .bind(i64::from(limit))
@@ -126,6 +126,7 @@ impl QueueStore for SqliteStore {
                         orcpt: r.get("orcpt"),
                         attempts: u32_of(r.get("attempts")),
                         route_index: u32_of(r.get("route_index")),
+                        delay_warned: r.get("delay_warned"),
                     },
                 )
             })
@@ -329,6 +330,40 @@ impl QueueStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| map_sqlx(e, "queue"))?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(true)
+    }
+
+    async fn enqueue_notice(&self, notice: &NewMessage, delay_warned: &[i64]) -> StoreResult<bool> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?;
+        if !delay_warned.is_empty() {
+            let ids = format!(
+                "[{}]",
+                delay_warned
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let marked = sqlx::query(
+                "UPDATE queue_recipients SET delay_warned = 1
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND NOT delay_warned",
+            )
+            .bind(ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "queue"))?
+            .rows_affected();
+            if marked == 0 {
+                tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
+                return Ok(false);
+            }
+        }
+        insert_message(&mut tx, notice).await?;
         tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
         Ok(true)
     }

@@ -126,6 +126,7 @@ tls = "none"
                     recipients: &rcpt,
                     body: &body,
                     smtputf8: false,
+                    dsn: None,
                 })
                 .await
                 .unwrap();

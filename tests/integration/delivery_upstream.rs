@@ -29,6 +29,7 @@ async fn send_with(up: &Upstream, recipients: &[&str]) -> Result<Vec<String>, Se
             recipients: &rcpts,
             body: &body,
             smtputf8: false,
+            dsn: None,
         })
         .await?;
     let mut out = vec![tx.mail.text.clone()];

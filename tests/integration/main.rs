@@ -4,6 +4,7 @@
 mod cli_accounts;
 mod common;
 mod delivery_crash;
+mod delivery_dsn;
 pub mod delivery_flow;
 mod delivery_metrics;
 mod delivery_nodes;

@@ -125,6 +125,10 @@ pub struct Behavior {
     pub reply_delay: Duration,
     /// Close the connection after the first body bytes arrive.
     pub drop_during_data: bool,
+    /// EHLO extensions offered (default: 8BITMIME and SMTPUTF8, no DSN).
+    pub offer_8bitmime: bool,
+    pub offer_smtputf8: bool,
+    pub offer_dsn: bool,
 }
 
 impl Behavior {
@@ -144,6 +148,9 @@ impl Behavior {
             data_reply: "250 2.0.0 queued as TEST".into(),
             reply_delay: Duration::ZERO,
             drop_during_data: false,
+            offer_8bitmime: true,
+            offer_smtputf8: true,
+            offer_dsn: false,
         }
     }
 }
@@ -156,6 +163,10 @@ pub struct Received {
     pub mail_from: String,
     /// Accepted recipients.
     pub rcpt_to: Vec<String>,
+    /// The MAIL command line as sent (parameters included).
+    pub mail_line: String,
+    /// The RCPT command lines of the accepted recipients, as sent.
+    pub rcpt_lines: Vec<String>,
     /// The message after dot-unstuffing, without the final `.` line.
     pub data: Vec<u8>,
     /// When the final `.` arrived.
@@ -286,7 +297,9 @@ struct Session {
     tls: bool,
     auth_user: Option<String>,
     mail_from: Option<String>,
+    mail_line: String,
     rcpt_to: Vec<String>,
+    rcpt_lines: Vec<String>,
     buf: Vec<u8>,
 }
 
@@ -298,7 +311,9 @@ impl Shared {
             tls: false,
             auth_user: None,
             mail_from: None,
+            mail_line: String::new(),
             rcpt_to: Vec::new(),
+            rcpt_lines: Vec::new(),
             buf: Vec::new(),
         };
         if b.tls == ServerTls::Implicit {
@@ -375,7 +390,12 @@ impl Shared {
                     if s.b.pipelining {
                         lines.push("PIPELINING".into());
                     }
-                    lines.push("8BITMIME".into());
+                    if s.b.offer_8bitmime {
+                        lines.push("8BITMIME".into());
+                    }
+                    if s.b.offer_dsn {
+                        lines.push("DSN".into());
+                    }
                     lines.push("SIZE 52428800".into());
                     if s.b.tls == ServerTls::Starttls && !s.tls && s.b.offer_starttls {
                         lines.push("STARTTLS".into());
@@ -383,7 +403,9 @@ impl Shared {
                     if s.b.auth.is_some() && (s.tls || s.b.tls == ServerTls::None) {
                         lines.push("AUTH PLAIN LOGIN".into());
                     }
-                    lines.push("SMTPUTF8".into());
+                    if s.b.offer_smtputf8 {
+                        lines.push("SMTPUTF8".into());
+                    }
                     let n = lines.len();
                     let out: Vec<String> = lines
                         .iter()
@@ -416,7 +438,9 @@ impl Shared {
                     let r = s.b.mail_reply.clone();
                     if r.starts_with('2') {
                         s.mail_from = Some(angle(&text));
+                        s.mail_line = text.clone();
                         s.rcpt_to.clear();
+                        s.rcpt_lines.clear();
                     }
                     self.reply(io, s, &r).await?;
                 }
@@ -433,6 +457,7 @@ impl Shared {
                             .unwrap_or_else(|| s.b.rcpt_default.clone());
                     if r.starts_with('2') {
                         s.rcpt_to.push(addr);
+                        s.rcpt_lines.push(text.clone());
                     }
                     self.reply(io, s, &r).await?;
                 }
@@ -467,6 +492,8 @@ impl Shared {
                             auth_user: s.auth_user.clone(),
                             mail_from: s.mail_from.clone().unwrap_or_default(),
                             rcpt_to: s.rcpt_to.clone(),
+                            mail_line: s.mail_line.clone(),
+                            rcpt_lines: s.rcpt_lines.clone(),
                             data,
                             at: std::time::Instant::now(),
                         });

@@ -29,5 +29,9 @@ mod smtp_harness;
 mod smtp_security;
 mod smtp_trusted;
 mod store_accounts;
+#[path = "common/token.rs"]
+mod token_server;
+mod upstream_oauth;
+mod upstream_oauth_delivery;
 #[path = "common/upstream.rs"]
 mod upstream_server;

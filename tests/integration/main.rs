@@ -14,6 +14,7 @@ mod dkim_sign;
 mod dkim_store;
 mod dkim_verify;
 mod docs_providers;
+mod docs_providers_oauth;
 mod e2e_metrics;
 mod e2e_process;
 mod limits_auth_cache;

@@ -31,6 +31,11 @@ impl Pool {
         }
     }
 
+    /// The upstream sessions are opened to.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     /// The upstream's name.
     pub fn name(&self) -> &str {
         &self.upstream.config().name

@@ -1,12 +1,110 @@
-//! The client side of SMTP AUTH (RFC 4954) towards upstreams: PLAIN
-//! (RFC 4616), LOGIN, and XOAUTH2 (Google's and Microsoft's bearer token
-//! mechanism). Credentials and tokens go only onto the wire, never into a
-//! returned error (errors carry the upstream's reply).
+//! The client side of SMTP AUTH (RFC 4954) towards upstreams: which user
+//! an upstream authenticates as for a sender (`"{sender}"`), the OAuth
+//! token for XOAUTH2 with its one refresh after a 535, and the mechanisms
+//! on the wire: PLAIN (RFC 4616), LOGIN, and XOAUTH2 (Google's and
+//! Microsoft's bearer token mechanism). Credentials and tokens go only onto
+//! the wire, never into a returned error (errors carry the upstream's reply).
 
 use base64::Engine;
 
 use super::config::AuthMechanism;
-use super::upstream::{Connection, Reply, SendError};
+use super::oauth::{TokenCache, TokenError, SENDER_PLACEHOLDER};
+use super::probe::Steps;
+use super::upstream::{Connection, Reply, SendError, Upstream};
+
+impl Upstream {
+    /// The SASL user for mail from `sender`: `username`, or the sender's
+    /// mailbox with `username = "{sender}"` (`oauth.null_sender_mailbox`
+    /// for the null sender). `None` without AUTH.
+    pub fn mailbox(&self, sender: &str) -> Result<Option<String>, SendError> {
+        match self.cfg.username.as_deref() {
+            None => Ok(None),
+            Some(SENDER_PLACEHOLDER) if sender.is_empty() => self
+                .cfg
+                .oauth
+                .as_ref()
+                .and_then(|o| o.null_sender_mailbox.clone())
+                .map(Some)
+                .ok_or_else(|| {
+                    SendError::OAuth(TokenError::Credential(
+                        "null sender and username = \"{sender}\": set oauth.null_sender_mailbox"
+                            .into(),
+                    ))
+                }),
+            Some(SENDER_PLACEHOLDER) => Ok(Some(sender.to_string())),
+            Some(u) => Ok(Some(u.to_string())),
+        }
+    }
+
+    /// Which pooled sessions may carry mail from `sender`: per mailbox with
+    /// `username = "{sender}"`, else one pool for all.
+    pub fn pool_key(&self, sender: &str) -> String {
+        if self.cfg.username.as_deref() == Some(SENDER_PLACEHOLDER) {
+            sender.to_ascii_lowercase()
+        } else {
+            String::new()
+        }
+    }
+
+    /// Whether `e` concerns only the mailbox of this one sender (its AUTH
+    /// was refused, its token refused, no mailbox for the null sender), not
+    /// the upstream: with `username = "{sender}"` such failures must not
+    /// open the circuit for every other sender.
+    pub fn mailbox_specific(&self, e: &SendError) -> bool {
+        if self.cfg.username.as_deref() != Some(SENDER_PLACEHOLDER) {
+            return false;
+        }
+        match e {
+            SendError::Refused { stage, .. } => *stage == "AUTH",
+            SendError::OAuth(t) => !matches!(t, TokenError::Unavailable(_)),
+            _ => false,
+        }
+    }
+
+    /// AUTH XOAUTH2 as `user` with a cached or new token. A 535 to a cached
+    /// token (revoked, expired early) drops it and retries once with a new one.
+    pub(super) async fn xoauth2(
+        &self,
+        conn: &mut Connection,
+        user: &str,
+        steps: &mut (dyn Steps + Send),
+    ) -> Result<(), SendError> {
+        let cache = self.oauth.as_ref().ok_or_else(|| {
+            SendError::OAuth(TokenError::Credential(
+                "no [upstream.oauth] token source".into(),
+            ))
+        })?;
+        let oauth_err = SendError::OAuth;
+        steps.begin("token");
+        let lease = cache.token(user).await.map_err(oauth_err)?;
+        steps.done(&lease_summary(&lease, cache));
+        steps.begin("AUTH");
+        match conn.auth_xoauth2(user, &lease.secret).await {
+            Ok(reply) => steps.done(&reply.text),
+            Err(SendError::Refused { reply, .. }) if reply.code == 535 && !lease.fresh => {
+                steps.done(&format!("{reply} (cached token refused: refreshing once)"));
+                cache.invalidate(user, &lease.secret).await;
+                steps.begin("token");
+                let lease = cache.token(user).await.map_err(oauth_err)?;
+                steps.done(&lease_summary(&lease, cache));
+                steps.begin("AUTH");
+                let reply = conn.auth_xoauth2(user, &lease.secret).await?;
+                steps.done(&reply.text);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
+fn lease_summary(lease: &super::oauth::cache::Lease, cache: &TokenCache) -> String {
+    format!(
+        "{} token from {}, expires in {}s",
+        if lease.fresh { "new" } else { "cached" },
+        cache.source().token_url(),
+        lease.expires_in.as_secs()
+    )
+}
 
 impl Connection {
     /// AUTH PLAIN or LOGIN as `user`; the 235 reply.

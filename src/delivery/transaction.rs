@@ -76,7 +76,7 @@ pub enum SendError {
     Refused { stage: &'static str, reply: Reply },
     /// No OAuth token for AUTH XOAUTH2 (the reason, never the token).
     #[error("OAuth: {0}")]
-    OAuth(String),
+    OAuth(super::oauth::TokenError),
 }
 
 /// The replies of one mail transaction: a reply per recipient (in order),

@@ -22,7 +22,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
 use super::config::{AuthMechanism, TlsMode, UpstreamConfig};
-use super::oauth::{TokenCache, TokenSource, SENDER_PLACEHOLDER};
+use super::oauth::{TokenCache, TokenSource};
 use super::probe::{Quiet, Steps};
 use super::tls_client;
 pub use super::transaction::{Envelope, Reply, SendError, TxReplies, UpstreamError};
@@ -68,12 +68,12 @@ impl Caps {
 
 /// A configured upstream: knows how to open verified, authenticated connections.
 pub struct Upstream {
-    cfg: UpstreamConfig,
+    pub(super) cfg: UpstreamConfig,
     helo: String,
     tls: Option<TlsConnector>,
     server_name: ServerName<'static>,
     pin: Option<Vec<u8>>,
-    oauth: Option<TokenCache>,
+    pub(super) oauth: Option<TokenCache>,
 }
 
 impl Upstream {
@@ -149,39 +149,6 @@ impl Upstream {
     /// The config this upstream was built from.
     pub fn config(&self) -> &UpstreamConfig {
         &self.cfg
-    }
-
-    /// The SASL user for mail from `sender`: `username`, or the sender's
-    /// mailbox with `username = "{sender}"` (`oauth.null_sender_mailbox`
-    /// for the null sender). `None` without AUTH.
-    pub fn mailbox(&self, sender: &str) -> Result<Option<String>, SendError> {
-        match self.cfg.username.as_deref() {
-            None => Ok(None),
-            Some(SENDER_PLACEHOLDER) if sender.is_empty() => self
-                .cfg
-                .oauth
-                .as_ref()
-                .and_then(|o| o.null_sender_mailbox.clone())
-                .map(Some)
-                .ok_or_else(|| {
-                    SendError::OAuth(
-                        "null sender and username = \"{sender}\": set oauth.null_sender_mailbox"
-                            .into(),
-                    )
-                }),
-            Some(SENDER_PLACEHOLDER) => Ok(Some(sender.to_string())),
-            Some(u) => Ok(Some(u.to_string())),
-        }
-    }
-
-    /// Which pooled sessions may carry mail from `sender`: per mailbox with
-    /// `username = "{sender}"`, else one pool for all.
-    pub fn pool_key(&self, sender: &str) -> String {
-        if self.cfg.username.as_deref() == Some(SENDER_PLACEHOLDER) {
-            sender.to_ascii_lowercase()
-        } else {
-            String::new()
-        }
     }
 
     /// Opens a session ready for a mail transaction: connected, greeted,
@@ -274,40 +241,6 @@ impl Upstream {
             _ => {}
         }
         Ok(conn)
-    }
-
-    /// AUTH XOAUTH2 as `user` with a cached or new token. A 535 to a cached
-    /// token (revoked, expired early) drops it and retries once with a new one.
-    async fn xoauth2(
-        &self,
-        conn: &mut Connection,
-        user: &str,
-        steps: &mut (dyn Steps + Send),
-    ) -> Result<(), SendError> {
-        let cache = self
-            .oauth
-            .as_ref()
-            .ok_or_else(|| SendError::OAuth("no [upstream.oauth] token source".into()))?;
-        let oauth_err = |e: super::oauth::TokenError| SendError::OAuth(e.to_string());
-        steps.begin("token");
-        let lease = cache.token(user).await.map_err(oauth_err)?;
-        steps.done(&lease_summary(&lease, cache));
-        steps.begin("AUTH");
-        match conn.auth_xoauth2(user, &lease.secret).await {
-            Ok(reply) => steps.done(&reply.text),
-            Err(SendError::Refused { reply, .. }) if reply.code == 535 && !lease.fresh => {
-                steps.done(&format!("{reply} (cached token refused: refreshing once)"));
-                cache.invalidate(user, &lease.secret).await;
-                steps.begin("token");
-                let lease = cache.token(user).await.map_err(oauth_err)?;
-                steps.done(&lease_summary(&lease, cache));
-                steps.begin("AUTH");
-                let reply = conn.auth_xoauth2(user, &lease.secret).await?;
-                steps.done(&reply.text);
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(())
     }
 
     async fn handshake(
@@ -667,15 +600,6 @@ fn tls_summary(tls: &TlsStream<TcpStream>, name: &ServerName<'static>) -> String
         name.to_str()
     )
     .replace('"', "")
-}
-
-fn lease_summary(lease: &super::oauth::cache::Lease, cache: &TokenCache) -> String {
-    format!(
-        "{} token from {}, expires in {}s",
-        if lease.fresh { "new" } else { "cached" },
-        cache.source().token_url(),
-        lease.expires_in.as_secs()
-    )
 }
 
 fn memchr_lf(b: &[u8]) -> Option<usize> {

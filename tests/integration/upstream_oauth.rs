@@ -284,12 +284,18 @@ async fn bad_token_endpoint_answers_are_clear_transient_errors_without_secrets()
         ),
         (Mode::NoExpiry, "no expires_in"),
         (Mode::Down, "token endpoint unavailable"),
+        (
+            Mode::Slow(Duration::from_secs(3)),
+            "unavailable: no answer within 1s",
+        ),
     ];
     for (mode, want) in cases {
         tokens.set_mode(mode.clone());
         // A new upstream each time: no cached token, no remembered failure.
+        let mut o = microsoft_secret(&tokens);
+        o.timeout = Duration::from_secs(1);
         let up = Upstream::new(
-            xoauth2_config(&server, microsoft_secret(&tokens), "relay@example.com"),
+            xoauth2_config(&server, o, "relay@example.com"),
             "relay.test",
         )
         .unwrap();

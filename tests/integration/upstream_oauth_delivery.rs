@@ -231,3 +231,54 @@ async fn token_endpoint_down_defers_then_delivers_once() {
         assert_eq!(got[0].rcpt_to, ["r@x.org"], "{b}");
     }
 }
+
+#[tokio::test]
+async fn one_refused_mailbox_does_not_open_the_circuit_for_other_senders() {
+    for t in all_stores().await {
+        let b = t.backend;
+        let dir = tempfile::tempdir().unwrap();
+        let (key, client) = service_account(dir.path(), "relay@proj.iam.gserviceaccount.com");
+        let tokens = TokenServer::start(vec![client], Duration::from_secs(300)).await;
+        tokens.refuse_subject("ghost@example.com");
+        let server = xoauth2_server(&tokens).await;
+        let up = xoauth2_config(&server, google(&tokens, &key), "{sender}");
+        let mut cfg = config(vec![up], vec![]);
+        cfg.queue.workers = 1;
+        cfg.queue.circuit_failures = 2;
+        // An open circuit would hold alice's mail for a minute.
+        cfg.queue.circuit_cooldown = Duration::from_secs(60);
+        let run = Running::start(t.store.clone(), cfg);
+        let mut ghosts = Vec::new();
+        for i in 0..4 {
+            let m = new_message("ghost@example.com", &["r@x.org"], &format!("g{i}"));
+            t.store.enqueue(&m).await.unwrap();
+            ghosts.push(m);
+        }
+        wait_for(30, "ghost deferrals", async || {
+            let mut n = 0;
+            for m in &ghosts {
+                let d = t.store.queue_show(&m.id).await.unwrap();
+                n += d.log.iter().filter(|l| l.outcome == "deferred").count();
+            }
+            n >= 4
+        })
+        .await;
+        let d = t.store.queue_show(&ghosts[0].id).await.unwrap();
+        let reply = d.recipients[0].last_reply.clone().unwrap_or_default();
+        assert!(
+            reply.contains("invalid_grant for ghost@example.com"),
+            "{b}: {reply}"
+        );
+        t.store
+            .enqueue(&new_message("alice@example.com", &["r@x.org"], "alice"))
+            .await
+            .unwrap();
+        wait_for(10, "alice delivered", async || server.received().len() == 1).await;
+        run.stop().await;
+        assert_eq!(
+            server.received()[0].auth_user.as_deref(),
+            Some("alice@example.com"),
+            "{b}"
+        );
+    }
+}

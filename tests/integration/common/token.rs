@@ -50,6 +50,8 @@ pub enum Mode {
     Redirect,
     /// A token without `expires_in`.
     NoExpiry,
+    /// Answers only after this long.
+    Slow(Duration),
 }
 
 struct Issued {
@@ -67,6 +69,7 @@ struct State {
     issued: AtomicUsize,
     refusals: Mutex<Vec<String>>,
     scopes: Mutex<Vec<String>>,
+    refused_subjects: Mutex<Vec<String>>,
 }
 
 /// Checks XOAUTH2 credentials against the tokens the endpoint issued.
@@ -126,6 +129,7 @@ impl TokenServer {
             issued: AtomicUsize::new(0),
             refusals: Mutex::new(Vec::new()),
             scopes: Mutex::new(Vec::new()),
+            refused_subjects: Mutex::new(Vec::new()),
         });
         let acceptor = pki.acceptor();
         let st = state.clone();
@@ -199,6 +203,16 @@ impl TokenServer {
 
     pub fn set_lifetime(&self, lifetime: Duration) {
         *self.state.lifetime.lock().unwrap() = lifetime;
+    }
+
+    /// Refuses service account tokens for mailbox `sub` (a user outside
+    /// the delegation).
+    pub fn refuse_subject(&self, sub: &str) {
+        self.state
+            .refused_subjects
+            .lock()
+            .unwrap()
+            .push(sub.to_string());
     }
 
     /// Revokes every token issued so far.
@@ -279,6 +293,7 @@ impl State {
         let body = req.into_body().collect().await.unwrap().to_bytes();
         let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
         match mode {
+            Mode::Slow(d) => tokio::time::sleep(d).await,
             Mode::Garbage => {
                 return Response::new(Full::new(Bytes::from_static(b"<html>oops</html>")))
             }
@@ -397,6 +412,15 @@ impl State {
                                     return Err("scope wrong".into());
                                 }
                                 let sub = claims["sub"].as_str().ok_or("no sub")?;
+                                if self
+                                    .refused_subjects
+                                    .lock()
+                                    .unwrap()
+                                    .iter()
+                                    .any(|s| s == sub)
+                                {
+                                    return Err(format!("invalid_grant for {sub}"));
+                                }
                                 return Ok(Some(sub.to_string()));
                             }
                             Err(e) => last = e,

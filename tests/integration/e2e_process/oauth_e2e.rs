@@ -112,7 +112,7 @@ upstreams = ["m365"]
         "{tag}: one token, one refresh after the revocation"
     );
     assert!(unused.received().is_empty(), "{tag}");
-    let logs = std::fs::read_to_string(&node_log(dir, &format!("oauth-{tag}"))).unwrap();
+    let logs = std::fs::read_to_string(node_log(dir, &format!("oauth-{tag}"))).unwrap();
     assert!(logs.contains("OAuth token obtained"), "{tag}: {logs}");
     assert!(
         logs.contains("refused the cached OAuth token"),

@@ -97,6 +97,8 @@ pub struct Metrics {
     delivery_duration: HistogramVec,
     upstream_circuit: IntGaugeVec,
     upstream_throttled: IntCounterVec,
+    oauth_token_requests: IntCounterVec,
+    oauth_token_expiry: GaugeVec,
     bounces: IntCounter,
     dkim_signatures: IntCounterVec,
     dkim_unsigned: IntCounter,
@@ -290,6 +292,16 @@ impl Metrics {
             "Recipients held back by an upstream's throttle, by upstream and cause: rate (its configured rate had no slot in time; no attempt made) or reply (it answered with a throttling reply and is paused; no attempt used up).",
             &["upstream", "cause"],
         );
+        let oauth_token_requests = d.counter_vec(
+            "postgate_upstream_oauth_token_requests_total",
+            "OAuth token requests of an auth = \"xoauth2\" upstream, by upstream and result: ok, refused (the endpoint refused the client: RFC 6749 error), unavailable (connect, TLS, timeout, HTTP 5xx) or invalid (an unusable answer: garbage, no expiry, a redirect).",
+            &["upstream", "result"],
+        );
+        let oauth_token_expiry = d.float_gauge_vec(
+            "postgate_upstream_oauth_token_expiry_timestamp_seconds",
+            "Unix time at which the OAuth token last obtained for an upstream expires (minus time(): seconds until it expires).",
+            &["upstream"],
+        );
         let bounces = d.counter(
             "postgate_bounces_total",
             "Delivery status notifications (RFC 3464) generated for failed or expired recipients.",
@@ -376,6 +388,8 @@ impl Metrics {
             delivery_duration,
             upstream_circuit,
             upstream_throttled,
+            oauth_token_requests,
+            oauth_token_expiry,
             bounces,
             dkim_signatures,
             dkim_unsigned,
@@ -453,6 +467,19 @@ impl Metrics {
                         .with_label_values(&[name, c.as_str()])
                 })
                 .collect(),
+        }
+    }
+
+    /// The OAuth series of upstream `name`. Call once per `auth = "xoauth2"`
+    /// upstream at start (only those have the series).
+    pub fn oauth(&self, name: &str) -> OAuthMetrics {
+        let results = OAuthMetrics::RESULTS;
+        OAuthMetrics {
+            requests: results
+                .iter()
+                .map(|r| self.oauth_token_requests.with_label_values(&[name, r]))
+                .collect(),
+            expiry: self.oauth_token_expiry.with_label_values(&[name]),
         }
     }
 
@@ -638,6 +665,29 @@ impl UpstreamMetrics {
     /// Sets the circuit breaker state.
     pub fn set_circuit(&self, state: CircuitState) {
         self.circuit.set(state as i64);
+    }
+}
+
+/// The OAuth token series of one upstream. Cheap to clone.
+#[derive(Clone)]
+pub struct OAuthMetrics {
+    requests: Vec<IntCounter>,
+    expiry: Gauge,
+}
+
+impl OAuthMetrics {
+    /// The `result` label values of token requests.
+    pub const RESULTS: [&'static str; 4] = ["ok", "refused", "unavailable", "invalid"];
+
+    /// Counts one token request with `result` (one of [`Self::RESULTS`]).
+    pub fn token_request(&self, result: &str) {
+        let i = Self::RESULTS.iter().position(|r| *r == result).unwrap_or(3);
+        self.requests[i].inc();
+    }
+
+    /// Sets when the token just obtained expires (Unix seconds).
+    pub fn set_token_expiry(&self, unix_secs: f64) {
+        self.expiry.set(unix_secs);
     }
 }
 

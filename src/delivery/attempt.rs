@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::throttle::{self, Admission};
 use super::transaction::{EnvelopeDsn, RecipientDsn};
-use super::upstream::{Envelope, Reply, TxReplies};
+use super::upstream::{Envelope, Reply, SendError, TxReplies};
 use super::{lock, now_ms, route, Engine, UpstreamState};
 use crate::metrics::{DeliveryResult, LimitKind, LimitScope, ThrottleCause, UpstreamMetrics};
 use crate::store::{ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome};
@@ -95,7 +95,14 @@ impl Engine {
         }
         let outcomes = match sent {
             Err(e) => {
-                if lock(&up.circuit).failure(Instant::now()) {
+                // One sender's mailbox refused ("{sender}" AUTH) says nothing
+                // about the upstream: it does not count towards the circuit.
+                if up.pool.upstream().mailbox_specific(&e) {
+                    match e {
+                        SendError::Refused { .. } => lock(&up.circuit).success(),
+                        _ => lock(&up.circuit).release_probe(Instant::now()),
+                    }
+                } else if lock(&up.circuit).failure(Instant::now()) {
                     warn!(upstream = %name, error = %e, "circuit opened");
                 }
                 let reply = e.to_string();

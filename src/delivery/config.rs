@@ -116,6 +116,9 @@ pub enum AuthMechanism {
     Plain,
     /// The LOGIN mechanism (draft-murchison-sasl-login).
     Login,
+    /// XOAUTH2 with an OAuth 2.0 bearer token from `[upstream.oauth]`
+    /// (Google's and Microsoft's SASL mechanism).
+    Xoauth2,
 }
 
 /// `[[upstream]]`: one relay postgate delivers to.
@@ -142,15 +145,27 @@ pub struct UpstreamConfig {
     /// Name to verify the certificate against (and send as SNI). Default `host`.
     #[serde(default)]
     pub tls_server_name: Option<String>,
-    /// AUTH username; no AUTH when unset.
+    /// PEM client certificate chain presented when the upstream asks for
+    /// one (mutual TLS); with `client_key`.
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// PEM private key of `client_certificate` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// AUTH username; no AUTH when unset. With `auth = "xoauth2"`,
+    /// `"{sender}"` authenticates as the envelope sender's mailbox
+    /// (connections are then pooled per mailbox).
     #[serde(default)]
     pub username: Option<String>,
     /// AUTH password: a string, `{ env = "VAR" }` or `{ file = "PATH" }`. Never logged.
     #[serde(default)]
     pub password: Option<Secret>,
-    /// `auto` (default), `plain` or `login`.
+    /// `auto` (default), `plain`, `login` or `xoauth2` (with `[upstream.oauth]`).
     #[serde(default)]
     pub auth: AuthMechanism,
+    /// `[upstream.oauth]`: the token source of `auth = "xoauth2"`.
+    #[serde(default)]
+    pub oauth: Option<super::oauth::OAuthConfig>,
     /// Concurrent connections to this upstream per node. Default 8.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -236,9 +251,12 @@ impl UpstreamConfig {
             ca_file: None,
             spki_pin: None,
             tls_server_name: None,
+            client_certificate: None,
+            client_key: None,
             username: None,
             password: None,
             auth: AuthMechanism::Auto,
+            oauth: None,
             max_connections: default_max_connections(),
             max_messages_per_connection: default_max_messages(),
             connect_timeout: default_connect_timeout(),
@@ -250,6 +268,57 @@ impl UpstreamConfig {
             throttle_patterns: default_throttle_patterns(),
             add_headers: BTreeMap::new(),
         }
+    }
+
+    /// Checks the AUTH keys and loads what they name (client certificate
+    /// against its key, the OAuth credential), so that `check-config`
+    /// reports what start would refuse.
+    pub fn check_credentials(&self) -> Result<(), String> {
+        let sender = self.username.as_deref() == Some(super::oauth::SENDER_PLACEHOLDER);
+        if self.auth == AuthMechanism::Xoauth2 {
+            let Some(oauth) = &self.oauth else {
+                return Err("auth = \"xoauth2\" needs an [upstream.oauth] section".into());
+            };
+            if self.username.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                return Err(
+                    "auth = \"xoauth2\" needs username (the mailbox, or \"{sender}\")".into(),
+                );
+            }
+            if self.password.is_some() {
+                return Err(
+                    "password does not apply to auth = \"xoauth2\" (the token is the credential)"
+                        .into(),
+                );
+            }
+            if oauth.null_sender_mailbox.is_some() && !sender {
+                return Err(
+                    "oauth.null_sender_mailbox applies only with username = \"{sender}\"".into(),
+                );
+            }
+            super::oauth::TokenSource::new(oauth)?;
+        } else {
+            if self.oauth.is_some() {
+                return Err("[upstream.oauth] needs auth = \"xoauth2\"".into());
+            }
+            if sender {
+                return Err("username = \"{sender}\" needs auth = \"xoauth2\"".into());
+            }
+            if self.password.is_some() != self.username.is_some() {
+                return Err("username and password go together".into());
+            }
+        }
+        match (&self.client_certificate, &self.client_key) {
+            (None, None) => {}
+            (Some(c), Some(k)) => {
+                if self.tls == TlsMode::None {
+                    return Err("client_certificate needs TLS (tls is \"none\")".into());
+                }
+                super::tls_client::ClientIdentity::load(c, k)
+                    .map_err(|e| format!("client_certificate/client_key: {e}"))?;
+            }
+            _ => return Err("client_certificate and client_key go together".into()),
+        }
+        Ok(())
     }
 
     /// The port to connect to.
@@ -346,11 +415,8 @@ impl DeliveryConfig {
             if u.host.is_empty() {
                 return bad(format!("upstream {:?}: host is empty", u.name));
             }
-            if u.password.is_some() != u.username.is_some() {
-                return bad(format!(
-                    "upstream {:?}: username and password go together",
-                    u.name
-                ));
+            if let Err(e) = u.check_credentials() {
+                return bad(format!("upstream {:?}: {e}", u.name));
             }
             if let Err(e) = super::headers::check_all(&u.add_headers) {
                 return bad(format!("upstream {:?}: add_headers: {e}", u.name));

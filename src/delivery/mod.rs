@@ -25,10 +25,14 @@ mod fanout;
 pub mod headers;
 pub mod health;
 mod notices;
+pub mod oauth;
 pub mod pool;
+pub mod probe;
 pub mod retry;
 pub mod route;
+mod sasl_client;
 pub mod throttle;
+pub mod tls_client;
 pub mod transaction;
 pub mod upstream;
 
@@ -213,7 +217,11 @@ impl Delivery {
                 circuit,
                 metrics: metrics.as_ref().map(|m| m.upstream(&u.name)),
                 throttle: UpstreamThrottle::new(&u.name, u.rate, u.burst, limiter.clone()),
-                pool: Pool::new(Upstream::new(u.clone(), &hostname)?),
+                pool: Pool::new(Upstream::with_metrics(
+                    u.clone(),
+                    &hostname,
+                    metrics.as_deref(),
+                )?),
                 patterns,
                 added_headers: headers::render(&u.add_headers),
             };

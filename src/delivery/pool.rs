@@ -1,6 +1,9 @@
 //! A connection pool per upstream: at most `max_connections` sessions at
 //! once, each reused for up to `max_messages_per_connection` transactions
 //! (RSET between them, RFC 5321 §4.1.1.5) while not idle past `idle_timeout`.
+//! With `username = "{sender}"` a session is authenticated as one mailbox,
+//! so idle sessions are kept per mailbox (the pool key) and only reused for
+//! mail of that mailbox; the connection cap stays per upstream.
 
 use std::sync::Mutex;
 
@@ -12,7 +15,8 @@ use super::upstream::{Connection, Envelope, SendError, TxReplies, Upstream};
 /// Pooled sessions to one upstream.
 pub struct Pool {
     upstream: Upstream,
-    idle: Mutex<Vec<Connection>>,
+    /// Idle sessions with their pool key, oldest first.
+    idle: Mutex<Vec<(String, Connection)>>,
     permits: Semaphore,
 }
 
@@ -27,13 +31,32 @@ impl Pool {
         }
     }
 
+    /// The upstream sessions are opened to.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     /// The upstream's name.
     pub fn name(&self) -> &str {
         &self.upstream.config().name
     }
 
-    fn take_idle(&self) -> Option<Connection> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    fn take_idle(&self, key: &str) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let i = idle.iter().rposition(|(k, _)| k == key)?;
+        Some(idle.remove(i).1)
+    }
+
+    /// Makes room for a new session: while idle sessions of other keys
+    /// and the sessions in use together reach `max_connections`, the
+    /// oldest idle one is closed.
+    fn evict_for_new(&self, max: usize) {
+        let in_use = max.saturating_sub(self.permits.available_permits());
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while !idle.is_empty() && idle.len() + in_use > max {
+            let (_, conn) = idle.remove(0);
+            tokio::spawn(conn.quit());
+        }
     }
 
     /// Sends one message over a pooled session (an idle one after a
@@ -46,8 +69,9 @@ impl Pool {
             .await
             .map_err(|_| SendError::Io("pool closed".into()))?;
         let cfg = self.upstream.config();
+        let key = self.upstream.pool_key(env.sender);
         let mut reused = None;
-        while let Some(mut conn) = self.take_idle() {
+        while let Some(mut conn) = self.take_idle(&key) {
             if conn.last_used + cfg.idle_timeout < Instant::now() {
                 tokio::spawn(conn.quit());
                 continue;
@@ -61,7 +85,10 @@ impl Pool {
         }
         let mut conn = match reused {
             Some(c) => c,
-            None => self.upstream.connect().await?,
+            None => {
+                self.evict_for_new(cfg.max_connections.max(1));
+                self.upstream.connect_for(env.sender).await?
+            }
         };
         let result = conn.send(env).await;
         if result.is_ok() {
@@ -69,7 +96,7 @@ impl Pool {
                 self.idle
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(conn);
+                    .push((key, conn));
             } else {
                 tokio::spawn(conn.quit());
             }
@@ -79,7 +106,8 @@ impl Pool {
 
     /// Closes idle sessions (QUIT).
     pub async fn close_idle(&self) {
-        while let Some(conn) = self.take_idle() {
+        let all = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        for (_, conn) in all {
             conn.quit().await;
         }
     }

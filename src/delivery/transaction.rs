@@ -107,6 +107,9 @@ pub enum SendError {
     Protocol(String),
     #[error("{stage} refused: {reply}")]
     Refused { stage: &'static str, reply: Reply },
+    /// No OAuth token for AUTH XOAUTH2 (the reason, never the token).
+    #[error("OAuth: {0}")]
+    OAuth(super::oauth::TokenError),
 }
 
 /// The replies of one mail transaction: a reply per recipient (in order),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use smtp_proto::response::parser::ResponseReceiver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,19 +23,23 @@ use tokio_util::either::Either;
 
 use super::config::{AuthMechanism, TlsMode, UpstreamConfig};
 use super::extensions::{self, Offered};
+use super::oauth::{TokenCache, TokenSource};
+use super::probe::{Quiet, Steps};
+use super::tls_client;
 pub use super::transaction::{next_response, Envelope, Reply, SendError, TxReplies, UpstreamError};
 
 /// What the upstream offered in its EHLO reply.
 #[derive(Debug, Clone, Default)]
-struct Caps {
+pub(super) struct Caps {
     pipelining: bool,
     starttls: bool,
     eightbitmime: bool,
     smtputf8: bool,
     dsn: bool,
     size: bool,
-    auth_plain: bool,
-    auth_login: bool,
+    pub(super) auth_plain: bool,
+    pub(super) auth_login: bool,
+    pub(super) auth_xoauth2: bool,
 }
 
 impl Caps {
@@ -55,6 +59,7 @@ impl Caps {
                     for mech in words {
                         caps.auth_plain |= mech == "PLAIN";
                         caps.auth_login |= mech == "LOGIN";
+                        caps.auth_xoauth2 |= mech == "XOAUTH2";
                     }
                 }
                 _ => {}
@@ -66,17 +71,27 @@ impl Caps {
 
 /// A configured upstream: knows how to open verified, authenticated connections.
 pub struct Upstream {
-    cfg: UpstreamConfig,
+    pub(super) cfg: UpstreamConfig,
     helo: String,
     tls: Option<TlsConnector>,
     server_name: ServerName<'static>,
     pin: Option<Vec<u8>>,
+    pub(super) oauth: Option<TokenCache>,
 }
 
 impl Upstream {
     /// Prepares `cfg` (loads the CA file, decodes the pin); `helo` is our
     /// EHLO name. Fails on bad TLS settings, naming the upstream.
     pub fn new(cfg: UpstreamConfig, helo: &str) -> Result<Self, UpstreamError> {
+        Self::with_metrics(cfg, helo, None)
+    }
+
+    /// [`new`](Self::new), recording OAuth token requests into `metrics`.
+    pub fn with_metrics(
+        cfg: UpstreamConfig,
+        helo: &str,
+        metrics: Option<&crate::metrics::Metrics>,
+    ) -> Result<Self, UpstreamError> {
         let err = |what: String| UpstreamError::Config {
             name: cfg.name.clone(),
             what,
@@ -102,34 +117,27 @@ impl Upstream {
         let tls = if cfg.tls == TlsMode::None {
             None
         } else {
-            let mut roots = rustls::RootCertStore::empty();
-            if let Some(path) = &cfg.ca_file {
-                use rustls::pki_types::pem::PemObject;
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| err(format!("ca_file {}: {e}", path.display())))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| err(format!("ca_file {}: {e}", path.display())))?;
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    return Err(err(format!(
-                        "ca_file {}: no usable certificate",
-                        path.display()
-                    )));
-                }
-            } else {
-                let native = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(native.certs);
-                if roots.is_empty() {
-                    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-                }
-            }
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| err(format!("TLS setup: {e}")))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let roots = tls_client::roots(cfg.ca_file.as_ref()).map_err(&err)?;
+            let identity = match (&cfg.client_certificate, &cfg.client_key) {
+                (Some(c), Some(k)) => Some(
+                    tls_client::ClientIdentity::load(c, k)
+                        .map_err(|e| err(format!("client_certificate/client_key: {e}")))?,
+                ),
+                _ => None,
+            };
+            let config = tls_client::client_config(roots, identity.as_ref()).map_err(&err)?;
             Some(TlsConnector::from(Arc::new(config)))
+        };
+        let oauth = match (&cfg.oauth, cfg.auth) {
+            (Some(o), AuthMechanism::Xoauth2) => {
+                let source = TokenSource::new(o).map_err(&err)?;
+                Some(TokenCache::new(
+                    &cfg.name,
+                    source,
+                    metrics.map(|m| m.oauth(&cfg.name)),
+                ))
+            }
+            _ => None,
         };
         Ok(Upstream {
             helo: helo.to_string(),
@@ -137,6 +145,7 @@ impl Upstream {
             tls,
             server_name,
             pin,
+            oauth,
         })
     }
 
@@ -148,19 +157,40 @@ impl Upstream {
     /// Opens a session ready for a mail transaction: connected, greeted,
     /// TLS up (unless `tls = "none"`), EHLO done, authenticated if configured.
     pub async fn connect(&self) -> Result<Connection, SendError> {
+        self.connect_for("").await
+    }
+
+    /// [`connect`](Self::connect), authenticated for mail from `sender`.
+    pub async fn connect_for(&self, sender: &str) -> Result<Connection, SendError> {
+        self.connect_observed(sender, &mut Quiet).await
+    }
+
+    /// [`connect_for`](Self::connect_for), reporting each step to `steps`
+    /// (`upstream test`).
+    pub async fn connect_observed(
+        &self,
+        sender: &str,
+        steps: &mut (dyn Steps + Send),
+    ) -> Result<Connection, SendError> {
         let addr = format!("{}:{}", self.cfg.host, self.cfg.port());
         let deadline = Instant::now() + self.cfg.connect_timeout;
+        steps.begin("connect");
         let tcp = timeout_at(deadline, TcpStream::connect(&addr))
             .await
             .map_err(|_| SendError::Timeout("TCP connect"))?
             .map_err(|e| SendError::Connect(addr.clone(), e.to_string()))?;
         let _ = tcp.set_nodelay(true);
+        steps.done(&format!("connected to {addr}"));
         let stream = if self.cfg.tls == TlsMode::Implicit {
-            Either::Right(self.handshake(tcp, deadline).await?)
+            steps.begin("TLS");
+            let tls = self.handshake(tcp, deadline).await?;
+            steps.done(&tls_summary(&tls, &self.server_name));
+            Either::Right(tls)
         } else {
             Either::Left(tcp)
         };
         let mut conn = Connection::new(stream, &self.cfg);
+        steps.begin("greeting");
         let greeting = conn.read_reply(conn.command_deadline(), "greeting").await?;
         if greeting.code != 220 {
             return Err(SendError::Refused {
@@ -168,8 +198,12 @@ impl Upstream {
                 reply: greeting,
             });
         }
-        conn.ehlo(&self.helo).await?;
+        steps.done(&greeting.text);
+        steps.begin("EHLO");
+        let ehlo = conn.ehlo(&self.helo).await?;
+        steps.done(&ehlo);
         if self.cfg.tls == TlsMode::Starttls {
+            steps.begin("STARTTLS");
             if !conn.caps.starttls {
                 return Err(SendError::Tls("upstream does not offer STARTTLS".into()));
             }
@@ -184,17 +218,30 @@ impl Upstream {
                     "unexpected data after the STARTTLS reply".into(),
                 ));
             }
+            steps.done(&reply.text);
             let Either::Left(tcp) = conn.stream else {
                 return Err(SendError::Protocol("STARTTLS on a TLS stream".into()));
             };
             let deadline = Instant::now() + self.cfg.connect_timeout;
+            steps.begin("TLS");
             let tls = self.handshake(tcp, deadline).await?;
+            steps.done(&tls_summary(&tls, &self.server_name));
             conn = Connection::new(Either::Right(tls), &self.cfg);
             // RFC 3207 §4.2: forget everything learnt before TLS; EHLO again.
-            conn.ehlo(&self.helo).await?;
+            steps.begin("EHLO");
+            let ehlo = conn.ehlo(&self.helo).await?;
+            steps.done(&ehlo);
         }
-        if let (Some(user), Some(pass)) = (&self.cfg.username, &self.cfg.password) {
-            conn.auth(self.cfg.auth, user, pass.expose()).await?;
+        match (self.cfg.auth, self.mailbox(sender)?, &self.cfg.password) {
+            (AuthMechanism::Xoauth2, Some(user), _) => {
+                self.xoauth2(&mut conn, &user, steps).await?;
+            }
+            (mech, Some(user), Some(pass)) => {
+                steps.begin("AUTH");
+                let reply = conn.auth(mech, &user, pass.expose()).await?;
+                steps.done(&reply.text);
+            }
+            _ => {}
         }
         Ok(conn)
     }
@@ -238,7 +285,7 @@ pub struct Connection {
     stream: Either<TcpStream, TlsStream<TcpStream>>,
     buf: Vec<u8>,
     rx: ResponseReceiver,
-    caps: Caps,
+    pub(super) caps: Caps,
     command_timeout: Duration,
     data_timeout: Duration,
     /// Transactions started on this connection.
@@ -321,14 +368,19 @@ impl Connection {
             .map_err(|e| SendError::Io(e.to_string()))
     }
 
-    async fn command(&mut self, line: &[u8], what: &'static str) -> Result<Reply, SendError> {
+    pub(super) async fn command(
+        &mut self,
+        line: &[u8],
+        what: &'static str,
+    ) -> Result<Reply, SendError> {
         let deadline = self.command_deadline();
         self.write(line, deadline, what).await?;
         self.flush(deadline, what).await?;
         self.read_reply(deadline, what).await
     }
 
-    async fn ehlo(&mut self, helo: &str) -> Result<(), SendError> {
+    /// EHLO (or HELO); the reply's first line.
+    async fn ehlo(&mut self, helo: &str) -> Result<String, SendError> {
         let deadline = self.command_deadline();
         self.write(format!("EHLO {helo}\r\n").as_bytes(), deadline, "EHLO")
             .await?;
@@ -336,7 +388,8 @@ impl Connection {
         let response = self.read_response(deadline, "EHLO").await?;
         if response.code == 250 {
             self.caps = Caps::parse(&response.message);
-            return Ok(());
+            let first = response.message.lines().next().unwrap_or("").to_string();
+            return Ok(format!("250 {first}"));
         }
         // RFC 5321 §3.2: fall back to HELO (no extensions) if EHLO is refused.
         let reply = self
@@ -349,51 +402,7 @@ impl Connection {
             });
         }
         self.caps = Caps::default();
-        Ok(())
-    }
-
-    async fn auth(&mut self, mech: AuthMechanism, user: &str, pass: &str) -> Result<(), SendError> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let use_plain = match mech {
-            AuthMechanism::Plain => true,
-            AuthMechanism::Login => false,
-            AuthMechanism::Auto => self.caps.auth_plain || !self.caps.auth_login,
-        };
-        if !self.caps.auth_plain && !self.caps.auth_login {
-            return Err(SendError::Protocol("upstream does not offer AUTH".into()));
-        }
-        let reply = if use_plain {
-            // RFC 4616 §2: authzid NUL authcid NUL passwd.
-            let token = b64.encode(format!("\0{user}\0{pass}"));
-            self.command(format!("AUTH PLAIN {token}\r\n").as_bytes(), "AUTH")
-                .await?
-        } else {
-            let r = self.command(b"AUTH LOGIN\r\n", "AUTH").await?;
-            if r.code != 334 {
-                return Err(SendError::Refused {
-                    stage: "AUTH",
-                    reply: r,
-                });
-            }
-            let r = self
-                .command(format!("{}\r\n", b64.encode(user)).as_bytes(), "AUTH")
-                .await?;
-            if r.code != 334 {
-                return Err(SendError::Refused {
-                    stage: "AUTH",
-                    reply: r,
-                });
-            }
-            self.command(format!("{}\r\n", b64.encode(pass)).as_bytes(), "AUTH")
-                .await?
-        };
-        if reply.code != 235 {
-            return Err(SendError::Refused {
-                stage: "AUTH",
-                reply,
-            });
-        }
-        Ok(())
+        Ok(reply.text)
     }
 
     /// Resets the session between transactions (RFC 5321 §4.1.1.5).
@@ -610,6 +619,20 @@ impl Connection {
         self.flush(deadline, "DATA body").await?;
         self.read_reply(deadline, "end of DATA").await
     }
+}
+
+/// What `upstream test` prints for a finished handshake.
+fn tls_summary(tls: &TlsStream<TcpStream>, name: &ServerName<'static>) -> String {
+    let c = tls.get_ref().1;
+    format!(
+        "{:?} {:?}, certificate verified for {}",
+        c.protocol_version()
+            .map(|v| v.as_str().unwrap_or("TLS"))
+            .unwrap_or("TLS"),
+        c.negotiated_cipher_suite().map(|s| s.suite()),
+        name.to_str()
+    )
+    .replace('"', "")
 }
 
 fn memchr_lf(b: &[u8]) -> Option<usize> {

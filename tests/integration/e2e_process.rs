@@ -509,6 +509,7 @@ mod delivery_nodes;
 mod dkim_e2e;
 mod health;
 mod nodes;
+mod oauth_e2e;
 mod operator_cli;
 mod signals;
 mod store_outage;

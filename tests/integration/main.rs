@@ -15,6 +15,7 @@ mod dkim_sign;
 mod dkim_store;
 mod dkim_verify;
 mod docs_providers;
+mod docs_providers_oauth;
 mod e2e_metrics;
 mod e2e_process;
 mod limits_auth_cache;
@@ -30,5 +31,9 @@ mod smtp_harness;
 mod smtp_security;
 mod smtp_trusted;
 mod store_accounts;
+#[path = "common/token.rs"]
+mod token_server;
+mod upstream_oauth;
+mod upstream_oauth_delivery;
 #[path = "common/upstream.rs"]
 mod upstream_server;

@@ -24,6 +24,8 @@ pub struct Pki {
     pub ca_file: PathBuf,
     pub chain: Vec<CertificateDer<'static>>,
     pub key_der: Vec<u8>,
+    ca_der: CertificateDer<'static>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     _dir: tempfile::TempDir,
 }
 
@@ -67,11 +69,53 @@ impl Pki {
             ca_file,
             chain: vec![cert.der().clone()],
             key_der: key.serialize_der(),
+            ca_der: ca_cert.der().clone(),
+            issuer,
             _dir: dir,
         }
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    /// A client certificate signed by this CA (PEM files in `dir`): the
+    /// certificate path and its key path.
+    pub fn client_identity(&self, dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("client key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["relay.test".to_string()]).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "postgate relay client");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+        let (c, k) = (dir.join("client.pem"), dir.join("client.key"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// An acceptor that requires a client certificate issued by this CA.
+    pub fn mtls_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).expect("ca");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .expect("client verifier");
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                self.chain.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())),
+            )
+            .expect("server cert");
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -129,6 +173,9 @@ pub struct Behavior {
     pub offer_8bitmime: bool,
     pub offer_smtputf8: bool,
     pub offer_dsn: bool,
+    /// Offer AUTH XOAUTH2 and require it (MAIL is refused without), with a
+    /// live token of this token endpoint; `535 5.7.3` otherwise.
+    pub xoauth2: Option<crate::token_server::TokenCheck>,
 }
 
 impl Behavior {
@@ -151,6 +198,7 @@ impl Behavior {
             offer_8bitmime: true,
             offer_smtputf8: true,
             offer_dsn: false,
+            xoauth2: None,
         }
     }
 }
@@ -181,6 +229,7 @@ pub struct UpstreamServer {
     received: Arc<Mutex<Vec<Received>>>,
     connections: Arc<AtomicUsize>,
     commands: Arc<Mutex<Vec<String>>>,
+    auth_refused: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -198,6 +247,16 @@ impl UpstreamServer {
 
     /// Starts a server presenting a certificate of `kind`.
     pub async fn start_with_cert(behavior: Behavior, kind: CertKind) -> Self {
+        Self::start_inner(behavior, kind, false).await
+    }
+
+    /// Starts a server that requires a client certificate issued by its
+    /// own CA ([`Pki::client_identity`]) in the TLS handshake.
+    pub async fn start_mtls(behavior: Behavior) -> Self {
+        Self::start_inner(behavior, CertKind::Good, true).await
+    }
+
+    async fn start_inner(behavior: Behavior, kind: CertKind, mtls: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let pki = Arc::new(Pki::new(kind));
@@ -205,8 +264,14 @@ impl UpstreamServer {
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let commands = Arc::new(Mutex::new(Vec::new()));
+        let auth_refused = Arc::new(AtomicUsize::new(0));
         let state = Shared {
-            acceptor: pki.acceptor(),
+            auth_refused: auth_refused.clone(),
+            acceptor: if mtls {
+                pki.mtls_acceptor()
+            } else {
+                pki.acceptor()
+            },
             behavior: behavior.clone(),
             received: received.clone(),
             commands: commands.clone(),
@@ -232,6 +297,7 @@ impl UpstreamServer {
             received,
             connections,
             commands,
+            auth_refused,
             task,
         }
     }
@@ -277,6 +343,11 @@ impl UpstreamServer {
         }
         cfg
     }
+
+    /// AUTH commands that got 535, so far.
+    pub fn auth_refusals(&self) -> usize {
+        self.auth_refused.load(Ordering::SeqCst)
+    }
 }
 
 #[derive(Clone)]
@@ -285,6 +356,7 @@ struct Shared {
     behavior: Arc<Mutex<Behavior>>,
     received: Arc<Mutex<Vec<Received>>>,
     commands: Arc<Mutex<Vec<String>>>,
+    auth_refused: Arc<AtomicUsize>,
 }
 
 enum End {
@@ -400,8 +472,10 @@ impl Shared {
                     if s.b.tls == ServerTls::Starttls && !s.tls && s.b.offer_starttls {
                         lines.push("STARTTLS".into());
                     }
-                    if s.b.auth.is_some() && (s.tls || s.b.tls == ServerTls::None) {
-                        lines.push("AUTH PLAIN LOGIN".into());
+                    if (s.b.auth.is_some() || s.b.xoauth2.is_some())
+                        && (s.tls || s.b.tls == ServerTls::None)
+                    {
+                        lines.push("AUTH PLAIN LOGIN XOAUTH2".into());
                     }
                     if s.b.offer_smtputf8 {
                         lines.push("SMTPUTF8".into());
@@ -419,6 +493,37 @@ impl Shared {
                     self.reply(io, s, "220 2.0.0 go ahead").await?;
                     return Ok(End::StartTls);
                 }
+                "AUTH" if upper.starts_with("AUTH XOAUTH2") => {
+                    let check = s.b.xoauth2.clone();
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let raw = text.split_whitespace().nth(2).unwrap_or("");
+                    let decoded = b64
+                        .decode(raw)
+                        .map(|v| String::from_utf8_lossy(&v).into_owned())
+                        .unwrap_or_default();
+                    // user=U ^A auth=Bearer T ^A ^A
+                    let mut user = None;
+                    let mut token = None;
+                    for part in decoded.split('\x01') {
+                        if let Some(u) = part.strip_prefix("user=") {
+                            user = Some(u.to_string());
+                        } else if let Some(t) = part.strip_prefix("auth=Bearer ") {
+                            token = Some(t.to_string());
+                        }
+                    }
+                    match (check, user, token) {
+                        (Some(c), Some(u), Some(t)) if c.accepts(&u, &t) => {
+                            s.auth_user = Some(u);
+                            self.reply(io, s, "235 2.7.0 Authentication successful")
+                                .await?;
+                        }
+                        _ => {
+                            self.auth_refused.fetch_add(1, Ordering::SeqCst);
+                            self.reply(io, s, "535 5.7.3 Authentication unsuccessful")
+                                .await?
+                        }
+                    }
+                }
                 "AUTH" => {
                     let user = self.auth(io, s, &text).await?;
                     match (&s.b.auth, user) {
@@ -426,11 +531,14 @@ impl Shared {
                             s.auth_user = Some(gu);
                             self.reply(io, s, "235 2.7.0 authenticated").await?;
                         }
-                        _ => self.reply(io, s, "535 5.7.8 bad credentials").await?,
+                        _ => {
+                            self.auth_refused.fetch_add(1, Ordering::SeqCst);
+                            self.reply(io, s, "535 5.7.8 bad credentials").await?
+                        }
                     }
                 }
                 "MAIL" => {
-                    if s.b.auth.is_some() && s.auth_user.is_none() {
+                    if (s.b.auth.is_some() || s.b.xoauth2.is_some()) && s.auth_user.is_none() {
                         self.reply(io, s, "530 5.7.0 authentication required")
                             .await?;
                         continue;

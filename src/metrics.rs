@@ -92,6 +92,7 @@ pub struct Metrics {
     message_size: Histogram,
     rate_limited: IntCounterVec,
     queue_depth: IntGauge,
+    message_memory: IntGauge,
     queue_oldest_age: Gauge,
     delivery_attempts: IntCounterVec,
     delivery_duration: HistogramVec,
@@ -263,6 +264,10 @@ impl Metrics {
             "Requests refused by a rate limit, by scope (user, credential, ip, upstream) and limit.",
             &["scope", "limit"],
         );
+        let message_memory = d.gauge(
+            "postgate_smtp_message_memory_bytes",
+            "Message bytes SMTP sessions hold in memory while receiving, leased from smtp.message_memory_budget (452 4.3.1 when it is spent).",
+        );
         let queue_depth = d.gauge(
             "postgate_queue_depth",
             "Messages in the queue with at least one recipient not yet delivered or failed (sampled; the same value on every node sharing a store).",
@@ -383,6 +388,7 @@ impl Metrics {
             message_size,
             rate_limited,
             queue_depth,
+            message_memory,
             queue_oldest_age,
             delivery_attempts,
             delivery_duration,
@@ -523,6 +529,11 @@ impl Metrics {
         self.rate_limited
             .with_label_values(&[scope.as_str(), limit.as_str()])
             .inc();
+    }
+
+    /// Moves the bytes leased from the SMTP memory budget by `delta`.
+    pub fn message_memory(&self, delta: i64) {
+        self.message_memory.add(delta);
     }
 
     /// Sets the sampled queue gauges: messages not yet finished and the age

@@ -12,12 +12,24 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::metrics::Metrics;
+
 /// Bytes held by all sessions of one node, at most `limit`. Cheap to
 /// share; every method is lock-free.
-#[derive(Debug)]
 pub struct MemoryBudget {
     limit: usize,
     used: AtomicUsize,
+    /// Where the bytes in use are shown (`postgate_smtp_message_memory_bytes`).
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for MemoryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBudget")
+            .field("limit", &self.limit)
+            .field("used", &self.in_use())
+            .finish()
+    }
 }
 
 impl MemoryBudget {
@@ -26,7 +38,23 @@ impl MemoryBudget {
         Arc::new(MemoryBudget {
             limit,
             used: AtomicUsize::new(0),
+            metrics: None,
         })
+    }
+
+    /// A budget of `limit` bytes whose use is shown in `metrics`.
+    pub fn with_metrics(limit: usize, metrics: Arc<Metrics>) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            limit,
+            used: AtomicUsize::new(0),
+            metrics: Some(metrics),
+        })
+    }
+
+    fn show(&self, delta: i64) {
+        if let Some(m) = &self.metrics {
+            m.message_memory(delta);
+        }
     }
 
     /// The configured limit.
@@ -46,11 +74,16 @@ impl MemoryBudget {
 
     /// Takes `n` bytes, all or nothing.
     fn take(&self, n: usize) -> bool {
-        self.used
+        let taken = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(n).filter(|&total| total <= self.limit)
             })
-            .is_ok()
+            .is_ok();
+        if taken {
+            self.show(n as i64);
+        }
+        taken
     }
 
     /// A lease of `n` bytes, or `None` when they do not fit.
@@ -92,6 +125,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.held, Ordering::AcqRel);
+        self.budget.show(-(self.held as i64));
     }
 }
 
@@ -114,6 +148,25 @@ mod tests {
         assert_eq!(b.in_use(), 100);
         drop(a);
         assert_eq!(b.in_use(), 0);
+    }
+
+    #[test]
+    fn bytes_in_use_are_shown_in_metrics() {
+        let metrics = Arc::new(Metrics::new(&crate::metrics::MetricsOptions::default()));
+        let b = MemoryBudget::with_metrics(100, metrics.clone());
+        let shown = || {
+            metrics
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix("postgate_smtp_message_memory_bytes "))
+                .map(str::to_string)
+        };
+        assert_eq!(shown().as_deref(), Some("0"));
+        let mut a = b.lease(60).unwrap();
+        assert!(a.grow_to(70) && !a.grow_to(101));
+        assert_eq!(shown().as_deref(), Some("70"));
+        drop(a);
+        assert_eq!(shown().as_deref(), Some("0"));
     }
 
     #[test]

@@ -156,6 +156,8 @@ impl Server {
     /// listener (named by its address), and every session's AUTH outcomes,
     /// refusals and received messages, into `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.memory =
+            MemoryBudget::with_metrics(self.config.message_memory_budget, metrics.clone());
         self.metrics = Some(metrics);
         self
     }

@@ -396,8 +396,9 @@ async fn two_nodes_on_one_postgres_enforce_one_quota() {
 }
 
 /// Issue 12 item 3 on both store backends: 100 concurrent wrong passwords
-/// for one username from 100 addresses, every check made before any result
-/// is known: exactly the username's allowance (10) is verified, the rest
+/// for one username from 100 addresses, through two nodes (two limiters,
+/// two pools) on one store, every check made before any result is known:
+/// exactly the username's allowance (10) is verified, the rest
 /// refused before verification; the lockout follows. A success in between
 /// (the right password) still clears the username and costs the IP nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -411,11 +412,16 @@ async fn concurrent_attempts_never_exceed_the_lockout_on_every_backend() {
             auth_lockout_per_ip: 10,
             ..config()
         };
-        let l = Arc::new(Limiter::new(cfg, shared(t.store.clone()), clock.clone()).unwrap());
+        let l =
+            Arc::new(Limiter::new(cfg.clone(), shared(t.store.clone()), clock.clone()).unwrap());
+        // A second node: its own limiter and connection pool on the same store.
+        let other = store::open(&t.url, &StoreOptions::default()).await.unwrap();
+        let l2 = Arc::new(Limiter::new(cfg, shared(other), clock.clone()).unwrap());
         let barrier = Arc::new(tokio::sync::Barrier::new(100));
         let tasks: Vec<_> = (0..100u8)
             .map(|i| {
-                let (l, barrier) = (l.clone(), barrier.clone());
+                let l = if i % 2 == 0 { l.clone() } else { l2.clone() };
+                let barrier = barrier.clone();
                 tokio::spawn(async move {
                     let from = IpAddr::from([198, 51, 100, i]);
                     let allowed = l.auth_allowed(from, "victim").await.is_ok();

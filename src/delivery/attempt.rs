@@ -10,12 +10,14 @@ use tracing::{info, warn};
 
 use super::throttle::{self, Admission};
 use super::upstream::{Envelope, Reply, TxReplies};
+use super::worker::Waiting;
 use super::{lock, now_ms, route, Engine, UpstreamState};
 use crate::metrics::{DeliveryResult, LimitKind, LimitScope, ThrottleCause, UpstreamMetrics};
 use crate::store::{ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome};
 
 impl Engine {
     /// One delivery attempt of `rcpts` (all at route position `start`).
+    /// `waiting` is given up once a connection slot is held.
     pub(super) async fn attempt(
         &self,
         m: &ClaimedMessage,
@@ -23,6 +25,7 @@ impl Engine {
         route: &[String],
         start: usize,
         rcpts: &[&ClaimedRecipient],
+        waiting: &Waiting,
     ) -> Vec<RecipientOutcome> {
         let now_i = Instant::now();
         let chosen = route::pick(route.len(), start as u32, |i| {
@@ -71,8 +74,38 @@ impl Engine {
             body,
             smtputf8: m.smtputf8,
         };
+        let wait = self.queue.max_pool_wait;
+        let slot = tokio::select! {
+            slot = up.pool.slot(wait) => slot,
+            _ = self.shutdown.cancelled() => None,
+        };
+        let Some(slot) = slot else {
+            // Not started: back to the queue, due at once, no attempt used
+            // (shut down, or every connection busy: a slow or hung upstream
+            // must not hold claimed mail, issue #13).
+            lock(&up.circuit).release_probe(Instant::now());
+            self.publish_circuit(name);
+            let reply = if self.shutdown.is_cancelled() {
+                String::new()
+            } else {
+                info!(queue_id = %m.id, upstream = %name, "no free connection within max_pool_wait: given back to the queue");
+                if let Some(um) = &up.metrics {
+                    um.throttled(ThrottleCause::Pool, rcpts.len() as u64);
+                }
+                format!("no free connection to upstream {name} within {wait:?}")
+            };
+            let now = now_ms();
+            return rcpts
+                .iter()
+                .map(|r| RecipientOutcome {
+                    log: false,
+                    ..deferred(r, now, idx as u32, false, Some(name), &reply)
+                })
+                .collect();
+        };
+        waiting.started();
         let started = Instant::now();
-        let sent = up.pool.send(env).await;
+        let sent = slot.send(env).await;
         if let Some(um) = &up.metrics {
             um.transaction_duration(started.elapsed());
         }

@@ -7,16 +7,19 @@
 
 use bytes::Bytes;
 
+use super::worker::Waiting;
 use super::{route, Engine};
 use crate::store::{ClaimedMessage, RecipientOutcome};
 
 impl Engine {
     /// One attempt for every claimed recipient of `m`: one transaction per
     /// route group, all groups concurrently. Outcomes of all recipients.
+    /// `waiting` is given up once the first group holds a connection.
     pub(super) async fn attempt_routes(
         &self,
         m: &ClaimedMessage,
         body: &Bytes,
+        waiting: &Waiting,
     ) -> Vec<RecipientOutcome> {
         let facts = self
             .router
@@ -30,7 +33,7 @@ impl Engine {
         );
         let attempts = groups
             .iter()
-            .map(|g| self.attempt(m, body, g.route, g.start, &g.members));
+            .map(|g| self.attempt(m, body, g.route, g.start, &g.members, waiting));
         futures::future::join_all(attempts)
             .await
             .into_iter()

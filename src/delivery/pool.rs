@@ -4,7 +4,9 @@
 
 use std::sync::Mutex;
 
-use tokio::sync::Semaphore;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use super::upstream::{Connection, Envelope, SendError, TxReplies, Upstream};
@@ -36,18 +38,44 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
-    /// Sends one message over a pooled session (an idle one after a
-    /// successful RSET, else a new one), waiting for a free slot first. A
-    /// session that broke is dropped, never returned to the pool.
-    pub async fn send(&self, env: Envelope<'_>) -> Result<TxReplies, SendError> {
-        let _permit = self
-            .permits
-            .acquire()
+    /// A connection slot, waiting at most `max_wait` for one to free up;
+    /// `None` if all `max_connections` stayed busy that long. The wait has
+    /// a deadline so that a slow or hung upstream cannot hold claimed mail
+    /// (issue #13).
+    pub async fn slot(&self, max_wait: Duration) -> Option<Slot<'_>> {
+        let permit = tokio::time::timeout(max_wait, self.permits.acquire())
             .await
-            .map_err(|_| SendError::Io("pool closed".into()))?;
-        let cfg = self.upstream.config();
+            .ok()?
+            .ok()?;
+        Some(Slot {
+            pool: self,
+            _permit: permit,
+        })
+    }
+
+    /// Closes idle sessions (QUIT).
+    pub async fn close_idle(&self) {
+        while let Some(conn) = self.take_idle() {
+            conn.quit().await;
+        }
+    }
+}
+
+/// One of a pool's `max_connections` slots, held while a transaction runs.
+pub struct Slot<'a> {
+    pool: &'a Pool,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Slot<'_> {
+    /// Sends one message over a pooled session (an idle one after a
+    /// successful RSET, else a new one). A session that broke is dropped,
+    /// never returned to the pool.
+    pub async fn send(self, env: Envelope<'_>) -> Result<TxReplies, SendError> {
+        let pool = self.pool;
+        let cfg = pool.upstream.config();
         let mut reused = None;
-        while let Some(mut conn) = self.take_idle() {
+        while let Some(mut conn) = pool.take_idle() {
             if conn.last_used + cfg.idle_timeout < Instant::now() {
                 tokio::spawn(conn.quit());
                 continue;
@@ -61,12 +89,12 @@ impl Pool {
         }
         let mut conn = match reused {
             Some(c) => c,
-            None => self.upstream.connect().await?,
+            None => pool.upstream.connect().await?,
         };
         let result = conn.send(env).await;
         if result.is_ok() {
             if conn.transactions < cfg.max_messages_per_connection.max(1) {
-                self.idle
+                pool.idle
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(conn);
@@ -75,12 +103,5 @@ impl Pool {
             }
         }
         result
-    }
-
-    /// Closes idle sessions (QUIT).
-    pub async fn close_idle(&self) {
-        while let Some(conn) = self.take_idle() {
-            conn.quit().await;
-        }
     }
 }

@@ -5,6 +5,7 @@ mod cli_accounts;
 mod common;
 mod delivery_crash;
 pub mod delivery_flow;
+mod delivery_isolation;
 mod delivery_metrics;
 mod delivery_nodes;
 mod delivery_queue;

@@ -60,3 +60,11 @@ fi
 # --- the suite -----------------------------------------------------------------
 log "cargo test (unit + integration, SQLite and PostgreSQL)"
 cargo test --all-targets --locked 2>&1
+
+# --- chaos, short version --------------------------------------------------------
+# Faults under load through the real binary that cargo test just built, every
+# message accounted for (bench/chaos/README.md; about two minutes). It runs a
+# PostgreSQL of its own, since it stops and restarts it. Fails if a message
+# answered 250 is lost.
+log "chaos suite, short version (bench/chaos/run.sh --short)"
+POSTGATE_BIN="${CARGO_TARGET_DIR:-target}/debug/postgate" bench/chaos/run.sh --short

@@ -225,7 +225,10 @@ impl Delivery {
             hostname,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let room = q.workers.saturating_mul(q.batch as usize).max(1);
+        let room = q
+            .workers
+            .saturating_mul(q.batch as usize)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let engine = Arc::new(Engine {
             store,
             owner: node,

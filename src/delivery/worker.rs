@@ -71,6 +71,26 @@ pub(super) struct Finished {
     outcomes: Vec<RecipientOutcome>,
 }
 
+/// The leases of a message task that ended without handing its outcome
+/// to the recorder (it panicked): the heartbeat stops renewing them, so
+/// they expire and the message is tried again, instead of being held for
+/// as long as the process lives.
+struct Unrecorded {
+    engine: Arc<Engine>,
+    ids: Vec<i64>,
+}
+
+impl Drop for Unrecorded {
+    fn drop(&mut self) {
+        if !self.ids.is_empty() {
+            let mut leased = lock(&self.engine.leased);
+            for id in &self.ids {
+                leased.remove(id);
+            }
+        }
+    }
+}
+
 /// Where message tasks hand their outcomes.
 pub(super) type Recorder = mpsc::UnboundedSender<Finished>;
 
@@ -185,12 +205,18 @@ impl Engine {
                 let engine = self.clone();
                 let recorder = recorder.clone();
                 tasks.spawn(async move {
+                    let mut unrecorded = Unrecorded {
+                        engine: engine.clone(),
+                        ids: m.recipients.iter().map(|r| r.id).collect(),
+                    };
                     let (message, headers, outcomes) = engine.deliver_message(m, waiting).await;
                     let _ = recorder.send(Finished {
                         message,
                         headers,
                         outcomes,
                     });
+                    // The recorder forgets these leases once recorded.
+                    unrecorded.ids.clear();
                 });
             }
         }

@@ -279,3 +279,49 @@ fn check_config_refuses_a_lease_shorter_than_one_delivery() {
     cfg.queue.lease = Duration::from_secs(30);
     cfg.check_lease().unwrap();
 }
+
+#[test]
+fn check_config_names_the_lease_key_and_serve_settings_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, queue: &str, upstream: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[store]\nurl = \"sqlite://{}/p.db\"\n\n[[smtp.listener]]\naddress = \"127.0.0.1:2587\"\nmode = \"plain\"\n\n[queue]\n{queue}\n\n[[upstream]]\nname = \"mta\"\nhost = \"127.0.0.1\"\ntls = \"none\"\n{upstream}\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let check = |path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_postgate"))
+            .arg("-c")
+            .arg(path)
+            .arg("check-config")
+            .output()
+            .unwrap()
+    };
+    let short = write("short.toml", "lease = \"2m\"", "");
+    let o = check(&short);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("short.toml: queue.lease:")
+            && err.contains("lease 2m")
+            && err.contains("6m 30s"),
+        "{err}"
+    );
+    // The same lease with timeouts that fit in it.
+    let fits = write(
+        "fits.toml",
+        "lease = \"2m\"",
+        "connect_timeout = \"10s\"\ncommand_timeout = \"20s\"\ndata_timeout = \"90s\"",
+    );
+    let o = check(&fits);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The defaults pass.
+    let o = check(&write("default.toml", "", ""));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

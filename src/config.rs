@@ -363,6 +363,20 @@ impl Config {
         Ok(())
     }
 
+    /// The checks only `check-config` makes (`serve` logs them as warnings
+    /// instead, so a running fleet is not stopped by a stricter check):
+    /// `[queue] lease` must cover one delivery's timeouts
+    /// ([`DeliveryConfig::check_lease`](crate::delivery::DeliveryConfig::check_lease)).
+    pub fn check_strict(&self, file: &str) -> Result<(), ConfigError> {
+        self.delivery()
+            .check_lease()
+            .map_err(|e| ConfigError::Invalid {
+                file: file.to_string(),
+                key: "queue.lease".into(),
+                message: e.to_string(),
+            })
+    }
+
     /// What [`crate::delivery::Delivery::start`] needs from this config.
     pub fn delivery(&self) -> crate::delivery::config::DeliveryConfig {
         crate::delivery::config::DeliveryConfig {

@@ -343,6 +343,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             config
                 .validate_for_serve(&config_name(&cli))
                 .map_err(|e| Failure(e.to_string(), 2))?;
+            config
+                .check_strict(&config_name(&cli))
+                .map_err(|e| Failure(e.to_string(), 2))?;
             print!("{}", config.to_redacted_toml());
             Ok(())
         }

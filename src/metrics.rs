@@ -294,7 +294,7 @@ impl Metrics {
         );
         let upstream_throttled = d.counter_vec(
             "postgate_upstream_throttled_total",
-            "Recipients held back by an upstream's throttle, by upstream and cause: rate (its configured rate had no slot in time; no attempt made) or reply (it answered with a throttling reply and is paused; no attempt used up).",
+            "Recipients held back by an upstream's throttle, by upstream and cause: rate (its configured rate had no slot in time; no attempt made) reply (it answered with a throttling reply and is paused; no attempt used up) or pool (every connection stayed busy for max_pool_wait; given back to the queue, no attempt used up).",
             &["upstream", "cause"],
         );
         let oauth_token_requests = d.counter_vec(

@@ -67,3 +67,11 @@ cargo test --all-targets --locked 2>&1
 # stable toolchain (see README "Fuzzing"); a crash fails the run.
 log "fuzzing: every target for ${FUZZ_SECONDS:-30} s (fuzz/run.sh)"
 fuzz/run.sh
+
+# --- chaos, short version --------------------------------------------------------
+# Faults under load through the real binary that cargo test just built, every
+# message accounted for (bench/chaos/README.md; about two minutes). It runs a
+# PostgreSQL of its own, since it stops and restarts it. Fails if a message
+# answered 250 is lost.
+log "chaos suite, short version (bench/chaos/run.sh --short)"
+POSTGATE_BIN="${CARGO_TARGET_DIR:-target}/debug/postgate" bench/chaos/run.sh --short

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use super::throttle::{self, Admission};
 use super::transaction::{EnvelopeDsn, RecipientDsn};
 use super::upstream::{Envelope, Reply, SendError, TxReplies};
+use super::worker::Waiting;
 use super::{lock, now_ms, route, Engine, UpstreamState};
 use crate::metrics::{DeliveryResult, LimitKind, LimitScope, ThrottleCause, UpstreamMetrics};
 use crate::store::{ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome};
@@ -19,7 +20,9 @@ impl Engine {
     /// One delivery attempt of `rcpts` (all at route position `start`).
     /// Recipients delivered to an upstream that did not take the DSN
     /// parameters are added to `relayed` (RFC 3461 §6.2.1: postgate then
-    /// owes the SUCCESS notice).
+    /// owes the SUCCESS notice). `waiting` is given up once a connection
+    /// slot is held.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt(
         &self,
         m: &ClaimedMessage,
@@ -28,6 +31,7 @@ impl Engine {
         start: usize,
         rcpts: &[&ClaimedRecipient],
         relayed: &mut Vec<i64>,
+        waiting: &Waiting,
     ) -> Vec<RecipientOutcome> {
         let now_i = Instant::now();
         let chosen = route::pick(route.len(), start as u32, |i| {
@@ -88,8 +92,38 @@ impl Engine {
                 recipients: &dsn,
             }),
         };
+        let wait = self.queue.max_pool_wait;
+        let slot = tokio::select! {
+            slot = up.pool.slot(wait) => slot,
+            _ = self.shutdown.cancelled() => None,
+        };
+        let Some(slot) = slot else {
+            // Not started: back to the queue, due at once, no attempt used
+            // (shut down, or every connection busy: a slow or hung upstream
+            // must not hold claimed mail, issue #13).
+            lock(&up.circuit).release_probe(Instant::now());
+            self.publish_circuit(name);
+            let reply = if self.shutdown.is_cancelled() {
+                String::new()
+            } else {
+                info!(queue_id = %m.id, upstream = %name, "no free connection within max_pool_wait: given back to the queue");
+                if let Some(um) = &up.metrics {
+                    um.throttled(ThrottleCause::Pool, rcpts.len() as u64);
+                }
+                format!("no free connection to upstream {name} within {wait:?}")
+            };
+            let now = now_ms();
+            return rcpts
+                .iter()
+                .map(|r| RecipientOutcome {
+                    log: false,
+                    ..deferred(r, now, idx as u32, false, Some(name), &reply)
+                })
+                .collect();
+        };
+        waiting.started();
         let started = Instant::now();
-        let sent = up.pool.send(env).await;
+        let sent = slot.send(env).await;
         if let Some(um) = &up.metrics {
             um.transaction_duration(started.elapsed());
         }

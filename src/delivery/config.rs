@@ -20,13 +20,22 @@ use super::DeliveryError;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// Delivery workers per node (each claims and delivers). Default 16.
+    /// Claim loops per node. Each claimed message is delivered by a task of
+    /// its own (a message never waits for another of its claim), and the
+    /// node keeps at most `workers × batch` claimed messages that have not
+    /// started yet (waiting for the throttle or a connection); what runs is
+    /// bounded per upstream by its `max_connections`. Default 16.
     pub workers: usize,
-    /// Due recipients whose messages one worker claims at a time (a claim
+    /// Due recipients whose messages one claim takes at most (a claim
     /// takes whole messages, so it can hold more). Default 32.
     pub batch: u32,
-    /// How long a claim is leased before another node may take it over
-    /// (must exceed the time to deliver one batch). Default `5m`.
+    /// How long a claim is leased before another node may take it over. A
+    /// heartbeat renews the leases of every claimed message not yet
+    /// recorded every `lease / 3`, so this is how long a crashed node's
+    /// messages wait. `check-config` refuses a lease shorter than one
+    /// delivery's timeouts (`connect_timeout + command_timeout +
+    /// data_timeout` of each upstream): the heartbeat cannot reach a store
+    /// that is away, and a delivery may not outlast its lease. Default `10m`.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     /// Delay after the first failed attempt. Default `1m`.
@@ -68,6 +77,13 @@ pub struct QueueConfig {
     /// in full; a larger one is returned as its header section only.
     /// Default 1048576 (1 MiB).
     pub dsn_return_max: u64,
+    /// Longest a claimed message waits for a free connection of its
+    /// upstream (all `max_connections` busy) before it is given back to the
+    /// queue, due at once and without using up an attempt: a slow or hung
+    /// upstream does not hold claimed mail, nor the room to claim more.
+    /// Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub max_pool_wait: Duration,
 }
 
 impl Default for QueueConfig {
@@ -75,7 +91,7 @@ impl Default for QueueConfig {
         QueueConfig {
             workers: 16,
             batch: 32,
-            lease: Duration::from_secs(300),
+            lease: Duration::from_secs(600),
             retry_initial: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
             retry_multiplier: 2.0,
@@ -88,6 +104,7 @@ impl Default for QueueConfig {
             max_throttle_wait: Duration::from_secs(10),
             delay_warning: Duration::from_secs(4 * 3600),
             dsn_return_max: 1 << 20,
+            max_pool_wait: Duration::from_secs(10),
         }
     }
 }
@@ -172,7 +189,9 @@ pub struct UpstreamConfig {
     /// Messages sent over one connection before it is closed. Default 100.
     #[serde(default = "default_max_messages")]
     pub max_messages_per_connection: u32,
-    /// TCP connect plus TLS handshake. Default `30s`.
+    /// TCP connect, TLS handshake (implicit TLS) and the server's greeting
+    /// together: an upstream that accepts TCP and never speaks is given up
+    /// after this, not after `command_timeout`. Default `30s`.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Each reply to a command (RFC 5321 §4.5.3.2 suggests minutes). Default `60s`.
@@ -466,6 +485,37 @@ impl DeliveryConfig {
             || !(0.0..=1.0).contains(&q.retry_jitter)
         {
             return bad("[queue] retry_multiplier must be >= 1, retry_jitter in 0..1".into());
+        }
+        Ok(())
+    }
+
+    /// Checks that `[queue] lease` covers one delivery's timeouts to every
+    /// upstream (`connect_timeout + command_timeout + data_timeout`): the
+    /// heartbeat keeps longer deliveries leased while the store answers,
+    /// but a lease that runs out under a delivery still in progress means
+    /// a second node sends the message again. `check-config` refuses a
+    /// config that fails this; `serve` warns.
+    pub fn check_lease(&self) -> Result<(), DeliveryError> {
+        let Some((name, floor)) = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                (
+                    &u.name,
+                    u.connect_timeout + u.command_timeout + u.data_timeout,
+                )
+            })
+            .max_by_key(|(_, d)| *d)
+        else {
+            return Ok(());
+        };
+        if self.queue.lease < floor {
+            return Err(DeliveryError::Config(format!(
+                "[queue] lease {} is shorter than one delivery's timeouts to upstream {name:?} \
+                 (connect_timeout + command_timeout + data_timeout = {}): raise lease or lower those timeouts",
+                humantime::format_duration(self.queue.lease),
+                humantime::format_duration(floor),
+            )));
         }
         Ok(())
     }

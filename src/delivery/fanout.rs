@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 
+use super::worker::Waiting;
 use super::{route, Engine};
 use crate::store::{ClaimedMessage, RecipientOutcome};
 
@@ -15,10 +16,12 @@ impl Engine {
     /// route group, all groups concurrently. Outcomes of all recipients,
     /// and the ids of those delivered to an upstream that did not take the
     /// DSN parameters (postgate owes their SUCCESS notice, see notices.rs).
+    /// `waiting` is given up once the first group holds a connection.
     pub(super) async fn attempt_routes(
         &self,
         m: &ClaimedMessage,
         body: &Bytes,
+        waiting: &Waiting,
     ) -> (Vec<RecipientOutcome>, Vec<i64>) {
         let facts = self
             .router
@@ -34,7 +37,7 @@ impl Engine {
         let attempts = groups
             .iter()
             .zip(relayed.iter_mut())
-            .map(|(g, rel)| self.attempt(m, body, g.route, g.start, &g.members, rel));
+            .map(|(g, rel)| self.attempt(m, body, g.route, g.start, &g.members, rel, waiting));
         let outcomes = futures::future::join_all(attempts)
             .await
             .into_iter()

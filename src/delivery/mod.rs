@@ -12,7 +12,8 @@
 //!
 //! Delivery is at least once: if the process dies between an upstream's
 //! 250 and the outcome's commit, the lease expires and the message is sent
-//! again.
+//! again. While the process lives, a heartbeat renews the leases of what it
+//! claimed ([`worker`]), so a slow delivery is never sent twice.
 
 pub mod admin;
 mod attempt;
@@ -35,8 +36,9 @@ pub mod throttle;
 pub mod tls_client;
 pub mod transaction;
 pub mod upstream;
+mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,18 +60,6 @@ use crate::metrics::{Metrics, StoreOperation, UpstreamMetrics};
 use crate::store::{
     new_queue_id, ClaimedMessage, OutcomeKind, RecipientOutcome, Store, StoreError,
 };
-
-/// How long finished attempts wait for others of the same claim to share
-/// one outcome commit (and so the longest a delivered message waits to be
-/// recorded, on top of the commit itself).
-const OUTCOME_GATHER: Duration = Duration::from_millis(20);
-
-/// Claims of one node start at least this far apart while the queue is
-/// drained (a claim came back with less than a full batch): one claim then
-/// takes what arrived meanwhile instead of every worker polling for a
-/// message or two (each claim is a statement and a commit in the store).
-/// A full batch means a backlog: the next claim may start at once.
-const CLAIM_SPACING: Duration = Duration::from_millis(5);
 
 use circuit::Circuit;
 use pool::Pool;
@@ -125,7 +115,14 @@ const LARGE_BODY_BUDGET_MIB: u32 = 128;
 
 struct Engine {
     store: Arc<dyn Store>,
-    /// When the next claim of this node may start ([`CLAIM_SPACING`]).
+    /// The lease owner of every claim of this node (one per start).
+    owner: String,
+    /// Recipients claimed and not yet recorded: the heartbeat renews them.
+    leased: Mutex<HashSet<i64>>,
+    /// Room for claimed messages that have not started yet (`workers ×
+    /// batch` permits; see [`worker`]).
+    waiting: Arc<tokio::sync::Semaphore>,
+    /// When the next claim of this node may start (`worker::CLAIM_SPACING`).
     next_claim: Mutex<Instant>,
     large_bodies: Arc<tokio::sync::Semaphore>,
     queue: QueueConfig,
@@ -152,10 +149,12 @@ pub struct Started {
 
 impl Delivery {
     /// Validates `config`, prepares the upstreams (TLS roots, CA files,
-    /// pins) and starts `config.queue.workers` workers plus a janitor
-    /// (expired leases, delivery log pruning). Cancel `shutdown` to stop:
-    /// workers finish the message they are delivering, release the rest of
-    /// their claim, and the returned handle completes.
+    /// pins) and starts the worker loop (`config.queue.workers` claim
+    /// loops, a task per claimed message, the outcome recorder and the
+    /// lease heartbeat: see [`worker`]) plus a janitor (expired leases,
+    /// delivery log pruning). Cancel `shutdown` to stop: messages being
+    /// delivered finish, claimed ones that have not started are released,
+    /// every outcome is recorded, and the returned handle completes.
     pub fn start(
         store: Arc<dyn Store>,
         config: DeliveryConfig,
@@ -195,6 +194,9 @@ impl Delivery {
         limiter: Arc<Limiter>,
     ) -> Result<Started, DeliveryError> {
         config.validate()?;
+        if let Err(e) = config.check_lease() {
+            warn!(error = %e, "delivery leases may run out under a slow delivery while the store is away");
+        }
         let hostname = if config.hostname.is_empty() {
             "localhost".to_string()
         } else {
@@ -228,8 +230,20 @@ impl Delivery {
             upstreams.insert(u.name.clone(), state);
         }
         let q = &config.queue;
+        let node = format!(
+            "{}/{}",
+            hostname,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let room = q
+            .workers
+            .saturating_mul(q.batch as usize)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let engine = Arc::new(Engine {
             store,
+            owner: node,
+            leased: Mutex::new(HashSet::new()),
+            waiting: Arc::new(tokio::sync::Semaphore::new(room)),
             next_claim: Mutex::new(Instant::now()),
             large_bodies: Arc::new(tokio::sync::Semaphore::new(LARGE_BODY_BUDGET_MIB as usize)),
             router: config.router(),
@@ -247,23 +261,14 @@ impl Delivery {
             dsn_from: config.dsn_from.clone(),
             dsn_signer: config.dsn_signer.clone(),
         });
-        let node = format!(
-            "{}/{}",
-            engine.hostname,
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let workers = if engine.upstreams.is_empty() {
+        let deliver = !engine.upstreams.is_empty();
+        if !deliver {
             warn!("no [[upstream]] configured: messages are queued but not delivered");
-            0
-        } else {
-            engine.queue.workers
-        };
+        }
         let handle = tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..workers {
-                let e = engine.clone();
-                let owner = format!("{node}/{i}");
-                tasks.spawn(async move { e.worker(owner).await });
+            if deliver {
+                tasks.spawn(worker::run(engine.clone()));
             }
             let e = engine.clone();
             tasks.spawn(async move { e.janitor().await });
@@ -282,135 +287,6 @@ impl Delivery {
 impl Engine {
     fn lease_ms(&self) -> i64 {
         self.queue.lease.as_millis() as i64
-    }
-
-    /// Waits for this node's next claim slot ([`CLAIM_SPACING`]) and takes
-    /// it; false if shut down meanwhile.
-    async fn claim_slot(&self) -> bool {
-        loop {
-            let wait = {
-                let mut next = lock(&self.next_claim);
-                let now = Instant::now();
-                if *next <= now {
-                    *next = now + CLAIM_SPACING;
-                    return true;
-                }
-                *next - now
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.shutdown.cancelled() => return false,
-            }
-        }
-    }
-
-    async fn worker(&self, owner: String) {
-        while !self.shutdown.is_cancelled() {
-            if !self.claim_slot().await {
-                break;
-            }
-            let started = Instant::now();
-            let claimed = self
-                .store
-                .claim_due(&owner, now_ms(), self.lease_ms(), self.queue.batch)
-                .await;
-            self.store_timing(StoreOperation::Claim, started, claimed.is_err());
-            let claimed = match claimed {
-                Ok(c) => {
-                    let recipients: usize = c.iter().map(|m| m.recipients.len()).sum();
-                    if recipients >= self.queue.batch as usize {
-                        // A backlog: let the next claim start at once.
-                        *lock(&self.next_claim) = Instant::now();
-                    }
-                    c
-                }
-                Err(e) => {
-                    warn!(error = %e, "queue claim failed");
-                    Vec::new()
-                }
-            };
-            if claimed.is_empty() {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.queue.poll_interval) => {}
-                    _ = self.shutdown.cancelled() => break,
-                }
-                continue;
-            }
-            if self.shutdown.is_cancelled() {
-                self.release(&owner, claimed.into_iter()).await;
-                break;
-            }
-            self.process_claim(&owner, claimed).await;
-        }
-    }
-
-    /// Delivers the messages of one claim concurrently (the pools bound the
-    /// sessions) and records each message's outcomes as soon as its own
-    /// attempt is over, in one transaction with any others that finish
-    /// within [`OUTCOME_GATHER`]. Not waiting for the slowest message of
-    /// the claim keeps the duplicate window of a crash to "between the
-    /// upstream's 250 and this commit" (issue #4), instead of up to a slow
-    /// sibling's data timeout.
-    async fn process_claim(&self, owner: &str, claimed: Vec<ClaimedMessage>) {
-        use futures::StreamExt;
-        let mut attempts: futures::stream::FuturesUnordered<_> = claimed
-            .into_iter()
-            .map(|m| self.deliver_message(m))
-            .collect();
-        while let Some(first) = attempts.next().await {
-            let mut results = vec![first];
-            // What finishes within a moment shares the commit: one
-            // transaction for a burst, yet a short duplicate window.
-            let gather = tokio::time::sleep(OUTCOME_GATHER);
-            tokio::pin!(gather);
-            loop {
-                tokio::select! {
-                    more = attempts.next() => match more {
-                        Some(r) => results.push(r),
-                        None => break,
-                    },
-                    _ = &mut gather => break,
-                }
-            }
-            let outcomes: Vec<RecipientOutcome> = results
-                .iter()
-                .flat_map(|(_, _, o)| o.iter().cloned())
-                .collect();
-            if !outcomes.is_empty() {
-                self.record(owner, &outcomes).await;
-            }
-            for (m, body, outcomes) in &results {
-                // All-delivered messages were finished by `record_outcomes`.
-                let bounced = outcomes
-                    .iter()
-                    .any(|o| matches!(o.kind, OutcomeKind::Failed | OutcomeKind::Expired));
-                if bounced {
-                    self.finish(m, body).await;
-                }
-            }
-        }
-    }
-
-    /// Gives claimed recipients back, due now, without counting an attempt.
-    async fn release(&self, owner: &str, messages: impl Iterator<Item = ClaimedMessage>) {
-        let now = now_ms();
-        let outcomes: Vec<RecipientOutcome> = messages
-            .flat_map(|m| m.recipients)
-            .map(|r| RecipientOutcome {
-                recipient_id: r.id,
-                kind: OutcomeKind::Deferred {
-                    next_attempt_at: now,
-                    route_index: r.route_index,
-                    count_attempt: false,
-                },
-                upstream: None,
-                reply: None,
-                log: false,
-            })
-            .collect();
-        if !outcomes.is_empty() {
-            self.record(owner, &outcomes).await;
-        }
     }
 
     async fn janitor(&self) {
@@ -467,12 +343,38 @@ impl Engine {
         }
     }
 
+    /// Gives the claimed recipients of `m` back, due now, without counting
+    /// an attempt (shutdown before the message started).
+    fn release(&self, m: &ClaimedMessage) -> Vec<RecipientOutcome> {
+        let now = now_ms();
+        m.recipients
+            .iter()
+            .map(|r| RecipientOutcome {
+                recipient_id: r.id,
+                kind: OutcomeKind::Deferred {
+                    next_attempt_at: now,
+                    route_index: r.route_index,
+                    count_attempt: false,
+                },
+                upstream: None,
+                reply: None,
+                log: false,
+            })
+            .collect()
+    }
+
     /// One attempt for the claimed recipients of `m`: their outcomes, to be
     /// recorded by the caller (with the message and its body, for a DSN).
+    /// `waiting` is given up once the message has a connection.
     async fn deliver_message(
         &self,
         mut m: ClaimedMessage,
+        waiting: worker::Waiting,
     ) -> (ClaimedMessage, Bytes, Vec<RecipientOutcome>) {
+        if self.shutdown.is_cancelled() {
+            let outcomes = self.release(&m);
+            return (m, Bytes::new(), outcomes);
+        }
         let now = now_ms();
         // Held until this attempt is over (the body is dropped by then).
         let mut _budget = None;
@@ -530,7 +432,7 @@ impl Engine {
                 return (m, Bytes::new(), outcomes);
             }
         };
-        let (outcomes, relayed) = self.attempt_routes(&m, &body).await;
+        let (outcomes, relayed) = self.attempt_routes(&m, &body, &waiting).await;
         self.notices(&m, &body, &outcomes, &relayed).await;
         // Keep only what a DSN needs, so a claim does not pin its bodies.
         let bounced = outcomes

@@ -4,10 +4,14 @@
 //! With `username = "{sender}"` a session is authenticated as one mailbox,
 //! so idle sessions are kept per mailbox (the pool key) and only reused for
 //! mail of that mailbox; the connection cap stays per upstream.
+//!
+//! A transaction first takes a [`Slot`], waiting at most `max_pool_wait`:
+//! a slow or hung upstream cannot hold claimed mail (issue #13).
 
 use std::sync::Mutex;
+use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use super::upstream::{Connection, Envelope, SendError, TxReplies, Upstream};
@@ -59,19 +63,44 @@ impl Pool {
         }
     }
 
-    /// Sends one message over a pooled session (an idle one after a
-    /// successful RSET, else a new one), waiting for a free slot first. A
-    /// session that broke is dropped, never returned to the pool.
-    pub async fn send(&self, env: Envelope<'_>) -> Result<TxReplies, SendError> {
-        let _permit = self
-            .permits
-            .acquire()
+    /// A connection slot, waiting at most `max_wait` for one to free up;
+    /// `None` if all `max_connections` stayed busy that long.
+    pub async fn slot(&self, max_wait: Duration) -> Option<Slot<'_>> {
+        let permit = tokio::time::timeout(max_wait, self.permits.acquire())
             .await
-            .map_err(|_| SendError::Io("pool closed".into()))?;
-        let cfg = self.upstream.config();
-        let key = self.upstream.pool_key(env.sender);
+            .ok()?
+            .ok()?;
+        Some(Slot {
+            pool: self,
+            _permit: permit,
+        })
+    }
+
+    /// Closes idle sessions (QUIT).
+    pub async fn close_idle(&self) {
+        let all = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        for (_, conn) in all {
+            conn.quit().await;
+        }
+    }
+}
+
+/// One of a pool's `max_connections` slots, held while a transaction runs.
+pub struct Slot<'a> {
+    pool: &'a Pool,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Slot<'_> {
+    /// Sends one message over a pooled session of its sender's pool key (an
+    /// idle one after a successful RSET, else a new one). A session that
+    /// broke is dropped, never returned to the pool.
+    pub async fn send(self, env: Envelope<'_>) -> Result<TxReplies, SendError> {
+        let pool = self.pool;
+        let cfg = pool.upstream.config();
+        let key = pool.upstream.pool_key(env.sender);
         let mut reused = None;
-        while let Some(mut conn) = self.take_idle(&key) {
+        while let Some(mut conn) = pool.take_idle(&key) {
             if conn.last_used + cfg.idle_timeout < Instant::now() {
                 tokio::spawn(conn.quit());
                 continue;
@@ -86,14 +115,14 @@ impl Pool {
         let mut conn = match reused {
             Some(c) => c,
             None => {
-                self.evict_for_new(cfg.max_connections.max(1));
-                self.upstream.connect_for(env.sender).await?
+                pool.evict_for_new(cfg.max_connections.max(1));
+                pool.upstream.connect_for(env.sender).await?
             }
         };
         let result = conn.send(env).await;
         if result.is_ok() {
             if conn.transactions < cfg.max_messages_per_connection.max(1) {
-                self.idle
+                pool.idle
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push((key, conn));
@@ -102,13 +131,5 @@ impl Pool {
             }
         }
         result
-    }
-
-    /// Closes idle sessions (QUIT).
-    pub async fn close_idle(&self) {
-        let all = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        for (_, conn) in all {
-            conn.quit().await;
-        }
     }
 }

@@ -190,8 +190,12 @@ impl Upstream {
             Either::Left(tcp)
         };
         let mut conn = Connection::new(stream, &self.cfg);
+        // The greeting shares the connect deadline: an upstream that accepts
+        // TCP and never speaks is given up after `connect_timeout`, not after
+        // a command timeout (RFC 5321 §4.5.3.2.1 suggests 5 minutes for the
+        // greeting of a server that is slow, not hung).
         steps.begin("greeting");
-        let greeting = conn.read_reply(conn.command_deadline(), "greeting").await?;
+        let greeting = conn.read_reply(deadline, "greeting").await?;
         if greeting.code != 220 {
             return Err(SendError::Refused {
                 stage: "greeting",

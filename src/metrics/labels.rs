@@ -153,6 +153,9 @@ label_enum!(
         /// It answered with a throttling reply (e.g. SES `454 Throttling
         /// failure`): it is paused, no attempt is used up.
         Reply => "reply",
+        /// Every connection to it stayed busy for `max_pool_wait`: the
+        /// message went back to the queue, no attempt was used up.
+        Pool => "pool",
     }
 );
 
@@ -185,6 +188,8 @@ label_enum!(
         Claim => "claim",
         /// Recording delivery outcomes.
         RecordOutcome => "record_outcome",
+        /// The heartbeat renewing the leases of claims in progress.
+        RenewLeases => "renew_leases",
         /// `AccountStore::login_lookup` at AUTH.
         LoginLookup => "login_lookup",
         /// `AccountStore::credential_used` after a login.

@@ -420,6 +420,29 @@ impl QueueStore for PgStore {
         Ok(rows.iter().map(message_of).collect())
     }
 
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        recipient_ids: &[i64],
+        now: i64,
+        lease_ms: i64,
+    ) -> StoreResult<u64> {
+        if recipient_ids.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "UPDATE queue_recipients SET lease_until = $1
+             WHERE id = ANY($2) AND lease_owner = $3 AND status = 'queued'",
+        )
+        .bind(now.saturating_add(lease_ms))
+        .bind(recipient_ids)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "queue lease"))?;
+        Ok(done.rows_affected())
+    }
+
     async fn reclaim_expired(&self, now: i64) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE queue_recipients SET lease_owner = NULL, lease_until = NULL, updated_at = $1

@@ -268,6 +268,20 @@ pub trait QueueStore: Send + Sync {
     /// `limit`; `recipients` is empty. Read-only.
     async fn unfinished_messages(&self, limit: u32) -> StoreResult<Vec<ClaimedMessage>>;
 
+    /// Extends to `now + lease_ms` the leases `owner` holds on the
+    /// recipients `recipient_ids` (the heartbeat of a claim in progress:
+    /// issue #13). Only recipients still `queued` and leased by `owner` are
+    /// touched, so a lease already recorded, or expired and taken over by
+    /// another claimer, is never taken back; a lease that expired but was
+    /// not taken over is simply held again. Returns how many were renewed.
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        recipient_ids: &[i64],
+        now: i64,
+        lease_ms: i64,
+    ) -> StoreResult<u64>;
+
     /// Clears leases that expired before `now` (their holders died); returns
     /// how many. Claims already ignore expired leases; this makes them visible.
     async fn reclaim_expired(&self, now: i64) -> StoreResult<u64>;

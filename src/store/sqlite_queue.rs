@@ -384,6 +384,47 @@ impl QueueStore for SqliteStore {
         Ok(rows.iter().map(message_of).collect())
     }
 
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        recipient_ids: &[i64],
+        now: i64,
+        lease_ms: i64,
+    ) -> StoreResult<u64> {
+        if recipient_ids.is_empty() {
+            return Ok(0);
+        }
+        // One write transaction; the ids go in chunks well under SQLite's
+        // bound-parameter limit.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| map_sqlx(e, "queue lease"))?;
+        let mut renewed = 0;
+        for chunk in recipient_ids.chunks(500) {
+            let ids: Vec<String> = (3..chunk.len() + 3).map(|i| format!("?{i}")).collect();
+            let ids = ids.join(",");
+            let sql = format!(
+                "UPDATE queue_recipients SET lease_until = ?1
+                 WHERE lease_owner = ?2 AND status = 'queued' AND id IN ({ids})"
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(now.saturating_add(lease_ms))
+                .bind(owner);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            renewed += q
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "queue lease"))?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue lease"))?;
+        Ok(renewed)
+    }
+
     async fn reclaim_expired(&self, now: i64) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE queue_recipients SET lease_owner = NULL, lease_until = NULL, updated_at = ?1

@@ -453,7 +453,10 @@ async fn shutdown_releases_claims_and_stops() {
     let mut beh = Behavior::new(ServerTls::None);
     beh.reply_delay = Duration::from_millis(300);
     let server = UpstreamServer::start(beh).await;
-    let mut cfg = config(vec![server.upstream_config("up")], vec![]);
+    let mut up = server.upstream_config("up");
+    // One session at a time: a second message waits for it (not started).
+    up.max_connections = 1;
+    let mut cfg = config(vec![up], vec![]);
     cfg.queue.workers = 1;
     cfg.queue.batch = 1;
     for n in 0..5 {

@@ -224,6 +224,9 @@ async fn every_read_has_a_timeout() {
     b.reply_delay = Duration::from_secs(3);
     let server = UpstreamServer::start(b).await;
     let mut cfg = server.upstream_config("up");
+    // The greeting is bounded by connect_timeout (connect + greeting), the
+    // commands after it by command_timeout.
+    cfg.connect_timeout = Duration::from_millis(300);
     cfg.command_timeout = Duration::from_millis(300);
     assert_eq!(cfg.tls, TlsMode::None);
     let started = std::time::Instant::now();

@@ -6,6 +6,7 @@ mod common;
 mod delivery_crash;
 mod delivery_dsn;
 pub mod delivery_flow;
+mod delivery_isolation;
 mod delivery_metrics;
 mod delivery_nodes;
 mod delivery_queue;

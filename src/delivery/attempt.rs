@@ -14,8 +14,15 @@ use super::{lock, now_ms, route, Engine, UpstreamState};
 use crate::metrics::{DeliveryResult, LimitKind, LimitScope, ThrottleCause, UpstreamMetrics};
 use crate::store::{ClaimedMessage, ClaimedRecipient, OutcomeKind, RecipientOutcome};
 
+/// The connection permits a message holds until its outcomes are
+/// committed, by upstream name (at most one per upstream).
+pub(super) type Unrecorded = tokio::sync::Mutex<Vec<(String, tokio::sync::OwnedSemaphorePermit)>>;
+
 impl Engine {
     /// One delivery attempt of `rcpts` (all at route position `start`).
+    /// The upstream's [`UpstreamState::unrecorded`] permit taken for the
+    /// transaction goes to `unrecorded` (by upstream name), for the caller
+    /// to drop once the outcomes are committed.
     pub(super) async fn attempt(
         &self,
         m: &ClaimedMessage,
@@ -23,6 +30,7 @@ impl Engine {
         route: &[String],
         start: usize,
         rcpts: &[&ClaimedRecipient],
+        unrecorded: &Unrecorded,
     ) -> Vec<RecipientOutcome> {
         let now_i = Instant::now();
         let chosen = route::pick(route.len(), start as u32, |i| {
@@ -71,6 +79,20 @@ impl Engine {
             body,
             smtputf8: m.smtputf8,
         };
+        // Wait for a connection whose last outcome is committed (never
+        // closed: the semaphore lives as long as the engine). Another group
+        // of the same message on this upstream goes under the permit the
+        // message holds already (waiting for a second could deadlock).
+        // The check and the wait go under the message's lock, so two of its
+        // groups (they run concurrently) never both wait for a permit.
+        {
+            let mut held = unrecorded.lock().await;
+            if !held.iter().any(|(n, _)| n == name) {
+                if let Ok(permit) = up.unrecorded.clone().acquire_owned().await {
+                    held.push((name.to_string(), permit));
+                }
+            }
+        }
         let started = Instant::now();
         let sent = up.pool.send(env).await;
         if let Some(um) = &up.metrics {

@@ -13,10 +13,13 @@ use crate::store::{ClaimedMessage, RecipientOutcome};
 impl Engine {
     /// One attempt for every claimed recipient of `m`: one transaction per
     /// route group, all groups concurrently. Outcomes of all recipients.
+    /// `unrecorded` collects the message's connection permits (see
+    /// [`Engine::attempt`]).
     pub(super) async fn attempt_routes(
         &self,
         m: &ClaimedMessage,
         body: &Bytes,
+        unrecorded: &super::attempt::Unrecorded,
     ) -> Vec<RecipientOutcome> {
         let facts = self
             .router
@@ -30,7 +33,7 @@ impl Engine {
         );
         let attempts = groups
             .iter()
-            .map(|g| self.attempt(m, body, g.route, g.start, &g.members));
+            .map(|g| self.attempt(m, body, g.route, g.start, &g.members, unrecorded));
         futures::future::join_all(attempts)
             .await
             .into_iter()

@@ -12,7 +12,12 @@
 //!
 //! Delivery is at least once: if the process dies between an upstream's
 //! 250 and the outcome's commit, the lease expires and the message is sent
-//! again.
+//! again. How many can be sent twice is bounded: an upstream connection
+//! takes its next message only once the outcome of its last one is
+//! committed, so a crash repeats at most one message per open upstream
+//! connection. An outcome the store does not take is kept and retried
+//! until it is recorded; the node does not deliver those recipients again
+//! meanwhile.
 
 pub mod admin;
 mod attempt;
@@ -53,10 +58,15 @@ use crate::store::{
     new_queue_id, ClaimedMessage, OutcomeKind, RecipientOutcome, Store, StoreError,
 };
 
-/// How long finished attempts wait for others of the same claim to share
-/// one outcome commit (and so the longest a delivered message waits to be
-/// recorded, on top of the commit itself).
-const OUTCOME_GATHER: Duration = Duration::from_millis(20);
+/// First wait before retrying an outcome commit the store refused; it
+/// doubles up to [`OUTCOME_RETRY_MAX`].
+const OUTCOME_RETRY_INITIAL: Duration = Duration::from_millis(200);
+/// Longest wait between two tries of an outcome commit (so outcomes land
+/// within this long of the store coming back).
+const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Once shutting down, how long outcomes are still retried before they are
+/// given up (their messages are then sent again once the lease expires).
+const OUTCOME_SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// Claims of one node start at least this far apart while the queue is
 /// drained (a claim came back with less than a full batch): one claim then
@@ -99,6 +109,10 @@ pub use crate::time::now_ms;
 
 struct UpstreamState {
     pool: Pool,
+    /// One permit per pool connection, held from the start of a transaction
+    /// until its outcome is committed: at most one delivered-but-unrecorded
+    /// message per connection (the duplicates a crash can cause).
+    unrecorded: Arc<tokio::sync::Semaphore>,
     circuit: Arc<Mutex<Circuit>>,
     metrics: Option<UpstreamMetrics>,
     throttle: UpstreamThrottle,
@@ -119,6 +133,16 @@ const LARGE_BODY_BUDGET_MIB: u32 = 128;
 
 struct Engine {
     store: Arc<dyn Store>,
+    /// Recipients in a claim of this node, from the claim until their
+    /// outcome is recorded, with when they were claimed. When a lease
+    /// lapses meanwhile (the store was away, so neither the outcome nor a
+    /// renewal could be written), this node may claim them again: such
+    /// claims skip them, they are still being delivered or recorded.
+    in_hand: Mutex<HashMap<i64, Instant>>,
+    /// Claims hold it shared from the claim to skipping [`Engine::in_hand`];
+    /// letting go of recipients whose lease may have lapsed waits for it,
+    /// so one claimed just before its outcome landed is not sent again.
+    claim_gate: tokio::sync::RwLock<()>,
     /// When the next claim of this node may start ([`CLAIM_SPACING`]).
     next_claim: Mutex<Instant>,
     large_bodies: Arc<tokio::sync::Semaphore>,
@@ -212,6 +236,7 @@ impl Delivery {
                 metrics: metrics.as_ref().map(|m| m.upstream(&u.name)),
                 throttle: UpstreamThrottle::new(&u.name, u.rate, u.burst, limiter.clone()),
                 pool: Pool::new(Upstream::new(u.clone(), &hostname)?),
+                unrecorded: Arc::new(tokio::sync::Semaphore::new(u.max_connections.max(1))),
                 patterns,
                 added_headers: headers::render(&u.add_headers),
             };
@@ -220,6 +245,8 @@ impl Delivery {
         let q = &config.queue;
         let engine = Arc::new(Engine {
             store,
+            in_hand: Mutex::default(),
+            claim_gate: tokio::sync::RwLock::new(()),
             next_claim: Mutex::new(Instant::now()),
             large_bodies: Arc::new(tokio::sync::Semaphore::new(LARGE_BODY_BUDGET_MIB as usize)),
             router: config.router(),
@@ -237,11 +264,20 @@ impl Delivery {
             dsn_from: config.dsn_from.clone(),
             dsn_signer: config.dsn_signer.clone(),
         });
-        let node = format!(
-            "{}/{}",
-            engine.hostname,
+        let node_id = if config.node_id.is_empty() {
+            format!("{}-{}", engine.hostname, std::process::id())
+        } else {
+            config.node_id.clone()
+        };
+        // Every worker of this process leases as one owner, so an outcome
+        // retried by one worker still counts after another worker of the
+        // node re-claimed the recipient (see `Engine::record`). The suffix
+        // keeps a restarted node from reusing its predecessor's leases.
+        let owner = format!(
+            "{node_id}/{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        info!(lease_owner = %owner, "delivery starting");
         let workers = if engine.upstreams.is_empty() {
             warn!("no [[upstream]] configured: messages are queued but not delivered");
             0
@@ -250,9 +286,9 @@ impl Delivery {
         };
         let handle = tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..workers {
+            for _ in 0..workers {
                 let e = engine.clone();
-                let owner = format!("{node}/{i}");
+                let owner = owner.clone();
                 tasks.spawn(async move { e.worker(owner).await });
             }
             let e = engine.clone();
@@ -300,10 +336,13 @@ impl Engine {
                 break;
             }
             let started = Instant::now();
+            let gate = self.claim_gate.read().await;
             let claimed = self
                 .store
                 .claim_due(&owner, now_ms(), self.lease_ms(), self.queue.batch)
-                .await;
+                .await
+                .map(|c| self.take_in_hand(c));
+            drop(gate);
             self.store_timing(StoreOperation::Claim, started, claimed.is_err());
             let claimed = match claimed {
                 Ok(c) => {
@@ -327,7 +366,12 @@ impl Engine {
                 continue;
             }
             if self.shutdown.is_cancelled() {
+                let ids = claimed
+                    .iter()
+                    .flat_map(|m| m.recipients.iter().map(|r| r.id))
+                    .collect();
                 self.release(&owner, claimed.into_iter()).await;
+                self.let_go(ids).await;
                 break;
             }
             self.process_claim(&owner, claimed).await;
@@ -336,40 +380,47 @@ impl Engine {
 
     /// Delivers the messages of one claim concurrently (the pools bound the
     /// sessions) and records each message's outcomes as soon as its own
-    /// attempt is over, in one transaction with any others that finish
-    /// within [`OUTCOME_GATHER`]. Not waiting for the slowest message of
-    /// the claim keeps the duplicate window of a crash to "between the
-    /// upstream's 250 and this commit" (issue #4), instead of up to a slow
-    /// sibling's data timeout.
+    /// attempt is over, in one transaction with any others already over
+    /// (no waiting: a burst shares a commit by finishing while the previous
+    /// one runs). Not waiting for the slowest message of the claim keeps
+    /// the duplicate window of a crash to "between the upstream's 250 and
+    /// this commit"; the connection's [`UpstreamState::unrecorded`] permit,
+    /// dropped after the commit, keeps it to one message per connection.
     async fn process_claim(&self, owner: &str, claimed: Vec<ClaimedMessage>) {
-        use futures::StreamExt;
+        use futures::{FutureExt, StreamExt};
         let mut attempts: futures::stream::FuturesUnordered<_> = claimed
             .into_iter()
             .map(|m| self.deliver_message(m))
             .collect();
         while let Some(first) = attempts.next().await {
             let mut results = vec![first];
-            // What finishes within a moment shares the commit: one
-            // transaction for a burst, yet a short duplicate window.
-            let gather = tokio::time::sleep(OUTCOME_GATHER);
-            tokio::pin!(gather);
-            loop {
-                tokio::select! {
-                    more = attempts.next() => match more {
-                        Some(r) => results.push(r),
-                        None => break,
-                    },
-                    _ = &mut gather => break,
-                }
+            while let Some(Some(more)) = attempts.next().now_or_never() {
+                results.push(more);
             }
             let outcomes: Vec<RecipientOutcome> = results
                 .iter()
-                .flat_map(|(_, _, o)| o.iter().cloned())
+                .flat_map(|a| a.outcomes.iter().cloned())
                 .collect();
             if !outcomes.is_empty() {
                 self.record(owner, &outcomes).await;
             }
-            for (m, body, outcomes) in &results {
+            for a in &mut results {
+                a.unrecorded.clear();
+            }
+            self.let_go(
+                results
+                    .iter()
+                    .flat_map(|a| a.message.recipients.iter().map(|r| r.id))
+                    .collect(),
+            )
+            .await;
+            for Attempted {
+                message: m,
+                headers: body,
+                outcomes,
+                ..
+            } in &results
+            {
                 // All-delivered messages were finished by `record_outcomes`.
                 let bounced = outcomes
                     .iter()
@@ -439,29 +490,87 @@ impl Engine {
         }
     }
 
-    /// Records outcomes, retrying briefly: losing them would mean a
-    /// duplicate delivery once the lease expires.
+    /// The claimed messages without the recipients already in a claim of
+    /// this node (see [`Engine::in_hand`]); the others are now in hand.
+    fn take_in_hand(&self, claimed: Vec<ClaimedMessage>) -> Vec<ClaimedMessage> {
+        let mut hand = lock(&self.in_hand);
+        let now = Instant::now();
+        claimed
+            .into_iter()
+            .filter_map(|mut m| {
+                m.recipients.retain(|r| match hand.entry(r.id) {
+                    std::collections::hash_map::Entry::Occupied(_) => false,
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(now);
+                        true
+                    }
+                });
+                (!m.recipients.is_empty()).then_some(m)
+            })
+            .collect()
+    }
+
+    /// Recipients whose outcome is recorded (or given up) leave
+    /// [`Engine::in_hand`]. Those held long enough for their lease to have
+    /// lapsed wait for claims in progress first (`claim_gate`).
+    async fn let_go(&self, ids: Vec<i64>) {
+        let stale = {
+            let hand = lock(&self.in_hand);
+            ids.iter().any(|id| {
+                hand.get(id)
+                    .is_some_and(|t| t.elapsed() >= self.queue.lease / 2)
+            })
+        };
+        let _gate = if stale {
+            Some(self.claim_gate.write().await)
+        } else {
+            None
+        };
+        let mut hand = lock(&self.in_hand);
+        for id in ids {
+            hand.remove(&id);
+        }
+    }
+
+    /// Records outcomes, retrying with backoff (up to [`OUTCOME_RETRY_MAX`]
+    /// apart) until the store takes them: a dropped outcome means the
+    /// message is sent again once its lease expires. Meanwhile the
+    /// recipients stay in [`Engine::in_hand`], so this node does not deliver
+    /// them again. Once shutting down it gives up after
+    /// [`OUTCOME_SHUTDOWN_WAIT`], saying so.
     async fn record(&self, owner: &str, outcomes: &[RecipientOutcome]) {
-        for attempt in 0..5u32 {
+        let mut delay = OUTCOME_RETRY_INITIAL;
+        let mut failures = 0u32;
+        let mut give_up_at = None;
+        loop {
             let started = Instant::now();
             let recorded = self.store.record_outcomes(owner, now_ms(), outcomes).await;
             self.store_timing(StoreOperation::RecordOutcome, started, recorded.is_err());
-            match recorded {
-                Ok(_) => return,
-                Err(e) => {
-                    warn!(error = %e, attempt, "recording delivery outcomes failed");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            let Err(e) = recorded else { break };
+            failures += 1;
+            warn!(error = %e, failures, outcomes = outcomes.len(), "recording delivery outcomes failed; keeping them and retrying");
+            if self.shutdown.is_cancelled() {
+                let at = *give_up_at.get_or_insert_with(|| Instant::now() + OUTCOME_SHUTDOWN_WAIT);
+                if Instant::now() >= at {
+                    tracing::error!(outcomes = outcomes.len(), "shutting down with delivery outcomes not recorded: these recipients are tried again once their lease expires");
+                    return;
                 }
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(OUTCOME_RETRY_MAX);
+        }
+        if failures > 0 {
+            info!(
+                failures,
+                outcomes = outcomes.len(),
+                "delivery outcomes recorded after the store came back"
+            );
         }
     }
 
     /// One attempt for the claimed recipients of `m`: their outcomes, to be
-    /// recorded by the caller (with the message and its body, for a DSN).
-    async fn deliver_message(
-        &self,
-        mut m: ClaimedMessage,
-    ) -> (ClaimedMessage, Bytes, Vec<RecipientOutcome>) {
+    /// recorded by the caller (with the message and its headers, for a DSN).
+    async fn deliver_message(&self, mut m: ClaimedMessage) -> Attempted {
         let now = now_ms();
         // Held until this attempt is over (the body is dropped by then).
         let mut _budget = None;
@@ -491,12 +600,12 @@ impl Engine {
                 })
                 .collect();
             let headers = body.map(|b| headers_only(&b)).unwrap_or_default();
-            return (m, headers, outcomes);
+            return Attempted::unsent(m, headers, outcomes);
         }
         let body = match body {
             Ok(b) => b,
             // Deleted meanwhile (queue delete): nothing to record.
-            Err(StoreError::NotFound(_)) => return (m, Bytes::new(), Vec::new()),
+            Err(StoreError::NotFound(_)) => return Attempted::unsent(m, Bytes::new(), Vec::new()),
             Err(e) => {
                 warn!(queue_id = %m.id, error = %e, "cannot load message body");
                 let outcomes = m
@@ -514,10 +623,11 @@ impl Engine {
                         log: false,
                     })
                     .collect();
-                return (m, Bytes::new(), outcomes);
+                return Attempted::unsent(m, Bytes::new(), outcomes);
             }
         };
-        let outcomes = self.attempt_routes(&m, &body).await;
+        let unrecorded = tokio::sync::Mutex::new(Vec::new());
+        let outcomes = self.attempt_routes(&m, &body, &unrecorded).await;
         // Keep only what a DSN needs, so a claim does not pin its bodies.
         let bounced = outcomes
             .iter()
@@ -527,7 +637,12 @@ impl Engine {
         } else {
             Bytes::new()
         };
-        (m, headers, outcomes)
+        Attempted {
+            message: m,
+            headers,
+            outcomes,
+            unrecorded: unrecorded.into_inner(),
+        }
     }
 
     /// Deletes the message once every recipient is final, enqueuing its DSN.
@@ -575,6 +690,29 @@ impl Engine {
     fn store_timing(&self, operation: StoreOperation, started: Instant, failed: bool) {
         if let Some(metrics) = &self.metrics {
             metrics.store_operation(operation, started.elapsed(), failed);
+        }
+    }
+}
+
+/// What one message's attempt left to record.
+struct Attempted {
+    message: ClaimedMessage,
+    /// The header section, when a DSN may be due (else empty).
+    headers: Bytes,
+    outcomes: Vec<RecipientOutcome>,
+    /// [`UpstreamState::unrecorded`] permits of the connections used; they
+    /// go once `outcomes` are committed.
+    unrecorded: Vec<(String, tokio::sync::OwnedSemaphorePermit)>,
+}
+
+impl Attempted {
+    /// Outcomes decided without an upstream (expired, body unavailable).
+    fn unsent(message: ClaimedMessage, headers: Bytes, outcomes: Vec<RecipientOutcome>) -> Self {
+        Attempted {
+            message,
+            headers,
+            outcomes,
+            unrecorded: Vec::new(),
         }
     }
 }

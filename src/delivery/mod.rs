@@ -28,6 +28,7 @@ pub mod dsn;
 mod fanout;
 pub mod headers;
 pub mod health;
+mod outcome;
 pub mod pool;
 pub mod retry;
 pub mod route;
@@ -58,16 +59,6 @@ use crate::store::{
     new_queue_id, ClaimedMessage, OutcomeKind, RecipientOutcome, Store, StoreError,
 };
 
-/// First wait before retrying an outcome commit the store refused; it
-/// doubles up to [`OUTCOME_RETRY_MAX`].
-const OUTCOME_RETRY_INITIAL: Duration = Duration::from_millis(200);
-/// Longest wait between two tries of an outcome commit (so outcomes land
-/// within this long of the store coming back).
-const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(2);
-/// Once shutting down, how long outcomes are still retried before they are
-/// given up (their messages are then sent again once the lease expires).
-const OUTCOME_SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
-
 /// Claims of one node start at least this far apart while the queue is
 /// drained (a claim came back with less than a full batch): one claim then
 /// takes what arrived meanwhile instead of every worker polling for a
@@ -76,6 +67,7 @@ const OUTCOME_SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 const CLAIM_SPACING: Duration = Duration::from_millis(5);
 
 use circuit::Circuit;
+use outcome::Attempted;
 use pool::Pool;
 use retry::RetryPolicy;
 use route::Router;
@@ -164,7 +156,7 @@ pub struct Delivery;
 pub struct Started {
     /// Completes once delivery stopped after its `shutdown` was cancelled.
     pub handle: JoinHandle<()>,
-    /// The upstreams' circuit breakers, for readiness.
+    /// The upstreams' circuit breakers, for `/health/upstreams`.
     pub circuits: Circuits,
 }
 
@@ -204,7 +196,7 @@ impl Delivery {
     /// circuit state; DSNs generated; claim and record-outcome store timings.
     /// Upstream rates (`rate`, `burst`) are paced by `limiter`: the node's,
     /// so that with the `postgres` limits backend they hold for all nodes
-    /// together. Also returns the circuit breakers, for readiness.
+    /// together. Also returns the circuit breakers, for `/health/upstreams`.
     pub fn start_with(
         store: Arc<dyn Store>,
         config: DeliveryConfig,
@@ -490,84 +482,6 @@ impl Engine {
         }
     }
 
-    /// The claimed messages without the recipients already in a claim of
-    /// this node (see [`Engine::in_hand`]); the others are now in hand.
-    fn take_in_hand(&self, claimed: Vec<ClaimedMessage>) -> Vec<ClaimedMessage> {
-        let mut hand = lock(&self.in_hand);
-        let now = Instant::now();
-        claimed
-            .into_iter()
-            .filter_map(|mut m| {
-                m.recipients.retain(|r| match hand.entry(r.id) {
-                    std::collections::hash_map::Entry::Occupied(_) => false,
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(now);
-                        true
-                    }
-                });
-                (!m.recipients.is_empty()).then_some(m)
-            })
-            .collect()
-    }
-
-    /// Recipients whose outcome is recorded (or given up) leave
-    /// [`Engine::in_hand`]. Those held long enough for their lease to have
-    /// lapsed wait for claims in progress first (`claim_gate`).
-    async fn let_go(&self, ids: Vec<i64>) {
-        let stale = {
-            let hand = lock(&self.in_hand);
-            ids.iter().any(|id| {
-                hand.get(id)
-                    .is_some_and(|t| t.elapsed() >= self.queue.lease / 2)
-            })
-        };
-        let _gate = if stale {
-            Some(self.claim_gate.write().await)
-        } else {
-            None
-        };
-        let mut hand = lock(&self.in_hand);
-        for id in ids {
-            hand.remove(&id);
-        }
-    }
-
-    /// Records outcomes, retrying with backoff (up to [`OUTCOME_RETRY_MAX`]
-    /// apart) until the store takes them: a dropped outcome means the
-    /// message is sent again once its lease expires. Meanwhile the
-    /// recipients stay in [`Engine::in_hand`], so this node does not deliver
-    /// them again. Once shutting down it gives up after
-    /// [`OUTCOME_SHUTDOWN_WAIT`], saying so.
-    async fn record(&self, owner: &str, outcomes: &[RecipientOutcome]) {
-        let mut delay = OUTCOME_RETRY_INITIAL;
-        let mut failures = 0u32;
-        let mut give_up_at = None;
-        loop {
-            let started = Instant::now();
-            let recorded = self.store.record_outcomes(owner, now_ms(), outcomes).await;
-            self.store_timing(StoreOperation::RecordOutcome, started, recorded.is_err());
-            let Err(e) = recorded else { break };
-            failures += 1;
-            warn!(error = %e, failures, outcomes = outcomes.len(), "recording delivery outcomes failed; keeping them and retrying");
-            if self.shutdown.is_cancelled() {
-                let at = *give_up_at.get_or_insert_with(|| Instant::now() + OUTCOME_SHUTDOWN_WAIT);
-                if Instant::now() >= at {
-                    tracing::error!(outcomes = outcomes.len(), "shutting down with delivery outcomes not recorded: these recipients are tried again once their lease expires");
-                    return;
-                }
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(OUTCOME_RETRY_MAX);
-        }
-        if failures > 0 {
-            info!(
-                failures,
-                outcomes = outcomes.len(),
-                "delivery outcomes recorded after the store came back"
-            );
-        }
-    }
-
     /// One attempt for the claimed recipients of `m`: their outcomes, to be
     /// recorded by the caller (with the message and its headers, for a DSN).
     async fn deliver_message(&self, mut m: ClaimedMessage) -> Attempted {
@@ -690,29 +604,6 @@ impl Engine {
     fn store_timing(&self, operation: StoreOperation, started: Instant, failed: bool) {
         if let Some(metrics) = &self.metrics {
             metrics.store_operation(operation, started.elapsed(), failed);
-        }
-    }
-}
-
-/// What one message's attempt left to record.
-struct Attempted {
-    message: ClaimedMessage,
-    /// The header section, when a DSN may be due (else empty).
-    headers: Bytes,
-    outcomes: Vec<RecipientOutcome>,
-    /// [`UpstreamState::unrecorded`] permits of the connections used; they
-    /// go once `outcomes` are committed.
-    unrecorded: Vec<(String, tokio::sync::OwnedSemaphorePermit)>,
-}
-
-impl Attempted {
-    /// Outcomes decided without an upstream (expired, body unavailable).
-    fn unsent(message: ClaimedMessage, headers: Bytes, outcomes: Vec<RecipientOutcome>) -> Self {
-        Attempted {
-            message,
-            headers,
-            outcomes,
-            unrecorded: Vec::new(),
         }
     }
 }

@@ -110,7 +110,12 @@ async fn a_full_disk_under_sqlite_is_a_451_and_recovers_without_a_restart() {
     // Space back: acceptance resumes within seconds, on the same node.
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();
+    // A new session per try: the refusals above count towards the
+    // session's error limit.
+    drop(c);
     loop {
+        let (mut c, code) = Client::login(files.smtp_port, USER, PASSWORD).await;
+        assert_eq!(code, 235);
         match c.send("bob@dest.example", &message("resumed")).await {
             Ok(()) => break,
             Err((451, text)) if freed.elapsed() < Duration::from_secs(10) => {
@@ -125,6 +130,8 @@ async fn a_full_disk_under_sqlite_is_a_451_and_recovers_without_a_restart() {
         }
     }
     accepted.push("resumed".into());
+    let (mut c, code) = Client::login(files.smtp_port, USER, PASSWORD).await;
+    assert_eq!(code, 235);
     // And stays up: every further message, large or small, is taken at once.
     for i in 0..10 {
         let subject = format!("after-{i}");

@@ -25,8 +25,11 @@ use crate::upstream_server::{Behavior, ServerTls, UpstreamServer};
 /// since the shared target dir's binary may be rebuilt from another
 /// checkout meanwhile), else the one cargo built.
 fn bin() -> String {
-    std::env::var("POSTGATE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_postgate").into())
+    std::env::var("POSTGATE_TEST_BIN").unwrap_or_else(|_| BIN.into())
 }
+
+/// The binary cargo built (prefer [`bin`]).
+const BIN: &str = env!("CARGO_BIN_EXE_postgate");
 const USER: &str = "alice";
 const PASSWORD: &str = "correct horse battery";
 const FROM: &str = "alice@example.com";

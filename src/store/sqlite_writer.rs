@@ -42,7 +42,7 @@ pub(crate) fn spawn_writer(pool: SqlitePool) -> EnqueueSender {
             let first = match first {
                 WriterJob::Enqueue(job) => *job,
                 WriterJob::Probe(done) => {
-                    let _ = done.send(commit_probe(&pool).await);
+                    answer_probe(&pool, done).await;
                     continue;
                 }
             };
@@ -61,7 +61,7 @@ pub(crate) fn spawn_writer(pool: SqlitePool) -> EnqueueSender {
             }
             commit_batch(&pool, batch).await;
             for done in probes {
-                let _ = done.send(commit_probe(&pool).await);
+                answer_probe(&pool, done).await;
             }
         }
     });
@@ -71,6 +71,14 @@ pub(crate) fn spawn_writer(pool: SqlitePool) -> EnqueueSender {
 /// Key of the probe row in `limit_counters` (no limit key has this shape;
 /// `expires_at` 0 lets the counter pruning delete it).
 const PROBE_KEY: &str = "store:readiness-probe";
+
+/// Commits the probe unless its caller stopped waiting (a `/readyz` that
+/// timed out while the writer was blocked: no point in writing for it).
+async fn answer_probe(pool: &SqlitePool, done: oneshot::Sender<StoreResult<()>>) {
+    if !done.is_closed() {
+        let _ = done.send(commit_probe(pool).await);
+    }
+}
 
 async fn commit_probe(pool: &SqlitePool) -> StoreResult<()> {
     let mut tx = pool

@@ -333,6 +333,15 @@ impl Config {
                 "must be a host name without spaces".into(),
             ));
         }
+        if let Some(id) = &self.server.node_id {
+            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(invalid(
+                    "server.node_id",
+                    "must be 1 to 64 visible ASCII characters (it names this node's queue leases)"
+                        .into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -445,6 +454,20 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("p.toml:3:1: store"), "{msg}");
         assert!(msg.contains("unknown field `urll`"), "{msg}");
+    }
+
+    #[test]
+    fn node_id_defaults_to_host_and_pid_and_is_checked() {
+        let c = Config::parse("[server]\nhostname = \"mx1\"\n", "p.toml").unwrap();
+        assert_eq!(c.server.node_id(), format!("mx1-{}", std::process::id()));
+        assert_eq!(c.delivery().node_id, c.server.node_id());
+        let c = Config::parse("[server]\nnode_id = \"relay-7\"\n", "p.toml").unwrap();
+        assert_eq!(c.delivery().node_id, "relay-7");
+        for bad in ["", "two words"] {
+            let err = Config::parse(&format!("[server]\nnode_id = {bad:?}\n"), "p.toml");
+            let msg = err.unwrap_err().to_string();
+            assert!(msg.contains("server.node_id"), "{msg}");
+        }
     }
 
     #[test]

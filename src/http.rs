@@ -4,7 +4,8 @@
 //! | --- | --- | --- |
 //! | `/metrics` | GET | every metric, Prometheus text format 0.0.4 |
 //! | `/healthz` | GET | 200 while the process serves requests (liveness) |
-//! | `/readyz` | GET | 200 when the store answers and the queue is writable and at least one upstream is usable; 503 otherwise, and while draining |
+//! | `/readyz` | GET | 200 when this node can accept and commit mail (the store commits a write; not draining); 503 otherwise. Upstream health never counts: a provider outage must not stop submission (store and forward) |
+//! | `/health/upstreams` | GET | each upstream's circuit breaker and how many are usable (JSON); 503 when none is |
 //! | `/admin/queue?limit=N` | GET | queued messages |
 //! | `/admin/queue/{id}` | GET, DELETE | one message; delete it |
 //! | `/admin/queue/{id}/retry` | POST | make it due now |
@@ -20,7 +21,7 @@
 //! Admin endpoints need `Authorization: Bearer TOKEN` (RFC 6750 §2.1),
 //! compared in constant time; 401 without it or with a wrong one. With no
 //! token or no [`Admin`] implementation configured they do not exist (404).
-//! Answers of `/readyz` and `/admin` are JSON.
+//! Answers of `/readyz`, `/health/upstreams` and `/admin` are JSON.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Secret;
-use crate::metrics::{Metrics, MetricsOptions, StoreOperation};
+use crate::metrics::{CircuitState, Metrics, MetricsOptions, StoreOperation};
 use crate::store::HealthStore;
 
 mod admin;
@@ -152,11 +153,18 @@ pub struct UpstreamStatus {
     pub configured: usize,
 }
 
-/// Readiness of the upstreams, supplied by delivery. Must be cheap (no I/O):
-/// it reads circuit-breaker state. Any `Fn() -> UpstreamStatus` works.
+/// Health of the upstreams, supplied by delivery, for `/health/upstreams`
+/// (never for readiness). Must be cheap (no I/O): it reads circuit-breaker
+/// state. Any `Fn() -> UpstreamStatus` works (without per-upstream detail).
 pub trait UpstreamHealth: Send + Sync {
     /// The current status.
     fn upstream_status(&self) -> UpstreamStatus;
+
+    /// Each configured upstream's name and breaker state, in config order;
+    /// empty when the implementation has no detail.
+    fn upstream_states(&self) -> Vec<(String, CircuitState)> {
+        Vec::new()
+    }
 }
 
 impl<F> UpstreamHealth for F
@@ -175,7 +183,7 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The store's readiness (`Arc<dyn Store>` coerces to this).
     pub health: Arc<dyn HealthStore>,
-    /// Upstream readiness; `None` skips that check.
+    /// Upstream health for `/health/upstreams`; `None`: no upstream configured.
     pub upstreams: Option<Arc<dyn UpstreamHealth>>,
     /// Admin operations; `None` (or no token) disables `/admin`.
     pub admin: Option<Arc<dyn Admin>>,
@@ -344,7 +352,10 @@ async fn route<B>(state: &HttpState, req: Request<B>) -> Response<Body> {
         ),
         "/healthz" if read_only => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
         "/readyz" if read_only => readiness(state).await,
-        "/metrics" | "/healthz" | "/readyz" => method_not_allowed("GET, HEAD"),
+        "/health/upstreams" if read_only => upstream_health(state),
+        "/metrics" | "/healthz" | "/readyz" | "/health/upstreams" => {
+            method_not_allowed("GET, HEAD")
+        }
         p if p == "/admin" || p.starts_with("/admin/") => admin::admin(state, &req).await,
         _ => error_json(StatusCode::NOT_FOUND, "not found"),
     }
@@ -370,13 +381,11 @@ async fn readiness(state: &HttpState) -> Response<Body> {
     state
         .metrics
         .store_operation(StoreOperation::Health, started.elapsed(), store.is_err());
-    let upstreams = state.upstreams.as_ref().map(|u| u.upstream_status());
-    let ready = store.is_ok() && upstreams.is_none_or(|u| u.usable > 0);
-    let mut checks =
+    // Only what accepting needs: with every upstream down the node still
+    // takes mail and queues it (issue 13); that is /health/upstreams' job.
+    let ready = store.is_ok();
+    let checks =
         json!({ "store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.clone() } });
-    if let Some(u) = upstreams {
-        checks["upstreams"] = json!({ "usable": u.usable, "configured": u.configured });
-    }
     if !ready {
         tracing::warn!(checks = %checks, "not ready");
     }
@@ -386,6 +395,44 @@ async fn readiness(state: &HttpState) -> Response<Body> {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     };
     respond_json(status, &json!({ "status": word, "checks": checks }))
+}
+
+/// `/health/upstreams`: 200 while some upstream is usable (or none is
+/// configured: an intake-only node), 503 when every breaker is open.
+fn upstream_health(state: &HttpState) -> Response<Body> {
+    let Some(u) = &state.upstreams else {
+        return respond_json(
+            StatusCode::OK,
+            &json!({ "status": "none configured", "usable": 0, "configured": 0, "upstreams": [] }),
+        );
+    };
+    let status = u.upstream_status();
+    let upstreams: Vec<Value> = u
+        .upstream_states()
+        .into_iter()
+        .map(|(name, s)| {
+            let circuit = match s {
+                CircuitState::Closed => "closed",
+                CircuitState::HalfOpen => "half_open",
+                CircuitState::Open => "open",
+            };
+            json!({ "name": name, "circuit": circuit })
+        })
+        .collect();
+    let (code, word) = if status.usable > 0 {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no usable upstream")
+    };
+    respond_json(
+        code,
+        &json!({
+            "status": word,
+            "usable": status.usable,
+            "configured": status.configured,
+            "upstreams": upstreams,
+        }),
+    )
 }
 
 #[cfg(test)]

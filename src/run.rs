@@ -168,13 +168,10 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         Some(metrics.clone()),
         limiter.clone(),
     )?;
-    // An intake-only node is ready without upstreams; otherwise `/readyz`
-    // needs one whose circuit is not open.
+    // For `/health/upstreams` (readiness never depends on upstreams).
     let circuits = delivery.circuits.clone();
-    let upstream_health: Option<Arc<dyn crate::http::UpstreamHealth>> = (!circuits.is_empty())
-        .then(|| {
-            Arc::new(move || circuits.upstream_status()) as Arc<dyn crate::http::UpstreamHealth>
-        });
+    let upstream_health: Option<Arc<dyn crate::http::UpstreamHealth>> =
+        (!circuits.is_empty()).then(|| Arc::new(circuits) as Arc<dyn crate::http::UpstreamHealth>);
 
     let draining = CancellationToken::new();
     let http_shutdown = CancellationToken::new();

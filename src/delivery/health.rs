@@ -1,5 +1,6 @@
 //! A cheap, cloneable view of every upstream's circuit breaker: what
-//! `/readyz` reads to tell whether this node can deliver at all.
+//! `/health/upstreams` reads to tell whether this node can deliver at all
+//! (never readiness: a node without a usable upstream still accepts mail).
 
 use std::sync::{Arc, Mutex};
 
@@ -7,7 +8,7 @@ use tokio::time::Instant;
 
 use super::circuit::Circuit;
 use super::lock;
-use crate::http::UpstreamStatus;
+use crate::http::{UpstreamHealth, UpstreamStatus};
 use crate::metrics::CircuitState;
 
 /// The circuit breakers of the configured upstreams, shared with the
@@ -38,7 +39,7 @@ impl Circuits {
             .collect()
     }
 
-    /// For readiness: `configured` upstreams, `usable` = those whose circuit
+    /// `configured` upstreams, `usable` = those whose circuit
     /// is not open (closed, or half-open: the next delivery may go there).
     pub fn upstream_status(&self) -> UpstreamStatus {
         let states = self.states();
@@ -49,5 +50,15 @@ impl Circuits {
                 .count(),
             configured: states.len(),
         }
+    }
+}
+
+impl UpstreamHealth for Circuits {
+    fn upstream_status(&self) -> UpstreamStatus {
+        Circuits::upstream_status(self)
+    }
+
+    fn upstream_states(&self) -> Vec<(String, CircuitState)> {
+        self.states()
     }
 }

@@ -136,6 +136,16 @@ struct Engine {
     dsn_signer: Option<Arc<crate::dkim::Signer>>,
 }
 
+/// First wait before retrying an outcome commit the store refused; it
+/// doubles up to [`OUTCOME_RETRY_MAX`].
+const OUTCOME_RETRY_INITIAL: Duration = Duration::from_millis(200);
+/// Longest wait between two tries of an outcome commit (so outcomes land
+/// within this long of the store coming back).
+const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Once shutting down, how long outcomes are still retried before they are
+/// given up (their messages are then sent again once the lease expires).
+const OUTCOME_SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
 /// The delivery subsystem of one node.
 pub struct Delivery;
 
@@ -143,7 +153,7 @@ pub struct Delivery;
 pub struct Started {
     /// Completes once delivery stopped after its `shutdown` was cancelled.
     pub handle: JoinHandle<()>,
-    /// The upstreams' circuit breakers, for readiness.
+    /// The upstreams' circuit breakers, for `/health/upstreams`.
     pub circuits: Circuits,
 }
 
@@ -185,7 +195,7 @@ impl Delivery {
     /// circuit state; DSNs generated; claim and record-outcome store timings.
     /// Upstream rates (`rate`, `burst`) are paced by `limiter`: the node's,
     /// so that with the `postgres` limits backend they hold for all nodes
-    /// together. Also returns the circuit breakers, for readiness.
+    /// together. Also returns the circuit breakers, for `/health/upstreams`.
     pub fn start_with(
         store: Arc<dyn Store>,
         config: DeliveryConfig,
@@ -230,11 +240,20 @@ impl Delivery {
             upstreams.insert(u.name.clone(), state);
         }
         let q = &config.queue;
+        // One lease owner per node start: `node_id` (default host-pid)
+        // plus a suffix, so a restarted node never reuses its predecessor's
+        // leases, and an outcome retried after a lapse still counts until
+        // another node claims the recipient.
+        let node_id = if config.node_id.is_empty() {
+            format!("{hostname}-{}", std::process::id())
+        } else {
+            config.node_id.clone()
+        };
         let node = format!(
-            "{}/{}",
-            hostname,
+            "{node_id}/{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        info!(lease_owner = %node, "delivery starting");
         let room = q
             .workers
             .saturating_mul(q.batch as usize)
@@ -326,20 +345,39 @@ impl Engine {
         }
     }
 
-    /// Records outcomes, retrying briefly: losing them would mean a
-    /// duplicate delivery once the lease expires.
+    /// Records outcomes, retrying with backoff (up to
+    /// [`OUTCOME_RETRY_MAX`] apart) until the store takes them: a dropped
+    /// outcome means the message is sent again once its lease expires.
+    /// Meanwhile the recipients stay in `leased`: the heartbeat keeps their
+    /// leases and this node's claims skip them. Once shutting down it gives
+    /// up after [`OUTCOME_SHUTDOWN_WAIT`], saying so.
     async fn record(&self, owner: &str, outcomes: &[RecipientOutcome]) {
-        for attempt in 0..5u32 {
+        let mut delay = OUTCOME_RETRY_INITIAL;
+        let mut failures = 0u32;
+        let mut give_up_at = None;
+        loop {
             let started = Instant::now();
             let recorded = self.store.record_outcomes(owner, now_ms(), outcomes).await;
             self.store_timing(StoreOperation::RecordOutcome, started, recorded.is_err());
-            match recorded {
-                Ok(_) => return,
-                Err(e) => {
-                    warn!(error = %e, attempt, "recording delivery outcomes failed");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            let Err(e) = recorded else { break };
+            failures += 1;
+            warn!(error = %e, failures, outcomes = outcomes.len(), "recording delivery outcomes failed; keeping them and retrying");
+            if self.shutdown.is_cancelled() {
+                let at = *give_up_at.get_or_insert_with(|| Instant::now() + OUTCOME_SHUTDOWN_WAIT);
+                if Instant::now() >= at {
+                    tracing::error!(outcomes = outcomes.len(), "shutting down with delivery outcomes not recorded: these recipients are tried again once their lease expires");
+                    return;
                 }
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(OUTCOME_RETRY_MAX);
+        }
+        if failures > 0 {
+            info!(
+                failures,
+                outcomes = outcomes.len(),
+                "delivery outcomes recorded after the store came back"
+            );
         }
     }
 

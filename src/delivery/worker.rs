@@ -185,6 +185,11 @@ impl Engine {
                 // A backlog: let the next claim start at once.
                 *lock(&self.next_claim) = Instant::now();
             }
+            // Recipients this node still delivers or records (their lease
+            // lapsed while the store was away) are not taken twice: the
+            // claim leased them to this node again, and their outcome, when
+            // it lands, is recorded under this node's owner.
+            let claimed = self.not_in_hand(claimed);
             if claimed.is_empty() {
                 drop(room);
                 tokio::select! {
@@ -267,6 +272,19 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// `claimed` without the recipients already in `leased` (claimed by this
+    /// node and not recorded yet); messages left without one are dropped.
+    fn not_in_hand(&self, claimed: Vec<ClaimedMessage>) -> Vec<ClaimedMessage> {
+        let leased = lock(&self.leased);
+        claimed
+            .into_iter()
+            .filter_map(|mut m| {
+                m.recipients.retain(|r| !leased.contains(&r.id));
+                (!m.recipients.is_empty()).then_some(m)
+            })
+            .collect()
     }
 
     /// Renews the leases of every recipient claimed and not yet recorded,

@@ -226,8 +226,10 @@ pub trait QueueStore: Send + Sync {
 
     /// Records outcomes of recipients leased by `owner`, with a
     /// `delivery_log` row each (when `log`), in one transaction; clears the
-    /// lease. Outcomes for recipients no longer leased by `owner` (lease
-    /// expired and taken over, message deleted) are skipped. A message whose
+    /// lease. A lease that expired still belongs to `owner` until someone
+    /// else claims the recipient. Outcomes for recipients no longer leased
+    /// by `owner` (taken over, outcome already recorded, message deleted)
+    /// are skipped. A message whose
     /// recipients are now all delivered is deleted in the same transaction
     /// (no DSN is due; the log rows stay). Returns how many were recorded.
     async fn record_outcomes(
@@ -282,8 +284,11 @@ pub trait QueueStore: Send + Sync {
         lease_ms: i64,
     ) -> StoreResult<u64>;
 
-    /// Clears leases that expired before `now` (their holders died); returns
-    /// how many. Claims already ignore expired leases; this makes them visible.
+    /// Clears leases that expired before `now` (their holders died or could
+    /// not reach the store); returns how many. Claims already ignore expired
+    /// leases; this makes them visible. `lease_owner` keeps the last holder:
+    /// its outcome, recorded late (the store was away), still counts until
+    /// another holder claims the recipient.
     async fn reclaim_expired(&self, now: i64) -> StoreResult<u64>;
 
     /// Deletes `delivery_log` rows older than `before`; returns how many.

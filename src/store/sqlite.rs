@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 
 use super::*;
 use crate::time::now_ms;
@@ -31,6 +31,20 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.connect_timeout)
+            // On SQLITE_FULL / SQLITE_IOERR SQLite may roll the transaction
+            // back itself; the ROLLBACK that sqlx then sends fails and sqlx
+            // keeps counting the connection as inside a transaction, so every
+            // later `BEGIN IMMEDIATE` on it fails ("cannot start a transaction
+            // within a transaction") until a restart (issue 13). Such a
+            // connection is closed instead of going back to the pool. The
+            // ping waits for the rollback queued by a dropped transaction.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(connect)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot open {url}: {e}")))?;
@@ -369,13 +383,8 @@ impl AccountStore for SqliteStore {
 #[async_trait]
 impl HealthStore for SqliteStore {
     async fn check_ready(&self) -> StoreResult<()> {
-        // A write that changes nothing proves the file is writable (not read-only, disk not full).
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "health"))?;
-        sqlx::query("DELETE FROM limit_counters WHERE key = '' AND 0")
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "health"))?;
-        tx.rollback().await.map_err(|e| map_sqlx(e, "health"))
+        // The enqueue path itself: the writer task, BEGIN IMMEDIATE, a commit.
+        super::sqlite_writer::probe(&self.writer).await
     }
 }
 

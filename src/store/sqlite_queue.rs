@@ -427,7 +427,9 @@ impl QueueStore for SqliteStore {
 
     async fn reclaim_expired(&self, now: i64) -> StoreResult<u64> {
         let done = sqlx::query(
-            "UPDATE queue_recipients SET lease_owner = NULL, lease_until = NULL, updated_at = ?1
+            // The owner stays: a late outcome of the last holder still
+            // counts until another holder claims the recipient (issue 13).
+            "UPDATE queue_recipients SET lease_until = NULL, updated_at = ?1
              WHERE status = 'queued' AND lease_until IS NOT NULL AND lease_until <= ?1",
         )
         .bind(now)

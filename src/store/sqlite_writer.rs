@@ -2,6 +2,11 @@
 //! commit costs a disk flush (`synchronous = FULL`), so enqueues go through
 //! one task that commits every enqueue waiting at that moment in a single
 //! transaction (group commit). Each caller's `Ok` is that shared commit.
+//!
+//! The readiness probe goes through the same task and the same
+//! `BEGIN IMMEDIATE`, and commits a one-row write: it answers "can an
+//! enqueue commit now", not "does some connection answer" (issue 13: a
+//! probe on another path said ready while every enqueue failed).
 
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
@@ -19,29 +24,78 @@ pub(crate) struct EnqueueJob {
     done: oneshot::Sender<StoreResult<()>>,
 }
 
+/// What the writer task is asked to do.
+pub(crate) enum WriterJob {
+    Enqueue(Box<EnqueueJob>),
+    /// Commit the readiness probe row (see [`probe`]).
+    Probe(oneshot::Sender<StoreResult<()>>),
+}
+
 /// Handle to the writer task; dropping every clone stops the task.
-pub(crate) type EnqueueSender = mpsc::Sender<EnqueueJob>;
+pub(crate) type EnqueueSender = mpsc::Sender<WriterJob>;
 
 /// Starts the writer task that group-commits enqueues on `pool`.
 pub(crate) fn spawn_writer(pool: SqlitePool) -> EnqueueSender {
-    let (tx, mut rx) = mpsc::channel::<EnqueueJob>(1024);
+    let (tx, mut rx) = mpsc::channel::<WriterJob>(1024);
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
+            let first = match first {
+                WriterJob::Enqueue(job) => *job,
+                WriterJob::Probe(done) => {
+                    answer_probe(&pool, done).await;
+                    continue;
+                }
+            };
             let mut bytes = first.message.body.len();
             let mut batch = vec![first];
+            let mut probes = Vec::new();
             while batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(job) => {
+                    Ok(WriterJob::Enqueue(job)) => {
                         bytes += job.message.body.len();
-                        batch.push(job);
+                        batch.push(*job);
                     }
+                    Ok(WriterJob::Probe(done)) => probes.push(done),
                     Err(_) => break,
                 }
             }
             commit_batch(&pool, batch).await;
+            for done in probes {
+                answer_probe(&pool, done).await;
+            }
         }
     });
     tx
+}
+
+/// Key of the probe row in `limit_counters` (no limit key has this shape;
+/// `expires_at` 0 lets the counter pruning delete it).
+const PROBE_KEY: &str = "store:readiness-probe";
+
+/// Commits the probe unless its caller stopped waiting (a `/readyz` that
+/// timed out while the writer was blocked: no point in writing for it).
+async fn answer_probe(pool: &SqlitePool, done: oneshot::Sender<StoreResult<()>>) {
+    if !done.is_closed() {
+        let _ = done.send(commit_probe(pool).await);
+    }
+}
+
+async fn commit_probe(pool: &SqlitePool) -> StoreResult<()> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| map_sqlx(e, "health"))?;
+    // A real change, so the commit appends to the WAL: a full disk fails here.
+    sqlx::query(
+        "INSERT INTO limit_counters (key, tat, expires_at) VALUES (?1, ?2, 0)
+         ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
+    )
+    .bind(PROBE_KEY)
+    .bind(crate::time::now_ms())
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| map_sqlx(e, "health"))?;
+    tx.commit().await.map_err(|e| map_sqlx(e, "health"))
 }
 
 async fn commit_batch(pool: &SqlitePool, batch: Vec<EnqueueJob>) {
@@ -135,7 +189,19 @@ pub(crate) async fn insert_message(conn: &mut SqliteConnection, m: &NewMessage) 
 pub(crate) async fn enqueue(writer: &EnqueueSender, message: NewMessage) -> StoreResult<()> {
     let (done, wait) = oneshot::channel();
     writer
-        .send(EnqueueJob { message, done })
+        .send(WriterJob::Enqueue(Box::new(EnqueueJob { message, done })))
+        .await
+        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?;
+    wait.await
+        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?
+}
+
+/// Commits the readiness probe through the writer task: `Ok` when an
+/// enqueue could commit now (write lock taken, WAL appended, synced).
+pub(crate) async fn probe(writer: &EnqueueSender) -> StoreResult<()> {
+    let (done, wait) = oneshot::channel();
+    writer
+        .send(WriterJob::Probe(done))
         .await
         .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?;
     wait.await

@@ -247,6 +247,19 @@ async fn attempt_results_bounce_and_latency_are_counted() {
     }
 }
 
+/// GETs `path` with curl: the HTTP status and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .await
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
 /// GETs `/readyz` with curl; returns the HTTP status.
 async fn readyz(addr: std::net::SocketAddr) -> String {
     let out = tokio::process::Command::new("curl")
@@ -259,7 +272,7 @@ async fn readyz(addr: std::net::SocketAddr) -> String {
 }
 
 #[tokio::test]
-async fn an_open_circuit_shows_in_the_gauge_and_makes_readyz_fail() {
+async fn an_open_circuit_shows_in_the_gauge_and_health_upstreams_but_readyz_stays_200() {
     for t in all_stores().await {
         let b = t.backend;
         let mut down = Behavior::new(ServerTls::None);
@@ -282,8 +295,7 @@ async fn an_open_circuit_shows_in_the_gauge_and_makes_readyz_fail() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut state = HttpState::new(metrics.clone(), t.store.clone());
-        let c = circuits.clone();
-        state.upstreams = Some(Arc::new(move || c.upstream_status()));
+        state.upstreams = Some(Arc::new(circuits.clone()));
         let http_stop = CancellationToken::new();
         let http = tokio::spawn(postgate::http::serve(listener, state, http_stop.clone()));
         assert_eq!(readyz(addr).await, "200", "{b}: ready while closed");
@@ -303,7 +315,17 @@ async fn an_open_circuit_shows_in_the_gauge_and_makes_readyz_fail() {
             },
             "{b}"
         );
-        assert_eq!(readyz(addr).await, "503", "{b}: no usable upstream");
+        // Issue 13: still ready (it accepts and queues); the upstream view
+        // shows the open breaker.
+        assert_eq!(readyz(addr).await, "200", "{b}: ready without an upstream");
+        let (code, body) = http_get(addr, "/health/upstreams").await;
+        assert_eq!(code, "503", "{b}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            body["upstreams"],
+            serde_json::json!([{"name": "down", "circuit": "open"}]),
+            "{b}"
+        );
         assert_eq!(attempts(&metrics, "down", "deferred"), 2.0, "{b}");
         assert_eq!(attempts(&metrics, "down", "delivered"), 0.0, "{b}");
         assert!(up.received().is_empty(), "{b}");

@@ -273,3 +273,50 @@ async fn each_message_goes_out_once_with_all_its_recipients_on_every_backend() {
         );
     }
 }
+
+#[tokio::test]
+async fn leases_are_named_after_the_node_id_on_every_backend() {
+    // Issue 13 item 6: `[server] node_id` names the lease owner (plus a
+    // per-start suffix); without it, the host name and process id do.
+    for t in all_stores().await {
+        let b = t.backend;
+        let mut behavior = Behavior::new(ServerTls::None);
+        behavior.reply_delay = Duration::from_millis(300);
+        let server = UpstreamServer::start(behavior).await;
+        for (node_id, want) in [
+            ("relay-7", "relay-7/".to_string()),
+            ("", format!("relay.test-{}/", std::process::id())),
+        ] {
+            let mut cfg = config(vec![server.upstream_config("slow")], vec![]);
+            cfg.node_id = node_id.into();
+            let m = new_message("s@example.com", &["r@x.org"], node_id);
+            t.store.enqueue(&m).await.unwrap();
+            let run = Running::start(t.store.clone(), cfg);
+            let mut owner = None;
+            wait_for(10, "a lease", async || {
+                owner = t
+                    .store
+                    .queue_show(&m.id)
+                    .await
+                    .ok()
+                    .and_then(|d| d.recipients[0].lease_owner.clone());
+                owner.is_some()
+            })
+            .await;
+            let owner = owner.unwrap();
+            assert!(
+                owner.starts_with(&want),
+                "{b}: lease owner {owner:?}, want {want}..."
+            );
+            assert!(
+                owner.len() > want.len(),
+                "{b}: {owner:?} has no per-start suffix"
+            );
+            wait_for(10, "delivery", async || {
+                t.store.queue_show(&m.id).await.is_err()
+            })
+            .await;
+            run.stop().await;
+        }
+    }
+}

@@ -203,6 +203,42 @@ async fn claim_outcomes_and_finish_with_dsn_on_every_backend() {
 }
 
 #[tokio::test]
+async fn a_late_outcome_after_the_lease_expired_still_counts_on_every_backend() {
+    // Issue 13: the store was away longer than the lease; the holder's
+    // outcome, retried until the store is back, lands after the janitor
+    // cleared the expired lease. Nobody took the recipient over, so the
+    // outcome counts (else the message would be sent again).
+    for t in all_stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        let m = message("a@example.com", &["r@x.org"], b"x\r\n", T0);
+        s.enqueue(&m).await.unwrap();
+        let claimed = s.claim_due("node-a/1", T0, 1_000, 10).await.unwrap();
+        let rid = claimed[0].recipients[0].id;
+        assert_eq!(s.reclaim_expired(T0 + 5_000).await.unwrap(), 1, "{b}");
+        let done = [outcome(rid, OutcomeKind::Delivered, "250 ok")];
+        assert_eq!(
+            s.record_outcomes("node-a/1", T0 + 5_100, &done)
+                .await
+                .unwrap(),
+            1,
+            "{b}: the late outcome was dropped"
+        );
+        assert!(
+            matches!(s.queue_show(&m.id).await, Err(StoreError::NotFound(_))),
+            "{b}: delivered, so finished"
+        );
+        assert!(
+            s.claim_due("node-b/1", T0 + 6_000, 1_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{b}: nothing left to send again"
+        );
+    }
+}
+
+#[tokio::test]
 async fn lease_expiry_lets_another_node_take_over_on_every_backend() {
     for t in all_stores().await {
         let s = &t.store;
@@ -220,9 +256,14 @@ async fn lease_expiry_lets_another_node_take_over_on_every_backend() {
         );
         assert_eq!(s.reclaim_expired(T0 + 999).await.unwrap(), 0, "{b}");
         assert_eq!(s.reclaim_expired(T0 + 1_000).await.unwrap(), 1, "{b}");
+        // The lease is gone; its last holder stays named (a late outcome of
+        // its, the store having been away, still counts until a takeover).
+        let shown = s.queue_show(&m.id).await.unwrap();
+        assert_eq!(shown.recipients[0].lease_until, None, "{b}");
         assert_eq!(
-            s.queue_show(&m.id).await.unwrap().recipients[0].lease_owner,
-            None
+            shown.recipients[0].lease_owner.as_deref(),
+            Some("dead-node"),
+            "{b}"
         );
         let taken = s.claim_due("B", T0 + 1_000, 1_000, 10).await.unwrap();
         assert_eq!(taken.len(), 1, "{b}");

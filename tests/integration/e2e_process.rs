@@ -21,6 +21,14 @@ use tokio::time::{sleep, timeout, Instant};
 use crate::common;
 use crate::upstream_server::{Behavior, ServerTls, UpstreamServer};
 
+/// The binary under test: `POSTGATE_TEST_BIN` when set (a private copy,
+/// since the shared target dir's binary may be rebuilt from another
+/// checkout meanwhile), else the one cargo built.
+fn bin() -> String {
+    std::env::var("POSTGATE_TEST_BIN").unwrap_or_else(|_| BIN.into())
+}
+
+/// The binary cargo built (prefer [`bin`]).
 const BIN: &str = env!("CARGO_BIN_EXE_postgate");
 const USER: &str = "alice";
 const PASSWORD: &str = "correct horse battery";
@@ -57,6 +65,8 @@ struct Settings<'a> {
     upstream_port: u16,
     /// Extra TOML appended at the end (whole tables).
     extra: &'a str,
+    /// Extra keys of the `[[upstream]]` table.
+    upstream_extra: &'a str,
     /// "plain" or "starttls".
     mode: &'a str,
     grace: &'a str,
@@ -68,6 +78,7 @@ impl<'a> Settings<'a> {
             store_url,
             upstream_port,
             extra: "",
+            upstream_extra: "",
             mode: "plain",
             grace: "3s",
         }
@@ -144,6 +155,7 @@ tls = "none"
 connect_timeout = "5s"
 command_timeout = "10s"
 data_timeout = "20s"
+{upstream_extra}
 
 [log]
 filter = "info"
@@ -157,6 +169,7 @@ filter = "info"
         mode = s.mode,
         up = s.upstream_port,
         extra = s.extra,
+        upstream_extra = s.upstream_extra,
     );
     if !s.extra.contains("[queue]") {
         template.push_str(QUEUE);
@@ -189,7 +202,7 @@ circuit_cooldown = "1s"
 
 /// Runs a CLI command against `config`; returns stdout (it must succeed).
 async fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.arg("-c").arg(config).args(args);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -260,7 +273,7 @@ impl Serve {
             uuid::Uuid::new_v4().simple()
         ));
         let err = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .arg("-c")
             .arg(&files.config)
             .arg("serve")
@@ -506,10 +519,12 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 
 mod crash;
 mod delivery_nodes;
+mod disk_full;
 mod dkim_e2e;
 mod health;
 mod nodes;
 mod oauth_e2e;
 mod operator_cli;
+mod outcome_outage;
 mod signals;
 mod store_outage;

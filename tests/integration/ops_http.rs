@@ -273,7 +273,7 @@ async fn ops_readyz_fails_while_the_store_is_down_and_recovers() {
 }
 
 #[tokio::test]
-async fn ops_readyz_needs_a_usable_upstream_and_reports_draining() {
+async fn ops_readyz_ignores_upstreams_which_health_upstreams_reports_and_draining_is_503() {
     let ts = common::sqlite_store().await;
     let usable = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let probe = usable.clone();
@@ -286,16 +286,22 @@ async fn ops_readyz_needs_a_usable_upstream_and_reports_draining() {
     let draining = state.draining.clone();
     let server = start(state).await;
 
+    // No usable upstream: still ready (mail is accepted and queued; issue
+    // 13), and /health/upstreams says so.
     let (status, body) = ready(&server).await;
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"], json!({"store": "ok"}));
+    let health = get(&server, "/health/upstreams").await;
+    assert_eq!(health.status, 503, "{}", health.body);
+    let health: Value = serde_json::from_str(&health.body).unwrap();
     assert_eq!(
-        body["checks"]["upstreams"],
-        json!({"usable": 0, "configured": 2})
+        (&health["usable"], &health["configured"], &health["status"]),
+        (&json!(0), &json!(2), &json!("no usable upstream"))
     );
-    assert_eq!(body["checks"]["store"], "ok");
 
     usable.store(1, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(ready(&server).await.0, 200);
+    assert_eq!(get(&server, "/health/upstreams").await.status, 200);
 
     draining.cancel();
     let (status, body) = ready(&server).await;

@@ -13,7 +13,7 @@ use super::*;
 use crate::common::{pg_admin, pg_allow_connections, SqliteWriteLock};
 
 /// An outage in progress; [`Outage::end`] brings the store back.
-enum Outage {
+pub(super) enum Outage {
     Postgres {
         admin: sqlx::PgConnection,
         db: String,
@@ -22,7 +22,8 @@ enum Outage {
 }
 
 impl Outage {
-    async fn begin(url: &str) -> Outage {
+    /// Takes the store at `url` away (see the module doc).
+    pub(super) async fn begin(url: &str) -> Outage {
         if let Some(path) = url.strip_prefix("sqlite://") {
             return Outage::Sqlite(SqliteWriteLock::take(path));
         }
@@ -32,7 +33,8 @@ impl Outage {
         Outage::Postgres { admin, db }
     }
 
-    async fn end(self) {
+    /// Brings the store back.
+    pub(super) async fn end(self) {
         match self {
             Outage::Sqlite(lock) => lock.release(),
             Outage::Postgres { mut admin, db } => {

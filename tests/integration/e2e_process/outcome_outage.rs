@@ -1,0 +1,130 @@
+//! Outcomes when the store goes away while deliveries are in flight
+//! (issue 13, item 4), on both backends, under a running `postgate serve`:
+//! PostgreSQL refuses connections, or another process holds SQLite's write
+//! lock. The upstream is slow (every reply delayed) and has one connection,
+//! so messages are still being delivered when the store goes.
+//!
+//! - The store stays away longer than the old retry window (about 6 s) and
+//!   than the lease: every outcome is kept, recorded once the store is
+//!   back, and no message is delivered twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::store_outage::Outage;
+use super::*;
+
+/// Four workers, so several claims are in delivery at once.
+const QUEUE_4: &str = r#"
+[queue]
+workers = 4
+batch = 4
+lease = "5s"
+retry_initial = "1s"
+retry_max = "2s"
+retry_jitter = 0.0
+poll_interval = "100ms"
+circuit_failures = 1000
+circuit_cooldown = "1s"
+"#;
+
+/// How many times the upstream received each subject.
+fn counts(up: &UpstreamServer) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for s in received_subjects(up) {
+        *seen.entry(s).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// A slow upstream with one connection, a node on `url`, `n` messages
+/// submitted: the node, its files, the upstream and the subjects.
+async fn loaded_node(
+    dir: &Path,
+    url: &str,
+    name: &str,
+    n: usize,
+) -> (Serve, NodeFiles, UpstreamServer, Vec<String>) {
+    let mut behavior = Behavior::new(ServerTls::None);
+    behavior.reply_delay = Duration::from_millis(150);
+    let up = UpstreamServer::start(behavior).await;
+    let mut settings = Settings::new(url, up.addr.port());
+    settings.upstream_extra = "max_connections = 1";
+    settings.extra = QUEUE_4;
+    let mut files = write_node(dir, name, &settings);
+    add_user(&files.config).await;
+    let node = Serve::start(&mut files).await;
+    let (mut c, code) = Client::login(files.smtp_port, USER, PASSWORD).await;
+    assert_eq!(code, 235, "{url}");
+    let subjects: Vec<String> = (0..n).map(|i| format!("{name}-{i}")).collect();
+    for s in &subjects {
+        c.send("bob@dest.example", &message(s))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {s}: {e:?}"));
+    }
+    (node, files, up, subjects)
+}
+
+/// Waits (30 s at most) until every outcome is recorded: the queue is empty.
+async fn queue_empties(files: &NodeFiles, node: &Serve, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = cli(&files.config, &["queue", "list"], None).await;
+        let Some(first) = list.lines().nth(1) else {
+            return;
+        };
+        if Instant::now() > deadline {
+            let id = first.split_whitespace().next().unwrap();
+            let shown = cli(&files.config, &["queue", "show", id], None).await;
+            panic!(
+                "{url}: queue never emptied:\n{list}\n{shown}\n{}",
+                node.logs()
+            );
+        }
+        sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_outlive_a_store_outage_and_nothing_is_sent_twice_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in store_urls(dir.path()).await {
+        let name = if url.starts_with("sqlite") {
+            "sq"
+        } else {
+            "pg"
+        };
+        let (node, files, up, subjects) = loaded_node(dir.path(), &url, name, 12).await;
+        let before = received_subjects(&up).len();
+        assert!(
+            before < subjects.len(),
+            "{url}: all delivered before the outage"
+        );
+        let outage = Outage::begin(&url).await;
+        // Longer than the old give-up (5 tries, about 6 s) and the lease (5 s).
+        sleep(Duration::from_secs(12)).await;
+        let during = received_subjects(&up).len() - before;
+        outage.end().await;
+        assert!(
+            during > 0,
+            "{url}: nothing was delivered during the outage\n{}",
+            node.logs()
+        );
+        wait_delivered(&up, &subjects, Duration::from_secs(60)).await;
+        queue_empties(&files, &node, &url).await;
+        // A dropped outcome shows as a second delivery once its lease expires.
+        sleep(Duration::from_secs(6)).await;
+        let twice: Vec<_> = counts(&up).into_iter().filter(|(_, n)| *n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{url}: sent twice: {twice:?}\n{}",
+            node.logs()
+        );
+        assert!(
+            node.logs().contains("recorded after the store came back"),
+            "{url}: {}",
+            node.logs()
+        );
+        assert!(!node.logs().contains("panicked"), "{}", node.logs());
+    }
+}

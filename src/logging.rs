@@ -15,6 +15,7 @@
 //! | `queue_id`   | recorded on the session span once queued, and on delivery spans | the queue id (32 hex digits) |
 //! | `peer`       | connect event                           | client `ip:port` (after PROXY header) |
 //! | `listener`   | connect event                           | the listener's configured name |
+//! | `helo`       | `ehlo` / `helo` events                  | the client's EHLO/HELO argument (escaped like every client string) |
 //! | `tls`        | TLS event                               | protocol version and cipher suite |
 //! | `mechanism`  | auth events                             | `plain` or `login` |
 //! | `user`       | auth and queued events                  | the authenticated username (lower-case) |

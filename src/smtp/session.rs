@@ -315,6 +315,7 @@ impl Session {
 
     /// EHLO: RFC 5321 §4.1.1.1; resets any transaction.
     pub fn on_ehlo(&mut self, host: String) -> Reply {
+        tracing::info!(session = %self.id, helo = %host, "ehlo");
         self.helo = Some(host);
         self.txn = None;
         let s = &self.settings;
@@ -341,6 +342,7 @@ impl Session {
 
     /// HELO: RFC 5321 §4.1.1.1, no extensions.
     pub fn on_helo(&mut self, host: String) -> Reply {
+        tracing::info!(session = %self.id, helo = %host, "helo");
         self.helo = Some(host);
         self.txn = None;
         Reply::ehlo(vec![self.settings.hostname.clone()])

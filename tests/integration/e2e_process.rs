@@ -21,7 +21,13 @@ use tokio::time::{sleep, timeout, Instant};
 use crate::common;
 use crate::upstream_server::{Behavior, ServerTls, UpstreamServer};
 
-const BIN: &str = env!("CARGO_BIN_EXE_postgate");
+/// The binary under test: `POSTGATE_TEST_BIN` when set (a private copy,
+/// for checkouts sharing one target directory, whose
+/// `target/debug/postgate` another checkout's build may replace while the
+/// tests run), else the one Cargo built.
+static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("POSTGATE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_postgate").into())
+});
 const USER: &str = "alice";
 const PASSWORD: &str = "correct horse battery";
 const FROM: &str = "alice@example.com";
@@ -189,7 +195,7 @@ circuit_cooldown = "1s"
 
 /// Runs a CLI command against `config`; returns stdout (it must succeed).
 async fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(&*BIN);
     cmd.arg("-c").arg(config).args(args);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -260,7 +266,7 @@ impl Serve {
             uuid::Uuid::new_v4().simple()
         ));
         let err = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(&*BIN)
             .arg("-c")
             .arg(&files.config)
             .arg("serve")
@@ -510,5 +516,6 @@ mod dkim_e2e;
 mod health;
 mod nodes;
 mod operator_cli;
+mod session_security;
 mod signals;
 mod store_outage;

@@ -12,7 +12,7 @@ use super::*;
 async fn cli_output(config: &Path, args: &[&str]) -> (bool, String, String) {
     let out = timeout(
         Duration::from_secs(60),
-        Command::new(BIN)
+        Command::new(&*BIN)
             .arg("-c")
             .arg(config)
             .args(args)

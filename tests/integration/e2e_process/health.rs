@@ -7,7 +7,7 @@ use super::*;
 async fn health(config: &Path, args: &[&str]) -> (bool, String) {
     let out = timeout(
         Duration::from_secs(30),
-        Command::new(BIN)
+        Command::new(&*BIN)
             .arg("-c")
             .arg(config)
             .arg("health")

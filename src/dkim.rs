@@ -13,6 +13,9 @@
 //! 3. `signer.sign(fixed.clone())` on the fixed-up bytes, then
 //!    [`Signatures::prepend_to`]: the result is what the queue stores
 //!    (RFC 6376 §5: sign last, after every change to the header block).
+//!    Only a From the login may send as is signed, whatever `header_from`
+//!    says: with `"off"` intake runs the check of step 1 itself and relays
+//!    a failing message unsigned (refuses it under `require_signature`).
 
 mod cli;
 pub mod key;
@@ -79,7 +82,8 @@ pub enum HeaderFromPolicy {
     /// matches every header From address. The default.
     #[default]
     Enforce,
-    /// Do not look at the header From.
+    /// Do not refuse for the header From; a message whose From fails the
+    /// check is relayed unsigned (signing follows the login).
     Off,
 }
 
@@ -99,7 +103,8 @@ pub struct DkimConfig {
     /// Refuse a message whose From domain has no active key
     /// ([`DkimError::NoKey`]) instead of relaying it unsigned. Default false.
     pub require_signature: bool,
-    /// Header From policy: "enforce" (default) or "off".
+    /// Header From policy: "enforce" (default) or "off". Either way only a
+    /// From that passes the check is signed.
     pub header_from: HeaderFromPolicy,
     /// How often the serve loop should call [`Signer::reload`], e.g. "60s".
     /// Default 60 s.

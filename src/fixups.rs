@@ -4,13 +4,15 @@
 //! byte for byte. Time, host name and session facts come in through
 //! [`FixupContext`]; nothing reads a clock or a socket.
 
-mod address;
+mod author;
+mod mailbox;
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use address::parse_address_list;
+pub use author::{check_header_from, header_from_addresses};
+pub use mailbox::{parse_mailbox, parse_mailbox_list, Mailbox, MailboxError};
 
 /// Why a message's header block could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,9 +27,26 @@ pub enum FixupError {
     /// known way to show one address and have another one verified).
     #[error("the message has {count} From header fields; exactly one is allowed")]
     MultipleFrom { count: usize },
-    /// The From field holds no address, or something that is not one.
-    #[error("the header From {value:?} is not a valid address list")]
-    BadFrom { value: String },
+    /// A From that is not exactly an RFC 5322 mailbox-list, or a Sender
+    /// that is not exactly one mailbox (RFC 5322 §3.6.2); `reason` names
+    /// the rule it breaks.
+    #[error("the header {field} {value:?} is not a valid RFC 5322 {expected}: {reason}")]
+    BadAuthor {
+        /// `From` or `Sender`.
+        field: &'static str,
+        /// What the grammar asks for: `mailbox-list` or `mailbox`.
+        expected: &'static str,
+        /// The field value, at most 200 characters.
+        value: String,
+        reason: MailboxError,
+    },
+    /// Several Sender fields (RFC 5322 §3.6: at most one).
+    #[error("the message has {count} Sender header fields; at most one is allowed")]
+    MultipleSender { count: usize },
+    /// A mail reader (the mail-parser crate) reads the field differently
+    /// from the grammar: what it would show is not what was checked.
+    #[error("the header {field} is read differently by mail readers (they would show {shown:?}); write it as a plain RFC 5322 mailbox")]
+    ReaderMismatch { field: &'static str, shown: String },
 }
 
 /// The header From policy refused the message.
@@ -36,6 +55,9 @@ pub enum FromPolicyError {
     /// No sender rule of the login permits this header From address.
     #[error("header From <{address}> is not permitted for this login: no sender rule (exact address or @domain) matches it")]
     NotPermitted { address: String },
+    /// No sender rule of the login permits this header Sender address.
+    #[error("header Sender <{address}> is not permitted for this login: no sender rule (exact address or @domain) matches it")]
+    SenderNotPermitted { address: String },
     /// The header From could not be read.
     #[error(transparent)]
     Header(#[from] FixupError),
@@ -242,46 +264,6 @@ impl<'a> HeaderBlock<'a> {
     }
 }
 
-/// The addresses of the header From (RFC 5322 §3.6.2, with RFC 6854
-/// groups): display names, comments, quoted strings and folding handled.
-/// Errors when there is no From, more than one From field, or no address.
-pub fn header_from_addresses(message: &[u8]) -> Result<Vec<String>, FixupError> {
-    let block = HeaderBlock::parse(message)?;
-    let froms: Vec<&Field> = block.all("From").collect();
-    let field = match froms.as_slice() {
-        [] => return Err(FixupError::NoFrom),
-        [one] => one,
-        many => return Err(FixupError::MultipleFrom { count: many.len() }),
-    };
-    let value = String::from_utf8_lossy(field.value);
-    let bad = || FixupError::BadFrom {
-        value: value.trim().chars().take(200).collect(),
-    };
-    let addrs = parse_address_list(&value).ok_or_else(bad)?;
-    if addrs.is_empty() {
-        return Err(bad());
-    }
-    Ok(addrs)
-}
-
-/// The header From policy: every From address must be permitted by one of
-/// `senders` (the login's sender patterns, as for MAIL FROM). Returns each
-/// address with the rule that permits it, for logs.
-pub fn check_header_from(
-    message: &[u8],
-    senders: &[String],
-) -> Result<Vec<(String, String)>, FromPolicyError> {
-    header_from_addresses(message)?
-        .into_iter()
-        .map(
-            |address| match crate::policy::permitted_by(senders, &address) {
-                Some(rule) => Ok((address, rule.to_string())),
-                None => Err(FromPolicyError::NotPermitted { address }),
-            },
-        )
-        .collect()
-}
-
 /// Applies the fixups to `message` and returns the new bytes: a Received
 /// field on top (RFC 5321 §4.4), the named fields removed, Date and
 /// Message-ID appended when missing (RFC 6409 §8.2, §8.3). The body is
@@ -418,5 +400,8 @@ pub fn rfc5322_date(ms: i64) -> String {
     )
 }
 
+#[cfg(test)]
+#[path = "fixups/author_tests.rs"]
+mod author_tests;
 #[cfg(test)]
 mod tests;

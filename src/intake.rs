@@ -207,6 +207,26 @@ impl StoreIntake {
         let Some(signer) = &p.signer else {
             return Ok(fixed);
         };
+        // A signature vouches for the From domain: only a From the login may
+        // send as is signed, whatever `header_from` says (issue 12; with
+        // "enforce" it was checked above).
+        if signer.config().enabled && !p.enforce_header_from {
+            if let Err(e) = crate::fixups::check_header_from(&fixed, &submission.identity.senders) {
+                if signer.config().require_signature {
+                    self.rejected(RejectReason::SignatureRequired);
+                    return Err(rejected(
+                        550,
+                        "5.7.1",
+                        format!("cannot sign (dkim.require_signature is on): {e}"),
+                    ));
+                }
+                tracing::info!(queue_id, error = %e, "not signed: header From not permitted for this login");
+                if let Some(m) = &p.metrics {
+                    m.dkim_not_permitted();
+                }
+                return Ok(fixed);
+            }
+        }
         match signer.sign(fixed.clone()).await {
             Ok(sigs) => {
                 if let Some(m) = &p.metrics {

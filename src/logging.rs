@@ -15,6 +15,7 @@
 //! | `queue_id`   | recorded on the session span once queued, and on delivery spans | the queue id (32 hex digits) |
 //! | `peer`       | connect event                           | client `ip:port` (after PROXY header) |
 //! | `listener`   | connect event                           | the listener's configured name |
+//! | `helo`       | `ehlo` / `helo` events                  | the client's EHLO/HELO argument (escaped like every client string) |
 //! | `tls`        | TLS event                               | protocol version and cipher suite |
 //! | `mechanism`  | auth events                             | `plain` or `login` |
 //! | `user`       | auth and queued events                  | the authenticated username (lower-case) |
@@ -40,8 +41,19 @@
 //!
 //! Secrets (passwords, AUTH payloads, upstream credentials, key material,
 //! database URLs with passwords) are never logged, at any level.
+//!
+//! Client-supplied strings (AUTH usernames, HELO, addresses, replies) can
+//! never forge a line: in the human format every field value with a space,
+//! quote, backslash, `=` or control character is quoted and escaped (CR,
+//! LF, ESC become `\r`, `\n`, `\u{1b}`), in JSON the string escaping
+//! does it; in both, every value is capped at [`MAX_FIELD_CHARS`]
+//! characters (see `safe.rs`).
+
+mod safe;
 
 use std::io::IsTerminal;
+
+pub use safe::MAX_FIELD_CHARS;
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::fmt::MakeWriter;
@@ -130,12 +142,17 @@ where
 {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
         .with_ansi(ansi);
     match format {
-        LogFormat::Human => tracing::Dispatch::new(builder.finish()),
+        LogFormat::Human => tracing::Dispatch::new(
+            builder
+                .fmt_fields(safe::SafeFields)
+                .with_writer(writer)
+                .finish(),
+        ),
         LogFormat::Json => tracing::Dispatch::new(
             builder
+                .with_writer(safe::CappedJson(writer))
                 .json()
                 .flatten_event(true)
                 .with_current_span(true)
@@ -250,6 +267,62 @@ mod tests {
         assert!(queued.contains("session=\"9f1c\""), "{queued}");
         assert!(queued.contains("queue_id=\"0191aa\""), "{queued}");
         assert!(queued.contains("size=1234"), "{queued}");
+    }
+
+    /// Client input with CR, LF, ESC, quotes and `key=value` text, logged
+    /// as Display (`%`), Debug-free string and message argument.
+    fn hostile_events() {
+        let user = "bob\r\n2026-12-06T00:00:00Z  INFO postgate: auth ok user=admin\u{1b}[2J";
+        let helo = "x\" forged=\"1";
+        let span = tracing::info_span!("session", session = "s1");
+        let _enter = span.enter();
+        tracing::info!(username = %user, helo = %helo, plain = %"alice", "auth failed");
+        tracing::info!(reply = user, "upstream said");
+        tracing::info!("message with {user}");
+        tracing::info!(long = %"x".repeat(5000), "long");
+    }
+
+    #[test]
+    fn human_lines_cannot_be_forged_by_field_values() {
+        let buf = Buffer::default();
+        let d = dispatch(LogFormat::Human, EnvFilter::new("info"), buf.clone(), false);
+        tracing::dispatcher::with_default(&d, hostile_events);
+        let text = buf.text();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.contains(
+                r#"username="bob\r\n2026-12-06T00:00:00Z  INFO postgate: auth ok user=admin\u{1b}[2J""#
+            ),
+            "{first}"
+        );
+        assert!(first.contains(r#"helo="x\" forged=\"1""#), "{first}");
+        assert!(first.contains(" plain=alice"), "{first}");
+        let long = text.lines().nth(3).unwrap();
+        assert!(long.contains("…[+3976 chars]"), "{long}");
+        assert!(long.len() < 1200, "{}", long.len());
+    }
+
+    #[test]
+    fn json_lines_are_escaped_and_capped() {
+        let buf = Buffer::default();
+        let d = dispatch(LogFormat::Json, EnvFilter::new("info"), buf.clone(), false);
+        tracing::dispatcher::with_default(&d, hostile_events);
+        let text = buf.text();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+        assert!(lines[0]["username"]
+            .as_str()
+            .unwrap()
+            .starts_with("bob\r\n"));
+        assert_eq!(lines[0]["span"]["session"], "s1");
+        let long = lines[3]["long"].as_str().unwrap();
+        assert!(long.ends_with("…[+3976 chars]"), "{long}");
     }
 
     #[test]

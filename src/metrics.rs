@@ -103,6 +103,7 @@ pub struct Metrics {
     bounces: IntCounter,
     dkim_signatures: IntCounterVec,
     dkim_unsigned: IntCounter,
+    dkim_not_permitted: IntCounter,
     store_errors: IntCounterVec,
     store_duration: HistogramVec,
     user_messages: IntCounterVec,
@@ -320,6 +321,10 @@ impl Metrics {
             "postgate_dkim_unsigned_total",
             "Messages relayed without a signature because the From domain has no active key.",
         );
+        let dkim_not_permitted = d.counter(
+            "postgate_dkim_unsigned_not_permitted_total",
+            "Messages relayed without a signature because their header From is not a sender the login may use (signing follows the login, whatever dkim.header_from says).",
+        );
         let store_errors = d.counter_vec(
             "postgate_store_errors_total",
             "Store operations that failed, by operation.",
@@ -399,6 +404,7 @@ impl Metrics {
             bounces,
             dkim_signatures,
             dkim_unsigned,
+            dkim_not_permitted,
             store_errors,
             store_duration,
             user_messages,
@@ -558,6 +564,12 @@ impl Metrics {
     /// Counts one message relayed unsigned (no key for its From domain).
     pub fn dkim_unsigned(&self) {
         self.dkim_unsigned.inc();
+    }
+
+    /// Counts one message relayed unsigned because its header From is not
+    /// a sender the login may use.
+    pub fn dkim_not_permitted(&self) {
+        self.dkim_not_permitted.inc();
     }
 
     /// Records one store operation: its duration, and an error when `failed`.

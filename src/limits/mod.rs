@@ -22,6 +22,7 @@ pub mod config;
 mod counters;
 pub mod gcra;
 pub mod keys;
+mod message;
 pub mod operator;
 mod session;
 mod slots;
@@ -370,90 +371,6 @@ impl Limiter {
                 format!("too many concurrent sessions for user {user_id} ({max})"),
             )
         })
-    }
-
-    /// Counts one message with `recipients` recipients against the user's
-    /// rates (overrides, else config) and, for each field the credential
-    /// overrides, against the credential's own counter too. All or nothing:
-    /// when one counter refuses, the others are given back. Shared
-    /// backends: one round trip per counter (4 with the default config,
-    /// plus one per credential override), more only on refusal. `Err`: reply
-    /// `451 4.7.1 <refusal>` (its Display adds "try again in N s").
-    pub async fn message(
-        &self,
-        account: &Account<'_>,
-        recipients: u32,
-    ) -> Result<(), LimitRefusal> {
-        let now = self.now();
-        let c = &self.config;
-        let u = account.user_limits;
-        let mut checks = Vec::new();
-        let user_who = format!("user {}", account.username);
-        let cred_who = format!(
-            "credential {} of user {}",
-            account.credential_label, account.username
-        );
-        let scopes = [
-            (
-                LimitScope::User,
-                keys::uid_subject(account.user_id),
-                &user_who,
-                [
-                    Some(u.messages_per_minute.unwrap_or(c.messages_per_minute)),
-                    Some(u.messages_per_hour.unwrap_or(c.messages_per_hour)),
-                    Some(u.messages_per_day.unwrap_or(c.messages_per_day)),
-                    Some(u.recipients_per_day.unwrap_or(c.recipients_per_day)),
-                ],
-            ),
-            (
-                LimitScope::Credential,
-                keys::cred_subject(account.credential_id),
-                &cred_who,
-                [
-                    account.credential_limits.messages_per_minute,
-                    account.credential_limits.messages_per_hour,
-                    account.credential_limits.messages_per_day,
-                    account.credential_limits.recipients_per_day,
-                ],
-            ),
-        ];
-        for (scope, subject, who, values) in &scopes {
-            let specs = [
-                (kind::MESSAGES, MINUTE_MS, 1, "message rate"),
-                (kind::MESSAGES, HOUR_MS, 1, "message rate"),
-                (kind::MESSAGES, DAY_MS, 1, "message quota"),
-                (kind::RECIPIENTS, DAY_MS, recipients, "recipient quota"),
-            ];
-            // Longest windows first: an exhausted daily quota refuses before
-            // any shorter counter is touched.
-            for (value, (k, period, cost, what)) in values.iter().zip(specs).rev() {
-                let Some(n) = value.filter(|n| *n > 0) else {
-                    continue;
-                };
-                if cost == 0 {
-                    continue;
-                }
-                let rate = Rate::new(n, period);
-                checks.push(Check {
-                    key: keys::rate_key(subject, k, rate),
-                    rate,
-                    cost,
-                    labels: (
-                        *scope,
-                        if k == kind::RECIPIENTS {
-                            LimitKind::Recipients
-                        } else {
-                            LimitKind::Messages
-                        },
-                    ),
-                    reason: format!(
-                        "{what} for {who} exceeded ({n} per {})",
-                        human_period(period)
-                    ),
-                });
-            }
-        }
-        self.run_checks(checks, now).await
     }
 
     /// Runs `checks` one after the other and stops at the first refusal,

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use crate::auth::Identity;
 use crate::metrics::Metrics;
 use crate::smtp::ports::{LimitRefusal as PortRefusal, SessionLimits};
+use crate::store::LimitOverrides;
 
 use super::{credential_only, Account, LimitRefusal, Limiter};
 
@@ -82,19 +83,37 @@ impl SessionLimits for LimiterPorts {
             .map_err(|r| self.refused(r))
     }
 
-    async fn message(&self, identity: &Identity, recipients: u32) -> Result<(), PortRefusal> {
+    async fn mail_allowed(&self, identity: &Identity) -> Result<(), PortRefusal> {
         let credential_limits = credential_only(&identity.user_limits, &identity.limits);
-        let account = Account {
-            user_id: identity.user_id,
-            username: &identity.username,
-            user_limits: &identity.user_limits,
-            credential_id: identity.credential_id,
-            credential_label: &identity.credential_label,
-            credential_limits: &credential_limits,
-        };
         self.limiter
-            .message(&account, recipients)
+            .mail_check(&account(identity, &credential_limits))
             .await
             .map_err(|r| self.refused(r))
+    }
+
+    async fn rcpt_allowed(&self, identity: &Identity, recipients: u32) -> Result<(), PortRefusal> {
+        let credential_limits = credential_only(&identity.user_limits, &identity.limits);
+        self.limiter
+            .rcpt_check(&account(identity, &credential_limits), recipients)
+            .await
+            .map_err(|r| self.refused(r))
+    }
+
+    async fn message_committed(&self, identity: &Identity, recipients: u32) {
+        let credential_limits = credential_only(&identity.user_limits, &identity.limits);
+        self.limiter
+            .message_charge(&account(identity, &credential_limits), recipients)
+            .await
+    }
+}
+
+fn account<'a>(identity: &'a Identity, credential_limits: &'a LimitOverrides) -> Account<'a> {
+    Account {
+        user_id: identity.user_id,
+        username: &identity.username,
+        user_limits: &identity.user_limits,
+        credential_id: identity.credential_id,
+        credential_label: &identity.credential_label,
+        credential_limits,
     }
 }

@@ -86,8 +86,18 @@ pub trait SessionLimits: Send + Sync {
         &self,
         identity: &Identity,
     ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal>;
-    /// At DATA/BDAT start, charging one message and `recipients`. Err => 451 4.7.1 "<reason>, try again in N s".
-    async fn message(&self, identity: &Identity, recipients: u32) -> Result<(), LimitRefusal>;
+    /// At MAIL: would one more message fit the login's message rates and
+    /// quotas now? Charges nothing. Err => 451 4.7.1 "<reason>, try again
+    /// in N s" to MAIL (RFC 5321 §4.3.2 lists 451 for MAIL).
+    async fn mail_allowed(&self, identity: &Identity) -> Result<(), LimitRefusal>;
+    /// At RCPT: would `recipients` recipients (the transaction's, this one
+    /// included) fit the login's recipient quotas now? Charges nothing.
+    /// Err => 451 4.7.1 to this RCPT; the transaction keeps the others.
+    async fn rcpt_allowed(&self, identity: &Identity, recipients: u32) -> Result<(), LimitRefusal>;
+    /// The message was committed to the queue: charge one message and
+    /// `recipients` recipients. Never refuses; a message that is refused
+    /// (store down, DKIM failure, bad data) is never charged.
+    async fn message_committed(&self, identity: &Identity, recipients: u32);
     /// At MAIL of a session on a trusted network (no AUTH): charges one of
     /// `messages` per `window` for the client `ip`. Err => 451 4.7.1.
     async fn trusted_message(
@@ -120,7 +130,11 @@ impl SessionLimits for NoLimits {
     ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal> {
         Ok(Box::new(()))
     }
-    async fn message(&self, _identity: &Identity, _recipients: u32) -> Result<(), LimitRefusal> {
+    async fn mail_allowed(&self, _identity: &Identity) -> Result<(), LimitRefusal> {
         Ok(())
     }
+    async fn rcpt_allowed(&self, _identity: &Identity, _n: u32) -> Result<(), LimitRefusal> {
+        Ok(())
+    }
+    async fn message_committed(&self, _identity: &Identity, _recipients: u32) {}
 }

@@ -50,7 +50,9 @@ pub struct SessionSettings {
     pub max_message_size: usize,
     /// Recipients per message (RFC 5321 §4.5.3.1.8 asks for at least 100).
     pub max_recipients: usize,
-    /// Error replies tolerated before 421 and close.
+    /// Client errors (5xx replies) tolerated before 421 and close; 4xx
+    /// replies (server-side refusals: store down, limits, excess
+    /// recipients) never count.
     pub max_errors: usize,
     /// STARTTLS is offered (a certificate is configured, not yet TLS).
     pub starttls_available: bool,
@@ -196,7 +198,12 @@ impl Session {
     /// `None`: all complete input is consumed; read more.
     pub async fn advance(&mut self, input: &mut BytesMut) -> Option<Reply> {
         let reply = self.step(input).await?;
-        if reply.is_error() && !reply.close {
+        // Only the client's own errors count (5xx: syntax, sequence, bad
+        // credentials, refused content). A 4xx is the server's state (store
+        // down, a limit, RFC 5321 §4.5.3.1.10 excess recipients): counting
+        // it would close sessions during an outage or drop a pipelined
+        // transaction that overshot max_recipients.
+        if reply.code >= 500 && !reply.close {
             self.errors += 1;
             if self.errors > self.settings.max_errors {
                 tracing::info!(session = %self.id, errors = self.errors, "too many errors");
@@ -287,7 +294,7 @@ impl Session {
             Command::StartTls => self.on_starttls(),
             Command::Auth { mechanism, initial } => self.on_auth(mechanism, initial).await,
             Command::Mail(m) => self.on_mail_any(m).await,
-            Command::Rcpt(r) => self.on_rcpt(r),
+            Command::Rcpt(r) => self.on_rcpt(r).await,
             Command::Data => self.on_data().await,
             Command::Bdat { .. } => Reply::bad_sequence("BDAT is handled by advance()"),
             Command::Rset => {
@@ -308,6 +315,7 @@ impl Session {
 
     /// EHLO: RFC 5321 §4.1.1.1; resets any transaction.
     pub fn on_ehlo(&mut self, host: String) -> Reply {
+        tracing::info!(session = %self.id, helo = %host, "ehlo");
         self.helo = Some(host);
         self.txn = None;
         let s = &self.settings;
@@ -334,6 +342,7 @@ impl Session {
 
     /// HELO: RFC 5321 §4.1.1.1, no extensions.
     pub fn on_helo(&mut self, host: String) -> Reply {
+        tracing::info!(session = %self.id, helo = %host, "helo");
         self.helo = Some(host);
         self.txn = None;
         Reply::ehlo(vec![self.settings.hostname.clone()])
@@ -351,8 +360,10 @@ impl Session {
         Reply::ready_for_tls()
     }
 
-    /// MAIL FROM: RFC 5321 §4.1.1.2, RFC 6409 §4.1 (authorised senders only).
-    pub fn on_mail(&mut self, m: MailParams) -> Reply {
+    /// MAIL FROM: RFC 5321 §4.1.1.2, RFC 6409 §4.1 (authorised senders
+    /// only); the login's message rates and quotas are checked here (451
+    /// 4.7.1), charged only when the message is committed.
+    pub async fn on_mail(&mut self, m: MailParams) -> Reply {
         if self.helo.is_none() {
             return Reply::bad_sequence("send EHLO first");
         }
@@ -399,6 +410,11 @@ impl Session {
                 );
             }
         }
+        if let Err(refusal) = self.ports.limits.mail_allowed(identity).await {
+            tracing::info!(session = %self.id, reason = %refusal.reason, "message rate-limited at MAIL");
+            self.settings.metrics.rejected(RejectReason::RateLimited);
+            return Reply::message_limited(&refusal);
+        }
         self.txn = Some(Transaction {
             mail: m,
             recipients: Vec::new(),
@@ -408,8 +424,10 @@ impl Session {
         Reply::sender_ok()
     }
 
-    /// RCPT TO: RFC 5321 §4.1.1.3.
-    pub fn on_rcpt(&mut self, r: RcptParams) -> Reply {
+    /// RCPT TO: RFC 5321 §4.1.1.3. Past `max_recipients`: 452 4.5.3, the
+    /// transaction keeps the earlier recipients (RFC 5321 §4.5.3.1.10); the
+    /// login's recipient quota is checked here (451 4.7.1).
+    pub async fn on_rcpt(&mut self, r: RcptParams) -> Reply {
         let Some(txn) = self.txn.as_mut() else {
             return Reply::bad_sequence("need MAIL before RCPT");
         };
@@ -427,6 +445,14 @@ impl Session {
                 .metrics
                 .rejected(RejectReason::TooManyRecipients);
             return Reply::too_many_recipients(self.settings.max_recipients);
+        }
+        if let Some(identity) = &self.identity {
+            let n = txn.recipients.len() as u32 + 1;
+            if let Err(refusal) = self.ports.limits.rcpt_allowed(identity, n).await {
+                tracing::info!(session = %self.id, reason = %refusal.reason, "recipient quota at RCPT");
+                self.settings.metrics.rejected(RejectReason::RateLimited);
+                return Reply::message_limited(&refusal);
+            }
         }
         txn.recipients.push(NewRecipient {
             address: r.address,

@@ -1,6 +1,8 @@
 //! Message content in a session: DATA (RFC 5321 §4.1.1.4) and BDAT
-//! (RFC 3030), rate-limit charging before content, and submission to the
-//! intake (whose durable commit the final 250 waits for).
+//! (RFC 3030), and submission to the intake (whose durable commit the final
+//! 250 waits for). The message is charged to the login's rates only once
+//! committed; limits were checked at MAIL and RCPT, so DATA itself never
+//! gets a 4xx from them (RFC 5321 §4.3.2 lists 354, 503 and 554 for DATA).
 
 use bytes::Bytes;
 
@@ -30,16 +32,14 @@ pub(super) fn cover(lease: &mut Option<Lease>, body: &mut Body) {
 }
 
 impl Session {
-    /// Checks that a transaction may start sending content; charges the
-    /// message to the rate limits.
+    /// Checks that a transaction may start sending content.
     async fn content_allowed(&mut self) -> Result<(), Reply> {
-        let (Some(txn), Some(identity)) = (&self.txn, &self.identity) else {
+        let (Some(txn), Some(_)) = (&self.txn, &self.identity) else {
             return Err(Reply::bad_sequence("need MAIL and RCPT first"));
         };
         if txn.recipients.is_empty() {
             return Err(Reply::no_recipients());
         }
-        let n = txn.recipients.len() as u32;
         let first = txn.mail.size.unwrap_or(FIRST_LEASE);
         let Some(lease) = self
             .settings
@@ -50,11 +50,6 @@ impl Session {
             self.settings.metrics.rejected(RejectReason::MemoryBudget);
             return Err(Reply::insufficient_storage());
         };
-        if let Err(refusal) = self.ports.limits.message(identity, n).await {
-            tracing::info!(session = %self.id, reason = %refusal.reason, "message rate-limited");
-            self.settings.metrics.rejected(RejectReason::RateLimited);
-            return Err(Reply::message_limited(&refusal));
-        }
         if let Some(t) = self.txn.as_mut() {
             t.lease = Some(lease);
         }
@@ -182,6 +177,7 @@ impl Session {
             return Reply::auth_required();
         };
         let size = body.len();
+        let recipients = txn.recipients.len() as u32;
         let submission = Submission {
             session_id: self.id.clone(),
             identity,
@@ -201,6 +197,12 @@ impl Session {
         };
         match self.ports.intake.submit(submission).await {
             Ok(queue_id) => {
+                if let Some(identity) = &self.identity {
+                    self.ports
+                        .limits
+                        .message_committed(identity, recipients)
+                        .await;
+                }
                 tracing::info!(session = %self.id, queue_id = %queue_id, size, "queued");
                 Reply::queued(&queue_id)
             }

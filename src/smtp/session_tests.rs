@@ -70,12 +70,16 @@ impl SessionLimits for RefuseMessages {
     ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal> {
         Ok(Box::new(()))
     }
-    async fn message(&self, _i: &Identity, _n: u32) -> Result<(), LimitRefusal> {
+    async fn mail_allowed(&self, _i: &Identity) -> Result<(), LimitRefusal> {
         Err(LimitRefusal {
             retry_after: Duration::from_secs(30),
             reason: "message rate exceeded".into(),
         })
     }
+    async fn rcpt_allowed(&self, _i: &Identity, _n: u32) -> Result<(), LimitRefusal> {
+        Ok(())
+    }
+    async fn message_committed(&self, _i: &Identity, _n: u32) {}
 }
 
 fn settings() -> SessionSettings {
@@ -486,8 +490,10 @@ async fn rate_limited_message_and_store_failure() {
         b"MAIL FROM:<a@example.com>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n",
     )
     .await;
-    assert_eq!((r[2].code, r[2].enhanced.as_str()), (451, "4.7.1"));
-    assert!(r[2].text.contains("try again in 30 s"));
+    // Refused at MAIL (issue 12); RCPT and DATA then lack a transaction.
+    assert_eq!((r[0].code, r[0].enhanced.as_str()), (451, "4.7.1"));
+    assert!(r[0].text.contains("try again in 30 s"));
+    assert_eq!((r[1].code, r[2].code), (503, 503));
 
     let intake = Arc::new(FakeIntake {
         got: Mutex::default(),
@@ -554,8 +560,11 @@ async fn loopback_plain_listener_may_allow_auth() {
     login(&mut s).await;
 }
 
-/// Locks out user `eve` at AUTH and refuses every message on a recipient quota.
-struct Strict;
+/// Locks out user `eve` at AUTH and refuses the first RCPT on a recipient quota.
+#[derive(Default)]
+struct Strict {
+    rcpt_checks: std::sync::atomic::AtomicUsize,
+}
 
 #[async_trait]
 impl SessionLimits for Strict {
@@ -578,12 +587,20 @@ impl SessionLimits for Strict {
     ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal> {
         Ok(Box::new(()))
     }
-    async fn message(&self, _i: &Identity, _n: u32) -> Result<(), LimitRefusal> {
+    async fn mail_allowed(&self, _i: &Identity) -> Result<(), LimitRefusal> {
+        Ok(())
+    }
+    async fn rcpt_allowed(&self, _i: &Identity, _n: u32) -> Result<(), LimitRefusal> {
+        use std::sync::atomic::Ordering;
+        if self.rcpt_checks.fetch_add(1, Ordering::Relaxed) > 0 {
+            return Ok(());
+        }
         Err(LimitRefusal {
             retry_after: Duration::from_secs(30),
             reason: "recipient quota for credential laptop of user bob exceeded (1 per day)".into(),
         })
     }
+    async fn message_committed(&self, _i: &Identity, _n: u32) {}
 }
 
 #[tokio::test]
@@ -596,13 +613,13 @@ async fn every_auth_outcome_and_refusal_is_counted_once() {
     let b = |x: &str| base64::engine::general_purpose::STANDARD.encode(x);
 
     let intake = Arc::new(FakeIntake::default());
-    let mut s = session_with(st.clone(), intake, Arc::new(Strict), Some(tls()));
+    let mut s = session_with(st.clone(), intake, Arc::new(Strict::default()), Some(tls()));
     let script = format!(
         "EHLO c\r\nAUTH PLAIN {eve}\r\nAUTH PLAIN {down}\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN !!!\r\n\
          AUTH LOGIN {bob}\r\n{wrong}\r\nAUTH PLAIN {ok}\r\n\
          MAIL FROM:<>\r\nMAIL FROM:<a@example.com> SIZE=5000\r\nMAIL FROM:<a@other.example>\r\n\
-         MAIL FROM:<a@example.com>\r\nRCPT TO:<1@y.example>\r\nRCPT TO:<2@y.example>\r\n\
-         RCPT TO:<3@y.example>\r\nRCPT TO:<4@y.example>\r\nDATA\r\n",
+         MAIL FROM:<a@example.com>\r\nRCPT TO:<0@y.example>\r\nRCPT TO:<1@y.example>\r\n\
+         RCPT TO:<2@y.example>\r\nRCPT TO:<3@y.example>\r\nRCPT TO:<4@y.example>\r\nDATA\r\n",
         eve = plain("eve", "x"),
         down = plain("down", "x"),
         bob = b("bob"),
@@ -613,8 +630,8 @@ async fn every_auth_outcome_and_refusal_is_counted_once() {
     assert_eq!(
         r,
         [
-            250, 454, 454, 334, 501, 501, 334, 535, 235, 553, 552, 553, 250, 250, 250, 250, 452,
-            451
+            250, 454, 454, 334, 501, 501, 334, 535, 235, 553, 552, 553, 250, 451, 250, 250, 250,
+            452, 354
         ]
     );
 
@@ -682,4 +699,175 @@ async fn every_auth_outcome_and_refusal_is_counted_once() {
         !text.contains("postgate_rate_limit_rejections_total{"),
         "{text}"
     );
+}
+
+/// Issue 12 item 5: a store outage answers 451 to every message, and
+/// neither that nor 452 for excess recipients counts towards max_errors.
+#[tokio::test]
+async fn server_side_refusals_do_not_count_as_client_errors() {
+    let intake = Arc::new(FakeIntake {
+        got: Mutex::default(),
+        fail: true,
+    });
+    let mut s = session_with(settings(), intake, Arc::new(NoLimits), Some(tls()));
+    login(&mut s).await;
+    let txn = "MAIL FROM:<a@example.com>\r\nRCPT TO:<x@y.example>\r\nDATA\r\nx\r\n.\r\n";
+    // max_errors is 5: ten 451s in a row, the session goes on.
+    let r = codes(&mut s, &txn.repeat(10)).await;
+    assert_eq!(r.len(), 40);
+    assert!(r.iter().all(|(c, _)| *c != 421), "{r:?}");
+    assert_eq!(r.iter().filter(|(c, _)| *c == 451).count(), 10, "{r:?}");
+    assert_eq!(codes(&mut s, "NOOP\r\n").await, [c(250, "2.0.0")]);
+}
+
+/// RFC 5321 §4.5.3.1.10: a client pipelining more RCPTs than
+/// max_recipients + max_errors keeps its transaction with the first
+/// max_recipients recipients.
+#[tokio::test]
+async fn pipelined_recipient_overshoot_keeps_the_transaction() {
+    let (mut s, intake) = tls_session();
+    login(&mut s).await;
+    let mut script = String::from("MAIL FROM:<a@example.com>\r\n");
+    for i in 0..20 {
+        script.push_str(&format!("RCPT TO:<r{i}@y.example>\r\n"));
+    }
+    script.push_str("DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n");
+    let r = codes(&mut s, &script).await;
+    let mut want = vec![c(250, "2.1.0")];
+    want.extend(std::iter::repeat_n(c(250, "2.1.5"), 3));
+    want.extend(std::iter::repeat_n(c(452, "4.5.3"), 17));
+    want.push(c(354, "2.0.0"));
+    want.push(c(250, "2.0.0"));
+    assert_eq!(r, want);
+    let got = intake.got.lock().unwrap();
+    let rcpts: Vec<&str> = got[0]
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    assert_eq!(rcpts, ["r0@y.example", "r1@y.example", "r2@y.example"]);
+}
+
+/// Records what the session asks of the limits; refuses MAIL when
+/// `refuse_mail`, and RCPTs past `rcpt_quota` recipients.
+#[derive(Default)]
+struct Quotas {
+    refuse_mail: std::sync::atomic::AtomicBool,
+    rcpt_quota: u32,
+    mail_checks: std::sync::atomic::AtomicUsize,
+    committed: Mutex<Vec<u32>>,
+}
+
+#[async_trait]
+impl SessionLimits for Quotas {
+    async fn connection(&self, _ip: IpAddr) -> Result<(), LimitRefusal> {
+        Ok(())
+    }
+    async fn auth_allowed(&self, _ip: IpAddr, _u: &str) -> Result<Duration, LimitRefusal> {
+        Ok(Duration::ZERO)
+    }
+    async fn auth_result(&self, _ip: IpAddr, _u: &str, _ok: bool) {}
+    async fn session_start(
+        &self,
+        _i: &Identity,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal> {
+        Ok(Box::new(()))
+    }
+    async fn mail_allowed(&self, _i: &Identity) -> Result<(), LimitRefusal> {
+        use std::sync::atomic::Ordering;
+        self.mail_checks.fetch_add(1, Ordering::Relaxed);
+        if self.refuse_mail.load(Ordering::Relaxed) {
+            return Err(LimitRefusal {
+                retry_after: Duration::from_secs(60),
+                reason: "message quota for user bob exceeded (1 per day)".into(),
+            });
+        }
+        Ok(())
+    }
+    async fn rcpt_allowed(&self, _i: &Identity, n: u32) -> Result<(), LimitRefusal> {
+        if n > self.rcpt_quota {
+            return Err(LimitRefusal {
+                retry_after: Duration::from_secs(60),
+                reason: "recipient quota for user bob exceeded".into(),
+            });
+        }
+        Ok(())
+    }
+    async fn message_committed(&self, _i: &Identity, n: u32) {
+        self.committed.lock().unwrap().push(n);
+    }
+}
+
+/// Issue 12 item 6: quotas are checked at MAIL and RCPT (4xx there), DATA
+/// never gets a 4xx from them, and only committed messages are charged.
+#[tokio::test]
+async fn quotas_are_checked_at_mail_and_rcpt_and_charged_on_commit() {
+    use std::sync::atomic::Ordering;
+    let limits = Arc::new(Quotas {
+        rcpt_quota: 2,
+        ..Default::default()
+    });
+    let intake = Arc::new(FakeIntake::default());
+    let mut s = session_with(settings(), intake.clone(), limits.clone(), Some(tls()));
+    login(&mut s).await;
+    let r = codes(
+        &mut s,
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<1@y.example>\r\nRCPT TO:<2@y.example>\r\n\
+         RCPT TO:<3@y.example>\r\nDATA\r\nx\r\n.\r\n",
+    )
+    .await;
+    assert_eq!(
+        r,
+        [
+            c(250, "2.1.0"),
+            c(250, "2.1.5"),
+            c(250, "2.1.5"),
+            c(451, "4.7.1"),
+            c(354, "2.0.0"),
+            c(250, "2.0.0")
+        ]
+    );
+    assert_eq!(*limits.committed.lock().unwrap(), [2]);
+    assert_eq!(limits.mail_checks.load(Ordering::Relaxed), 1);
+
+    // Refused content (bare LF) and an empty transaction cost nothing.
+    let r = codes(
+        &mut s,
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<1@y.example>\r\nDATA\r\nbare\nLF\r\n.\r\n\
+         MAIL FROM:<a@example.com>\r\nRSET\r\n",
+    )
+    .await;
+    assert_eq!(r[3], c(550, "5.6.0"));
+    assert_eq!(*limits.committed.lock().unwrap(), [2]);
+
+    // Quota spent: 451 at MAIL, and DATA is never answered with a 4xx.
+    limits.refuse_mail.store(true, Ordering::Relaxed);
+    let r = feed(
+        &mut s,
+        b"MAIL FROM:<a@example.com>\r\nRCPT TO:<1@y.example>\r\nDATA\r\n",
+    )
+    .await;
+    assert_eq!((r[0].code, r[0].enhanced.as_str()), (451, "4.7.1"));
+    assert!(r[0].text.contains("message quota for user bob"), "{r:?}");
+    assert_eq!((r[1].code, r[2].code), (503, 503));
+
+    // The store is down: nothing charged.
+    let limits = Arc::new(Quotas {
+        rcpt_quota: 10,
+        ..Default::default()
+    });
+    let failing = Arc::new(FakeIntake {
+        got: Mutex::default(),
+        fail: true,
+    });
+    let mut s = session_with(settings(), failing, limits.clone(), Some(tls()));
+    login(&mut s).await;
+    let r = codes(
+        &mut s,
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<1@y.example>\r\nDATA\r\nx\r\n.\r\n",
+    )
+    .await;
+    assert_eq!(r.last().unwrap(), &c(451, "4.3.0"));
+    assert!(limits.committed.lock().unwrap().is_empty());
+    assert_eq!(intake.got.lock().unwrap().len(), 1);
 }

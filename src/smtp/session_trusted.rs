@@ -20,7 +20,7 @@ impl Session {
         if let Some(refusal) = self.become_network_account().await {
             return refusal;
         }
-        let reply = self.on_mail(m);
+        let reply = self.on_mail(m).await;
         if reply.code != 250 || self.mechanism != NETWORK {
             return reply;
         }

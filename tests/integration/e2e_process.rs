@@ -526,5 +526,6 @@ mod nodes;
 mod oauth_e2e;
 mod operator_cli;
 mod outcome_outage;
+mod session_security;
 mod signals;
 mod store_outage;

@@ -465,3 +465,71 @@ async fn concurrent_attempts_never_exceed_the_lockout_on_every_backend() {
         l.connection(ip("192.0.2.6")).await.unwrap();
     }
 }
+
+/// Issue 12 item 6 on the local backend and on every store: checks at MAIL
+/// and RCPT charge nothing; a committed message is charged, even past the
+/// limit (a race between sessions), and then MAIL and RCPT are refused.
+#[tokio::test]
+async fn quota_checks_charge_nothing_and_commits_charge_on_every_backend() {
+    let mut limiters = Vec::new();
+    let quota = LimitsConfig {
+        messages_per_day: 2,
+        recipients_per_day: 3,
+        ..config()
+    };
+    let clock = Arc::new(ManualClock::new(T0));
+    let local = LimitsConfig {
+        backend: LimitsBackend::Local,
+        ..quota.clone()
+    };
+    limiters.push((
+        "local".to_string(),
+        Limiter::new(local, None, clock.clone()).unwrap(),
+    ));
+    let stores = all_stores().await;
+    for t in &stores {
+        let l = Limiter::new(quota.clone(), shared(t.store.clone()), clock.clone()).unwrap();
+        limiters.push((t.backend.to_string(), l));
+    }
+    assert!(limiters.len() >= 2);
+    let none = LimitOverrides::default();
+    let a = Account {
+        user_id: 1,
+        username: "alice",
+        user_limits: &none,
+        credential_id: 1,
+        credential_label: "default",
+        credential_limits: &none,
+    };
+    for (b, l) in &limiters {
+        for _ in 0..10 {
+            l.mail_check(&a).await.unwrap();
+            l.rcpt_check(&a, 3).await.unwrap();
+        }
+        let r = l.rcpt_check(&a, 4).await.unwrap_err();
+        assert_eq!(
+            r.reason, "recipient quota for user alice exceeded (3 per day)",
+            "{b}"
+        );
+        l.message_charge(&a, 2).await;
+        l.mail_check(&a).await.unwrap();
+        l.rcpt_check(&a, 1).await.unwrap();
+        assert!(l.rcpt_check(&a, 2).await.is_err(), "{b}");
+        // Two sessions passed their checks at once: both are charged.
+        l.message_charge(&a, 2).await;
+        l.message_charge(&a, 1).await;
+        let r = l.mail_check(&a).await.unwrap_err();
+        assert_eq!(
+            r.reason, "message quota for user alice exceeded (2 per day)",
+            "{b}"
+        );
+        assert!(l.rcpt_check(&a, 1).await.is_err(), "{b}");
+        let snap = l.snapshot().await.unwrap();
+        assert!(
+            snap.counters
+                .iter()
+                .any(|c| c.subject == "uid:1" && c.kind == "messages" && c.used >= 2),
+            "{b}: {snap}"
+        );
+    }
+}

@@ -413,16 +413,23 @@ impl postgate::smtp::ports::SessionLimits for Flaky {
         }
         Ok(Box::new(()))
     }
-    async fn message(
+    async fn mail_allowed(
         &self,
         _i: &postgate::auth::Identity,
-        _n: u32,
     ) -> Result<(), postgate::smtp::ports::LimitRefusal> {
         if self.message {
             return Err(refusal("message rate exceeded"));
         }
         Ok(())
     }
+    async fn rcpt_allowed(
+        &self,
+        _i: &postgate::auth::Identity,
+        _n: u32,
+    ) -> Result<(), postgate::smtp::ports::LimitRefusal> {
+        Ok(())
+    }
+    async fn message_committed(&self, _i: &postgate::auth::Identity, _n: u32) {}
 }
 
 #[tokio::test]
@@ -479,9 +486,8 @@ async fn limit_refusals_reach_the_client_with_their_codes() {
             }
             _ => {
                 expect(&auth, 235, "2.7.0");
-                c.cmd("MAIL FROM:<bob@example.com>").await;
-                c.cmd("RCPT TO:<x@dest.example>").await;
-                let r = c.cmd("DATA").await;
+                // Checked at MAIL (issue 12), never a 4xx to DATA itself.
+                let r = c.cmd("MAIL FROM:<bob@example.com>").await;
                 expect(&r, 451, "4.7.1");
                 assert!(r.text.contains("message rate exceeded, try again in 42 s"));
             }

@@ -35,6 +35,18 @@ enum Command {
         /// Where the development files live.
         #[arg(long, default_value = "dev-data")]
         dir: PathBuf,
+        /// STARTTLS submission port on 127.0.0.1 [default: 5587].
+        #[arg(long)]
+        smtp_port: Option<u16>,
+        /// Implicit-TLS submission port on 127.0.0.1 [default: 5465].
+        #[arg(long)]
+        smtps_port: Option<u16>,
+        /// HTTP port (metrics, health) on 127.0.0.1 [default: 9587].
+        #[arg(long)]
+        http_port: Option<u16>,
+        /// The SMTP sink to relay to, without TLS [default: 127.0.0.1:2525].
+        #[arg(long, value_name = "HOST:PORT")]
+        sink: Option<std::net::SocketAddr>,
     },
     /// Validate the configuration and print it with secrets redacted (exit 2 when invalid).
     CheckConfig,
@@ -48,8 +60,8 @@ enum Command {
     Sender(cli::sender::SenderCommand),
     /// Read a password on stdin and print its argon2id PHC hash (for plain-SQL account management).
     HashPassword,
-    /// Show or reset rate-limit counters and lockouts (shared backends;
-    /// with backend = "local" use the HTTP admin endpoint /admin/limits).
+    /// Show or reset rate-limit counters and lockouts (shared backends: in
+    /// the store; backend = "local": through the running node's admin endpoint).
     #[command(subcommand)]
     Limits(cli::limits::LimitsCommand),
     /// Inspect and act on the queue (works against the live store).
@@ -171,8 +183,28 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| Failure(e.to_string(), 2))?;
             serve(config, config_file(&cli)).await
         }
-        Command::Dev { dir } => {
-            let config = postgate::quickstart::prepare(dir).await?;
+        Command::Dev {
+            dir,
+            smtp_port,
+            smtps_port,
+            http_port,
+            sink,
+        } => {
+            use postgate::quickstart::DevOptions;
+            let d = DevOptions::default();
+            let options = DevOptions {
+                smtp_port: smtp_port.unwrap_or(d.smtp_port),
+                smtps_port: smtps_port.unwrap_or(d.smtps_port),
+                http_port: http_port.unwrap_or(d.http_port),
+                sink: sink.unwrap_or(d.sink),
+                // Options given: the config follows them (a dev config is
+                // written by `dev`, not edited by hand).
+                rewrite_config: smtp_port.is_some()
+                    || smtps_port.is_some()
+                    || http_port.is_some()
+                    || sink.is_some(),
+            };
+            let config = postgate::quickstart::prepare(dir, &options).await?;
             serve(config, None).await
         }
         Command::Migrate => {

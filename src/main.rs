@@ -49,7 +49,12 @@ enum Command {
         sink: Option<std::net::SocketAddr>,
     },
     /// Validate the configuration and print it with secrets redacted (exit 2 when invalid).
-    CheckConfig,
+    CheckConfig {
+        /// Check everything but files: certificates, keys and `{ file = ... }`
+        /// secrets are not read (for CI, before the config reaches its host).
+        #[arg(long)]
+        no_files: bool,
+    },
     /// Apply pending database migrations.
     Migrate,
     /// Manage users and their credentials.
@@ -118,6 +123,25 @@ fn config_file(cli: &Cli) -> Option<PathBuf> {
     }
 }
 
+/// The error with its key's line when the config file can be read again.
+fn locate(e: postgate::config::ConfigError, path: Option<&std::path::Path>) -> String {
+    let path = path.unwrap_or(std::path::Path::new("postgate.toml"));
+    match std::fs::read_to_string(path) {
+        Ok(text) => e.located(&text).to_string(),
+        Err(_) => e.to_string(),
+    }
+}
+
+/// [`load_config`] for `check-config --no-files`.
+fn load_config_without_files(path: Option<&std::path::Path>) -> Result<Config, Failure> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None if std::path::Path::new("postgate.toml").exists() => PathBuf::from("postgate.toml"),
+        None => return Ok(Config::default()),
+    };
+    Config::load_without_files(&path).map_err(|e| Failure(e.to_string(), 2))
+}
+
 fn config_name(cli: &Cli) -> String {
     cli.config
         .as_ref()
@@ -165,13 +189,21 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 Err(Failure(format!("{target}{path} answered {status}"), 1))
             }
         }
-        Command::CheckConfig => {
-            let config = load_config(cli.config.as_deref())?;
+        Command::CheckConfig { no_files } => {
+            let config = if *no_files {
+                load_config_without_files(cli.config.as_deref())?
+            } else {
+                load_config(cli.config.as_deref())?
+            };
+            let name = config_name(&cli);
+            let checked = if *no_files {
+                config.validate_for_serve_without_files(&name)
+            } else {
+                config.validate_for_serve(&name)
+            };
+            checked.map_err(|e| Failure(locate(e, cli.config.as_deref()), 2))?;
             config
-                .validate_for_serve(&config_name(&cli))
-                .map_err(|e| Failure(e.to_string(), 2))?;
-            config
-                .check_strict(&config_name(&cli))
+                .check_strict(&name)
                 .map_err(|e| Failure(e.to_string(), 2))?;
             print!("{}", config.to_redacted_toml());
             Ok(())
@@ -180,7 +212,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let config = load_config(cli.config.as_deref())?;
             config
                 .validate_for_serve(&config_name(&cli))
-                .map_err(|e| Failure(e.to_string(), 2))?;
+                .map_err(|e| Failure(locate(e, cli.config.as_deref()), 2))?;
             serve(config, config_file(&cli)).await
         }
         Command::Dev {
@@ -230,5 +262,31 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Queue(cmd) => cli::queue::run(cli.config.as_deref(), cmd).await,
         Command::Sender(cmd) => cli::sender::run(cli.config.as_deref(), cmd).await,
         Command::Upstream(cmd) => cli::upstream::run(cli.config.as_deref(), cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every positional argument of every (sub)command has a description in
+    /// `--help` (issue #14), and clap's own consistency checks pass.
+    #[test]
+    fn every_positional_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_positionals() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "postgate", &mut missing);
+        assert!(missing.is_empty(), "undescribed positionals: {missing:?}");
     }
 }

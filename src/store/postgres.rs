@@ -296,7 +296,7 @@ impl AccountStore for PgStore {
         let name = normalize_username(username)?;
         let row = sqlx::query(&format!(
             "SELECT {} FROM users WHERE username = $1",
-            super::rows::USER_DETAIL_COLUMNS
+            super::rows::USER_DETAIL_COLUMNS_PG
         ))
         .bind(&name)
         .fetch_optional(&self.pool)

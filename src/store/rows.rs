@@ -38,6 +38,15 @@ pub(super) const USER_DETAIL_COLUMNS: &str = "id, username, enabled, created_at,
     max_messages_per_minute, max_messages_per_hour, max_messages_per_day,
     max_recipients_per_day, max_concurrent_sessions";
 
+/// [`USER_DETAIL_COLUMNS`] for PostgreSQL, whose `max_*` columns are
+/// `integer`: read as `bigint` like the SQLite ones.
+pub(super) const USER_DETAIL_COLUMNS_PG: &str = "id, username, enabled, created_at, updated_at,
+    max_messages_per_minute::bigint AS max_messages_per_minute,
+    max_messages_per_hour::bigint AS max_messages_per_hour,
+    max_messages_per_day::bigint AS max_messages_per_day,
+    max_recipients_per_day::bigint AS max_recipients_per_day,
+    max_concurrent_sessions::bigint AS max_concurrent_sessions";
+
 /// The [`UserDetail`] of a `users` row selected with [`USER_DETAIL_COLUMNS`].
 pub(super) fn user_detail<'r, R>(row: &'r R) -> UserDetail
 where

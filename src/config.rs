@@ -475,27 +475,6 @@ impl Config {
     }
 }
 
-impl ConfigError {
-    /// The same error with the line of its key in `text` (the file's
-    /// contents) when it has none yet and the key is found there: value
-    /// errors then read `file:line:column: key: message` like syntax errors.
-    pub fn located(self, text: &str) -> ConfigError {
-        match self {
-            ConfigError::Invalid { file, key, message } => match checks::key_line(text, &key) {
-                Some(line) => ConfigError::Parse {
-                    file,
-                    line,
-                    column: 1,
-                    key,
-                    message,
-                },
-                None => ConfigError::Invalid { file, key, message },
-            },
-            other => other,
-        }
-    }
-}
-
 /// 1-based line and column of byte `offset` in `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::delivery::config::TlsMode;
 
-use super::Config;
+use super::{Config, ConfigError};
 
 /// A value that cannot work: `(key path, message)`, e.g.
 /// `("upstream[1].rate", "must be ...")`.
@@ -80,6 +80,27 @@ pub fn check_values(c: &Config) -> Result<(), ValueError> {
         ));
     }
     Ok(())
+}
+
+impl ConfigError {
+    /// The same error with the line of its key in `text` (the file's
+    /// contents) when it has none yet and the key is found there: value
+    /// errors then read `file:line:column: key: message` like syntax errors.
+    pub fn located(self, text: &str) -> ConfigError {
+        match self {
+            ConfigError::Invalid { file, key, message } => match key_line(text, &key) {
+                Some(line) => ConfigError::Parse {
+                    file,
+                    line,
+                    column: 1,
+                    key,
+                    message,
+                },
+                None => ConfigError::Invalid { file, key, message },
+            },
+            other => other,
+        }
+    }
 }
 
 /// The 1-based line of key path `key` (`table.key`, `table[i].key`,

@@ -48,7 +48,29 @@ pub async fn user_passwd(
     params: &HashParams,
 ) -> Result<(), AccountError> {
     let hash = hash_off_thread(password, params).await?;
-    Ok(store.credential_set_hash(username, label, &hash).await?)
+    match store.credential_set_hash(username, label, &hash).await {
+        Err(StoreError::NotFound(what)) if what.starts_with("credential ") => {
+            // Say which credentials exist: `user add` names its credential
+            // "default", but a user made with SQL or another label has none.
+            let labels: Vec<String> = store
+                .credential_list(username)
+                .await?
+                .into_iter()
+                .map(|c| c.label)
+                .collect();
+            let name = crate::store::normalize_username(username)?;
+            Err(StoreError::Invalid(if labels.is_empty() {
+                format!("user {name:?} has no credential {label:?} and no other: add one with `postgate user credential add`")
+            } else {
+                format!(
+                    "user {name:?} has no credential {label:?}; its credentials: {} (choose one with --label)",
+                    labels.join(", ")
+                )
+            })
+            .into())
+        }
+        other => Ok(other?),
+    }
 }
 
 /// Adds another named credential to `username`.

@@ -35,7 +35,8 @@ use crate::fixups::{self, FixupError};
 use crate::store::{DkimAlgorithm, DkimSigningKey, Store, StoreError};
 
 pub use cli::{
-    cli_generate, cli_import, cli_list, cli_retire, Generated, Imported, KeyList, Retired,
+    cli_activate, cli_delete, cli_generate, cli_generate_key, cli_import, cli_import_key, cli_list,
+    cli_retire, cli_show, key_status, Generated, Imported, KeyList, Retired, Shown,
 };
 pub use key::{DnsRecord, KeyMaterial};
 

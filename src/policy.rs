@@ -36,6 +36,13 @@ impl SenderPattern {
         if p.len() > 254 {
             return Err(err("longer than 254 octets"));
         }
+        if local.contains('*') {
+            // A common mistake: `*@example.com` would be stored as one
+            // literal address and match nothing anyone sends.
+            return Err(err(
+                "`*` is not a wildcard here: write @domain (e.g. @example.com) for any address at a domain",
+            ));
+        }
         if local.chars().any(|c| {
             c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '@' | ',' | '"')
         }) {

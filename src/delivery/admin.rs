@@ -1,13 +1,29 @@
-//! Queue administration for the CLI (`postgate queue list|show|retry|delete`),
-//! working against the live store: safe while delivery runs on any node.
+//! Queue administration for the CLI (`postgate queue ...`) and the HTTP
+//! admin endpoint, working against the live store: safe while delivery
+//! runs on any node.
 
-use crate::store::{QueueDetail, QueueEntry, Store, StoreResult};
+use crate::store::{QueueDetail, QueueEntry, QueueFilter, QueueState, Store, StoreResult};
 
 use super::now_ms;
 
 /// Messages in the queue, oldest first, at most `limit`.
 pub async fn list(store: &dyn Store, limit: u32) -> StoreResult<Vec<QueueEntry>> {
     store.queue_list(limit).await
+}
+
+/// Every message matching `filter` and, when given, in `state` at `now`,
+/// oldest first.
+pub async fn select(
+    store: &dyn Store,
+    filter: &QueueFilter,
+    state: Option<QueueState>,
+    now: i64,
+) -> StoreResult<Vec<QueueEntry>> {
+    let mut entries = store.queue_select(filter).await?;
+    if let Some(state) = state {
+        entries.retain(|e| e.state(now) == state);
+    }
+    Ok(entries)
 }
 
 /// One message: envelope, each recipient's state and the delivery log.
@@ -26,4 +42,17 @@ pub async fn retry(store: &dyn Store, id: &str) -> StoreResult<u64> {
 /// id is not queued.
 pub async fn delete(store: &dyn Store, id: &str) -> StoreResult<()> {
     store.queue_delete(id, now_ms()).await
+}
+
+/// Holds `id`: its pending recipients are never delivered until
+/// [`release`]d. Returns how many recipients changed; `NotFound` when the
+/// id is not queued.
+pub async fn hold(store: &dyn Store, id: &str) -> StoreResult<u64> {
+    store.queue_hold(id, true, now_ms()).await
+}
+
+/// Releases a held `id`: delivery resumes at each recipient's next attempt
+/// time. Returns how many recipients changed; `NotFound` when not queued.
+pub async fn release(store: &dyn Store, id: &str) -> StoreResult<u64> {
+    store.queue_hold(id, false, now_ms()).await
 }

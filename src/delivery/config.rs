@@ -169,6 +169,11 @@ pub struct UpstreamConfig {
     /// PEM private key of `client_certificate` (PKCS#8, PKCS#1 or SEC1).
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// Allow `username`/`password` with `tls = "none"` to a host that is
+    /// not loopback (the password then crosses the network in clear text).
+    /// Default false: such a config is refused.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
     /// AUTH username; no AUTH when unset. With `auth = "xoauth2"`,
     /// `"{sender}"` authenticates as the envelope sender's mailbox
     /// (connections are then pooled per mailbox).
@@ -272,6 +277,7 @@ impl UpstreamConfig {
             tls_server_name: None,
             client_certificate: None,
             client_key: None,
+            allow_plaintext_auth: false,
             username: None,
             password: None,
             auth: AuthMechanism::Auto,

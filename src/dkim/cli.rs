@@ -1,4 +1,5 @@
-//! `postgate dkim generate|import|list|retire`: functions the CLI calls.
+//! `postgate dkim generate|import|list|show|activate|retire|delete`:
+//! functions the CLI calls.
 //! Each returns a value whose `Display` is what the command prints; none
 //! ever prints a private key.
 
@@ -17,21 +18,22 @@ async fn store_key(
     domain: &str,
     selector: &str,
     material: &KeyMaterial,
+    inactive: bool,
 ) -> Result<(String, String), DkimError> {
     let domain = crate::store::normalize_dkim_domain(domain)?;
     let selector = crate::store::normalize_dkim_selector(selector)?;
-    store
-        .dkim_add(
-            &NewDkimKey {
-                domain: domain.clone(),
-                selector: selector.clone(),
-                algorithm: material.algorithm,
-                private_key_pem: material.private_key_pem.clone(),
-                public_key: material.public_key.clone(),
-            },
-            now_ms(),
-        )
-        .await?;
+    let key = NewDkimKey {
+        domain: domain.clone(),
+        selector: selector.clone(),
+        algorithm: material.algorithm,
+        private_key_pem: material.private_key_pem.clone(),
+        public_key: material.public_key.clone(),
+    };
+    if inactive {
+        store.dkim_add_inactive(&key, now_ms()).await?;
+    } else {
+        store.dkim_add(&key, now_ms()).await?;
+    }
     Ok((domain, selector))
 }
 
@@ -43,15 +45,25 @@ pub struct Generated {
     pub algorithm: DkimAlgorithm,
     pub bits: u32,
     pub record: DnsRecord,
+    /// Stored inactive: it signs only after `postgate dkim activate`.
+    pub inactive: bool,
 }
 
 impl fmt::Display for Generated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "Created DKIM key {} for {} ({}, {} bits); it signs from now on.",
-            self.selector, self.domain, self.algorithm, self.bits
-        )?;
+        if self.inactive {
+            writeln!(
+                f,
+                "Created DKIM key {} for {} ({}, {} bits), INACTIVE: it does not sign until `postgate dkim activate --domain {} --selector {}`.",
+                self.selector, self.domain, self.algorithm, self.bits, self.domain, self.selector
+            )?;
+        } else {
+            writeln!(
+                f,
+                "Created DKIM key {} for {} ({}, {} bits); it signs from now on.",
+                self.selector, self.domain, self.algorithm, self.bits
+            )?;
+        }
         writeln!(f, "Publish this DNS TXT record:")?;
         writeln!(f, "{}", self.record.zone_line())?;
         writeln!(
@@ -73,19 +85,34 @@ pub async fn cli_generate(
     algorithm: DkimAlgorithm,
     bits: Option<u32>,
 ) -> Result<Generated, DkimError> {
+    cli_generate_key(store, domain, selector, algorithm, bits, false).await
+}
+
+/// `dkim generate [--inactive]`: as [`cli_generate`], but an `inactive`
+/// key is stored so that it never signs until [`cli_activate`]: its DNS
+/// record can be published (and propagate) first.
+pub async fn cli_generate_key(
+    store: &dyn Store,
+    domain: &str,
+    selector: &str,
+    algorithm: DkimAlgorithm,
+    bits: Option<u32>,
+    inactive: bool,
+) -> Result<Generated, DkimError> {
     // Check names before spending a second on an RSA-4096 key.
     crate::store::normalize_dkim_domain(domain)?;
     crate::store::normalize_dkim_selector(selector)?;
     let material = tokio::task::spawn_blocking(move || key::generate(algorithm, bits))
         .await
         .map_err(|e| DkimError::Key(e.to_string()))??;
-    let (domain, selector) = store_key(store, domain, selector, &material).await?;
+    let (domain, selector) = store_key(store, domain, selector, &material, inactive).await?;
     Ok(Generated {
         record: DnsRecord::new(&domain, &selector, algorithm, &material.public_key),
         domain,
         selector,
         algorithm,
         bits: material.bits,
+        inactive,
     })
 }
 
@@ -101,16 +128,30 @@ pub async fn cli_import(
     algorithm: DkimAlgorithm,
     key_file: &Path,
 ) -> Result<Imported, DkimError> {
+    cli_import_key(store, domain, selector, algorithm, key_file, false).await
+}
+
+/// `dkim import [--inactive]`: as [`cli_import`]; see [`cli_generate_key`]
+/// for `inactive`.
+pub async fn cli_import_key(
+    store: &dyn Store,
+    domain: &str,
+    selector: &str,
+    algorithm: DkimAlgorithm,
+    key_file: &Path,
+    inactive: bool,
+) -> Result<Imported, DkimError> {
     let pem = read_key_file(key_file)?;
     let material = key::import_pem(algorithm, &pem)
         .map_err(|e| DkimError::Key(format!("{}: {e}", key_file.display())))?;
-    let (domain, selector) = store_key(store, domain, selector, &material).await?;
+    let (domain, selector) = store_key(store, domain, selector, &material, inactive).await?;
     Ok(Generated {
         record: DnsRecord::new(&domain, &selector, algorithm, &material.public_key),
         domain,
         selector,
         algorithm,
         bits: material.bits,
+        inactive,
     })
 }
 
@@ -119,7 +160,17 @@ pub async fn cli_import(
 pub struct KeyList(pub Vec<DkimKeyInfo>);
 
 fn format_ms(ms: i64) -> String {
-    crate::fixups::rfc5322_date(ms)
+    crate::accounts::format_ms(ms)
+}
+
+/// The status word of a key: `active` (signs), `inactive` (stored, not
+/// yet activated) or `retired`.
+pub fn key_status(k: &DkimKeyInfo) -> &'static str {
+    match (k.active, k.inactive) {
+        (false, _) => "retired",
+        (true, true) => "inactive",
+        (true, false) => "active",
+    }
 }
 
 impl fmt::Display for KeyList {
@@ -129,19 +180,19 @@ impl fmt::Display for KeyList {
         }
         writeln!(
             f,
-            "{:<30} {:<20} {:<15} {:<8} CREATED",
-            "DOMAIN", "SELECTOR", "ALGORITHM", "STATUS"
+            "{:<30} {:<20} {:<15} {:<8} {:<20} RETIRED",
+            "DOMAIN", "SELECTOR", "ALGORITHM", "STATUS", "CREATED"
         )?;
         for k in &self.0 {
-            let status = if k.active { "active" } else { "retired" };
             writeln!(
                 f,
-                "{:<30} {:<20} {:<15} {:<8} {}",
+                "{:<30} {:<20} {:<15} {:<8} {:<20} {}",
                 k.domain,
                 k.selector,
                 k.algorithm.as_str(),
-                status,
-                format_ms(k.created_at)
+                key_status(k),
+                format_ms(k.created_at),
+                k.retired_at.map(format_ms).unwrap_or_else(|| "-".into())
             )?;
         }
         Ok(())
@@ -185,4 +236,86 @@ pub async fn cli_retire(
     let selector = crate::store::normalize_dkim_selector(selector)?;
     store.dkim_retire(&domain, &selector, now_ms()).await?;
     Ok(Retired { domain, selector })
+}
+
+/// Output of `dkim show`: one key and the DNS record it needs.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    pub key: DkimKeyInfo,
+    pub record: DnsRecord,
+}
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = &self.key;
+        writeln!(
+            f,
+            "DKIM key {} of {} ({}), {}; created {}{}.",
+            k.selector,
+            k.domain,
+            k.algorithm,
+            key_status(k),
+            format_ms(k.created_at),
+            k.retired_at
+                .map(|r| format!(", retired {}", format_ms(r)))
+                .unwrap_or_default()
+        )?;
+        writeln!(f, "DNS TXT record:")?;
+        writeln!(f, "{}", self.record.zone_line())?;
+        writeln!(
+            f,
+            "(owner name {}; value in {} string(s) of at most 255 bytes)",
+            self.record.name,
+            self.record.strings().len()
+        )
+    }
+}
+
+/// `dkim show`: a key (never its private part) with its DNS record.
+/// `NotFound` if there is no such key.
+pub async fn cli_show(store: &dyn Store, domain: &str, selector: &str) -> Result<Shown, DkimError> {
+    let domain = crate::store::normalize_dkim_domain(domain)?;
+    let selector = crate::store::normalize_dkim_selector(selector)?;
+    let key = store
+        .dkim_list()
+        .await?
+        .into_iter()
+        .find(|k| k.domain == domain && k.selector == selector)
+        .ok_or_else(|| {
+            crate::store::StoreError::NotFound(format!("DKIM key {selector}._domainkey.{domain}"))
+        })?;
+    Ok(Shown {
+        record: DnsRecord::new(&key.domain, &key.selector, key.algorithm, &key.public_key),
+        key,
+    })
+}
+
+/// `dkim activate`: an inactive key signs from the next key reload on.
+/// `Conflict` if it is already active or retired, `NotFound` if missing.
+pub async fn cli_activate(
+    store: &dyn Store,
+    domain: &str,
+    selector: &str,
+) -> Result<String, DkimError> {
+    let domain = crate::store::normalize_dkim_domain(domain)?;
+    let selector = crate::store::normalize_dkim_selector(selector)?;
+    store.dkim_activate(&domain, &selector).await?;
+    Ok(format!(
+        "Activated DKIM key {selector} of {domain}: it signs after the next key reload (SIGHUP, or at once on a node started later).\n"
+    ))
+}
+
+/// `dkim delete`: removes a retired (or never activated) key for good.
+/// `Conflict` if it still signs, `NotFound` if missing.
+pub async fn cli_delete(
+    store: &dyn Store,
+    domain: &str,
+    selector: &str,
+) -> Result<String, DkimError> {
+    let domain = crate::store::normalize_dkim_domain(domain)?;
+    let selector = crate::store::normalize_dkim_selector(selector)?;
+    store.dkim_delete(&domain, &selector).await?;
+    Ok(format!(
+        "Deleted DKIM key {selector} of {domain}; remove the DNS record {selector}._domainkey.{domain} if it is still published.\n"
+    ))
 }

@@ -178,6 +178,9 @@ impl Session {
         };
         let size = body.len();
         let recipients = txn.recipients.len() as u32;
+        // The fields docs/operations.md promises on the `queued` line.
+        let (user, credential) = (identity.username.clone(), identity.credential_label.clone());
+        let (sender, rcpts) = (txn.mail.address.clone(), txn.recipients.len());
         let submission = Submission {
             session_id: self.id.clone(),
             identity,
@@ -203,7 +206,16 @@ impl Session {
                         .message_committed(identity, recipients)
                         .await;
                 }
-                tracing::info!(session = %self.id, queue_id = %queue_id, size, "queued");
+                tracing::info!(
+                    session = %self.id,
+                    queue_id = %queue_id,
+                    user = %user,
+                    credential = %credential,
+                    sender = %sender,
+                    rcpts,
+                    size,
+                    "queued"
+                );
                 Reply::queued(&queue_id)
             }
             Err(e) => {

@@ -123,7 +123,11 @@ pub struct DkimKeyInfo {
     pub algorithm: DkimAlgorithm,
     /// Base64 public key (`p=`).
     pub public_key: String,
+    /// Status `active` (not retired). A key may be active yet `inactive`.
     pub active: bool,
+    /// Generated or imported with `--inactive` and not yet activated: it
+    /// never signs (its DNS record can be published first).
+    pub inactive: bool,
     pub created_at: i64,
     pub retired_at: Option<i64>,
 }
@@ -154,12 +158,23 @@ pub trait DkimStore: Send + Sync {
     /// never reused, since verifiers may cache the old DNS record.
     /// `Invalid` for a bad domain or selector.
     async fn dkim_add(&self, key: &NewDkimKey, now: i64) -> StoreResult<()>;
+    /// Like [`dkim_add`](Self::dkim_add) but the key is stored inactive:
+    /// it never signs until [`dkim_activate`](Self::dkim_activate).
+    async fn dkim_add_inactive(&self, key: &NewDkimKey, now: i64) -> StoreResult<()>;
+    /// Lets an inactive key sign (after the next key reload). `NotFound` if
+    /// no such key; `Conflict` if it is already active or retired.
+    async fn dkim_activate(&self, domain: &str, selector: &str) -> StoreResult<()>;
+    /// Deletes a retired (or never activated) key. `NotFound` if no such
+    /// key; `Conflict` if it is active and signing (retire it first). The
+    /// selector becomes free again: only reuse it once verifiers have
+    /// forgotten the old DNS record.
+    async fn dkim_delete(&self, domain: &str, selector: &str) -> StoreResult<()>;
     /// All keys, active and retired, ordered by domain, then selector.
     async fn dkim_list(&self) -> StoreResult<Vec<DkimKeyInfo>>;
     /// Marks the key retired at `now`: it signs no more. `NotFound` if no
-    /// such key; retiring a retired key changes nothing and is `Ok`.
+    /// such key; `Conflict` if it is already retired.
     async fn dkim_retire(&self, domain: &str, selector: &str, now: i64) -> StoreResult<()>;
-    /// Every active key with its private key, ordered by domain, then
+    /// Every active key (status active and not `inactive`) with its private key, ordered by domain, then
     /// selector. Called at start and on reload, not per message.
     async fn dkim_active_keys(&self) -> StoreResult<Vec<DkimSigningKey>>;
 }

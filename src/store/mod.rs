@@ -19,12 +19,14 @@ pub mod postgres;
 mod postgres_dkim;
 mod postgres_limits;
 mod postgres_queue;
+mod postgres_queue_admin;
 mod queue;
 mod rows;
 pub mod sqlite;
 mod sqlite_dkim;
 mod sqlite_limits;
 mod sqlite_queue;
+mod sqlite_queue_admin;
 mod sqlite_writer;
 
 use std::sync::Arc;
@@ -112,6 +114,19 @@ pub struct UserSummary {
     pub created_at: i64,
 }
 
+/// `user show`: one user's own row (credentials and senders are listed
+/// with [`AccountStore::credential_list`] / [`AccountStore::sender_list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserDetail {
+    pub id: i64,
+    pub username: String,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Per-user overrides; `None` fields use the `[limits]` defaults.
+    pub limits: LimitOverrides,
+}
+
 /// One row of `user credential list`. Never carries the hash.
 #[derive(Debug, Clone)]
 pub struct CredentialSummary {
@@ -174,6 +189,16 @@ pub trait AccountStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Credentials of `username`, ordered by label.
     async fn credential_list(&self, username: &str) -> StoreResult<Vec<CredentialSummary>>;
+    /// Enables or disables credential `label` of `username` (a disabled
+    /// credential fails login like a wrong password). `NotFound` if either is missing.
+    async fn credential_set_enabled(
+        &self,
+        username: &str,
+        label: &str,
+        enabled: bool,
+    ) -> StoreResult<()>;
+    /// One user's row with its limit overrides, enabled or not. `NotFound` if missing.
+    async fn user_get(&self, username: &str) -> StoreResult<UserDetail>;
     /// Deletes credential `label` of `username`. `NotFound` if missing.
     async fn credential_revoke(&self, username: &str, label: &str) -> StoreResult<()>;
     /// Allows `username` to send as `pattern` (already validated and
@@ -293,7 +318,7 @@ pub const SQLITE_AUTH_POLL: std::time::Duration = std::time::Duration::from_mill
 
 /// The whole store. Cheap to clone behind an `Arc`.
 pub trait Store:
-    AccountStore + QueueStore + DkimStore + HealthStore + LimitStore + Send + Sync
+    AccountStore + QueueStore + QueueAdminStore + DkimStore + HealthStore + LimitStore + Send + Sync
 {
     /// `"postgres"` or `"sqlite"`, for logs and metrics.
     fn backend(&self) -> &'static str;
@@ -342,6 +367,33 @@ pub async fn open_and_migrate(url: &str, options: &StoreOptions) -> StoreResult<
     } else {
         open(url, options).await
     }
+}
+
+/// Whether the store named by `url` exists, without creating anything: a
+/// SQLite URL names a file that exists (`sqlite::memory:` always does); a
+/// PostgreSQL database answers and holds postgate's migration table.
+/// `Ok(false)` means "there is no postgate store there"; `Err` means the
+/// question could not be answered (unreachable server, bad URL).
+pub async fn exists(url: &str, options: &StoreOptions) -> StoreResult<bool> {
+    if let Some(path) = sqlite_path(url) {
+        return Ok(path.is_empty() || path == ":memory:" || std::path::Path::new(path).exists());
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = postgres::PgStore::connect(url, options).await?;
+        return store.has_schema().await;
+    }
+    Err(StoreError::Invalid(
+        "store url must start with postgres://, postgresql:// or sqlite:".into(),
+    ))
+}
+
+/// The file path of a `sqlite:` URL (`sqlite://PATH?opts`, `sqlite:PATH`),
+/// `None` for other schemes.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    Some(rest.split('?').next().unwrap_or(rest))
 }
 
 /// Maps an sqlx error to a [`StoreError`], naming `what` on constraint errors.

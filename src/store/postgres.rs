@@ -49,6 +49,15 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
+    /// Whether postgate's migration table exists in this database (on the
+    /// connection's search path, where migrations create it).
+    pub async fn has_schema(&self) -> StoreResult<bool> {
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "schema"))
+    }
+
     /// Applies pending migrations from `migrations/postgres` (embedded at build time).
     /// Safe to run from several nodes at once: sqlx takes an advisory lock.
     pub async fn migrate(&self) -> StoreResult<()> {
@@ -254,6 +263,47 @@ impl AccountStore for PgStore {
                 last_used_at: r.get("last_used_at"),
             })
             .collect())
+    }
+
+    async fn credential_set_enabled(
+        &self,
+        username: &str,
+        label: &str,
+        enabled: bool,
+    ) -> StoreResult<()> {
+        let name = normalize_username(username)?;
+        let done = sqlx::query(
+            "UPDATE credentials SET enabled = $1, updated_at = $2
+             WHERE label = $3 AND user_id = (SELECT id FROM users WHERE username = $4)",
+        )
+        .bind(enabled)
+        .bind(now_ms())
+        .bind(label)
+        .bind(&name)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "credential"))?;
+        if done.rows_affected() == 0 {
+            user_id(&self.pool, &name).await?;
+            return Err(StoreError::NotFound(format!(
+                "credential {label:?} of user {name:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn user_get(&self, username: &str) -> StoreResult<UserDetail> {
+        let name = normalize_username(username)?;
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM users WHERE username = $1",
+            super::rows::USER_DETAIL_COLUMNS_PG
+        ))
+        .bind(&name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "user"))?
+        .ok_or_else(|| StoreError::NotFound(format!("user {name:?}")))?;
+        Ok(super::rows::user_detail(&row))
     }
 
     async fn credential_revoke(&self, username: &str, label: &str) -> StoreResult<()> {

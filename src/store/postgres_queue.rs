@@ -141,14 +141,14 @@ impl QueueStore for PgStore {
         let rows = sqlx::query(
             "WITH due AS (
                  SELECT m.id FROM queue_recipients r JOIN queue_messages m ON m.id = r.message_id
-                 WHERE r.status = 'queued' AND r.next_attempt_at <= $1
+                 WHERE r.status = 'queued' AND r.next_attempt_at <= $1 AND NOT r.held
                    AND (r.lease_until IS NULL OR r.lease_until <= $1)
                  ORDER BY r.next_attempt_at, r.id LIMIT $2
                  FOR NO KEY UPDATE OF m SKIP LOCKED),
              claimed AS (
                  UPDATE queue_recipients r SET lease_owner = $3, lease_until = $4, updated_at = $1
                  WHERE r.message_id IN (SELECT id FROM due)
-                   AND r.status = 'queued' AND r.next_attempt_at <= $1
+                   AND r.status = 'queued' AND r.next_attempt_at <= $1 AND NOT r.held
                    AND (r.lease_until IS NULL OR r.lease_until <= $1)
                  RETURNING r.id, r.message_id, r.recipient, r.notify, r.orcpt, r.attempts,
                            r.route_index, r.delay_warned)
@@ -492,7 +492,7 @@ impl QueueStore for PgStore {
             .ok_or_else(|| StoreError::NotFound(format!("queued message {id:?}")))?;
         let recipients = sqlx::query(
             "SELECT recipient, status, attempts, next_attempt_at, route_index, lease_owner,
-                    lease_until, last_upstream, last_reply
+                    lease_until, last_upstream, last_reply, held
              FROM queue_recipients WHERE message_id = $1 ORDER BY id",
         )
         .bind(id)
@@ -523,6 +523,7 @@ impl QueueStore for PgStore {
                     lease_until: r.get("lease_until"),
                     last_upstream: r.get("last_upstream"),
                     last_reply: r.get("last_reply"),
+                    held: r.get("held"),
                 })
                 .collect(),
             log: log
@@ -588,14 +589,17 @@ async fn exists(conn: &mut PgConnection, id: &str) -> StoreResult<()> {
         .ok_or_else(|| StoreError::NotFound(format!("queued message {id:?}")))
 }
 
-const LIST_SQL: &str = "SELECT m.id, m.sender, m.username, m.size, m.received_at, m.is_dsn,
+pub(crate) const LIST_SQL: &str = "SELECT m.id, m.sender, m.username, m.size, m.received_at, m.is_dsn,
         m.envid, m.expires_at,
         (SELECT count(*) FROM queue_recipients r WHERE r.message_id = m.id) AS recipients,
         (SELECT count(*) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS pending,
-        (SELECT min(next_attempt_at) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS next_at
+        (SELECT min(next_attempt_at) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS next_at,
+        (SELECT count(*) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued' AND r.held) AS held,
+        (SELECT max(attempts)::bigint FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS max_attempts,
+        (SELECT max(lease_until) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS lease_until
      FROM queue_messages m";
 
-fn entry_of(r: &PgRow) -> QueueEntry {
+pub(crate) fn entry_of(r: &PgRow) -> QueueEntry {
     QueueEntry {
         id: r.get("id"),
         sender: r.get("sender"),
@@ -606,5 +610,8 @@ fn entry_of(r: &PgRow) -> QueueEntry {
         recipients: u32_of64(r.get("recipients")),
         pending: u32_of64(r.get("pending")),
         next_attempt_at: r.get("next_at"),
+        held: r.get::<i64, _>("held") > 0,
+        attempts: u32_of64(r.get::<Option<i64>, _>("max_attempts").unwrap_or(0)),
+        lease_until: r.get("lease_until"),
     }
 }

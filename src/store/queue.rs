@@ -144,6 +144,122 @@ pub struct QueueEntry {
     pub pending: u32,
     /// Earliest next attempt of the pending recipients.
     pub next_attempt_at: Option<i64>,
+    /// Some pending recipient is held (`queue hold`): never claimed until released.
+    pub held: bool,
+    /// Most attempts made for any pending recipient (0: never tried).
+    pub attempts: u32,
+    /// Latest lease end of the pending recipients (a delivery may be running
+    /// while it lies in the future).
+    pub lease_until: Option<i64>,
+}
+
+/// What an operator sees a queued message as doing, at a moment `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueState {
+    /// Held by an operator: never delivered until released.
+    Held,
+    /// A delivery attempt is running (a lease is held).
+    Active,
+    /// Attempted at least once, waiting for its next attempt.
+    Deferred,
+    /// Waiting for its first attempt.
+    Queued,
+    /// No recipient pending (being finished: bounce or deletion due).
+    Done,
+}
+
+impl QueueState {
+    /// Every state, in the order `queue list` summarises them.
+    pub const ALL: [QueueState; 5] = [
+        QueueState::Queued,
+        QueueState::Active,
+        QueueState::Deferred,
+        QueueState::Held,
+        QueueState::Done,
+    ];
+
+    /// The name used by `--state` and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueState::Held => "held",
+            QueueState::Active => "active",
+            QueueState::Deferred => "deferred",
+            QueueState::Queued => "queued",
+            QueueState::Done => "done",
+        }
+    }
+
+    /// Parses a state name (`held`, `active`, `deferred`, `queued`, `done`).
+    pub fn parse(s: &str) -> Result<QueueState, String> {
+        QueueState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s.trim().to_ascii_lowercase())
+            .ok_or_else(|| {
+                format!("invalid queue state {s:?}: use queued, active, deferred, held or done")
+            })
+    }
+}
+
+impl QueueEntry {
+    /// The message's state at `now`: held wins over a running attempt,
+    /// which wins over deferred (attempted before) and queued (never tried).
+    pub fn state(&self, now: i64) -> QueueState {
+        if self.pending == 0 {
+            QueueState::Done
+        } else if self.held {
+            QueueState::Held
+        } else if self.lease_until.is_some_and(|l| l > now) {
+            QueueState::Active
+        } else if self.attempts > 0 {
+            QueueState::Deferred
+        } else {
+            QueueState::Queued
+        }
+    }
+}
+
+/// Which messages `queue list` and the bulk queue commands act on. Every
+/// `Some` must match. Address patterns are `user@domain` (exact,
+/// case-insensitive) or `@domain` (any address at that domain).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueFilter {
+    /// Envelope sender pattern.
+    pub sender: Option<String>,
+    /// Submitting user (case-insensitive).
+    pub username: Option<String>,
+    /// Pattern matched against any recipient of the message.
+    pub recipient: Option<String>,
+    /// Received at or before this Unix-ms time.
+    pub received_before: Option<i64>,
+}
+
+impl QueueFilter {
+    /// The filter with addresses and username lower-cased, as the store compares them.
+    pub fn normalized(&self) -> QueueFilter {
+        let low = |o: &Option<String>| o.as_ref().map(|s| s.trim().to_lowercase());
+        QueueFilter {
+            sender: low(&self.sender),
+            username: low(&self.username),
+            recipient: low(&self.recipient),
+            received_before: self.received_before,
+        }
+    }
+}
+
+/// Operator actions on the queue beyond one message at a time.
+#[async_trait]
+pub trait QueueAdminStore: Send + Sync {
+    /// Messages matching `filter` (see [`QueueFilter`]), oldest first,
+    /// without limit: for the operator CLI and bulk actions.
+    async fn queue_select(&self, filter: &QueueFilter) -> StoreResult<Vec<QueueEntry>>;
+
+    /// Holds (`hold` true) or releases the queued recipients of message
+    /// `id` at `now`: a held recipient is never claimed for delivery (an
+    /// attempt already running finishes; its outcome is recorded and the
+    /// recipient stays held if deferred). Returns how many recipients
+    /// changed; `NotFound` if the message is missing.
+    async fn queue_hold(&self, id: &str, hold: bool, now: i64) -> StoreResult<u64>;
 }
 
 /// One recipient in `queue show`.
@@ -158,6 +274,8 @@ pub struct QueueRecipientDetail {
     pub lease_until: Option<i64>,
     pub last_upstream: Option<String>,
     pub last_reply: Option<String>,
+    /// Held by an operator (`queue hold`).
+    pub held: bool,
 }
 
 /// One `delivery_log` row.

@@ -2,7 +2,7 @@
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{LimitOverrides, LoginCredential, LoginRecord};
+use super::{LimitOverrides, LoginCredential, LoginRecord, UserDetail};
 
 /// The `max_*` override columns of a `users` row (`with_sessions`: it has
 /// `max_concurrent_sessions`) or a `credentials` row, named `{prefix}max_*`
@@ -30,6 +30,40 @@ where
         concurrent_sessions: with_sessions
             .then(|| get("max_concurrent_sessions"))
             .flatten(),
+    }
+}
+
+/// The columns [`user_detail`] reads from `users`.
+pub(super) const USER_DETAIL_COLUMNS: &str = "id, username, enabled, created_at, updated_at,
+    max_messages_per_minute, max_messages_per_hour, max_messages_per_day,
+    max_recipients_per_day, max_concurrent_sessions";
+
+/// [`USER_DETAIL_COLUMNS`] for PostgreSQL, whose `max_*` columns are
+/// `integer`: read as `bigint` like the SQLite ones.
+pub(super) const USER_DETAIL_COLUMNS_PG: &str = "id, username, enabled, created_at, updated_at,
+    max_messages_per_minute::bigint AS max_messages_per_minute,
+    max_messages_per_hour::bigint AS max_messages_per_hour,
+    max_messages_per_day::bigint AS max_messages_per_day,
+    max_recipients_per_day::bigint AS max_recipients_per_day,
+    max_concurrent_sessions::bigint AS max_concurrent_sessions";
+
+/// The [`UserDetail`] of a `users` row selected with [`USER_DETAIL_COLUMNS`].
+pub(super) fn user_detail<'r, R>(row: &'r R) -> UserDetail
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    UserDetail {
+        id: row.get("id"),
+        username: row.get("username"),
+        enabled: row.get("enabled"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        limits: limit_overrides(row, "", true),
     }
 }
 

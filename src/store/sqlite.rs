@@ -21,6 +21,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating when missing) the database at `url`.
     pub async fn connect(url: &str, options: &StoreOptions) -> StoreResult<Self> {
+        create_private(url)?;
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Invalid(format!("bad sqlite url {url:?}: {e}")))?
             .create_if_missing(true)
@@ -63,6 +64,28 @@ impl SqliteStore {
     /// The underlying pool, for the other SQLite modules of the store.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+/// Creates the database file of `url` empty with mode 0600 when it does
+/// not exist yet: it holds password hashes and DKIM private keys. SQLite
+/// gives its `-wal` and `-shm` files the database file's mode.
+fn create_private(url: &str) -> StoreResult<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = super::sqlite_path(url).filter(|p| !p.is_empty() && *p != ":memory:") else {
+        return Ok(());
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create {path}: {e}"
+        ))),
     }
 }
 
@@ -256,6 +279,47 @@ impl AccountStore for SqliteStore {
                 last_used_at: r.get("last_used_at"),
             })
             .collect())
+    }
+
+    async fn credential_set_enabled(
+        &self,
+        username: &str,
+        label: &str,
+        enabled: bool,
+    ) -> StoreResult<()> {
+        let name = normalize_username(username)?;
+        let done = sqlx::query(
+            "UPDATE credentials SET enabled = ?1, updated_at = ?2
+             WHERE label = ?3 AND user_id = (SELECT id FROM users WHERE username = ?4)",
+        )
+        .bind(enabled)
+        .bind(now_ms())
+        .bind(label)
+        .bind(&name)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "credential"))?;
+        if done.rows_affected() == 0 {
+            user_id(&self.pool, &name).await?;
+            return Err(StoreError::NotFound(format!(
+                "credential {label:?} of user {name:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn user_get(&self, username: &str) -> StoreResult<UserDetail> {
+        let name = normalize_username(username)?;
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM users WHERE username = ?1",
+            super::rows::USER_DETAIL_COLUMNS
+        ))
+        .bind(&name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "user"))?
+        .ok_or_else(|| StoreError::NotFound(format!("user {name:?}")))?;
+        Ok(super::rows::user_detail(&row))
     }
 
     async fn credential_revoke(&self, username: &str, label: &str) -> StoreResult<()> {

@@ -8,7 +8,7 @@ use super::sqlite::SqliteStore;
 use super::*;
 
 const COLUMNS: &str =
-    "domain, selector, algorithm, public_key, status, created_at, retired_at, private_key";
+    "domain, selector, algorithm, public_key, status, inactive, created_at, retired_at, private_key";
 
 fn info(row: &SqliteRow) -> StoreResult<DkimKeyInfo> {
     let algorithm: String = row.get("algorithm");
@@ -19,30 +19,71 @@ fn info(row: &SqliteRow) -> StoreResult<DkimKeyInfo> {
         algorithm: DkimAlgorithm::parse(&algorithm)?,
         public_key: row.get("public_key"),
         active: status == "active",
+        inactive: row.get("inactive"),
         created_at: row.get("created_at"),
         retired_at: row.get("retired_at"),
     })
 }
 
+fn names(domain: &str, selector: &str) -> StoreResult<(String, String)> {
+    Ok((
+        normalize_dkim_domain(domain)?,
+        normalize_dkim_selector(selector)?,
+    ))
+}
+
+fn not_found(domain: &str, selector: &str) -> StoreError {
+    StoreError::NotFound(format!("DKIM key {selector}._domainkey.{domain}"))
+}
+
+/// The (status, inactive) of a key, `None` when there is no such key.
+async fn status(
+    store: &SqliteStore,
+    domain: &str,
+    selector: &str,
+) -> StoreResult<Option<(String, bool)>> {
+    let row =
+        sqlx::query("SELECT status, inactive FROM dkim_keys WHERE domain = ?1 AND selector = ?2")
+            .bind(domain)
+            .bind(selector)
+            .fetch_optional(&store.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "DKIM key"))?;
+    Ok(row.map(|r| (r.get("status"), r.get("inactive"))))
+}
+
+async fn insert(
+    store: &SqliteStore,
+    key: &NewDkimKey,
+    now: i64,
+    inactive: bool,
+) -> StoreResult<()> {
+    let (domain, selector) = names(&key.domain, &key.selector)?;
+    sqlx::query(
+        "INSERT INTO dkim_keys (domain, selector, algorithm, private_key, public_key, status, inactive, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7)",
+    )
+    .bind(&domain)
+    .bind(&selector)
+    .bind(key.algorithm.as_str())
+    .bind(&key.private_key_pem)
+    .bind(&key.public_key)
+    .bind(inactive)
+    .bind(now)
+    .execute(&store.pool)
+    .await
+    .map_err(|e| map_sqlx(e, &format!("DKIM key {selector}._domainkey.{domain}")))?;
+    Ok(())
+}
+
 #[async_trait]
 impl DkimStore for SqliteStore {
     async fn dkim_add(&self, key: &NewDkimKey, now: i64) -> StoreResult<()> {
-        let domain = normalize_dkim_domain(&key.domain)?;
-        let selector = normalize_dkim_selector(&key.selector)?;
-        sqlx::query(
-            "INSERT INTO dkim_keys (domain, selector, algorithm, private_key, public_key, status, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6)",
-        )
-        .bind(&domain)
-        .bind(&selector)
-        .bind(key.algorithm.as_str())
-        .bind(&key.private_key_pem)
-        .bind(&key.public_key)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, &format!("DKIM key {selector}._domainkey.{domain}")))?;
-        Ok(())
+        insert(self, key, now, false).await
+    }
+
+    async fn dkim_add_inactive(&self, key: &NewDkimKey, now: i64) -> StoreResult<()> {
+        insert(self, key, now, true).await
     }
 
     async fn dkim_list(&self) -> StoreResult<Vec<DkimKeyInfo>> {
@@ -56,46 +97,78 @@ impl DkimStore for SqliteStore {
     }
 
     async fn dkim_retire(&self, domain: &str, selector: &str, now: i64) -> StoreResult<()> {
-        let domain = normalize_dkim_domain(domain)?;
-        let selector = normalize_dkim_selector(selector)?;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| map_sqlx(e, "DKIM key"))?;
-        let found: Option<String> =
-            sqlx::query_scalar("SELECT status FROM dkim_keys WHERE domain = ?1 AND selector = ?2")
-                .bind(&domain)
-                .bind(&selector)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| map_sqlx(e, "DKIM key"))?;
-        match found.as_deref() {
-            None => {
-                return Err(StoreError::NotFound(format!(
-                    "DKIM key {selector}._domainkey.{domain}"
-                )))
-            }
-            Some("active") => {
-                sqlx::query(
-                    "UPDATE dkim_keys SET status = 'retired', retired_at = ?3
-                     WHERE domain = ?1 AND selector = ?2",
-                )
-                .bind(&domain)
-                .bind(&selector)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| map_sqlx(e, "DKIM key"))?;
-            }
-            Some(_) => {}
+        let (domain, selector) = names(domain, selector)?;
+        let done = sqlx::query(
+            "UPDATE dkim_keys SET status = 'retired', retired_at = ?3
+             WHERE domain = ?1 AND selector = ?2 AND status = 'active'",
+        )
+        .bind(&domain)
+        .bind(&selector)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "DKIM key"))?;
+        if done.rows_affected() == 0 {
+            return Err(match status(self, &domain, &selector).await? {
+                None => not_found(&domain, &selector),
+                Some(_) => StoreError::Conflict(format!(
+                    "DKIM key {selector}._domainkey.{domain} is already retired"
+                )),
+            });
         }
-        tx.commit().await.map_err(|e| map_sqlx(e, "DKIM key"))
+        Ok(())
+    }
+
+    async fn dkim_activate(&self, domain: &str, selector: &str) -> StoreResult<()> {
+        let (domain, selector) = names(domain, selector)?;
+        let done = sqlx::query(
+            "UPDATE dkim_keys SET inactive = 0
+             WHERE domain = ?1 AND selector = ?2 AND status = 'active' AND inactive = 1",
+        )
+        .bind(&domain)
+        .bind(&selector)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "DKIM key"))?;
+        if done.rows_affected() == 0 {
+            return Err(match status(self, &domain, &selector).await? {
+                None => not_found(&domain, &selector),
+                Some((st, _)) if st == "retired" => StoreError::Conflict(format!(
+                    "DKIM key {selector}._domainkey.{domain} is retired: a retired key never signs again (generate a new selector)"
+                )),
+                Some(_) => StoreError::Conflict(format!(
+                    "DKIM key {selector}._domainkey.{domain} is already active"
+                )),
+            });
+        }
+        Ok(())
+    }
+
+    async fn dkim_delete(&self, domain: &str, selector: &str) -> StoreResult<()> {
+        let (domain, selector) = names(domain, selector)?;
+        let done = sqlx::query(
+            "DELETE FROM dkim_keys WHERE domain = ?1 AND selector = ?2
+               AND (status = 'retired' OR inactive = 1)",
+        )
+        .bind(&domain)
+        .bind(&selector)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "DKIM key"))?;
+        if done.rows_affected() == 0 {
+            return Err(match status(self, &domain, &selector).await? {
+                None => not_found(&domain, &selector),
+                Some(_) => StoreError::Conflict(format!(
+                    "DKIM key {selector}._domainkey.{domain} is active and signing: retire it first (postgate dkim retire)"
+                )),
+            });
+        }
+        Ok(())
     }
 
     async fn dkim_active_keys(&self) -> StoreResult<Vec<DkimSigningKey>> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM dkim_keys WHERE status = 'active' ORDER BY domain, selector"
+            "SELECT {COLUMNS} FROM dkim_keys WHERE status = 'active' AND inactive = 0 ORDER BY domain, selector"
         ))
         .fetch_all(&self.pool)
         .await

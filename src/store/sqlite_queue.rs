@@ -99,10 +99,10 @@ impl QueueStore for SqliteStore {
             // oldest `limit` due recipients (BEGIN IMMEDIATE serialises
             // claimers), so a message goes out in one transaction.
             "UPDATE queue_recipients SET lease_owner = ?3, lease_until = ?4, updated_at = ?1
-             WHERE status = 'queued' AND next_attempt_at <= ?1
+             WHERE status = 'queued' AND next_attempt_at <= ?1 AND held = 0
                AND (lease_until IS NULL OR lease_until <= ?1)
                AND message_id IN (SELECT message_id FROM queue_recipients
-                                  WHERE status = 'queued' AND next_attempt_at <= ?1
+                                  WHERE status = 'queued' AND next_attempt_at <= ?1 AND held = 0
                                     AND (lease_until IS NULL OR lease_until <= ?1)
                                   ORDER BY next_attempt_at, id LIMIT ?2)
              RETURNING id, message_id, recipient, notify, orcpt, attempts, route_index, delay_warned",
@@ -474,7 +474,7 @@ impl QueueStore for SqliteStore {
             .ok_or_else(|| StoreError::NotFound(format!("queued message {id:?}")))?;
         let recipients = sqlx::query(
             "SELECT recipient, status, attempts, next_attempt_at, route_index, lease_owner,
-                    lease_until, last_upstream, last_reply
+                    lease_until, last_upstream, last_reply, held
              FROM queue_recipients WHERE message_id = ?1 ORDER BY id",
         )
         .bind(id)
@@ -505,6 +505,7 @@ impl QueueStore for SqliteStore {
                     lease_until: r.get("lease_until"),
                     last_upstream: r.get("last_upstream"),
                     last_reply: r.get("last_reply"),
+                    held: r.get("held"),
                 })
                 .collect(),
             log: log
@@ -578,14 +579,17 @@ async fn exists(conn: &mut SqliteConnection, id: &str) -> StoreResult<()> {
         .ok_or_else(|| StoreError::NotFound(format!("queued message {id:?}")))
 }
 
-const LIST_SQL: &str = "SELECT m.id, m.sender, m.username, m.size, m.received_at, m.is_dsn,
+pub(crate) const LIST_SQL: &str = "SELECT m.id, m.sender, m.username, m.size, m.received_at, m.is_dsn,
         m.envid, m.expires_at,
         (SELECT count(*) FROM queue_recipients r WHERE r.message_id = m.id) AS recipients,
         (SELECT count(*) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS pending,
-        (SELECT min(next_attempt_at) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS next_at
+        (SELECT min(next_attempt_at) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS next_at,
+        (SELECT count(*) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued' AND r.held = 1) AS held,
+        (SELECT max(attempts) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS max_attempts,
+        (SELECT max(lease_until) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS lease_until
      FROM queue_messages m";
 
-fn entry_of(r: &SqliteRow) -> QueueEntry {
+pub(crate) fn entry_of(r: &SqliteRow) -> QueueEntry {
     QueueEntry {
         id: r.get("id"),
         sender: r.get("sender"),
@@ -596,6 +600,9 @@ fn entry_of(r: &SqliteRow) -> QueueEntry {
         recipients: u32_of(r.get("recipients")),
         pending: u32_of(r.get("pending")),
         next_attempt_at: r.get("next_at"),
+        held: r.get::<i64, _>("held") > 0,
+        attempts: u32_of(r.get::<Option<i64>, _>("max_attempts").unwrap_or(0)),
+        lease_until: r.get("lease_until"),
     }
 }
 

@@ -80,8 +80,13 @@ async fn dkim_key_lifecycle_on_every_backend() {
         assert!(!format!("{:?}", active[0]).contains("BEGIN"), "{b}");
 
         s.dkim_retire("EXAMPLE.com", "Rsa1", 2000).await.unwrap();
-        // Idempotent: the first retirement time is kept.
-        s.dkim_retire("example.com", "rsa1", 3000).await.unwrap();
+        // Retiring a retired key is an error (issue #14); the first
+        // retirement time is kept.
+        let again = s.dkim_retire("example.com", "rsa1", 3000).await;
+        assert!(
+            matches!(&again, Err(StoreError::Conflict(m)) if m.contains("already retired")),
+            "{b}: {again:?}"
+        );
         let r = s.dkim_retire("example.com", "nope", 2000).await;
         assert!(matches!(r, Err(StoreError::NotFound(_))), "{b}: {r:?}");
 

@@ -229,6 +229,8 @@ async fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
 
 /// Creates the user and lets it send as @example.com.
 async fn add_user(config: &Path) {
+    // Management commands never create a store (issue #14): migrate first.
+    cli(config, &["migrate"], None).await;
     cli(
         config,
         &["user", "add", USER, "--password-stdin"],
@@ -488,8 +490,9 @@ async fn wait_delivered(up: &UpstreamServer, want: &[String], limit: Duration) {
 async fn wait_queue_empty(config: &Path, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
-        let list = cli(config, &["queue", "list"], None).await;
-        if list.lines().count() <= 1 {
+        let list = cli(config, &["queue", "list", "--json"], None).await;
+        let doc: serde_json::Value = serde_json::from_str(&list).expect("queue list --json");
+        if doc["summary"]["messages"] == 0 {
             return;
         }
         assert!(Instant::now() < deadline, "queue never emptied:\n{list}");
@@ -525,6 +528,7 @@ mod health;
 mod nodes;
 mod oauth_e2e;
 mod operator_cli;
+mod operator_queue;
 mod outcome_outage;
 mod session_security;
 mod signals;

@@ -2,6 +2,8 @@
 //! Real stores (SQLite files and a real PostgreSQL), real TLS, real clients.
 
 mod cli_accounts;
+mod cli_files;
+mod cli_ops;
 mod common;
 mod delivery_crash;
 mod delivery_dsn;

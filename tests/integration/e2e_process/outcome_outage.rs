@@ -69,12 +69,12 @@ async fn loaded_node(
 async fn queue_empties(files: &NodeFiles, node: &Serve, url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let list = cli(&files.config, &["queue", "list"], None).await;
-        let Some(first) = list.lines().nth(1) else {
+        let ids = super::operator_cli::queue_ids(&files.config).await;
+        let Some(id) = ids.first() else {
             return;
         };
         if Instant::now() > deadline {
-            let id = first.split_whitespace().next().unwrap();
+            let list = cli(&files.config, &["queue", "list"], None).await;
             let shown = cli(&files.config, &["queue", "show", id], None).await;
             panic!(
                 "{url}: queue never emptied:\n{list}\n{shown}\n{}",

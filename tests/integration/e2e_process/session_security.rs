@@ -14,6 +14,7 @@ use super::*;
 const SOLO: &str = "solo";
 
 async fn add_solo(config: &Path) {
+    cli(config, &["migrate"], None).await;
     cli(
         config,
         &["user", "add", SOLO, "--password-stdin"],

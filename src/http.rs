@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::metrics::{CircuitState, Metrics, MetricsOptions, StoreOperation};
 use crate::store::HealthStore;
 

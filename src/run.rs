@@ -97,7 +97,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     let listener_names: Vec<(String, crate::metrics::TlsMode)> = bound
         .smtp
         .iter()
-        .map(|(l, _)| (l.address.to_string(), tls_mode(l.mode)))
+        .map(|(l, _)| (l.address.to_string(), l.mode.metric_label()))
         .collect();
     if let Some(t) = &tls {
         record_certificate_expiry(&metrics, &listener_names, t);
@@ -237,16 +237,6 @@ const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 /// How long a message may stay queued (`queue.lifetime`).
 fn queue_lifetime(config: &Config) -> Duration {
     config.queue.lifetime
-}
-
-/// The metrics label of a listener mode.
-pub fn tls_mode(mode: crate::smtp::config::ListenerMode) -> crate::metrics::TlsMode {
-    use crate::smtp::config::ListenerMode;
-    match mode {
-        ListenerMode::Starttls => crate::metrics::TlsMode::Starttls,
-        ListenerMode::ImplicitTls => crate::metrics::TlsMode::ImplicitTls,
-        ListenerMode::Plain => crate::metrics::TlsMode::Plain,
-    }
 }
 
 fn record_certificate_expiry(

@@ -225,7 +225,7 @@ impl Server {
     ) {
         let cfg = Arc::new(cfg);
         let lm = self.metrics.as_ref().map(|m| {
-            Arc::new(m.listener(&cfg.address.to_string(), crate::run::tls_mode(cfg.mode)))
+            Arc::new(m.listener(&cfg.address.to_string(), cfg.mode.metric_label()))
         });
         loop {
             let accepted = tokio::select! {

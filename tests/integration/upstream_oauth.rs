@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use postgate::config::Secret;
+use postgate::secret::Secret;
 use postgate::delivery::oauth::{OAuthConfig, Provider};
 use postgate::delivery::upstream::{Envelope, SendError, Upstream};
 use postgate::delivery::{AuthMechanism, UpstreamConfig};

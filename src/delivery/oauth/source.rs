@@ -11,7 +11,7 @@ use tokio_rustls::TlsConnector;
 use super::endpoint::{self, AccessToken, Endpoint, TokenError};
 use super::jwt::{self, Alg, RsaSigner};
 use super::{OAuthConfig, Provider};
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::delivery::tls_client;
 
 /// How long signed assertions are valid (RFC 7523 §3: short; Google allows one hour).

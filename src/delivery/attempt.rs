@@ -267,7 +267,7 @@ impl Engine {
             self.retry
                 .next_attempt_at(now, r.attempts + 1, rand::random::<f64>(), m.expires_at)
         };
-        info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, next_attempt_at = %crate::accounts::format_ms(next), "deferred");
+        info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, next_attempt_at = %crate::time::rfc3339(next), "deferred");
         deferred(r, next, next_index, true, Some(name), reply)
     }
 }

@@ -18,6 +18,7 @@
 
 use bytes::Bytes;
 
+use crate::time::rfc5322_date;
 use crate::store::{ClaimedMessage, FinalRecipient, NewMessage, NewRecipient};
 
 /// Most header bytes copied from the original message.
@@ -341,33 +342,6 @@ fn one_line(s: &str) -> String {
     line.chars().take(900).collect()
 }
 
-/// RFC 5322 §3.3 date-time in UTC for Unix milliseconds.
-pub fn rfc5322_date(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86400);
-    let tod = secs.rem_euclid(86400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let month_name = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(month - 1) as usize];
-    format!(
-        "{weekday}, {day} {month_name} {year} {:02}:{:02}:{:02} +0000",
-        tod / 3600,
-        tod % 3600 / 60,
-        tod % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,14 +481,6 @@ mod tests {
         assert_eq!(header_block(b"no blank line"), b"no blank line");
     }
 
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(951_782_400_000),
-            "Tue, 29 Feb 2000 00:00:00 +0000"
-        );
-    }
 }
 
 #[cfg(test)]

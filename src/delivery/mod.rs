@@ -93,49 +93,6 @@ pub async fn sample_queue(store: &dyn Store) -> Result<crate::metrics::QueueStat
 /// Unix milliseconds now (re-exported: tests and tools use this path).
 pub use crate::time::now_ms;
 
-struct UpstreamState {
-    pool: Pool,
-    circuit: Arc<Mutex<Circuit>>,
-    metrics: Option<UpstreamMetrics>,
-    throttle: UpstreamThrottle,
-    patterns: Vec<String>,
-    /// `add_headers` rendered, put above every message sent there.
-    added_headers: Bytes,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Memory budget for bodies too large to come with their claim, in MiB.
-/// Loading one costs about twice its size for a moment (database row plus
-/// the decoded bytes), so 20 concurrent 25 MB messages are delivered a few
-/// at a time instead of all loaded at once.
-const LARGE_BODY_BUDGET_MIB: u32 = 128;
-
-struct Engine {
-    store: Arc<dyn Store>,
-    /// The lease owner of every claim of this node (one per start).
-    owner: String,
-    /// Recipients claimed and not yet recorded: the heartbeat renews them.
-    leased: Mutex<HashSet<i64>>,
-    /// Room for claimed messages that have not started yet (`workers ×
-    /// batch` permits; see [`worker`]).
-    waiting: Arc<tokio::sync::Semaphore>,
-    /// When the next claim of this node may start (`worker::CLAIM_SPACING`).
-    next_claim: Mutex<Instant>,
-    large_bodies: Arc<tokio::sync::Semaphore>,
-    queue: QueueConfig,
-    router: Router,
-    upstreams: HashMap<String, UpstreamState>,
-    retry: RetryPolicy,
-    hostname: String,
-    shutdown: CancellationToken,
-    metrics: Option<Arc<Metrics>>,
-    dsn_from: Option<String>,
-    dsn_signer: Option<Arc<crate::dkim::Signer>>,
-}
-
 /// First wait before retrying an outcome commit the store refused; it
 /// doubles up to [`OUTCOME_RETRY_MAX`].
 const OUTCOME_RETRY_INITIAL: Duration = Duration::from_millis(200);
@@ -301,6 +258,55 @@ impl Delivery {
             circuits: Circuits::new(circuits),
         })
     }
+}
+
+struct UpstreamState {
+    pool: Pool,
+    circuit: Arc<Mutex<Circuit>>,
+    metrics: Option<UpstreamMetrics>,
+    throttle: UpstreamThrottle,
+    patterns: Vec<String>,
+    /// `add_headers` rendered, put above every message sent there.
+    added_headers: Bytes,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Memory budget for bodies too large to come with their claim, in MiB.
+/// Loading one costs about twice its size for a moment (database row plus
+/// the decoded bytes), so 20 concurrent 25 MB messages are delivered a few
+/// at a time instead of all loaded at once.
+const LARGE_BODY_BUDGET_MIB: u32 = 128;
+
+/// The running delivery of one node, shared by its tasks. Its methods are
+/// split by step, one file each: the claim loops, recorder and heartbeat
+/// in [`worker`], a message's routes in `fanout.rs`, one upstream
+/// transaction in `attempt.rs`, success and delay notices in `notices.rs`,
+/// DSN signing and routing in `bounce.rs`; recording, finishing and the
+/// janitor below.
+struct Engine {
+    store: Arc<dyn Store>,
+    /// The lease owner of every claim of this node (one per start).
+    owner: String,
+    /// Recipients claimed and not yet recorded: the heartbeat renews them.
+    leased: Mutex<HashSet<i64>>,
+    /// Room for claimed messages that have not started yet (`workers ×
+    /// batch` permits; see [`worker`]).
+    waiting: Arc<tokio::sync::Semaphore>,
+    /// When the next claim of this node may start (`worker::CLAIM_SPACING`).
+    next_claim: Mutex<Instant>,
+    large_bodies: Arc<tokio::sync::Semaphore>,
+    queue: QueueConfig,
+    router: Router,
+    upstreams: HashMap<String, UpstreamState>,
+    retry: RetryPolicy,
+    hostname: String,
+    shutdown: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
+    dsn_from: Option<String>,
+    dsn_signer: Option<Arc<crate::dkim::Signer>>,
 }
 
 impl Engine {

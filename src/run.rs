@@ -115,8 +115,8 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             enforce_header_from: config.dkim.header_from == crate::dkim::HeaderFromPolicy::Enforce,
             fixups: config.fixups.clone(),
             signer: signer.clone(),
-            metrics: Some(metrics.clone()),
-        });
+        })
+        .with_metrics(metrics.clone());
     let limit_store: Arc<dyn crate::store::LimitStore> = store.clone();
     let limiter = Arc::new(crate::limits::Limiter::new(
         config.limits.clone(),
@@ -134,7 +134,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         intake: Arc::new(intake),
         limits: Arc::new(crate::limits::LimiterPorts::new(
             limiter.clone(),
-            Some(metrics.clone()),
+            metrics.clone(),
         )),
     };
     let mut smtp_config = config.smtp.clone();
@@ -165,7 +165,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         store.clone(),
         delivery_config,
         delivery_shutdown.clone(),
-        Some(metrics.clone()),
+        metrics.clone(),
         limiter.clone(),
     )?;
     // For `/health/upstreams` (readiness never depends on upstreams).

@@ -18,8 +18,8 @@
 
 use bytes::Bytes;
 
-use crate::time::rfc5322_date;
 use crate::store::{ClaimedMessage, FinalRecipient, NewMessage, NewRecipient};
+use crate::time::rfc5322_date;
 
 /// Most header bytes copied from the original message.
 const MAX_HEADERS: usize = 64 * 1024;
@@ -480,7 +480,6 @@ mod tests {
         assert_eq!(header_block(b"A: b\n\nbody"), b"A: b\n");
         assert_eq!(header_block(b"no blank line"), b"no blank line");
     }
-
 }
 
 #[cfg(test)]

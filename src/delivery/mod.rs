@@ -127,16 +127,16 @@ impl Delivery {
         config: DeliveryConfig,
         shutdown: CancellationToken,
     ) -> Result<JoinHandle<()>, DeliveryError> {
-        Ok(Self::start_with_metrics(store, config, shutdown, None)?.handle)
+        Ok(Self::start_with_metrics(store, config, shutdown, Metrics::detached())?.handle)
     }
 
-    /// [`start`](Self::start), recording into `metrics` (when given), with
+    /// [`start`](Self::start), recording into `metrics`, with
     /// a limiter of delivery's own (upstream rates per node).
     pub fn start_with_metrics(
         store: Arc<dyn Store>,
         config: DeliveryConfig,
         shutdown: CancellationToken,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Started, DeliveryError> {
         let limiter = Limiter::new(
             LimitsConfig::default(),
@@ -147,7 +147,7 @@ impl Delivery {
         Self::start_with(store, config, shutdown, metrics, Arc::new(limiter))
     }
 
-    /// [`start`](Self::start), recording into `metrics` (when given): per
+    /// [`start`](Self::start), recording into `metrics`: per
     /// upstream the recipients' attempt results, transaction durations and
     /// circuit state; DSNs generated; claim and record-outcome store timings.
     /// Upstream rates (`rate`, `burst`) are paced by `limiter`: the node's,
@@ -157,7 +157,7 @@ impl Delivery {
         store: Arc<dyn Store>,
         config: DeliveryConfig,
         shutdown: CancellationToken,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Arc<Metrics>,
         limiter: Arc<Limiter>,
     ) -> Result<Started, DeliveryError> {
         config.validate()?;
@@ -184,13 +184,9 @@ impl Delivery {
             circuits.push((u.name.clone(), circuit.clone()));
             let state = UpstreamState {
                 circuit,
-                metrics: metrics.as_ref().map(|m| m.upstream(&u.name)),
+                metrics: metrics.upstream(&u.name),
                 throttle: UpstreamThrottle::new(&u.name, u.rate, u.burst, limiter.clone()),
-                pool: Pool::new(Upstream::with_metrics(
-                    u.clone(),
-                    &hostname,
-                    metrics.as_deref(),
-                )?),
+                pool: Pool::new(Upstream::with_metrics(u.clone(), &hostname, &metrics)?),
                 patterns,
                 added_headers: headers::render(&u.add_headers),
             };
@@ -263,7 +259,7 @@ impl Delivery {
 struct UpstreamState {
     pool: Pool,
     circuit: Arc<Mutex<Circuit>>,
-    metrics: Option<UpstreamMetrics>,
+    metrics: UpstreamMetrics,
     throttle: UpstreamThrottle,
     patterns: Vec<String>,
     /// `add_headers` rendered, put above every message sent there.
@@ -304,7 +300,7 @@ struct Engine {
     retry: RetryPolicy,
     hostname: String,
     shutdown: CancellationToken,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
     dsn_from: Option<String>,
     dsn_signer: Option<Arc<crate::dkim::Signer>>,
 }
@@ -520,9 +516,7 @@ impl Engine {
         match self.store.finish_message(&m.id, now, dsn.as_ref()).await {
             Ok(true) => {
                 if let Some(d) = &dsn {
-                    if let Some(metrics) = &self.metrics {
-                        metrics.bounce_generated();
-                    }
+                    self.metrics.bounce_generated();
                     for r in recipients
                         .iter()
                         .filter(|r| r.status == "failed" || r.status == "expired")
@@ -537,8 +531,7 @@ impl Engine {
     }
 
     fn store_timing(&self, operation: StoreOperation, started: Instant, failed: bool) {
-        if let Some(metrics) = &self.metrics {
-            metrics.store_operation(operation, started.elapsed(), failed);
-        }
+        self.metrics
+            .store_operation(operation, started.elapsed(), failed);
     }
 }

@@ -17,19 +17,17 @@ use super::{credential_only, Account, LimitRefusal, Limiter};
 /// [`SessionLimits`] backed by a [`Limiter`].
 pub struct LimiterPorts {
     limiter: Arc<Limiter>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl LimiterPorts {
-    /// Wraps `limiter`; refusals count in `metrics` when given.
-    pub fn new(limiter: Arc<Limiter>, metrics: Option<Arc<Metrics>>) -> Self {
+    /// Wraps `limiter`; refusals count in `metrics`.
+    pub fn new(limiter: Arc<Limiter>, metrics: Arc<Metrics>) -> Self {
         LimiterPorts { limiter, metrics }
     }
 
     fn refused(&self, r: LimitRefusal) -> PortRefusal {
-        if let Some(m) = &self.metrics {
-            m.rate_limited(r.scope, r.limit);
-        }
+        self.metrics.rate_limited(r.scope, r.limit);
         PortRefusal {
             retry_after: r.retry_after,
             reason: r.reason,

@@ -224,9 +224,10 @@ impl Server {
         hard: CancellationToken,
     ) {
         let cfg = Arc::new(cfg);
-        let lm = self.metrics.as_ref().map(|m| {
-            Arc::new(m.listener(&cfg.address.to_string(), cfg.mode.metric_label()))
-        });
+        let lm = self
+            .metrics
+            .as_ref()
+            .map(|m| Arc::new(m.listener(&cfg.address.to_string(), cfg.mode.metric_label())));
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,

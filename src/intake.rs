@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::auth::Identity;
-use crate::metrics::{Metrics, RejectReason, StoreOperation};
+use crate::metrics::{DkimResult, Metrics, RejectReason, StoreOperation};
 use crate::store::{self, NewMessage, NewRecipient, Store, StoreError};
 use crate::time::now_ms;
 
@@ -219,17 +219,12 @@ impl StoreIntake {
         }
         match signer.sign(fixed.clone()).await {
             Ok(sigs) => {
-                use crate::metrics::{DkimAlgorithm, DkimResult};
                 if sigs.headers.is_empty() {
                     self.metrics.dkim_unsigned();
                 }
-                for sel in &sigs.selectors {
-                    let alg = if sel.contains("ed25519") {
-                        DkimAlgorithm::Ed25519Sha256
-                    } else {
-                        DkimAlgorithm::RsaSha256
-                    };
-                    self.metrics.dkim_signature(alg, DkimResult::Signed);
+                for &algorithm in &sigs.algorithms {
+                    self.metrics
+                        .dkim_signature(algorithm_label(algorithm), DkimResult::Signed);
                 }
                 if sigs.headers.is_empty() {
                     Ok(fixed)
@@ -242,10 +237,10 @@ impl StoreIntake {
                 Err(rejected(550, "5.7.1", e.to_string()))
             }
             Err(e) => {
-                self.metrics.dkim_signature(
-                    crate::metrics::DkimAlgorithm::RsaSha256,
-                    crate::metrics::DkimResult::Failed,
-                );
+                // Only `Sign` errors reach here (the others are permanent).
+                let algorithm = e.algorithm().unwrap_or(store::DkimAlgorithm::RsaSha256);
+                self.metrics
+                    .dkim_signature(algorithm_label(algorithm), DkimResult::Failed);
                 tracing::error!(queue_id, error = %e, "DKIM signing failed");
                 self.rejected(RejectReason::Internal);
                 Err(rejected(
@@ -255,6 +250,14 @@ impl StoreIntake {
                 ))
             }
         }
+    }
+}
+
+/// The metrics label of a key's algorithm.
+fn algorithm_label(algorithm: store::DkimAlgorithm) -> crate::metrics::DkimAlgorithm {
+    match algorithm {
+        store::DkimAlgorithm::RsaSha256 => crate::metrics::DkimAlgorithm::RsaSha256,
+        store::DkimAlgorithm::Ed25519Sha256 => crate::metrics::DkimAlgorithm::Ed25519Sha256,
     }
 }
 

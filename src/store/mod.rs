@@ -16,17 +16,16 @@
 
 mod dkim;
 pub mod postgres;
-mod postgres_dkim;
 mod postgres_limits;
 mod postgres_queue;
 mod postgres_queue_admin;
 mod queue;
 mod rows;
 pub mod sqlite;
-mod sqlite_dkim;
 mod sqlite_limits;
 mod sqlite_queue;
 mod sqlite_queue_admin;
+mod sql_dkim;
 mod sqlite_writer;
 
 use std::sync::Arc;

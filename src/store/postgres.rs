@@ -442,6 +442,8 @@ impl HealthStore for PgStore {
     }
 }
 
+super::sql_dkim::dkim_store!(PgStore);
+
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"

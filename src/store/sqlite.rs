@@ -452,6 +452,8 @@ impl HealthStore for SqliteStore {
     }
 }
 
+super::sql_dkim::dkim_store!(SqliteStore);
+
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"

@@ -72,11 +72,6 @@ impl PgStore {
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
         self.pool.begin().await
     }
-
-    /// The underlying pool, for the other PostgreSQL modules of the store.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 super::sql_accounts::account_store!(PgStore, super::rows::USER_DETAIL_COLUMNS_PG);

@@ -98,7 +98,7 @@ const SELECT_WHERE: &str = " WHERE ($1::text IS NULL OR lower(m.sender) = $1
    AND ($4::bigint IS NULL OR m.received_at <= $4)
  ORDER BY m.received_at, m.id";
 
-super::sql_queue::queue_store!(PgStore, PgConnection, u32_of);
+super::sql_queue::queue_store!(PgStore, PgConnection, u32_of, insert_message);
 super::sql_queue::queue_admin_store!(PgStore, SELECT_WHERE);
 
 impl PgStore {
@@ -303,49 +303,20 @@ impl PgStore {
             tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
             return Ok(false);
         }
-        if let Some(dsn) = dsn {
-            insert_message(&mut *tx, dsn).await?;
-            sqlx::query(
-                "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
-                 SELECT $1, message_id, recipient, NULL, 'bounced', attempts, $2
-                 FROM queue_recipients WHERE message_id = $3 AND status IN ('failed', 'expired')",
-            )
-            .bind(now)
-            .bind(format!("DSN {}", dsn.id))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "delivery log"))?;
-        }
-        sqlx::query("DELETE FROM queue_messages WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(true)
+        Self::finish_final_message(tx, id, now, dsn).await
     }
 
-    async fn enqueue_notice(&self, notice: &NewMessage, delay_warned: &[i64]) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
-        if !delay_warned.is_empty() {
-            let marked = sqlx::query(
-                "UPDATE queue_recipients SET delay_warned = TRUE
-                 WHERE id = ANY($1) AND NOT delay_warned",
-            )
-            .bind(delay_warned)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?
-            .rows_affected();
-            if marked == 0 {
-                tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
-                return Ok(false);
-            }
-        }
-        insert_message(&mut *tx, notice).await?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(true)
+    /// Sets `delay_warned` on the recipients `ids` not yet warned; returns how many.
+    async fn mark_delay_warned(conn: &mut PgConnection, ids: &[i64]) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE queue_recipients SET delay_warned = TRUE
+             WHERE id = ANY($1) AND NOT delay_warned",
+        )
+        .bind(ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?
+        .rows_affected())
     }
 
     async fn renew_leases(
@@ -355,9 +326,6 @@ impl PgStore {
         now: i64,
         lease_ms: i64,
     ) -> StoreResult<u64> {
-        if recipient_ids.is_empty() {
-            return Ok(0);
-        }
         let done = sqlx::query(
             "UPDATE queue_recipients SET lease_until = $1
              WHERE id = ANY($2) AND lease_owner = $3 AND status = 'queued'",

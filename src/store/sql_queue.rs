@@ -2,9 +2,10 @@
 //! written once: [`queue_store!`] implements [`QueueStore`] and
 //! [`queue_admin_store!`] [`QueueAdminStore`] for a backend. What differs
 //! stays in the backend files as inherent methods of the same names, which
-//! the macros call: enqueue, claim, outcome recording, finishing a message,
-//! notices and lease renewal (`postgres_queue.rs`, `sqlite_queue.rs`), and
-//! the admin filter's `WHERE` clause.
+//! the macros call: enqueue, claim, outcome recording, the checks before a
+//! message is finished, marking delay notices and lease renewal
+//! (`postgres_queue.rs`, `sqlite_queue.rs`), and the admin filter's `WHERE`
+//! clause.
 
 use std::collections::HashMap;
 
@@ -126,11 +127,12 @@ where
 
 /// Implements [`QueueStore`] for `$store`: a backend with a `pool` field,
 /// a `begin_write` method (the transaction of a write), inherent `enqueue`,
-/// `claim_due`, `record_outcomes`, `finish_message`, `enqueue_notice` and
-/// `renew_leases`; `$conn` is its connection type and `$u32_of` reads its integer columns (`attempts`,
-/// `route_index`) as `u32`.
+/// `claim_due`, `record_outcomes`, `finish_message`, `renew_leases` and
+/// `mark_delay_warned`; `$conn` is its connection type, `$u32_of` reads its
+/// integer columns (`attempts`, `route_index`) as `u32` and
+/// `$insert_message` inserts a message inside a transaction.
 macro_rules! queue_store {
-    ($store:ty, $conn:ty, $u32_of:path) => {
+    ($store:ty, $conn:ty, $u32_of:path, $insert_message:path) => {
         #[async_trait::async_trait]
         impl QueueStore for $store {
             async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
@@ -170,7 +172,15 @@ macro_rules! queue_store {
                 notice: &NewMessage,
                 delay_warned: &[i64],
             ) -> StoreResult<bool> {
-                <$store>::enqueue_notice(self, notice, delay_warned).await
+                let mut tx = self.begin_write().await.map_err(|e| map_sqlx(e, "queue"))?;
+                if !delay_warned.is_empty() && Self::mark_delay_warned(&mut *tx, delay_warned).await? == 0
+                {
+                    tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
+                    return Ok(false);
+                }
+                $insert_message(&mut *tx, notice).await?;
+                tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
+                Ok(true)
             }
 
             async fn renew_leases(
@@ -180,6 +190,9 @@ macro_rules! queue_store {
                 now: i64,
                 lease_ms: i64,
             ) -> StoreResult<u64> {
+                if recipient_ids.is_empty() {
+                    return Ok(0);
+                }
                 <$store>::renew_leases(self, owner, recipient_ids, now, lease_ms).await
             }
 
@@ -380,6 +393,39 @@ macro_rules! queue_store {
         }
 
         impl $store {
+            /// The end of `finish_message`, once the backend has made sure in
+            /// `tx` that every recipient of message `id` is final: enqueues
+            /// the DSN (logging its recipients as bounced), deletes the
+            /// message, commits.
+            async fn finish_final_message(
+                mut tx: sqlx::Transaction<'static, <$conn as sqlx::Connection>::Database>,
+                id: &str,
+                now: i64,
+                dsn: Option<&NewMessage>,
+            ) -> StoreResult<bool> {
+                if let Some(dsn) = dsn {
+                    $insert_message(&mut *tx, dsn).await?;
+                    sqlx::query(
+                        "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
+                         SELECT $1, message_id, recipient, NULL, 'bounced', attempts, $2
+                         FROM queue_recipients WHERE message_id = $3 AND status IN ('failed', 'expired')",
+                    )
+                    .bind(now)
+                    .bind(format!("DSN {}", dsn.id))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "delivery log"))?;
+                }
+                sqlx::query("DELETE FROM queue_messages WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "queue"))?;
+                tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
+                Ok(true)
+            }
+
             /// `NotFound` unless message `id` exists (inside the caller's transaction).
             async fn queue_message_exists(
                 conn: &mut $conn,

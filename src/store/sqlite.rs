@@ -67,11 +67,6 @@ impl SqliteStore {
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
-
-    /// The underlying pool, for the other SQLite modules of the store.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
 }
 
 /// Creates the database file of `url` empty with mode 0600 when it does

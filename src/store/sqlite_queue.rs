@@ -42,7 +42,7 @@ const SELECT_WHERE: &str = " WHERE (?1 IS NULL OR lower(m.sender) = ?1
    AND (?4 IS NULL OR m.received_at <= ?4)
  ORDER BY m.received_at, m.id";
 
-super::sql_queue::queue_store!(SqliteStore, SqliteConnection, u32_of);
+super::sql_queue::queue_store!(SqliteStore, SqliteConnection, u32_of, insert_message);
 super::sql_queue::queue_admin_store!(SqliteStore, SELECT_WHERE);
 
 impl SqliteStore {
@@ -237,61 +237,24 @@ impl SqliteStore {
             tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
             return Ok(false);
         }
-        if let Some(dsn) = dsn {
-            insert_message(&mut tx, dsn).await?;
-            sqlx::query(
-                "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
-                 SELECT ?1, message_id, recipient, NULL, 'bounced', attempts, ?2
-                 FROM queue_recipients WHERE message_id = ?3 AND status IN ('failed', 'expired')",
-            )
-            .bind(now)
-            .bind(format!("DSN {}", dsn.id))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "delivery log"))?;
-        }
-        sqlx::query("DELETE FROM queue_messages WHERE id = ?1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(true)
+        Self::finish_final_message(tx, id, now, dsn).await
     }
 
-    async fn enqueue_notice(&self, notice: &NewMessage, delay_warned: &[i64]) -> StoreResult<bool> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
-        if !delay_warned.is_empty() {
-            let ids = format!(
-                "[{}]",
-                delay_warned
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            let marked = sqlx::query(
-                "UPDATE queue_recipients SET delay_warned = 1
-                 WHERE id IN (SELECT value FROM json_each(?1)) AND NOT delay_warned",
-            )
-            .bind(ids)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?
-            .rows_affected();
-            if marked == 0 {
-                tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
-                return Ok(false);
-            }
-        }
-        insert_message(&mut tx, notice).await?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(true)
+    /// Sets `delay_warned` on the recipients `ids` not yet warned; returns how many.
+    async fn mark_delay_warned(conn: &mut SqliteConnection, ids: &[i64]) -> StoreResult<u64> {
+        let ids = format!(
+            "[{}]",
+            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+        );
+        Ok(sqlx::query(
+            "UPDATE queue_recipients SET delay_warned = 1
+             WHERE id IN (SELECT value FROM json_each(?1)) AND NOT delay_warned",
+        )
+        .bind(ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?
+        .rows_affected())
     }
 
     async fn renew_leases(
@@ -301,9 +264,6 @@ impl SqliteStore {
         now: i64,
         lease_ms: i64,
     ) -> StoreResult<u64> {
-        if recipient_ids.is_empty() {
-            return Ok(0);
-        }
         // One write transaction; the ids go in chunks well under SQLite's
         // bound-parameter limit.
         let mut tx = self

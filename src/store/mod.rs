@@ -408,6 +408,20 @@ pub fn sqlite_path(url: &str) -> Option<&str> {
     Some(rest.split('?').next().unwrap_or(rest))
 }
 
+/// Applies the pending migrations of `migrator` on `pool`.
+async fn run_migrations<DB: sqlx::Database>(
+    migrator: &sqlx::migrate::Migrator,
+    pool: &sqlx::Pool<DB>,
+) -> StoreResult<()>
+where
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| StoreError::Migration(e.to_string()))
+}
+
 /// Maps an sqlx error to a [`StoreError`], naming `what` on constraint errors.
 pub(crate) fn map_sqlx(err: sqlx::Error, what: &str) -> StoreError {
     match &err {

@@ -60,10 +60,7 @@ impl PgStore {
     /// Applies pending migrations from `migrations/postgres` (embedded at build time).
     /// Safe to run from several nodes at once: sqlx takes an advisory lock.
     pub async fn migrate(&self) -> StoreResult<()> {
-        sqlx::migrate!("migrations/postgres")
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Migration(e.to_string()))
+        run_migrations(&sqlx::migrate!("migrations/postgres"), &self.pool).await
     }
 
     /// A write transaction (PostgreSQL's default `BEGIN`).
@@ -77,10 +74,8 @@ impl PgStore {
 super::sql_accounts::account_store!(PgStore, super::rows::USER_DETAIL_COLUMNS_PG);
 
 impl PgStore {
-    async fn login_lookup(&self, username: &str) -> StoreResult<Option<LoginRecord>> {
-        let Ok(name) = normalize_username(username) else {
-            return Ok(None);
-        };
+    /// [`AccountStore::login_lookup`] of `name`, already normalized.
+    async fn login_lookup(&self, name: &str) -> StoreResult<Option<LoginRecord>> {
         // One statement (one snapshot): the user, a row per enabled
         // credential (none: one row of NULLs), sender patterns as an array.
         let found = sqlx::query(
@@ -102,7 +97,7 @@ impl PgStore {
              WHERE u.username = $1 AND u.enabled
              ORDER BY c.id",
         )
-        .bind(&name)
+        .bind(name)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| map_sqlx(e, "user"))?;

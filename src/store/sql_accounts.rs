@@ -313,7 +313,10 @@ macro_rules! account_store {
             }
 
             async fn login_lookup(&self, username: &str) -> StoreResult<Option<LoginRecord>> {
-                <$store>::login_lookup(self, username).await
+                let Ok(name) = normalize_username(username) else {
+                    return Ok(None);
+                };
+                <$store>::login_lookup(self, &name).await
             }
 
             async fn credential_used(

@@ -54,10 +54,7 @@ impl SqliteStore {
 
     /// Applies pending migrations from `migrations/sqlite` (embedded at build time).
     pub async fn migrate(&self) -> StoreResult<()> {
-        sqlx::migrate!("migrations/sqlite")
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Migration(e.to_string()))
+        run_migrations(&sqlx::migrate!("migrations/sqlite"), &self.pool).await
     }
 
     /// A write transaction: `BEGIN IMMEDIATE` takes the write lock at once,
@@ -94,10 +91,8 @@ fn create_private(url: &str) -> StoreResult<()> {
 super::sql_accounts::account_store!(SqliteStore, super::rows::USER_DETAIL_COLUMNS);
 
 impl SqliteStore {
-    async fn login_lookup(&self, username: &str) -> StoreResult<Option<LoginRecord>> {
-        let Ok(name) = normalize_username(username) else {
-            return Ok(None);
-        };
+    /// [`AccountStore::login_lookup`] of `name`, already normalized.
+    async fn login_lookup(&self, name: &str) -> StoreResult<Option<LoginRecord>> {
         // One statement (one snapshot): the user, a row per enabled
         // credential (none: one row of NULLs), sender patterns as JSON.
         let found = sqlx::query(
@@ -115,7 +110,7 @@ impl SqliteStore {
              WHERE u.username = ?1 AND u.enabled = 1
              ORDER BY c.id",
         )
-        .bind(&name)
+        .bind(name)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| map_sqlx(e, "user"))?;

@@ -55,11 +55,73 @@ pub trait Authenticator: Send + Sync {
     }
 }
 
-/// A refusal by a rate limit: how long to wait, and why (sent to the client).
+/// Who a refused limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitScope {
+    /// The user (all its credentials together).
+    User,
+    /// One credential of a user (its own overrides).
+    Credential,
+    /// The client IP (or IPv6 prefix).
+    Ip,
+}
+
+/// What a refused limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// Messages per minute, hour, day or trusted-network window.
+    Messages,
+    /// Recipients per day.
+    Recipients,
+    /// Concurrent sessions of a user.
+    Sessions,
+    /// New connections per minute.
+    Connections,
+    /// Concurrent connections of a client IP.
+    ConcurrentConnections,
+    /// Failed logins: a brute-force lockout (or the attempts in flight
+    /// already fill the allowance).
+    AuthFailures,
+}
+
+/// A refusal by a limit: the one typed refusal of the limiter, matched on
+/// by the SMTP replies (`smtp/reply.rs`) and the metrics labels (by
+/// `scope` and `kind`, never by the wording of `reason`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitRefusal {
+    /// Who the limit applies to.
+    pub scope: LimitScope,
+    /// What it counts.
+    pub kind: LimitKind,
+    /// How long until the same request would pass (at least 1 s from the limiter).
     pub retry_after: Duration,
+    /// Human-readable cause sent to the client, e.g. `message rate for
+    /// user alice exceeded (100 per hour)`.
     pub reason: String,
+}
+
+impl LimitRefusal {
+    /// True for a brute-force lockout (IP or username).
+    pub fn is_lockout(&self) -> bool {
+        self.kind == LimitKind::AuthFailures
+    }
+
+    /// Retry-after in whole seconds, rounded up.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0)
+    }
+}
+
+impl std::fmt::Display for LimitRefusal {
+    /// `<reason>, try again in N s` (the text of the refusal's reply).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, try again in {} s",
+            self.reason,
+            self.retry_after_secs()
+        )
+    }
 }
 
 /// Rate and concurrency limits, consulted by the server and the session.

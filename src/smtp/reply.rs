@@ -258,7 +258,7 @@ impl Reply {
         Reply::new(
             421,
             "4.7.0",
-            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+            format!("{}, try again in {} s", r.reason, r.retry_after_secs()),
         )
         .closing()
     }
@@ -267,7 +267,7 @@ impl Reply {
         Reply::new(
             454,
             "4.7.0",
-            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+            format!("{}, try again in {} s", r.reason, r.retry_after_secs()),
         )
     }
     /// Concurrent-session cap: 421 4.7.0 and close.
@@ -275,7 +275,7 @@ impl Reply {
         Reply::new(
             421,
             "4.7.0",
-            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+            format!("{}, try again in {} s", r.reason, r.retry_after_secs()),
         )
         .closing()
     }
@@ -284,13 +284,9 @@ impl Reply {
         Reply::new(
             451,
             "4.7.1",
-            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+            format!("{}, try again in {} s", r.reason, r.retry_after_secs()),
         )
     }
-}
-
-fn retry_secs(r: &LimitRefusal) -> u64 {
-    r.retry_after.as_secs() + u64::from(r.retry_after.subsec_nanos() > 0)
 }
 
 impl From<&CommandError> for Reply {
@@ -409,6 +405,8 @@ mod tests {
     #[test]
     fn limit_replies_round_up_retry() {
         let r = LimitRefusal {
+            scope: crate::smtp::ports::LimitScope::User,
+            kind: crate::smtp::ports::LimitKind::Messages,
             retry_after: std::time::Duration::from_millis(1500),
             reason: "message rate exceeded".into(),
         };

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::auth::Identity;
 use crate::metrics::Metrics;
-use crate::smtp::ports::{LimitRefusal, SessionLimits};
+use crate::smtp::ports::{Identity, LimitRefusal, SessionLimits};
 use crate::smtp::session::metrics::limit_labels;
 use crate::store::LimitOverrides;
 

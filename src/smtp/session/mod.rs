@@ -19,17 +19,15 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
-use crate::auth::Identity;
-use crate::intake::{Intake, TlsInfo};
 use crate::metrics::RejectReason;
 use crate::policy;
 use crate::smtp::budget::{Lease, MemoryBudget};
 use crate::smtp::command::{self, Command, LineFramer, MailParams, RcptParams, MAX_AUTH_LINE};
 use crate::smtp::data::{BdatChunk, Body, DataReader};
 use crate::smtp::ports::{Authenticator, SessionLimits};
+use crate::smtp::ports::{Identity, Intake, Recipient, TlsInfo};
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::Exchange;
-use crate::store::NewRecipient;
 
 mod auth;
 mod data;
@@ -78,7 +76,7 @@ pub struct Ports {
 
 struct Transaction {
     mail: MailParams,
-    recipients: Vec<NewRecipient>,
+    recipients: Vec<Recipient>,
     /// Set once BDAT started: the content received so far.
     bdat: Option<Body>,
     /// The memory budget held for the content (from DATA/BDAT to the end
@@ -450,7 +448,7 @@ impl Session {
                 return Reply::message_limited(&refusal);
             }
         }
-        txn.recipients.push(NewRecipient {
+        txn.recipients.push(Recipient {
             address: r.address,
             notify: r.notify,
             orcpt: r.orcpt,

@@ -10,7 +10,7 @@ use super::*;
 use crate::intake::{IntakeError, Submission};
 use crate::smtp::ports::AuthOutcome;
 use crate::smtp::ports::{LimitKind, LimitRefusal, LimitScope, NoLimits};
-use crate::store::{LimitOverrides, StoreError};
+use crate::store::LimitOverrides;
 
 struct FakeAuth;
 
@@ -45,7 +45,7 @@ struct FakeIntake {
 impl Intake for FakeIntake {
     async fn submit(&self, s: Submission) -> Result<String, IntakeError> {
         if self.fail {
-            return Err(IntakeError::Store(StoreError::Unavailable("down".into())));
+            return Err(IntakeError::QueueUnavailable("down".into()));
         }
         let mut got = self.got.lock().unwrap();
         got.push(s);

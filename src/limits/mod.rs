@@ -3,9 +3,10 @@
 //! One [`Limiter`] per process answers every limit question of an SMTP
 //! session: may this IP connect, may this AUTH proceed (and after what
 //! delay), may this user open another session, may this message with N
-//! recipients be accepted. Refusals are [`LimitRefusal`]s carrying a human
-//! reason and a retry-after; the SMTP layer maps them to replies
-//! (`421 4.7.0` at connect, `454 4.7.0` at AUTH, `451 4.7.1` otherwise).
+//! recipients be accepted. Refusals are [`LimitRefusal`]s (defined with the
+//! session's ports) carrying scope, kind, a human reason and a retry-after;
+//! `smtp/reply.rs` maps them to replies (`421 4.7.0` at connect, `454 4.7.0`
+//! at AUTH, `451 4.7.1` otherwise).
 //!
 //! Rates use GCRA ([`gcra`]), kept either in this process
 //! (`backend = "local"`: no I/O) or in the store's `limit_counters` table

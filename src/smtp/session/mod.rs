@@ -11,8 +11,8 @@
 //! refusals are counted by the [`SessionLimits`] implementation, which
 //! knows their exact labels.
 //!
-//! The AUTH exchange is in `session_auth.rs`, DATA/BDAT and submission in
-//! `session_data.rs` (more `impl Session` blocks).
+//! The AUTH exchange is in `auth.rs`, DATA/BDAT and submission in `data.rs`,
+//! the trusted-network account in `trusted.rs` (more `impl Session` blocks).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -59,7 +59,7 @@ pub struct SessionSettings {
     /// Where AUTH outcomes, refusals and received messages are counted.
     pub metrics: SessionMetrics,
     /// The client is on one of the listener's trusted networks: it is that
-    /// network's account without AUTH (see `session_trusted.rs`).
+    /// network's account without AUTH (see `trusted.rs`).
     pub trusted: Option<crate::smtp::config::TrustedAccess>,
     /// The node-wide budget of message bytes held in memory (shared by
     /// every session of the node): `452 4.3.1` when spent.

@@ -539,7 +539,8 @@ async fn a_broken_stored_key_fails_loading_without_leaking_it() {
 fn submission(body: &[u8]) -> postgate::intake::Submission {
     use postgate::auth::Identity;
     use postgate::intake::{ClientInfo, Submission};
-    use postgate::store::{LimitOverrides, NewRecipient};
+    use postgate::smtp::ports::Recipient;
+    use postgate::store::LimitOverrides;
     Submission {
         session_id: "s1".into(),
         identity: Identity {
@@ -560,7 +561,7 @@ fn submission(body: &[u8]) -> postgate::intake::Submission {
             auth_mechanism: "PLAIN".into(),
         },
         sender: "alice@example.com".into(),
-        recipients: vec![NewRecipient {
+        recipients: vec![Recipient {
             address: "bob@example.org".into(),
             notify: None,
             orcpt: None,

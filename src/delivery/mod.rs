@@ -13,7 +13,10 @@
 //! Delivery is at least once: if the process dies between an upstream's
 //! 250 and the outcome's commit, the lease expires and the message is sent
 //! again. While the process lives, a heartbeat renews the leases of what it
-//! claimed ([`worker`]), so a slow delivery is never sent twice.
+//! claimed ([`worker`]), so a slow delivery is never sent twice. A
+//! connection carries its next message only once the outcome of its last
+//! one is committed ([`pool::Held`]), so a crash repeats at most one
+//! message per upstream connection.
 
 pub mod admin;
 mod attempt;

@@ -64,16 +64,6 @@ impl Pool {
         &self.upstream.config().name
     }
 
-    /// Slots taken now: transactions running plus those whose outcome is
-    /// not committed yet.
-    pub fn in_use(&self) -> usize {
-        self.upstream
-            .config()
-            .max_connections
-            .max(1)
-            .saturating_sub(self.shared.permits.available_permits())
-    }
-
     fn take_idle(&self, key: &str) -> Option<Connection> {
         let mut idle = self.shared.idle();
         let i = idle.iter().rposition(|(k, _)| k == key)?;

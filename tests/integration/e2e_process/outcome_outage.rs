@@ -108,13 +108,10 @@ async fn outcomes_outlive_a_store_outage_and_nothing_is_sent_twice_on_every_back
         sleep(Duration::from_secs(12)).await;
         let during = received_subjects(&up).len() - before;
         outage.end().await;
-        assert!(
-            during > 0,
-            "{url}: nothing was delivered during the outage\n{}",
-            node.logs()
-        );
-        // The message on the connection when the store went, and at most
-        // one more if its outcome was committed before the outage took hold.
+        // The connection waits for its outcome: at most the message on it
+        // when the store went, and one more if that one's outcome was
+        // committed before the outage took hold. (Outcomes did wait for the
+        // store: the log line checked below.)
         assert!(
             during <= 2,
             "{url}: {during} messages delivered over one connection with the store away\n{}",

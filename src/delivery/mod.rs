@@ -412,7 +412,12 @@ impl Engine {
         &self,
         mut m: ClaimedMessage,
         waiting: worker::Waiting,
-    ) -> (ClaimedMessage, Bytes, Vec<RecipientOutcome>, Vec<pool::Held>) {
+    ) -> (
+        ClaimedMessage,
+        Bytes,
+        Vec<RecipientOutcome>,
+        Vec<pool::Held>,
+    ) {
         if self.shutdown.is_cancelled() {
             let outcomes = self.release(&m);
             return (m, Bytes::new(), outcomes, Vec::new());

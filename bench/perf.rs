@@ -14,6 +14,8 @@
 //!      [--duration 60] [--warmup 10] [--runs 3] [--drain 120]
 //!      [--cells SUBSTR,...] [--quick] [--out FILE.md]
 //! ```
+//! `PERF_TRACE=1` prints every command's round trip (debugging).
+//!
 //! Per run: a warm-up at full load (not counted), then the timed window.
 //! Figures: messages answered 250 in the window per second (submitted),
 //! new Message-IDs at the sink in the window per second (end to end), the
@@ -70,8 +72,14 @@ fn opts() -> Opts {
     let mut baseline = None;
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        let mut v = || it.next().unwrap_or_else(|| die(&format!("{k} needs a value")));
-        let num = |s: String| -> f64 { s.parse().unwrap_or_else(|_| die(&format!("bad number {s}"))) };
+        let mut v = || {
+            it.next()
+                .unwrap_or_else(|| die(&format!("{k} needs a value")))
+        };
+        let num = |s: String| -> f64 {
+            s.parse()
+                .unwrap_or_else(|_| die(&format!("bad number {s}")))
+        };
         match k.as_str() {
             "--bin" => o.bins.push(labelled(v())),
             "--baseline" => baseline = Some(labelled(v())),
@@ -251,7 +259,9 @@ async fn sink_conn(
         }
         let upper = line.to_ascii_uppercase();
         if upper.starts_with(b"EHLO") {
-            out.extend_from_slice(b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 AUTH PLAIN\r\n");
+            out.extend_from_slice(
+                b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 AUTH PLAIN\r\n",
+            );
         } else if upper.starts_with(b"AUTH") {
             if upper.trim_ascii_end() == b"AUTH PLAIN" {
                 r.get_mut().write_all(b"334 \r\n").await?;
@@ -352,14 +362,21 @@ async fn command<S: AsyncRead + AsyncWrite + Unpin>(
     want: u16,
 ) -> Result<(), String> {
     let t = Instant::now();
-    r.get_mut().write_all(cmd).await.map_err(|e| e.to_string())?;
+    r.get_mut()
+        .write_all(cmd)
+        .await
+        .map_err(|e| e.to_string())?;
     r.get_mut().flush().await.map_err(|e| e.to_string())?;
     let (code, text) = read_reply(r).await?;
     if std::env::var_os("PERF_TRACE").is_some() {
         eprintln!("{:?} {}", t.elapsed(), String::from_utf8_lossy(cmd).trim());
     }
     if code != want {
-        return Err(format!("{} -> {}", String::from_utf8_lossy(cmd).trim(), text.trim()));
+        return Err(format!(
+            "{} -> {}",
+            String::from_utf8_lossy(cmd).trim(),
+            text.trim()
+        ));
     }
     Ok(())
 }
@@ -376,7 +393,9 @@ async fn session(
     load: &Load,
     out: &mut TaskOut,
 ) -> Result<(), String> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
     let mut r = BufReader::new(tcp);
     let (code, text) = read_reply(&mut r).await?;
@@ -386,7 +405,10 @@ async fn session(
     command(&mut r, b"EHLO perf.bench\r\n", 250).await?;
     command(&mut r, b"STARTTLS\r\n", 220).await?;
     let name = ServerName::try_from("localhost").unwrap();
-    let stream = tls.connect(name, r.into_inner()).await.map_err(|e| e.to_string())?;
+    let stream = tls
+        .connect(name, r.into_inner())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut r = BufReader::new(stream);
     command(&mut r, b"EHLO perf.bench\r\n", 250).await?;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("\0bench\0{PASSWORD}"));
@@ -457,7 +479,8 @@ async fn load_task(
 
 /// The message after its Message-ID line: From, To, Subject, text to `size` bytes.
 fn body(size: usize) -> Bytes {
-    let mut b = b"From: <bench@example.com>\r\nTo: <someone@example.net>\r\nSubject: perf\r\n\r\n".to_vec();
+    let mut b =
+        b"From: <bench@example.com>\r\nTo: <someone@example.net>\r\nSubject: perf\r\n\r\n".to_vec();
     let line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghij\r\n";
     while b.len() + line.len() <= size.saturating_sub(40) {
         b.extend_from_slice(line);
@@ -624,7 +647,10 @@ max_messages_per_connection = 1000
 
 fn stop_nodes(nodes: &mut [Child]) {
     for n in nodes.iter() {
-        let _ = Command::new("kill").arg("-TERM").arg(n.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(n.id().to_string())
+            .status();
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     for n in nodes.iter_mut() {
@@ -656,6 +682,7 @@ struct RunResult {
     drained: bool,
     cpu_postgate: Option<f64>,
     cpu_pg: Option<f64>,
+    cpu_driver: Option<f64>,
     deadlocks: Option<i64>,
     top: Vec<String>,
     load: String,
@@ -680,7 +707,10 @@ async fn run_once(env: &Env, cell: &Cell, bin: &Path) -> RunResult {
     let url = if cell.pg {
         let server = env.opts.pg.as_deref().unwrap();
         let name = format!("perf_{}_{k}", std::process::id());
-        if let Err(e) = psql(&format!("{server}/postgres"), &format!("CREATE DATABASE {name}")) {
+        if let Err(e) = psql(
+            &format!("{server}/postgres"),
+            &format!("CREATE DATABASE {name}"),
+        ) {
             return failed(e);
         }
         let url = format!("{server}/{name}");
@@ -693,7 +723,10 @@ async fn run_once(env: &Env, cell: &Cell, bin: &Path) -> RunResult {
     let result = run_in_store(env, cell, bin, &url, &tag, &rundir, db_name.as_deref()).await;
     if let Some(name) = db_name {
         let server = env.opts.pg.as_deref().unwrap();
-        let _ = psql(&format!("{server}/postgres"), &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        let _ = psql(
+            &format!("{server}/postgres"),
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
     }
     let _ = std::fs::remove_dir_all(&rundir);
     result
@@ -724,24 +757,49 @@ async fn run_in_store(
         .enumerate()
         .map(|(i, port)| {
             let p = rundir.join(format!("node{i}.toml"));
-            std::fs::write(&p, config_text(url, *port, env.sink.port, &env.cert, &env.key)).unwrap();
+            std::fs::write(
+                &p,
+                config_text(url, *port, env.sink.port, &env.cert, &env.key),
+            )
+            .unwrap();
             p
         })
         .collect();
     let mut setup: Vec<(Vec<&str>, Option<&str>)> = vec![
         (vec!["migrate"], None),
-        (vec!["user", "add", "bench", "--password-stdin"], Some("bench-password-123\n")),
+        (
+            vec!["user", "add", "bench", "--password-stdin"],
+            Some("bench-password-123\n"),
+        ),
         (vec!["sender", "allow", "bench", "@example.com"], None),
     ];
     if cell.dkim == "rsa" || cell.dkim == "dual" {
         setup.push((
-            vec!["dkim", "generate", "--domain", "example.com", "--selector", "perf-rsa", "--algorithm", "rsa-sha256"],
+            vec![
+                "dkim",
+                "generate",
+                "--domain",
+                "example.com",
+                "--selector",
+                "perf-rsa",
+                "--algorithm",
+                "rsa-sha256",
+            ],
             None,
         ));
     }
     if cell.dkim == "ed25519" || cell.dkim == "dual" {
         setup.push((
-            vec!["dkim", "generate", "--domain", "example.com", "--selector", "perf-ed", "--algorithm", "ed25519-sha256"],
+            vec![
+                "dkim",
+                "generate",
+                "--domain",
+                "example.com",
+                "--selector",
+                "perf-ed",
+                "--algorithm",
+                "ed25519-sha256",
+            ],
             None,
         ));
     }
@@ -774,15 +832,26 @@ async fn run_in_store(
         while TcpStream::connect(("127.0.0.1", *port)).await.is_err() {
             if Instant::now() > deadline {
                 stop_nodes(&mut nodes);
-                let log = std::fs::read_to_string(rundir.join(format!("node{i}.log"))).unwrap_or_default();
+                let log = std::fs::read_to_string(rundir.join(format!("node{i}.log")))
+                    .unwrap_or_default();
                 return failed(format!("node {i} did not listen on {port}: {}", tail(&log)));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     let node_pids: Vec<u32> = nodes.iter().map(|n| n.id()).collect();
-    let node_ticks = || -> u64 { node_pids.iter().filter_map(|p| proc_stat(*p)).map(|s| s.1).sum() };
-    let postmaster = if cell.pg { o.pg_data.as_deref().and_then(postmaster_pid) } else { None };
+    let node_ticks = || -> u64 {
+        node_pids
+            .iter()
+            .filter_map(|p| proc_stat(*p))
+            .map(|s| s.1)
+            .sum()
+    };
+    let postmaster = if cell.pg {
+        o.pg_data.as_deref().and_then(postmaster_pid)
+    } else {
+        None
+    };
 
     env.sink.reset();
     let load = Arc::new(Load {
@@ -813,10 +882,22 @@ async fn run_in_store(
         );
     }
     let t0 = Instant::now();
-    let (d0, n0, p0) = (env.sink.distinct(), node_ticks(), postmaster.map(pg_ticks));
+    let me = std::process::id();
+    let own = || proc_stat(me).map_or(0, |s| s.1);
+    let (d0, n0, p0, m0) = (
+        env.sink.distinct(),
+        node_ticks(),
+        postmaster.map(pg_ticks),
+        own(),
+    );
     tokio::time::sleep(Duration::from_secs_f64(o.duration)).await;
     let t1 = Instant::now();
-    let (d1, n1, p1) = (env.sink.distinct(), node_ticks(), postmaster.map(pg_ticks));
+    let (d1, n1, p1, m1) = (
+        env.sink.distinct(),
+        node_ticks(),
+        postmaster.map(pg_ticks),
+        own(),
+    );
     let accepted_at_end = load.accepted.load(Ordering::SeqCst);
     let window = t1.duration_since(t0).as_secs_f64();
     let top = match db {
@@ -869,16 +950,18 @@ async fn run_in_store(
         }
     }
     lat.sort();
-    let lost = expected.iter().filter(|id| !seen.contains_key(id.as_str())).count() as u64;
+    let lost = expected
+        .iter()
+        .filter(|id| !seen.contains_key(id.as_str()))
+        .count() as u64;
     let dup = seen.values().map(|n| u64::from(n.saturating_sub(1))).sum();
     let extra = seen
         .keys()
         .filter(|id| !expected.contains(&**id as &str) && !uncertain.contains(&**id as &str))
         .count() as u64;
     let delivered = (d1 - d0) as f64;
-    let per_k = |ticks: u64| {
-        (delivered > 0.0).then(|| ticks as f64 / clk_tck() / delivered * 1000.0)
-    };
+    let per_k =
+        |ticks: u64| (delivered > 0.0).then(|| ticks as f64 / clk_tck() / delivered * 1000.0);
     RunResult {
         failed: None,
         submitted: lat.len() as f64 / window,
@@ -896,6 +979,7 @@ async fn run_in_store(
             (Some(a), Some(b)) => per_k(b.saturating_sub(a)),
             _ => None,
         },
+        cpu_driver: per_k(m1.saturating_sub(m0)),
         deadlocks: dl,
         top,
         load: loadavg(),
@@ -928,6 +1012,7 @@ fn top_statements(url: &str, db: &str) -> Vec<String> {
         "SELECT calls || '|' || round(total_exec_time::numeric, 0) || '|' || round(mean_exec_time::numeric, 3) \
          || '|' || left(regexp_replace(query, '\\s+', ' ', 'g'), 90) \
          FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '{db}') \
+         AND query NOT LIKE '%pg_stat_statements%' \
          ORDER BY total_exec_time DESC LIMIT 5"
     );
     psql(url, &sql)
@@ -942,7 +1027,7 @@ fn thousands(v: f64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -986,7 +1071,8 @@ fn row(cell: &Cell, label: &str, runs: &[RunResult]) -> String {
     let ok: Vec<&RunResult> = runs.iter().filter(|r| r.failed.is_none()).collect();
     let failed = runs.len() - ok.len();
     let f = |g: fn(&RunResult) -> f64| ok.iter().map(|r| g(r)).collect::<Vec<f64>>();
-    let opt = |g: fn(&RunResult) -> Option<f64>| ok.iter().filter_map(|r| g(r)).collect::<Vec<f64>>();
+    let opt =
+        |g: fn(&RunResult) -> Option<f64>| ok.iter().filter_map(|r| g(r)).collect::<Vec<f64>>();
     let lost: u64 = ok.iter().map(|r| r.lost).sum();
     let dup: u64 = ok.iter().map(|r| r.dup).sum();
     let extra: u64 = ok.iter().map(|r| r.extra).sum();
@@ -1007,7 +1093,7 @@ fn row(cell: &Cell, label: &str, runs: &[RunResult]) -> String {
     }
     let dl: Vec<i64> = ok.iter().filter_map(|r| r.deadlocks).collect();
     format!(
-        "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} |",
         cell.name(),
         label,
         rate(f(|r| r.submitted)),
@@ -1018,7 +1104,12 @@ fn row(cell: &Cell, label: &str, runs: &[RunResult]) -> String {
         acct,
         plain(opt(|r| r.cpu_postgate), 2),
         plain(opt(|r| r.cpu_pg), 2),
-        if cell.pg && !dl.is_empty() { dl.iter().sum::<i64>().to_string() } else { "-".into() },
+        plain(opt(|r| r.cpu_driver), 2),
+        if cell.pg && !dl.is_empty() {
+            dl.iter().sum::<i64>().to_string()
+        } else {
+            "-".into()
+        },
     )
 }
 
@@ -1027,7 +1118,7 @@ fn one_line(cell: &Cell, label: &str, run: usize, r: &RunResult) -> String {
         return format!("{} {label} run {run}: FAILED {e}", cell.name());
     }
     format!(
-        "{} {label} run {run}: submitted {:.0}/s, e2e {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, queued {}, lost {}, dup {}, unknown {}, errors {}, drained {}, cpu/1k postgate {} pg {}, deadlocks {}, load {}",
+        "{} {label} run {run}: submitted {:.0}/s, e2e {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, queued {}, lost {}, dup {}, unknown {}, errors {}, drained {}, cpu/1k postgate {} pg {} driver {}, deadlocks {}, load {}",
         cell.name(),
         r.submitted,
         r.e2e,
@@ -1041,13 +1132,16 @@ fn one_line(cell: &Cell, label: &str, run: usize, r: &RunResult) -> String {
         r.drained,
         r.cpu_postgate.map_or("-".into(), |v| format!("{v:.2}")),
         r.cpu_pg.map_or("-".into(), |v| format!("{v:.2}")),
+        r.cpu_driver.map_or("-".into(), |v| format!("{v:.2}")),
         r.deadlocks.map_or("-".into(), |v| v.to_string()),
         r.load,
     )
 }
 
 fn utc_now() -> String {
-    let out = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output();
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
@@ -1072,7 +1166,9 @@ async fn main() {
     let cells: Vec<Cell> = all_cells()
         .into_iter()
         .filter(|c| opts.pg.is_some() || !c.pg)
-        .filter(|c| opts.cells.is_empty() || opts.cells.iter().any(|s| c.name().contains(s.as_str())))
+        .filter(|c| {
+            opts.cells.is_empty() || opts.cells.iter().any(|s| c.name().contains(s.as_str()))
+        })
         .collect();
     if cells.is_empty() {
         die("no cell matches --cells");
@@ -1164,11 +1260,12 @@ async fn main() {
         "\nCell: backend, C concurrent sessions (STARTTLS + AUTH PLAIN, 50 messages each, no pipelining), \
          message size, DKIM signing, postgate processes. Latency: end of data to 250 (after the durable commit). \
          Queued: accepted minus delivered when the timed window ended. Lost / dup: by Message-ID at the sink \
-         after draining. CPU: seconds in the window per 1,000 messages delivered in it (PostgreSQL: the whole cluster). \
+         after draining. CPU: seconds in the window per 1,000 messages delivered in it (PostgreSQL: the whole cluster; \
+         load + sink: this driver, which shares the machine). \
          Deadlocks: `pg_stat_database` of the run's database, whole run.\n\n",
     );
-    md.push_str("| cell | binary | submitted msg/s | end-to-end msg/s | 250 p50 / p99 ms | queued at end | lost / dup | CPU s/1k postgate | CPU s/1k PostgreSQL | deadlocks |\n");
-    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    md.push_str("| cell | binary | submitted msg/s | end-to-end msg/s | 250 p50 / p99 ms | queued at end | lost / dup | CPU s/1k postgate | CPU s/1k PostgreSQL | CPU s/1k load + sink | deadlocks |\n");
+    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for (ci, cell) in cells.iter().enumerate() {
         for (bi, (label, _)) in o.bins.iter().enumerate() {
             md.push_str(&row(cell, label, &results[ci][bi]));

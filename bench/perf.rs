@@ -679,6 +679,8 @@ struct RunResult {
     dup: u64,
     extra: u64,
     errors: u64,
+    /// postgate processes that exited before the driver stopped them.
+    exited: usize,
     drained: bool,
     cpu_postgate: Option<f64>,
     cpu_pg: Option<f64>,
@@ -924,6 +926,12 @@ async fn run_in_store(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut exited = 0;
+    for n in nodes.iter_mut() {
+        if let Ok(Some(_)) = n.try_wait() {
+            exited += 1;
+        }
+    }
     stop_nodes(&mut nodes);
     let dl = match (db, deadlocks_before) {
         (Some(d), Some(before)) => {
@@ -973,8 +981,9 @@ async fn run_in_store(
         dup,
         extra,
         errors: load.errors.load(Ordering::SeqCst),
+        exited,
         drained: drained || lost == 0,
-        cpu_postgate: per_k(n1 - n0),
+        cpu_postgate: per_k(n1.saturating_sub(n0)),
         cpu_pg: match (p0, p1) {
             (Some(a), Some(b)) => per_k(b.saturating_sub(a)),
             _ => None,
@@ -1078,12 +1087,16 @@ fn row(cell: &Cell, label: &str, runs: &[RunResult]) -> String {
     let extra: u64 = ok.iter().map(|r| r.extra).sum();
     let errors: u64 = ok.iter().map(|r| r.errors).sum();
     let undrained = ok.iter().filter(|r| !r.drained).count();
+    let exited: usize = ok.iter().map(|r| r.exited).sum();
     let mut acct = format!("{lost} / {dup}");
     if extra > 0 {
         acct.push_str(&format!(", {extra} unknown"));
     }
     if errors > 0 {
         acct.push_str(&format!(", {errors} session errors"));
+    }
+    if exited > 0 {
+        acct.push_str(&format!(", {exited} postgate process(es) exited early"));
     }
     if undrained > 0 {
         acct.push_str(&format!(", {undrained} run(s) not drained"));
@@ -1118,7 +1131,7 @@ fn one_line(cell: &Cell, label: &str, run: usize, r: &RunResult) -> String {
         return format!("{} {label} run {run}: FAILED {e}", cell.name());
     }
     format!(
-        "{} {label} run {run}: submitted {:.0}/s, e2e {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, queued {}, lost {}, dup {}, unknown {}, errors {}, drained {}, cpu/1k postgate {} pg {} driver {}, deadlocks {}, load {}",
+        "{} {label} run {run}: submitted {:.0}/s, e2e {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, queued {}, lost {}, dup {}, unknown {}, errors {}, exited {}, drained {}, cpu/1k postgate {} pg {} driver {}, deadlocks {}, load {}",
         cell.name(),
         r.submitted,
         r.e2e,
@@ -1129,6 +1142,7 @@ fn one_line(cell: &Cell, label: &str, run: usize, r: &RunResult) -> String {
         r.dup,
         r.extra,
         r.errors,
+        r.exited,
         r.drained,
         r.cpu_postgate.map_or("-".into(), |v| format!("{v:.2}")),
         r.cpu_pg.map_or("-".into(), |v| format!("{v:.2}")),
@@ -1136,6 +1150,14 @@ fn one_line(cell: &Cell, label: &str, run: usize, r: &RunResult) -> String {
         r.deadlocks.map_or("-".into(), |v| v.to_string()),
         r.load,
     )
+}
+
+/// The 1-minute figure of a load average line.
+fn first(load: &str) -> f64 {
+    load.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn utc_now() -> String {
@@ -1236,7 +1258,10 @@ async fn main() {
         "Machine: {}; load average (1/5/15 min) {load_start} at the start, {} at the end{}.\n",
         machine(),
         loadavg(),
-        match (loads.iter().min(), loads.iter().max()) {
+        match (
+            loads.iter().min_by(|a, b| first(a).total_cmp(&first(b))),
+            loads.iter().max_by(|a, b| first(a).total_cmp(&first(b))),
+        ) {
             (Some(lo), Some(hi)) => format!(" (after each run: {lo} to {hi})"),
             _ => String::new(),
         }

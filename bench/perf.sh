@@ -27,6 +27,7 @@ while [ $# -gt 0 ]; do
 done
 target=${CARGO_TARGET_DIR:-target}
 cargo build --release --bin postgate
+cargo bench --bench perf --no-run
 driver=$(cargo bench --bench perf --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
 [ -x "$driver" ] || { echo "perf.sh: could not build bench/perf.rs" >&2; exit 1; }
 bin=$(realpath "$target/release/postgate")

@@ -15,6 +15,9 @@
 //!   caller's fault and name what is wrong, `Unavailable` means "try later".
 
 mod dkim;
+mod events;
+mod events_postgres;
+mod events_sqlite;
 pub mod postgres;
 mod postgres_dkim;
 mod postgres_limits;
@@ -34,6 +37,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use dkim::*;
+pub use events::*;
 pub use queue::*;
 
 /// What went wrong in the store. Messages never contain secrets.
@@ -318,7 +322,15 @@ pub const SQLITE_AUTH_POLL: std::time::Duration = std::time::Duration::from_mill
 
 /// The whole store. Cheap to clone behind an `Arc`.
 pub trait Store:
-    AccountStore + QueueStore + QueueAdminStore + DkimStore + HealthStore + LimitStore + Send + Sync
+    AccountStore
+    + QueueStore
+    + QueueAdminStore
+    + DkimStore
+    + EventStore
+    + HealthStore
+    + LimitStore
+    + Send
+    + Sync
 {
     /// `"postgres"` or `"sqlite"`, for logs and metrics.
     fn backend(&self) -> &'static str;

@@ -115,6 +115,8 @@ pub struct StoreIntake {
     lifetime: Duration,
     processing: Option<MessageProcessing>,
     metrics: Option<Arc<Metrics>>,
+    /// Write a `rejected` event for each refusal (`[events]` on).
+    events: bool,
 }
 
 impl StoreIntake {
@@ -125,6 +127,7 @@ impl StoreIntake {
             lifetime,
             processing: None,
             metrics: None,
+            events: false,
         }
     }
 
@@ -141,6 +144,12 @@ impl StoreIntake {
     /// Counts queued and refused messages and times the enqueue into `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Writes a `rejected` event for each refusal of [`Intake::submit`].
+    pub fn with_events(mut self, events: bool) -> Self {
+        self.events = events;
         self
     }
 
@@ -277,7 +286,16 @@ impl Intake for StoreIntake {
     async fn submit(&self, submission: Submission) -> Result<String, IntakeError> {
         let id = store::new_queue_id();
         let received_at = now_ms();
-        let body = self.final_body(&submission, &id, received_at).await?;
+        let body = match self.final_body(&submission, &id, received_at).await {
+            Ok(body) => body,
+            Err(e) => {
+                if self.events {
+                    crate::events::record_rejection(&*self.store, &submission, &e, received_at)
+                        .await;
+                }
+                return Err(e);
+            }
+        };
         // The bytes as received are not needed once the stored form exists:
         // free them before waiting for the commit (a 25 MB message would
         // otherwise be held twice while it waits for the writer).

@@ -184,6 +184,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         &config.events,
         &config.webhooks,
         metrics.clone(),
+        &config.server.node_id(),
         control.shutdown.clone(),
         &mut background,
     )

@@ -29,7 +29,10 @@ CREATE TABLE webhook_cursors (
     name        TEXT PRIMARY KEY,
     tx          BIGINT NOT NULL,
     id          BIGINT NOT NULL,
-    updated_at  BIGINT NOT NULL
+    updated_at  BIGINT NOT NULL,
+    -- The node sending for this webhook (one at a time) and until when.
+    owner       TEXT,
+    lease_until BIGINT NOT NULL DEFAULT 0
 );
 
 -- `accepted`: one per recipient of a submitted message (not of the DSNs

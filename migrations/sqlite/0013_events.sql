@@ -26,5 +26,8 @@ CREATE TABLE webhook_cursors (
     name        TEXT PRIMARY KEY,
     tx          INTEGER NOT NULL,
     id          INTEGER NOT NULL,
-    updated_at  INTEGER NOT NULL
+    updated_at  INTEGER NOT NULL,
+    -- The node sending for this webhook (one at a time) and until when.
+    owner       TEXT,
+    lease_until INTEGER NOT NULL DEFAULT 0
 );

@@ -120,9 +120,16 @@ impl WebhookConfig {
             return bad("url", format!("webhook {:?}: {e}", self.name));
         }
         if self.events.is_empty() {
-            return bad("events", format!("webhook {:?}: name at least one", self.name));
+            return bad(
+                "events",
+                format!("webhook {:?}: name at least one", self.name),
+            );
         }
-        if let Some(k) = self.events.iter().find(|k| !EVENT_KINDS.contains(&k.as_str())) {
+        if let Some(k) = self
+            .events
+            .iter()
+            .find(|k| !EVENT_KINDS.contains(&k.as_str()))
+        {
             return bad(
                 "events",
                 format!(
@@ -147,7 +154,11 @@ impl WebhookConfig {
                 "timeout and retry_min must be above 0 and retry_max at least retry_min".into(),
             );
         }
-        if let Some(d) = self.sender_domains.iter().find(|d| d.is_empty() || d.contains('@')) {
+        if let Some(d) = self
+            .sender_domains
+            .iter()
+            .find(|d| d.is_empty() || d.contains('@'))
+        {
             return bad("sender_domains", format!("{d:?} is not a domain"));
         }
         Ok(())
@@ -231,6 +242,7 @@ pub async fn start(
     events: &EventsConfig,
     hooks: &[WebhookConfig],
     metrics: Arc<Metrics>,
+    node: &str,
     shutdown: CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Result<(), String> {
@@ -243,7 +255,12 @@ pub async fn start(
         return Ok(());
     }
     for h in hooks {
-        let sender = webhook::WebhookSender::new(h.clone(), store.clone(), metrics.clone())?;
+        let sender = webhook::WebhookSender::new(
+            h.clone(),
+            store.clone(),
+            metrics.clone(),
+            node.to_string(),
+        )?;
         tasks.spawn(sender.run(shutdown.clone()));
     }
     tasks.spawn(prune_loop(store, events.clone(), metrics, shutdown));
@@ -266,5 +283,67 @@ async fn prune_loop(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(cfg.prune_interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::parse(extra, "t.toml").map_err(|e| e.to_string())
+    }
+
+    const HOOK: &str = r#"
+[[webhook]]
+name = "app"
+url = "https://hooks.example.com/postgate"
+secret = "0123456789abcdef"
+"#;
+
+    #[test]
+    fn a_webhook_implies_events_and_defaults_to_every_kind() {
+        let c = parse(HOOK).unwrap();
+        assert!(c.events_enabled());
+        assert_eq!(c.webhooks[0].events.len(), crate::store::EVENT_KINDS.len());
+        assert!(!parse("").unwrap().events_enabled());
+        assert!(parse("[events]\nenabled = true\n")
+            .unwrap()
+            .events_enabled());
+    }
+
+    #[test]
+    fn bad_webhooks_are_refused_naming_the_key() {
+        let cases = [
+            (HOOK.replace("https://hooks", "http://hooks"), "webhook.url"),
+            (
+                HOOK.replace("secret = \"0123456789abcdef\"", "secret = \"short\""),
+                "webhook.secret",
+            ),
+            (
+                HOOK.replace("name = \"app\"", "name = \"a b\""),
+                "webhook.name",
+            ),
+            (
+                format!("{HOOK}events = [\"delivered\", \"opened\"]\n"),
+                "webhook.events",
+            ),
+            (format!("{HOOK}{HOOK}"), "webhook.name"),
+            (
+                "[events]\nretention = \"1s\"\n".to_string(),
+                "events.retention",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        // Plain http: loopback, or when allowed explicitly.
+        parse(&HOOK.replace("https://hooks.example.com", "http://127.0.0.1:8080")).unwrap();
+        parse(&format!(
+            "{}allow_http = true\n",
+            HOOK.replace("https://hooks", "http://hooks")
+        ))
+        .unwrap();
     }
 }

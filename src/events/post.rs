@@ -29,7 +29,9 @@ impl Target {
     /// Parses `url`: `https://`, or `http://` to 127.0.0.1, ::1 or
     /// localhost (or anywhere with `allow_http`).
     pub fn parse(url: &str, allow_http: bool) -> Result<Target, String> {
-        let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,

@@ -21,6 +21,10 @@ use crate::store::{DeliveryEvent, EventCursor, Store};
 const POLL: Duration = Duration::from_millis(500);
 /// How often the backlog metrics are read while busy.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// How long one node's right to send for a webhook lasts unrenewed.
+const LEASE: Duration = Duration::from_secs(15);
+/// How often the holder renews it.
+const RENEW_EVERY: Duration = Duration::from_secs(5);
 
 /// The sender of one webhook.
 pub struct WebhookSender {
@@ -29,6 +33,8 @@ pub struct WebhookSender {
     tls: TlsConnector,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// This node's id: the lease owner.
+    node: String,
 }
 
 impl WebhookSender {
@@ -37,6 +43,7 @@ impl WebhookSender {
         cfg: WebhookConfig,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        node: String,
     ) -> Result<WebhookSender, String> {
         let target = Target::parse(&cfg.url, cfg.allow_http)
             .map_err(|e| format!("webhook {:?}: {e}", cfg.name))?;
@@ -50,6 +57,7 @@ impl WebhookSender {
             tls,
             store,
             metrics,
+            node,
         })
     }
 
@@ -82,24 +90,54 @@ impl WebhookSender {
         true
     }
 
-    /// Runs until `shutdown`.
+    /// Runs until `shutdown`. Sends only while this node holds the
+    /// webhook's lease (one sender per webhook across nodes); on taking it,
+    /// starts from the stored cursor.
     pub async fn run(self, shutdown: CancellationToken) {
         let name = self.cfg.name.clone();
-        let mut cursor = loop {
-            match self.store.webhook_cursor(&name).await {
-                Ok(c) => break c.unwrap_or_default(),
-                Err(e) => tracing::warn!(webhook = %name, error = %e, "cannot read the cursor"),
-            }
-            if sleep_or_stop(&shutdown, POLL).await {
-                return;
-            }
-        };
+        let mut cursor = EventCursor::default();
         let mut saved = cursor;
+        let mut renewed: Option<Instant> = None;
         let mut wait = self.cfg.retry_min;
         let mut measured: Option<Instant> = None;
         loop {
             if shutdown.is_cancelled() {
                 return;
+            }
+            if renewed.is_none_or(|t| t.elapsed() >= RENEW_EVERY) {
+                let now = crate::time::now_ms();
+                match self
+                    .store
+                    .webhook_lease(&name, &self.node, now, LEASE.as_millis() as i64)
+                    .await
+                {
+                    Ok(true) if renewed.is_some() => renewed = Some(Instant::now()),
+                    Ok(true) => match self.store.webhook_cursor(&name).await {
+                        Ok(c) => {
+                            cursor = c.unwrap_or_default();
+                            saved = cursor;
+                            renewed = Some(Instant::now());
+                            tracing::info!(webhook = %name, "sending events for this webhook");
+                        }
+                        Err(e) => {
+                            tracing::warn!(webhook = %name, error = %e, "cannot read the cursor")
+                        }
+                    },
+                    Ok(false) => renewed = None,
+                    Err(e) => {
+                        tracing::warn!(webhook = %name, error = %e, "cannot renew the webhook lease");
+                        // Past the lease another node may send: stop too.
+                        if renewed.is_some_and(|t| t.elapsed() >= LEASE - RENEW_EVERY) {
+                            renewed = None;
+                        }
+                    }
+                }
+                if renewed.is_none() {
+                    if sleep_or_stop(&shutdown, RENEW_EVERY).await {
+                        return;
+                    }
+                    continue;
+                }
             }
             if measured.is_none_or(|t| t.elapsed() >= BACKLOG_EVERY) {
                 self.measure(cursor).await;

@@ -124,8 +124,11 @@ pub trait EventStore: Send + Sync {
 
     /// At most `limit` committed events after `cursor`, in commit order.
     /// An event not returned now can only come later in this order.
-    async fn events_after(&self, cursor: EventCursor, limit: u32)
-        -> StoreResult<Vec<DeliveryEvent>>;
+    async fn events_after(
+        &self,
+        cursor: EventCursor,
+        limit: u32,
+    ) -> StoreResult<Vec<DeliveryEvent>>;
 
     /// How many events lie after `cursor`, and the oldest one's time.
     async fn events_backlog(&self, cursor: EventCursor) -> StoreResult<EventBacklog>;
@@ -133,9 +136,24 @@ pub trait EventStore: Send + Sync {
     /// The stored cursor of webhook `name` (`None`: never sent).
     async fn webhook_cursor(&self, name: &str) -> StoreResult<Option<EventCursor>>;
 
-    /// Stores the cursor of webhook `name`.
-    async fn webhook_cursor_set(&self, name: &str, cursor: EventCursor, now: i64)
-        -> StoreResult<()>;
+    /// Takes or renews, for `owner` until `now + lease_ms`, the right to
+    /// send for webhook `name`: `true` when `owner` holds it (it was free,
+    /// expired or already `owner`'s). One node sends per webhook.
+    async fn webhook_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool>;
+
+    /// Stores the cursor of webhook `name` (never moves it backwards).
+    async fn webhook_cursor_set(
+        &self,
+        name: &str,
+        cursor: EventCursor,
+        now: i64,
+    ) -> StoreResult<()>;
 
     /// Deletes events older than `before`, then the oldest beyond the
     /// newest `keep`; returns how many.

@@ -189,7 +189,8 @@ impl EventStore for SqliteStore {
         sqlx::query(
             "INSERT INTO webhook_cursors (name, tx, id, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (name) DO UPDATE
-             SET tx = excluded.tx, id = excluded.id, updated_at = excluded.updated_at",
+             SET tx = excluded.tx, id = excluded.id, updated_at = excluded.updated_at
+             WHERE (webhook_cursors.tx, webhook_cursors.id) < (excluded.tx, excluded.id)",
         )
         .bind(name)
         .bind(cursor.tx)
@@ -199,6 +200,32 @@ impl EventStore for SqliteStore {
         .await
         .map_err(|e| map_sqlx(e, "webhook cursor"))?;
         Ok(())
+    }
+
+    async fn webhook_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        let held = sqlx::query(
+            "INSERT INTO webhook_cursors (name, tx, id, updated_at, owner, lease_until)
+             VALUES (?1, 0, 0, ?3, ?2, ?4)
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,
+                 lease_until = excluded.lease_until
+             WHERE webhook_cursors.owner IS NULL OR webhook_cursors.owner = excluded.owner
+                OR webhook_cursors.lease_until < ?3",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(now)
+        .bind(now.saturating_add(lease_ms))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "webhook lease"))?
+        .rows_affected();
+        Ok(held == 1)
     }
 
     async fn events_prune(&self, before: i64, keep: u64) -> StoreResult<u64> {

@@ -42,7 +42,11 @@ async fn no_events_are_written_while_events_are_off() {
         let c = s.claim_due("A", T0, 60_000, 10).await.unwrap();
         let o = outcome(c[0].recipients[0].id, OutcomeKind::Delivered, "250 ok");
         s.record_outcomes("A", T0, &[o]).await.unwrap();
-        assert!(s.events_recent(None, 100).await.unwrap().is_empty(), "{}", t.backend);
+        assert!(
+            s.events_recent(None, 100).await.unwrap().is_empty(),
+            "{}",
+            t.backend
+        );
         // Turning them on and off again is idempotent.
         s.events_install(true).await.unwrap();
         s.events_install(true).await.unwrap();
@@ -51,7 +55,11 @@ async fn no_events_are_written_while_events_are_off() {
         s.events_install(false).await.unwrap();
         let m = message("a@example.com", &["r@x.org"], b"x", T0);
         s.enqueue(&m).await.unwrap();
-        assert!(s.events_recent(None, 100).await.unwrap().is_empty(), "{}", t.backend);
+        assert!(
+            s.events_recent(None, 100).await.unwrap().is_empty(),
+            "{}",
+            t.backend
+        );
     }
 }
 
@@ -81,7 +89,11 @@ async fn each_state_change_writes_its_event_on_every_backend() {
         };
         let outcomes = [
             outcome(id_of("d@x.org"), OutcomeKind::Delivered, "250 2.0.0 ok"),
-            outcome(id_of("f@x.org"), OutcomeKind::Failed, "550 5.1.1 no such user"),
+            outcome(
+                id_of("f@x.org"),
+                OutcomeKind::Failed,
+                "550 5.1.1 no such user",
+            ),
             outcome(id_of("q@x.org"), later, "451 4.3.0 try later"),
         ];
         assert_eq!(s.record_outcomes("A", T0 + 10, &outcomes).await.unwrap(), 3);
@@ -91,7 +103,11 @@ async fn each_state_change_writes_its_event_on_every_backend() {
         let again = s.claim_due("B", T0 + 120_000, 60_000, 10).await.unwrap();
         assert!(again.iter().any(|c| c.id == m.id), "{b}");
         let lost = outcome(id_of("l@x.org"), OutcomeKind::Delivered, "250 late");
-        assert_eq!(s.record_outcomes("A", T0 + 120_001, &[lost]).await.unwrap(), 0, "{b}");
+        assert_eq!(
+            s.record_outcomes("A", T0 + 120_001, &[lost]).await.unwrap(),
+            0,
+            "{b}"
+        );
         let exp = again
             .iter()
             .find(|c| c.id == m.id)
@@ -122,12 +138,23 @@ async fn each_state_change_writes_its_event_on_every_backend() {
             assert_eq!(e.sender.as_deref(), Some("a@example.com"), "{b}");
             assert_eq!(e.username.as_deref(), Some("alice"), "{b}");
         }
-        assert_eq!(events[5].reply.as_deref(), Some("550 5.1.1 no such user"), "{b}");
+        assert_eq!(
+            events[5].reply.as_deref(),
+            Some("550 5.1.1 no such user"),
+            "{b}"
+        );
         assert_eq!(events[5].upstream.as_deref(), Some("up1"), "{b}");
-        assert_eq!(events[6].reply.as_deref(), Some("451 4.3.0 try later"), "{b}");
+        assert_eq!(
+            events[6].reply.as_deref(),
+            Some("451 4.3.0 try later"),
+            "{b}"
+        );
         assert_eq!(events[6].attempt, 1, "{b}");
         // The DSN postgate generated has no events.
-        assert!(s.events_recent(Some(&dsn.id), 10).await.unwrap().is_empty(), "{b}");
+        assert!(
+            s.events_recent(Some(&dsn.id), 10).await.unwrap().is_empty(),
+            "{b}"
+        );
 
         // An operator's deletion is an event too.
         let d = message("a@example.com", &["z@x.org"], b"x", T0);
@@ -181,9 +208,69 @@ async fn rejections_cursors_and_pruning_on_every_backend() {
         assert_eq!(backlog.oldest_at, Some(T0), "{b}");
 
         assert_eq!(s.webhook_cursor("hook").await.unwrap(), None, "{b}");
-        s.webhook_cursor_set("hook", all[3].cursor(), T0).await.unwrap();
-        s.webhook_cursor_set("hook", all[4].cursor(), T0).await.unwrap();
-        assert_eq!(s.webhook_cursor("hook").await.unwrap(), Some(all[4].cursor()), "{b}");
+        s.webhook_cursor_set("hook", all[3].cursor(), T0)
+            .await
+            .unwrap();
+        s.webhook_cursor_set("hook", all[4].cursor(), T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.webhook_cursor("hook").await.unwrap(),
+            Some(all[4].cursor()),
+            "{b}"
+        );
+        // Never backwards (a node that lost its lease may still write).
+        s.webhook_cursor_set("hook", all[2].cursor(), T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.webhook_cursor("hook").await.unwrap(),
+            Some(all[4].cursor()),
+            "{b}"
+        );
+        // One sender per webhook: A holds it until its lease ends.
+        assert!(
+            s.webhook_lease("hook", "A", T0, 1_000).await.unwrap(),
+            "{b}"
+        );
+        assert!(
+            !s.webhook_lease("hook", "B", T0 + 500, 1_000).await.unwrap(),
+            "{b}"
+        );
+        assert!(
+            s.webhook_lease("hook", "A", T0 + 900, 1_000).await.unwrap(),
+            "{b}"
+        );
+        assert!(
+            !s.webhook_lease("hook", "B", T0 + 1_500, 1_000)
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        assert!(
+            s.webhook_lease("hook", "B", T0 + 2_000, 1_000)
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        assert!(
+            !s.webhook_lease("hook", "A", T0 + 2_100, 1_000)
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        // The lease row keeps the cursor.
+        assert_eq!(
+            s.webhook_cursor("hook").await.unwrap(),
+            Some(all[4].cursor()),
+            "{b}"
+        );
+        assert!(s.webhook_lease("new", "A", T0, 1_000).await.unwrap(), "{b}");
+        assert_eq!(
+            s.webhook_cursor("new").await.unwrap(),
+            Some(EventCursor::default()),
+            "{b}"
+        );
 
         // By age: the rejections and the first message's event (at T0) go.
         assert_eq!(s.events_prune(T0 + 1, 1000).await.unwrap(), 3, "{b}");
@@ -223,7 +310,10 @@ async fn a_reader_never_skips_an_event_that_commits_late_on_postgres() {
     let m = message("a@example.com", &["r@x.org"], b"x", T0);
     s.enqueue(&m).await.unwrap();
     assert!(
-        s.events_after(EventCursor::default(), 10).await.unwrap().is_empty(),
+        s.events_after(EventCursor::default(), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing is handed out while an earlier transaction may still add events"
     );
     sqlx::query("COMMIT").execute(&mut slow).await.unwrap();

@@ -63,7 +63,7 @@ impl WebhookSender {
 
     /// Whether this webhook wants `e` (kind, user, sender domain).
     pub fn wants(cfg: &WebhookConfig, e: &DeliveryEvent) -> bool {
-        if !cfg.events.iter().any(|k| *k == e.kind) {
+        if !cfg.events.contains(&e.kind) {
             return false;
         }
         if !cfg.users.is_empty() {

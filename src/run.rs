@@ -119,7 +119,11 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             signer: signer.clone(),
             metrics: Some(metrics.clone()),
         })
-        .with_events(config.events_enabled());
+        .with_events(
+            config
+                .events_enabled()
+                .then(|| store.clone() as Arc<dyn crate::store::EventStore>),
+        );
     let limit_store: Arc<dyn crate::store::LimitStore> = store.clone();
     let limiter = Arc::new(crate::limits::Limiter::new(
         config.limits.clone(),

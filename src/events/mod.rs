@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
 use crate::metrics::Metrics;
-use crate::store::{Store, EVENT_KINDS};
+use crate::smtp::ports::{IntakeError, Submission};
+use crate::store::{EventStore, Store, EVENT_KINDS};
 
 /// `[events]`: the outbox. On when `enabled` or any `[[webhook]]` exists.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -189,35 +190,30 @@ pub fn validate(events: &EventsConfig, hooks: &[WebhookConfig]) -> Result<(), (S
     Ok(())
 }
 
-/// The rule named by a refusal at intake, for its `rejected` event.
-pub fn rejection_rule(enhanced: &str, text: &str) -> &'static str {
-    if text.contains("cannot sign") {
-        "dkim"
-    } else if enhanced == "5.7.1" {
-        "header_from"
-    } else if enhanced == "5.6.0" {
-        "fixups"
-    } else {
-        "intake"
+/// The rule named by a refusal at intake, for its `rejected` event;
+/// `None` for a failure of the system (nothing was refused for a rule).
+pub fn rejection_rule(error: &IntakeError) -> Option<&'static str> {
+    match error {
+        IntakeError::HeaderFromNotPermitted(_) => Some("header_from"),
+        IntakeError::MalformedHeader(_) => Some("malformed_header"),
+        IntakeError::SignatureNotPermitted(_) => Some("signature_not_permitted"),
+        IntakeError::SigningRefused(_) => Some("signing_refused"),
+        IntakeError::SigningUnavailable | IntakeError::QueueUnavailable(_) => None,
     }
 }
 
 /// Writes the `rejected` event of an intake refusal (best effort: the
 /// refusal stands whether or not the event could be stored).
 pub async fn record_rejection(
-    store: &dyn Store,
-    submission: &crate::intake::Submission,
-    error: &crate::intake::IntakeError,
+    store: &dyn EventStore,
+    submission: &Submission,
+    error: &IntakeError,
     at: i64,
 ) {
-    let crate::intake::IntakeError::Rejected {
-        code,
-        enhanced,
-        text,
-    } = error
-    else {
+    let Some(rule) = rejection_rule(error) else {
         return;
     };
+    let reply = crate::smtp::reply::Reply::from(error);
     let rejection = crate::store::NewRejection {
         at,
         sender: submission.sender.clone(),
@@ -227,8 +223,8 @@ pub async fn record_rejection(
             .iter()
             .map(|r| r.address.clone())
             .collect(),
-        rule: rejection_rule(enhanced, text).to_string(),
-        reply: format!("{code} {enhanced} {text}"),
+        rule: rule.to_string(),
+        reply: format!("{} {} {}", reply.code, reply.enhanced, reply.text),
     };
     if let Err(e) = store.event_rejected(&rejection).await {
         tracing::warn!(error = %e, "cannot store the rejected event");

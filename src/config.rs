@@ -148,6 +148,11 @@ pub struct Config {
     pub fixups: crate::fixups::FixupsConfig,
     pub http: crate::http::HttpConfig,
     pub log: crate::logging::LogConfig,
+    /// `[events]`: the delivery events outbox (issue #17).
+    pub events: crate::events::EventsConfig,
+    /// `[[webhook]]`: where events are POSTed (each implies `[events]`).
+    #[serde(rename = "webhook")]
+    pub webhooks: Vec<crate::events::WebhookConfig>,
 }
 
 impl Config {
@@ -259,7 +264,15 @@ impl Config {
             }
         }
         checks::check_values(self).map_err(|(key, message)| invalid(&key, message))?;
+        crate::events::validate(&self.events, &self.webhooks)
+            .map_err(|(key, message)| invalid(&key, message))?;
         Ok(())
+    }
+
+    /// Whether the store writes delivery events: `[events] enabled` or
+    /// any `[[webhook]]`.
+    pub fn events_enabled(&self) -> bool {
+        self.events.enabled || !self.webhooks.is_empty()
     }
 
     /// The checks only `serve` needs (listeners need a certificate, the

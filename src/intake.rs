@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crate::metrics::{DkimResult, Metrics, RejectReason, StoreOperation};
 use crate::smtp::ports::Recipient;
 pub use crate::smtp::ports::{ClientInfo, Intake, IntakeError, Submission, TlsInfo};
-use crate::store::{self, NewMessage, NewRecipient, QueueStore, StoreError};
+use crate::store::{self, EventStore, NewMessage, NewRecipient, QueueStore, StoreError};
 use crate::time::now_ms;
 
 impl From<StoreError> for IntakeError {
@@ -58,6 +58,8 @@ pub struct StoreIntake {
     lifetime: Duration,
     processing: Option<MessageProcessing>,
     metrics: Arc<Metrics>,
+    /// Where a `rejected` event is written for each refusal (`[events]` on).
+    events: Option<Arc<dyn EventStore>>,
 }
 
 impl StoreIntake {
@@ -68,6 +70,7 @@ impl StoreIntake {
             lifetime,
             processing: None,
             metrics: Metrics::detached(),
+            events: None,
         }
     }
 
@@ -81,6 +84,12 @@ impl StoreIntake {
     /// enqueue, into `metrics` (else into metrics nothing serves).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Writes a `rejected` event for each refusal of [`Intake::submit`].
+    pub fn with_events(mut self, events: Option<Arc<dyn EventStore>>) -> Self {
+        self.events = events;
         self
     }
 
@@ -200,7 +209,15 @@ impl Intake for StoreIntake {
     async fn submit(&self, submission: Submission) -> Result<String, IntakeError> {
         let id = store::new_queue_id();
         let received_at = now_ms();
-        let body = self.final_body(&submission, &id, received_at).await?;
+        let body = match self.final_body(&submission, &id, received_at).await {
+            Ok(body) => body,
+            Err(e) => {
+                if let Some(events) = &self.events {
+                    crate::events::record_rejection(&**events, &submission, &e, received_at).await;
+                }
+                return Err(e);
+            }
+        };
         // The bytes as received are not needed once the stored form exists:
         // free them before waiting for the commit (a 25 MB message would
         // otherwise be held twice while it waits for the writer).

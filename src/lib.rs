@@ -13,6 +13,7 @@ pub mod auth_cache;
 pub mod config;
 pub mod delivery;
 pub mod dkim;
+pub mod events;
 pub mod fixups;
 pub mod http;
 pub mod intake;

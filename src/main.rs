@@ -72,6 +72,9 @@ enum Command {
     /// Inspect and act on the queue (works against the live store).
     #[command(subcommand)]
     Queue(cli::queue::QueueCommand),
+    /// Show delivery events (the outbox webhooks read).
+    #[command(subcommand)]
+    Events(cli::events::EventsCommand),
     /// Manage DKIM signing keys.
     #[command(subcommand)]
     Dkim(cli::dkim::DkimCommand),
@@ -258,6 +261,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::User(cmd) => cli::user::run(cli.config.as_deref(), cmd).await,
         Command::Dkim(cmd) => cli::dkim::run(cli.config.as_deref(), cmd).await,
+        Command::Events(cmd) => cli::events::run(cli.config.as_deref(), cmd).await,
         Command::Limits(cmd) => cli::limits::run(cli.config.as_deref(), cmd).await,
         Command::Queue(cmd) => cli::queue::run(cli.config.as_deref(), cmd).await,
         Command::Sender(cmd) => cli::sender::run(cli.config.as_deref(), cmd).await,

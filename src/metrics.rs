@@ -26,10 +26,12 @@ use prometheus::{
 };
 
 mod cert;
+mod events;
 mod labels;
 mod sampler;
 
 pub use cert::certificate_not_after;
+pub use events::EventMetrics;
 pub use sampler::{run_queue_sampler, QueueStats};
 
 pub use labels::{
@@ -110,6 +112,7 @@ pub struct Metrics {
     user_recipients: IntCounterVec,
     user_bytes: IntCounterVec,
     per_user: Option<PerUser>,
+    events: EventMetrics,
 }
 
 struct PerUser {
@@ -383,6 +386,7 @@ impl Metrics {
         for op in StoreOperation::ALL {
             store_errors.with_label_values(&[op.as_str()]);
         }
+        let events = EventMetrics::declare(&mut d);
 
         Metrics {
             registry: d.registry,
@@ -421,7 +425,13 @@ impl Metrics {
                 cap: options.per_user_cap,
                 seen: Mutex::new(HashSet::new()),
             }),
+            events,
         }
+    }
+
+    /// The delivery events and webhook metrics.
+    pub fn events(&self) -> &EventMetrics {
+        &self.events
     }
 
     /// The declared metrics (name, type, labels, help), in declaration order.

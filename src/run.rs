@@ -33,6 +33,8 @@ pub enum RunError {
     Limits(#[from] crate::limits::LimitsError),
     #[error(transparent)]
     Delivery(#[from] crate::delivery::DeliveryError),
+    #[error("{0}")]
+    Events(String),
     #[error("cannot listen on {address} (http.address): {source}")]
     HttpBind {
         address: std::net::SocketAddr,
@@ -116,7 +118,12 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             fixups: config.fixups.clone(),
             signer: signer.clone(),
         })
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_events(
+            config
+                .events_enabled()
+                .then(|| store.clone() as Arc<dyn crate::store::EventStore>),
+        );
     let limit_store: Arc<dyn crate::store::LimitStore> = store.clone();
     let limiter = Arc::new(crate::limits::Limiter::new(
         config.limits.clone(),
@@ -176,6 +183,17 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     let draining = CancellationToken::new();
     let http_shutdown = CancellationToken::new();
     let mut background = tokio::task::JoinSet::new();
+    crate::events::start(
+        store.clone(),
+        &config.events,
+        &config.webhooks,
+        metrics.clone(),
+        &config.server.node_id(),
+        control.shutdown.clone(),
+        &mut background,
+    )
+    .await
+    .map_err(RunError::Events)?;
     background.spawn(crate::metrics::run_queue_sampler(
         metrics.clone(),
         QUEUE_SAMPLE_INTERVAL,

@@ -8,6 +8,7 @@
 //! before the data has been read.
 
 pub mod dkim;
+pub mod events;
 pub mod limits;
 pub mod queue;
 pub mod sender;

@@ -146,7 +146,8 @@ fn catalogue_follows_the_naming_conventions() {
                     "algorithm",
                     "operation",
                     "user",
-                    "version"
+                    "version",
+                    "webhook"
                 ]
                 .contains(&label.as_str()),
                 "{} has unexpected label {label}",

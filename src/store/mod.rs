@@ -15,6 +15,9 @@
 //!   caller's fault and name what is wrong, `Unavailable` means "try later".
 
 mod dkim;
+mod events;
+mod events_postgres;
+mod events_sqlite;
 pub mod postgres;
 mod postgres_limits;
 mod postgres_queue;
@@ -34,6 +37,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use dkim::*;
+pub use events::*;
 pub use queue::*;
 
 /// What went wrong in the store. Messages never contain secrets.
@@ -303,6 +307,7 @@ pub trait Store:
     + QueueStore
     + QueueAdminStore
     + DkimStore
+    + EventStore
     + HealthStore
     + LimitStore
     + Send

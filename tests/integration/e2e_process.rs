@@ -524,6 +524,7 @@ mod crash;
 mod delivery_nodes;
 mod disk_full;
 mod dkim_e2e;
+mod events_webhook;
 mod health;
 mod nodes;
 mod oauth_e2e;

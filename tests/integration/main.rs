@@ -21,6 +21,7 @@ mod docs_providers;
 mod docs_providers_oauth;
 mod e2e_metrics;
 mod e2e_process;
+mod events_store;
 mod limits_auth_cache;
 mod limits_store;
 mod ops_deploy;

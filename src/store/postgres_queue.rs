@@ -136,7 +136,8 @@ impl QueueStore for PgStore {
         // a nested loop over full scans, seconds per claim):
         // - `due` walks `queue_recipients_claim` in (next_attempt_at, id)
         //   order and stops after `limit` recipients whose message it could
-        //   lock; the LATERAL lock forces one primary-key probe per row, and
+        //   lock; a LATERAL subquery that locks cannot be turned into a join,
+        //   so it is one primary-key probe per row (here and at the end), and
         //   `enable_sort = off` (this transaction only) keeps the planner from
         //   sorting every due recipient instead of reading the index in order;
         // - `take` adds the other due recipients of those messages through
@@ -185,7 +186,8 @@ impl QueueStore for PgStore {
                                  SELECT 1 FROM claimed o
                                  WHERE o.message_id = c.message_id AND o.id < c.id)
                              THEN m.body END AS small_body
-                 FROM queue_messages m WHERE m.id = c.message_id) m",
+                 FROM queue_messages m WHERE m.id = c.message_id
+                 FOR NO KEY UPDATE) m",
         )
         .bind(now)
         .bind(i64::from(limit))
@@ -255,7 +257,9 @@ impl QueueStore for PgStore {
         // version of each row; only the others are updated. Every attempt is
         // logged. The sub-statements share one snapshot, so the DELETE counts
         // the recipients delivered now through `cur`, not through their (old)
-        // status. LATERAL lookups keep every step a primary-key probe.
+        // status. Lookups are scalar subqueries or LATERAL subqueries that
+        // lock (neither can be turned into a join over a full scan), so every
+        // step is a primary-key probe whatever the statistics say.
         let mut ids = Vec::with_capacity(outcomes.len());
         let mut kinds = Vec::with_capacity(outcomes.len());
         let mut incs = Vec::with_capacity(outcomes.len());
@@ -281,22 +285,22 @@ impl QueueStore for PgStore {
                                       $5::INTEGER[], $6::TEXT[], $7::TEXT[], $8::BOOLEAN[])
                           AS o(id, kind, inc, next_at, route, upstream, reply, log)),
              msgs AS MATERIALIZED (
-                 SELECT m.id FROM (SELECT DISTINCT r.message_id FROM o CROSS JOIN LATERAL (
-                                       SELECT r.message_id FROM queue_recipients r
-                                       WHERE r.id = o.id) r) x
+                 SELECT m.id FROM (
+                     SELECT DISTINCT (SELECT r.message_id FROM queue_recipients r
+                                      WHERE r.id = o.id) AS message_id
+                     FROM o ORDER BY 1) x
                  CROSS JOIN LATERAL (
-                     SELECT m.id FROM queue_messages m WHERE m.id = x.message_id) m
-                 ORDER BY m.id
-                 FOR UPDATE OF m),
+                     SELECT m.id FROM queue_messages m WHERE m.id = x.message_id
+                     FOR UPDATE) m),
              cur AS MATERIALIZED (
                  SELECT r.id, r.message_id, r.recipient, r.attempts + o.inc AS attempts,
                         o.kind, o.next_at, o.route, o.upstream, o.reply, o.log
-                 FROM o CROSS JOIN LATERAL (
-                     SELECT r.* FROM queue_recipients r WHERE r.id = o.id) r
-                 WHERE r.lease_owner = $10 AND r.status = 'queued'
-                   AND r.message_id IN (SELECT id FROM msgs)
-                 ORDER BY r.id
-                 FOR UPDATE OF r),
+                 FROM (SELECT * FROM o ORDER BY id) o CROSS JOIN LATERAL (
+                     SELECT r.id, r.message_id, r.recipient, r.attempts
+                     FROM queue_recipients r
+                     WHERE r.id = o.id AND r.lease_owner = $10 AND r.status = 'queued'
+                       AND r.message_id IN (SELECT id FROM msgs)
+                     FOR UPDATE) r),
              finished AS (
                  DELETE FROM queue_messages m
                  WHERE m.id IN (SELECT message_id FROM cur WHERE kind = 'delivered')

@@ -89,6 +89,8 @@ impl QueueStore for SqliteStore {
         lease_ms: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>> {
+        // After the enqueue writer's current commit, never polling behind it.
+        let _turn = super::sqlite_writer::turn(&self.writer).await?;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -183,6 +185,7 @@ impl QueueStore for SqliteStore {
         now: i64,
         outcomes: &[RecipientOutcome],
     ) -> StoreResult<u64> {
+        let _turn = super::sqlite_writer::turn(&self.writer).await?;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use crate::metrics::{Metrics, StoreOperation};
 use crate::password::{self, HashParams, Verification};
 use crate::smtp::ports::{AuthOutcome, Authenticator};
-use crate::store::{self, LimitOverrides, LoginCredential, Store};
+use crate::store::{self, AccountStore, LimitOverrides, LoginCredential};
 use crate::time::now_ms;
 
 /// An authenticated user, as the rest of the session and intake see it.
@@ -117,7 +117,7 @@ pub fn merge_limits(user: &LimitOverrides, credential: &LimitOverrides) -> Limit
 
 /// The store-backed [`Authenticator`].
 pub struct StoreAuthenticator {
-    store: Arc<dyn Store>,
+    store: Arc<dyn AccountStore>,
     params: HashParams,
     dummy: Arc<str>,
     verifications: Arc<Semaphore>,
@@ -126,7 +126,7 @@ pub struct StoreAuthenticator {
 
 impl StoreAuthenticator {
     /// Builds the authenticator; computes the dummy hash once (~20 ms).
-    pub fn new(store: Arc<dyn Store>, config: &AuthConfig) -> Result<Self, AuthError> {
+    pub fn new(store: Arc<dyn AccountStore>, config: &AuthConfig) -> Result<Self, AuthError> {
         if config.max_concurrent_verifications == 0 {
             return Err(AuthError::Concurrency);
         }

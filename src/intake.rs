@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use crate::auth::Identity;
 use crate::metrics::{Metrics, RejectReason, StoreOperation};
-use crate::store::{self, NewMessage, NewRecipient, Store, StoreError};
+use crate::store::{self, NewMessage, NewRecipient, QueueStore, StoreError};
 use crate::time::now_ms;
 
 /// The TLS parameters of a session.
@@ -111,7 +111,7 @@ pub struct MessageProcessing {
 /// From, fixups and signing, a failed commit, the enqueue duration, and
 /// each message queued (with its size as stored, after fixups and signing).
 pub struct StoreIntake {
-    store: Arc<dyn Store>,
+    store: Arc<dyn QueueStore>,
     lifetime: Duration,
     processing: Option<MessageProcessing>,
     metrics: Option<Arc<Metrics>>,
@@ -119,7 +119,7 @@ pub struct StoreIntake {
 
 impl StoreIntake {
     /// Stores bodies unchanged; messages expire `lifetime` after acceptance.
-    pub fn new(store: Arc<dyn Store>, lifetime: Duration) -> Self {
+    pub fn new(store: Arc<dyn QueueStore>, lifetime: Duration) -> Self {
         StoreIntake {
             store,
             lifetime,

@@ -16,17 +16,17 @@
 
 mod dkim;
 pub mod postgres;
-mod postgres_dkim;
 mod postgres_limits;
 mod postgres_queue;
-mod postgres_queue_admin;
 mod queue;
 mod rows;
+mod sql_accounts;
+mod sql_dkim;
+mod sql_limits;
+mod sql_queue;
 pub mod sqlite;
-mod sqlite_dkim;
 mod sqlite_limits;
 mod sqlite_queue;
-mod sqlite_queue_admin;
 mod sqlite_writer;
 
 use std::sync::Arc;
@@ -277,12 +277,11 @@ pub enum AuthChange {
     Resync,
 }
 
-/// The receiving end of [`LimitStore::subscribe_auth_changes`]. The watch
+/// The receiving end of [`AuthChangeStore::subscribe_auth_changes`]. The watch
 /// stops when this is dropped.
 pub type AuthChanges = tokio::sync::mpsc::Receiver<AuthChange>;
 
-/// Shared rate-limit counters (`limit_counters`) and account-change
-/// notifications, for [`crate::limits`] and [`crate::auth_cache`].
+/// Shared rate-limit counters (`limit_counters`), for [`crate::limits`].
 #[async_trait]
 pub trait LimitStore: Send + Sync {
     /// Applies one GCRA step to `key` atomically. On PostgreSQL this is one
@@ -302,6 +301,11 @@ pub trait LimitStore: Send + Sync {
     async fn limit_list(&self, now: i64) -> StoreResult<Vec<LimitCounter>>;
     /// Deletes rows with `expires_at <= now`; returns how many.
     async fn limit_purge(&self, now: i64) -> StoreResult<u64>;
+}
+
+/// Account-change notifications, for [`crate::auth_cache`].
+#[async_trait]
+pub trait AuthChangeStore: Send + Sync {
     /// Starts watching account changes (users, credentials, sender
     /// permissions: update, delete, and sender insert). When this returns
     /// the watch is active: any later committed change yields an event.
@@ -318,7 +322,15 @@ pub const SQLITE_AUTH_POLL: std::time::Duration = std::time::Duration::from_mill
 
 /// The whole store. Cheap to clone behind an `Arc`.
 pub trait Store:
-    AccountStore + QueueStore + QueueAdminStore + DkimStore + HealthStore + LimitStore + Send + Sync
+    AccountStore
+    + AuthChangeStore
+    + QueueStore
+    + QueueAdminStore
+    + DkimStore
+    + HealthStore
+    + LimitStore
+    + Send
+    + Sync
 {
     /// `"postgres"` or `"sqlite"`, for logs and metrics.
     fn backend(&self) -> &'static str;
@@ -394,6 +406,20 @@ pub fn sqlite_path(url: &str) -> Option<&str> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
     Some(rest.split('?').next().unwrap_or(rest))
+}
+
+/// Applies the pending migrations of `migrator` on `pool`.
+async fn run_migrations<DB: sqlx::Database>(
+    migrator: &sqlx::migrate::Migrator,
+    pool: &sqlx::Pool<DB>,
+) -> StoreResult<()>
+where
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| StoreError::Migration(e.to_string()))
 }
 
 /// Maps an sqlx error to a [`StoreError`], naming `what` on constraint errors.

@@ -57,8 +57,6 @@ impl SqliteStore {
         lease_ms: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        // After the enqueue writer's current commit, never polling behind it.
-        let _turn = super::sqlite_writer::turn(&self.writer).await?;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -142,7 +140,6 @@ impl SqliteStore {
         now: i64,
         outcomes: &[RecipientOutcome],
     ) -> StoreResult<u64> {
-        let _turn = super::sqlite_writer::turn(&self.writer).await?;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")

@@ -3,13 +3,6 @@
 //! one task that commits every enqueue waiting at that moment in a single
 //! transaction (group commit). Each caller's `Ok` is that shared commit.
 //!
-//! Claims and outcome records take a turn from the same task
-//! ([`turn`]) before their own `BEGIN IMMEDIATE`, so write transactions
-//! queue here instead of meeting in SQLite's busy handler, which polls with
-//! sleeps of up to 100 ms (issue #16: the 250's p99 at C=10 was 83 ms). A
-//! background task checkpoints the WAL ([`checkpointer`]) so that no commit
-//! pays for a checkpoint (connections do not checkpoint by themselves).
-//!
 //! The readiness probe goes through the same task and the same
 //! `BEGIN IMMEDIATE`, and commits a one-row write: it answers "can an
 //! enqueue commit now", not "does some connection answer" (issue 13: a
@@ -36,20 +29,6 @@ pub(crate) enum WriterJob {
     Enqueue(Box<EnqueueJob>),
     /// Commit the readiness probe row (see [`probe`]).
     Probe(oneshot::Sender<StoreResult<()>>),
-    /// Another write transaction's turn (see [`turn`]).
-    Turn(oneshot::Sender<WriterTurn>),
-}
-
-/// The writer's turn lent to another write transaction: the writer commits
-/// nothing until this is dropped.
-pub(crate) struct WriterTurn(#[allow(dead_code)] oneshot::Sender<()>);
-
-/// Lends the turn to the caller and waits until it is given back.
-async fn lend_turn(reply: oneshot::Sender<WriterTurn>) {
-    let (release, released) = oneshot::channel();
-    if reply.send(WriterTurn(release)).is_ok() {
-        let _ = released.await;
-    }
 }
 
 /// Handle to the writer task; dropping every clone stops the task.
@@ -58,7 +37,6 @@ pub(crate) type EnqueueSender = mpsc::Sender<WriterJob>;
 /// Starts the writer task that group-commits enqueues on `pool`.
 pub(crate) fn spawn_writer(pool: SqlitePool) -> EnqueueSender {
     let (tx, mut rx) = mpsc::channel::<WriterJob>(1024);
-    tokio::spawn(checkpointer(pool.clone(), tx.downgrade()));
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let first = match first {
@@ -67,15 +45,10 @@ pub(crate) fn spawn_writer(pool: SqlitePool) -> EnqueueSender {
                     answer_probe(&pool, done).await;
                     continue;
                 }
-                WriterJob::Turn(reply) => {
-                    lend_turn(reply).await;
-                    continue;
-                }
             };
             let mut bytes = first.message.body.len();
             let mut batch = vec![first];
             let mut probes = Vec::new();
-            let mut turns = Vec::new();
             while batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
                 match rx.try_recv() {
                     Ok(WriterJob::Enqueue(job)) => {
@@ -83,7 +56,6 @@ pub(crate) fn spawn_writer(pool: SqlitePool) -> EnqueueSender {
                         batch.push(*job);
                     }
                     Ok(WriterJob::Probe(done)) => probes.push(done),
-                    Ok(WriterJob::Turn(reply)) => turns.push(reply),
                     Err(_) => break,
                 }
             }
@@ -91,49 +63,9 @@ pub(crate) fn spawn_writer(pool: SqlitePool) -> EnqueueSender {
             for done in probes {
                 answer_probe(&pool, done).await;
             }
-            for reply in turns {
-                lend_turn(reply).await;
-            }
         }
     });
     tx
-}
-
-/// How often the WAL is checkpointed, off the commit path.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Copies committed WAL frames into the database file every
-/// [`CHECKPOINT_EVERY`] (PASSIVE: never blocks a reader or the writer)
-/// until the writer is gone. Connections are opened with
-/// `wal_autocheckpoint` off, so without this the WAL would only grow; with
-/// it, no commit runs a checkpoint (and its database-file sync) inline.
-async fn checkpointer(pool: SqlitePool, writer: mpsc::WeakSender<WriterJob>) {
-    loop {
-        tokio::time::sleep(CHECKPOINT_EVERY).await;
-        if writer.upgrade().is_none() || pool.is_closed() {
-            return;
-        }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            tracing::debug!(error = %e, "WAL checkpoint failed; trying again later");
-        }
-    }
-}
-
-/// Waits for the writer's turn: while the returned guard lives, no enqueue
-/// commits, so the caller's `BEGIN IMMEDIATE` finds the database free (other
-/// writers aside) instead of polling behind a group commit.
-/// `Unavailable` when the writer has stopped.
-pub(crate) async fn turn(writer: &EnqueueSender) -> StoreResult<WriterTurn> {
-    let (reply, wait) = oneshot::channel();
-    writer
-        .send(WriterJob::Turn(reply))
-        .await
-        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?;
-    wait.await
-        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))
 }
 
 /// Key of the probe row in `limit_counters` (no limit key has this shape;

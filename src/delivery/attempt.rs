@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::pool::Held;
 use super::throttle::{self, Admission};
 use super::transaction::{EnvelopeDsn, RecipientDsn};
 use super::upstream::{Envelope, Reply, SendError, TxReplies};
@@ -21,7 +22,8 @@ impl Engine {
     /// Recipients delivered to an upstream that did not take the DSN
     /// parameters are added to `relayed` (RFC 3461 §6.2.1: postgate then
     /// owes the SUCCESS notice). `waiting` is given up once a connection
-    /// slot is held.
+    /// slot is held; that slot (and its session) goes to `held` after the
+    /// transaction, to be given back once the outcomes are committed.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt(
         &self,
@@ -32,6 +34,7 @@ impl Engine {
         rcpts: &[&ClaimedRecipient],
         relayed: &mut Vec<i64>,
         waiting: &Waiting,
+        held: &mut Option<Held>,
     ) -> Vec<RecipientOutcome> {
         let now_i = Instant::now();
         let chosen = route::pick(route.len(), start as u32, |i| {
@@ -123,7 +126,8 @@ impl Engine {
         };
         waiting.started();
         let started = Instant::now();
-        let sent = slot.send(env).await;
+        let (sent, slot) = slot.send(env).await;
+        *held = Some(slot);
         if let Some(um) = &up.metrics {
             um.transaction_duration(started.elapsed());
         }

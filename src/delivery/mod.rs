@@ -13,7 +13,10 @@
 //! Delivery is at least once: if the process dies between an upstream's
 //! 250 and the outcome's commit, the lease expires and the message is sent
 //! again. While the process lives, a heartbeat renews the leases of what it
-//! claimed ([`worker`]), so a slow delivery is never sent twice.
+//! claimed ([`worker`]), so a slow delivery is never sent twice. A
+//! connection carries its next message only once the outcome of its last
+//! one is committed ([`pool::Held`]), so a crash repeats at most one
+//! message per upstream connection.
 
 pub mod admin;
 mod attempt;
@@ -402,16 +405,22 @@ impl Engine {
     }
 
     /// One attempt for the claimed recipients of `m`: their outcomes, to be
-    /// recorded by the caller (with the message and its body, for a DSN).
+    /// recorded by the caller (with the message and its body, for a DSN),
+    /// and the connection slots it used, to be kept until they are.
     /// `waiting` is given up once the message has a connection.
     async fn deliver_message(
         &self,
         mut m: ClaimedMessage,
         waiting: worker::Waiting,
-    ) -> (ClaimedMessage, Bytes, Vec<RecipientOutcome>) {
+    ) -> (
+        ClaimedMessage,
+        Bytes,
+        Vec<RecipientOutcome>,
+        Vec<pool::Held>,
+    ) {
         if self.shutdown.is_cancelled() {
             let outcomes = self.release(&m);
-            return (m, Bytes::new(), outcomes);
+            return (m, Bytes::new(), outcomes, Vec::new());
         }
         let now = now_ms();
         // Held until this attempt is over (the body is dropped by then).
@@ -444,12 +453,12 @@ impl Engine {
             let kept = body
                 .map(|b| dsn::kept_for_dsn(&m, &b, self.queue.dsn_return_max))
                 .unwrap_or_default();
-            return (m, kept, outcomes);
+            return (m, kept, outcomes, Vec::new());
         }
         let body = match body {
             Ok(b) => b,
             // Deleted meanwhile (queue delete): nothing to record.
-            Err(StoreError::NotFound(_)) => return (m, Bytes::new(), Vec::new()),
+            Err(StoreError::NotFound(_)) => return (m, Bytes::new(), Vec::new(), Vec::new()),
             Err(e) => {
                 warn!(queue_id = %m.id, error = %e, "cannot load message body");
                 let outcomes = m
@@ -467,10 +476,11 @@ impl Engine {
                         log: false,
                     })
                     .collect();
-                return (m, Bytes::new(), outcomes);
+                return (m, Bytes::new(), outcomes, Vec::new());
             }
         };
-        let (outcomes, relayed) = self.attempt_routes(&m, &body, &waiting).await;
+        let mut held = Vec::new();
+        let (outcomes, relayed) = self.attempt_routes(&m, &body, &waiting, &mut held).await;
         self.notices(&m, &body, &outcomes, &relayed).await;
         // Keep only what a DSN needs, so a claim does not pin its bodies.
         let bounced = outcomes
@@ -481,7 +491,7 @@ impl Engine {
         } else {
             Bytes::new()
         };
-        (m, kept, outcomes)
+        (m, kept, outcomes, held)
     }
 
     /// Deletes the message once every recipient is final, enqueuing its DSN.

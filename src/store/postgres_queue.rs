@@ -2,9 +2,11 @@
 //! that PostgreSQL group-commits by itself; claims use `FOR UPDATE SKIP
 //! LOCKED` so any number of nodes share the queue without blocking each other.
 //! Enqueue, claim and outcome recording are each ONE statement (data-modifying
-//! CTEs) run as its own transaction: one round trip and one commit, no
-//! BEGIN/COMMIT round trips (issue #4's throughput: statements and round trips
-//! per message were the PostgreSQL path's main cost).
+//! CTEs): enqueue and outcomes run as their own transaction, one round trip
+//! and one commit (issue #4's throughput: statements and round trips per
+//! message were the PostgreSQL path's main cost); a claim (one per batch of
+//! messages) adds BEGIN with `SET LOCAL enable_sort = off` and COMMIT, so its
+//! plan cannot fall back to sorting the backlog (issue #16).
 
 use std::collections::HashMap;
 

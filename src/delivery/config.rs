@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::HashSet;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 use super::route::{self, Router};
 use super::DeliveryError;

@@ -2,9 +2,11 @@
 //! that PostgreSQL group-commits by itself; claims use `FOR UPDATE SKIP
 //! LOCKED` so any number of nodes share the queue without blocking each other.
 //! Enqueue, claim and outcome recording are each ONE statement (data-modifying
-//! CTEs) run as its own transaction: one round trip and one commit, no
-//! BEGIN/COMMIT round trips (issue #4's throughput: statements and round trips
-//! per message were the PostgreSQL path's main cost).
+//! CTEs): enqueue and outcomes run as their own transaction, one round trip
+//! and one commit (issue #4's throughput: statements and round trips per
+//! message were the PostgreSQL path's main cost); a claim (one per batch of
+//! messages) adds BEGIN with `SET LOCAL enable_sort = off` and COMMIT, so its
+//! plan cannot fall back to sorting the backlog (issue #16).
 
 use std::collections::HashMap;
 
@@ -115,46 +117,75 @@ impl PgStore {
         lease_ms: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        // One statement, its own short transaction. A claim takes whole
-        // messages, so a message goes to an upstream in one transaction with
-        // all its due recipients: `due` locks the messages of the oldest due
-        // recipients (messages another claimer holds are skipped; FOR NO KEY
-        // UPDATE does not block the foreign-key checks of enqueues), and
-        // `claimed` leases every due recipient of those messages. A recipient
-        // another claimer leased since this statement's snapshot fails the
-        // re-checked WHERE and is left alone. A small body comes once per
-        // message (on its first row).
+        // A claim takes whole messages, so a message goes to an upstream in
+        // one transaction with all its due recipients. Its cost must not
+        // depend on the backlog or on table statistics (issue #16: with
+        // statistics taken on a nearly empty queue the old statement became
+        // a nested loop over full scans, seconds per claim):
+        // - `due` walks `queue_recipients_claim` in (next_attempt_at, id)
+        //   order and stops after `limit` recipients whose message it could
+        //   lock; a LATERAL subquery that locks cannot be turned into a join,
+        //   so it is one primary-key probe per row (here and at the end), and
+        //   `enable_sort = off` (this transaction only) keeps the planner from
+        //   sorting every due recipient instead of reading the index in order;
+        // - `take` adds the other due recipients of those messages through
+        //   `queue_recipients_message` (its conditions are written so that the
+        //   claim index cannot serve them);
+        // - every lock is SKIP LOCKED, so a claim never waits and can never
+        //   be part of a deadlock (messages or recipients another claimer or
+        //   an outcome holds are left for the next claim).
+        // A recipient leased by another claimer since this statement's
+        // snapshot fails the re-checked conditions and is left alone. A small
+        // body comes once per message (on its first row).
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL enable_sort = off")
+            .await
+            .map_err(|e| map_sqlx(e, "queue claim"))?;
         let rows = sqlx::query(
-            "WITH due AS (
-                 SELECT m.id FROM queue_recipients r JOIN queue_messages m ON m.id = r.message_id
-                 WHERE r.status = 'queued' AND r.next_attempt_at <= $1 AND NOT r.held
-                   AND (r.lease_until IS NULL OR r.lease_until <= $1)
-                 ORDER BY r.next_attempt_at, r.id LIMIT $2
-                 FOR NO KEY UPDATE OF m SKIP LOCKED),
+            "WITH due AS MATERIALIZED (
+                 SELECT m.id FROM (
+                     SELECT r.message_id FROM queue_recipients r
+                     WHERE r.status = 'queued' AND NOT r.held AND r.next_attempt_at <= $1
+                       AND (r.lease_until IS NULL OR r.lease_until <= $1)
+                     ORDER BY r.next_attempt_at, r.id) r
+                 CROSS JOIN LATERAL (
+                     SELECT m.id FROM queue_messages m WHERE m.id = r.message_id
+                     FOR NO KEY UPDATE SKIP LOCKED) m
+                 LIMIT $2),
+             take AS MATERIALIZED (
+                 SELECT t.id FROM (SELECT DISTINCT id FROM due) d CROSS JOIN LATERAL (
+                     SELECT r.id FROM queue_recipients r
+                     WHERE r.message_id = d.id AND r.status = 'queued' AND r.held IS NOT TRUE
+                       AND r.next_attempt_at - $1 <= 0
+                       AND (r.lease_until IS NULL OR r.lease_until <= $1)
+                     FOR NO KEY UPDATE SKIP LOCKED) t),
              claimed AS (
                  UPDATE queue_recipients r SET lease_owner = $3, lease_until = $4, updated_at = $1
-                 WHERE r.message_id IN (SELECT id FROM due)
-                   AND r.status = 'queued' AND r.next_attempt_at <= $1 AND NOT r.held
-                   AND (r.lease_until IS NULL OR r.lease_until <= $1)
+                 FROM take t WHERE r.id = t.id
                  RETURNING r.id, r.message_id, r.recipient, r.notify, r.orcpt, r.attempts,
                            r.route_index, r.delay_warned)
              SELECT c.id AS rid, c.recipient, c.notify, c.orcpt, c.attempts, c.route_index,
-                    c.delay_warned,
-                    m.id, m.sender, m.user_id, m.username, m.envid, m.dsn_ret, m.is_dsn,
-                    m.smtputf8, m.size, m.received_at, m.expires_at,
-                    CASE WHEN m.size <= $5
-                          AND c.id = min(c.id) OVER (PARTITION BY c.message_id)
-                         THEN m.body END AS small_body
-             FROM claimed c JOIN queue_messages m ON m.id = c.message_id",
+                    c.delay_warned, m.*
+             FROM claimed c CROSS JOIN LATERAL (
+                 SELECT m.id, m.sender, m.user_id, m.username, m.envid, m.dsn_ret, m.is_dsn,
+                        m.smtputf8, m.size, m.received_at, m.expires_at,
+                        CASE WHEN m.size <= $5 AND NOT EXISTS (
+                                 SELECT 1 FROM claimed o
+                                 WHERE o.message_id = c.message_id AND o.id < c.id)
+                             THEN m.body END AS small_body
+                 FROM queue_messages m WHERE m.id = c.message_id
+                 FOR NO KEY UPDATE) m",
         )
         .bind(now)
         .bind(i64::from(limit))
         .bind(owner)
         .bind(now.saturating_add(lease_ms))
         .bind(CLAIM_BODY_MAX)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(|e| map_sqlx(e, "queue claim"))?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue claim"))?;
         let mut messages: HashMap<String, ClaimedMessage> = HashMap::new();
         let mut claimed = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -191,15 +222,21 @@ impl PgStore {
             return Ok(0);
         }
         // One statement whatever the number of outcomes (arrays through
-        // unnest), so one round trip and one commit. `cur` locks the
-        // recipients still leased by `owner` (outcomes of a lost lease are
-        // ignored); messages whose recipients are now all delivered are
-        // deleted (the common case; anything else is finished by
-        // `finish_message`), their recipients by the cascade, without first
-        // writing a new 'delivered' version of each row; only the others
-        // are updated. Every attempt is logged. The sub-statements share
-        // one snapshot, so the DELETE counts the recipients delivered now
-        // through `cur`, not through their (old) status.
+        // unnest), so one round trip and one commit. Locks are taken in the
+        // one order every writer of the queue uses (issue #16: a claim locked
+        // messages then recipients, this statement recipients then messages,
+        // and the two deadlocked): `msgs` locks the messages of these
+        // recipients in id order, then `cur` the recipients still leased by
+        // `owner`, in id order (outcomes of a lost lease are ignored).
+        // Messages whose recipients are now all delivered are deleted (the
+        // common case; anything else is finished by `finish_message`), their
+        // recipients by the cascade, without first writing a new 'delivered'
+        // version of each row; only the others are updated. Every attempt is
+        // logged. The sub-statements share one snapshot, so the DELETE counts
+        // the recipients delivered now through `cur`, not through their (old)
+        // status. Lookups are scalar subqueries or LATERAL subqueries that
+        // lock (neither can be turned into a join over a full scan), so every
+        // step is a primary-key probe whatever the statistics say.
         let mut ids = Vec::with_capacity(outcomes.len());
         let mut kinds = Vec::with_capacity(outcomes.len());
         let mut incs = Vec::with_capacity(outcomes.len());
@@ -224,12 +261,23 @@ impl PgStore {
                  SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::INTEGER[], $4::BIGINT[],
                                       $5::INTEGER[], $6::TEXT[], $7::TEXT[], $8::BOOLEAN[])
                           AS o(id, kind, inc, next_at, route, upstream, reply, log)),
-             cur AS (
+             msgs AS MATERIALIZED (
+                 SELECT m.id FROM (
+                     SELECT DISTINCT (SELECT r.message_id FROM queue_recipients r
+                                      WHERE r.id = o.id) AS message_id
+                     FROM o ORDER BY 1) x
+                 CROSS JOIN LATERAL (
+                     SELECT m.id FROM queue_messages m WHERE m.id = x.message_id
+                     FOR UPDATE) m),
+             cur AS MATERIALIZED (
                  SELECT r.id, r.message_id, r.recipient, r.attempts + o.inc AS attempts,
                         o.kind, o.next_at, o.route, o.upstream, o.reply, o.log
-                 FROM queue_recipients r JOIN o ON r.id = o.id
-                 WHERE r.lease_owner = $10 AND r.status = 'queued'
-                 FOR UPDATE OF r),
+                 FROM (SELECT * FROM o ORDER BY id) o CROSS JOIN LATERAL (
+                     SELECT r.id, r.message_id, r.recipient, r.attempts
+                     FROM queue_recipients r
+                     WHERE r.id = o.id AND r.lease_owner = $10 AND r.status = 'queued'
+                       AND r.message_id IN (SELECT id FROM msgs)
+                     FOR UPDATE) r),
              finished AS (
                  DELETE FROM queue_messages m
                  WHERE m.id IN (SELECT message_id FROM cur WHERE kind = 'delivered')
@@ -327,8 +375,13 @@ impl PgStore {
         lease_ms: i64,
     ) -> StoreResult<u64> {
         let done = sqlx::query(
-            "UPDATE queue_recipients SET lease_until = $1
-             WHERE id = ANY($2) AND lease_owner = $3 AND status = 'queued'",
+            // SKIP LOCKED: a recipient locked now is being recorded or taken
+            // over; renewing it is moot, and waiting could close a deadlock.
+            "UPDATE queue_recipients r SET lease_until = $1
+             FROM (SELECT id FROM queue_recipients
+                   WHERE id = ANY($2) AND lease_owner = $3 AND status = 'queued'
+                   ORDER BY id FOR NO KEY UPDATE SKIP LOCKED) l
+             WHERE r.id = l.id",
         )
         .bind(now.saturating_add(lease_ms))
         .bind(recipient_ids)
@@ -336,6 +389,26 @@ impl PgStore {
         .execute(&self.pool)
         .await
         .map_err(|e| map_sqlx(e, "queue lease"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Drops expired leases (see `QueueStore::reclaim_expired`).
+    pub(crate) async fn reclaim_expired(&self, now: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            // The owner stays: a late outcome of the last holder still
+            // counts until another holder claims the recipient (issue 13).
+            // SKIP LOCKED: a locked row is being claimed or recorded, which
+            // settles its lease anyway; the reclaimer never waits.
+            "UPDATE queue_recipients r SET lease_until = NULL, updated_at = $1
+             FROM (SELECT id FROM queue_recipients
+                   WHERE status = 'queued' AND lease_until IS NOT NULL AND lease_until <= $1
+                   ORDER BY id FOR NO KEY UPDATE SKIP LOCKED) l
+             WHERE r.id = l.id",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?;
         Ok(done.rows_affected())
     }
 }

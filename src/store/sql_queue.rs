@@ -256,17 +256,8 @@ macro_rules! queue_store {
             }
 
             async fn reclaim_expired(&self, now: i64) -> StoreResult<u64> {
-                let done = sqlx::query(
-                    // The owner stays: a late outcome of the last holder still
-                    // counts until another holder claims the recipient (issue 13).
-                    "UPDATE queue_recipients SET lease_until = NULL, updated_at = $1
-                     WHERE status = 'queued' AND lease_until IS NOT NULL AND lease_until <= $1",
-                )
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| map_sqlx(e, "queue"))?;
-                Ok(done.rows_affected())
+                // Per backend: PostgreSQL skips locked rows (issue #16).
+                <$store>::reclaim_expired(self, now).await
             }
 
             async fn prune_delivery_log(&self, before: i64) -> StoreResult<u64> {

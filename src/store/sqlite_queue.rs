@@ -294,4 +294,19 @@ impl SqliteStore {
         tx.commit().await.map_err(|e| map_sqlx(e, "queue lease"))?;
         Ok(renewed)
     }
+
+    /// Drops expired leases (see `QueueStore::reclaim_expired`).
+    pub(crate) async fn reclaim_expired(&self, now: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            // The owner stays: a late outcome of the last holder still
+            // counts until another holder claims the recipient (issue 13).
+            "UPDATE queue_recipients SET lease_until = NULL, updated_at = ?1
+             WHERE status = 'queued' AND lease_until IS NOT NULL AND lease_until <= ?1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?;
+        Ok(done.rows_affected())
+    }
 }

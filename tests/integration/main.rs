@@ -26,6 +26,7 @@ mod limits_auth_cache;
 mod limits_store;
 mod ops_deploy;
 mod ops_http;
+mod queue_load;
 mod queue_outcomes;
 mod security_limits;
 mod smtp_auth;

@@ -44,6 +44,7 @@ use crate::metrics::{CircuitState, Metrics, MetricsOptions, StoreOperation};
 use crate::store::HealthStore;
 
 mod admin;
+pub mod api;
 mod conns;
 pub mod probe;
 

@@ -25,5 +25,6 @@ pub mod quickstart;
 pub mod run;
 pub mod smtp;
 pub mod store;
+pub mod submission;
 pub mod time;
 pub mod tls;

@@ -14,8 +14,10 @@
 //! - errors are [`StoreError`]; `NotFound`/`Conflict`/`Invalid` are the
 //!   caller's fault and name what is wrong, `Unavailable` means "try later".
 
+pub mod api;
 mod dkim;
 pub mod postgres;
+mod postgres_api;
 mod postgres_dkim;
 mod postgres_limits;
 mod postgres_queue;
@@ -23,6 +25,7 @@ mod postgres_queue_admin;
 mod queue;
 mod rows;
 pub mod sqlite;
+mod sqlite_api;
 mod sqlite_dkim;
 mod sqlite_limits;
 mod sqlite_queue;
@@ -318,7 +321,15 @@ pub const SQLITE_AUTH_POLL: std::time::Duration = std::time::Duration::from_mill
 
 /// The whole store. Cheap to clone behind an `Arc`.
 pub trait Store:
-    AccountStore + QueueStore + QueueAdminStore + DkimStore + HealthStore + LimitStore + Send + Sync
+    AccountStore
+    + QueueStore
+    + QueueAdminStore
+    + DkimStore
+    + HealthStore
+    + LimitStore
+    + api::ApiStore
+    + Send
+    + Sync
 {
     /// `"postgres"` or `"sqlite"`, for logs and metrics.
     fn backend(&self) -> &'static str;

@@ -204,6 +204,21 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
         .map(|p| p + from)
 }
 
+/// The next `delimiter` from `from` that is a whole delimiter line: followed
+/// by CRLF (next part) or `--` (the end), RFC 2046 §5.1.1. A line that only
+/// starts like one is content.
+fn delimiter_at(body: &[u8], delimiter: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    loop {
+        let hit = find(body, delimiter, at)?;
+        let after = &body[hit + delimiter.len()..];
+        if after.starts_with(b"\r\n") || after.starts_with(b"--") {
+            return Some(hit);
+        }
+        at = hit + 1;
+    }
+}
+
 /// Splits a `multipart/form-data` body at `boundary` (RFC 2046 §5.1.1).
 fn multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, BadRequest> {
     if boundary.is_empty() || boundary.len() > 70 {
@@ -243,7 +258,7 @@ fn multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, BadReq
             })
             .ok_or_else(|| syntax("multipart part without Content-Disposition name"))?;
         let data_start = head_end + 4;
-        let end = find(body, delimiter.as_bytes(), data_start)
+        let end = delimiter_at(body, delimiter.as_bytes(), data_start)
             .ok_or_else(|| syntax("multipart body not closed by its boundary"))?;
         parts.push(Part {
             name,

@@ -31,13 +31,9 @@ use crate::smtp::reply::Reply;
 use crate::smtp::sasl::Exchange;
 use crate::store::NewRecipient;
 
-#[path = "session_auth.rs"]
 mod auth;
-#[path = "session_data.rs"]
-mod data_phase;
-#[path = "session_metrics.rs"]
+mod data;
 pub mod metrics;
-#[path = "session_trusted.rs"]
 mod trusted;
 pub use metrics::SessionMetrics;
 
@@ -249,7 +245,7 @@ impl Session {
                 let (n, done) = reader.feed(input);
                 input.advance(n);
                 if let Some(t) = self.txn.as_mut() {
-                    data_phase::cover(&mut t.lease, reader.body_mut());
+                    data::cover(&mut t.lease, reader.body_mut());
                 }
                 let result = done?;
                 self.input = Input::Command;
@@ -268,7 +264,7 @@ impl Session {
                 };
                 let (n, complete) = chunk.feed(input, body);
                 input.advance(n);
-                data_phase::cover(lease, body);
+                data::cover(lease, body);
                 if !complete {
                     return None;
                 }
@@ -466,5 +462,4 @@ impl Session {
 }
 
 #[cfg(test)]
-#[path = "session_tests.rs"]
 mod tests;

@@ -1,5 +1,5 @@
 //! The rules every front door applies to a submission, in one place: the
-//! SMTP session (`smtp/session*.rs`) and the HTTP API (`http/api.rs`) call
+//! SMTP session (`smtp/session/`) and the HTTP API (`http/api.rs`) call
 //! these, so a message gets the same answer whichever way it came in.
 //!
 //! Each check returns a [`Refusal`]: the SMTP reply that says why (the API

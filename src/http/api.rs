@@ -269,8 +269,7 @@ async fn prune_loop(state: Arc<ApiState>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let before =
-            crate::time::now_ms() - state.config.status_retention.as_millis() as i64;
+        let before = crate::time::now_ms() - state.config.status_retention.as_millis() as i64;
         if let Err(e) = state.store.api_message_prune(before).await {
             tracing::warn!(error = %e, "pruning API submissions failed");
         }
@@ -349,7 +348,8 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
         StatusCode::METHOD_NOT_ALLOWED,
         &Reply::new(502, "5.5.1", "method not allowed"),
     );
-    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     r
 }
 
@@ -406,7 +406,9 @@ async fn authorize<B>(
         .get(AUTHORIZATION)
         .and_then(|h| request::credentials(h.as_bytes()));
     let Some(creds) = creds else {
-        state.metrics.rejected(crate::metrics::RejectReason::AuthRequired);
+        state
+            .metrics
+            .rejected(crate::metrics::RejectReason::AuthRequired);
         return Err(error(StatusCode::UNAUTHORIZED, &Reply::auth_required()));
     };
     let limits: &dyn SessionLimits = &*state.ports.limits;
@@ -418,7 +420,10 @@ async fn authorize<B>(
                 ip,
                 username,
                 delay,
-                state.ports.authenticator.authenticate(username, password, ip),
+                state
+                    .ports
+                    .authenticator
+                    .authenticate(username, password, ip),
             )
             .await,
             "BASIC",
@@ -475,7 +480,10 @@ async fn read_body(
         .to_string();
     match Limited::new(req.into_body(), max).collect().await {
         Ok(b) => Ok((content_type, b.to_bytes())),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             Err(request::BadRequest::TooLarge(max))
         }
         Err(e) => Err(request::BadRequest::Syntax(format!(
@@ -504,7 +512,10 @@ async fn submit(
         refused(&r)
     };
     // Room for base64 (4/3) or JSON escapes, and the envelope.
-    let max_body = state.max_message_size.saturating_mul(2).saturating_add(64 * 1024);
+    let max_body = state
+        .max_message_size
+        .saturating_mul(2)
+        .saturating_add(64 * 1024);
     let envelope = match read_body(req, max_body).await {
         Ok((content_type, body)) => match request::envelope(&content_type, &body) {
             Ok(e) => e,
@@ -582,11 +593,10 @@ async fn submit(
         smtputf8: envelope.smtputf8,
         body_type: None,
     };
-    let queue_id =
-        match submission::commit(&*state.ports.intake, &*state.ports.limits, sub).await {
-            Ok(id) => id,
-            Err(r) => return refused(&r),
-        };
+    let queue_id = match submission::commit(&*state.ports.intake, &*state.ports.limits, sub).await {
+        Ok(id) => id,
+        Err(r) => return refused(&r),
+    };
     tracing::info!(
         session = %session_id,
         queue_id = %queue_id,
@@ -684,7 +694,10 @@ mod tests {
                 .find(&format!("\n  {path}:\n"))
                 .unwrap_or_else(|| panic!("{path} not in docs/openapi.yaml"));
             let section = &OPENAPI[at..];
-            assert!(section.contains(&format!("\n    {method}:\n")), "{method} {path}");
+            assert!(
+                section.contains(&format!("\n    {method}:\n")),
+                "{method} {path}"
+            );
         }
     }
 }

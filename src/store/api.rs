@@ -123,12 +123,35 @@ mod tests {
         let rcpts = vec!["a@x".to_string(), "b@x".to_string(), "c@x".to_string()];
         let queue = vec![
             ("a@x".to_string(), "queued".to_string(), 0, None),
-            ("b@x".to_string(), "queued".to_string(), 2, Some("451 later".to_string())),
+            (
+                "b@x".to_string(),
+                "queued".to_string(),
+                2,
+                Some("451 later".to_string()),
+            ),
         ];
         let log = vec![
-            ("b@x".to_string(), "deferred".to_string(), 2, Some("451 later".to_string()), 5),
-            ("c@x".to_string(), "deferred".to_string(), 1, Some("451 x".to_string()), 6),
-            ("c@x".to_string(), "delivered".to_string(), 2, Some("250 ok".to_string()), 7),
+            (
+                "b@x".to_string(),
+                "deferred".to_string(),
+                2,
+                Some("451 later".to_string()),
+                5,
+            ),
+            (
+                "c@x".to_string(),
+                "deferred".to_string(),
+                1,
+                Some("451 x".to_string()),
+                6,
+            ),
+            (
+                "c@x".to_string(),
+                "delivered".to_string(),
+                2,
+                Some("250 ok".to_string()),
+                7,
+            ),
         ];
         let s = merge_states(&rcpts, &queue, &log);
         assert_eq!(s[0].state, "queued");

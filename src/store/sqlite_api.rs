@@ -73,7 +73,11 @@ impl ApiStore for SqliteStore {
         message_id: &str,
         user_id: i64,
     ) -> StoreResult<Option<Vec<RecipientState>>> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "API message"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| map_sqlx(e, "API message"))?;
         let owned = sqlx::query(
             "SELECT recipients FROM api_messages WHERE message_id = ?1 AND user_id = ?2",
         )

@@ -94,7 +94,11 @@ pub fn envelope(content_type: &str, body: &[u8]) -> Result<Envelope, BadRequest>
                 (None, Some(b)) => base64::engine::general_purpose::STANDARD
                     .decode(b.trim())
                     .map_err(|e| syntax(format!("message_base64: {e}")))?,
-                _ => return Err(syntax("give exactly one of \"message\" and \"message_base64\"")),
+                _ => {
+                    return Err(syntax(
+                        "give exactly one of \"message\" and \"message_base64\"",
+                    ))
+                }
             };
             (j.from, j.to, message)
         }
@@ -319,9 +323,18 @@ mod tests {
             (b"{", "JSON body"),
             (br#"{"from":"a@x","to":[],"message":"x"}"#, "no recipients"),
             (br#"{"from":"a@x","to":["b@x"]}"#, "exactly one"),
-            (br#"{"from":"a@x","to":["b@x"],"message":"x","bcc":1}"#, "unknown field"),
-            (br#"{"from":"a@x> SIZE=1","to":["b@x"],"message":"x"}"#, "from: not an address"),
-            (br#"{"from":"a@x","to":["b@x\r\nDATA"],"message":"x"}"#, "to: not an address"),
+            (
+                br#"{"from":"a@x","to":["b@x"],"message":"x","bcc":1}"#,
+                "unknown field",
+            ),
+            (
+                br#"{"from":"a@x> SIZE=1","to":["b@x"],"message":"x"}"#,
+                "from: not an address",
+            ),
+            (
+                br#"{"from":"a@x","to":["b@x\r\nDATA"],"message":"x"}"#,
+                "to: not an address",
+            ),
             (br#"{"from":"","to":["b@x"],"message":"x"}"#, "from: empty"),
             (br#"{"from":"a@x","to":["nodomain"],"message":"x"}"#, "to:"),
         ];
@@ -344,7 +357,10 @@ mod tests {
         let e = envelope("multipart/form-data; boundary=\"XyZ\"", body).unwrap();
         assert_eq!(e.from, "a@example.com");
         assert_eq!(e.to, vec!["b@x.org", "c@x.org", "d@x.org"]);
-        assert_eq!(e.message, b"Subject: hi\r\n\r\n--XyZ is not a boundary here\r\n");
+        assert_eq!(
+            e.message,
+            b"Subject: hi\r\n\r\n--XyZ is not a boundary here\r\n"
+        );
         let unclosed = b"--XyZ\r\nContent-Disposition: form-data; name=\"from\"\r\n\r\na@x";
         assert!(envelope("multipart/form-data; boundary=XyZ", unclosed)
             .unwrap_err()

@@ -25,9 +25,7 @@ pub fn status_of(reply: &Reply) -> StatusCode {
         (500..=599, _) if e == "5.7.1" => StatusCode::FORBIDDEN,
         (400..=499, _) if e.starts_with("4.7.") => StatusCode::TOO_MANY_REQUESTS,
         (452, "4.5.3") => StatusCode::UNPROCESSABLE_ENTITY,
-        (500..=599, _) if e.starts_with("5.5.") || e.starts_with("5.1.") => {
-            StatusCode::BAD_REQUEST
-        }
+        (500..=599, _) if e.starts_with("5.5.") || e.starts_with("5.1.") => StatusCode::BAD_REQUEST,
         (500..=599, _) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }

@@ -6,9 +6,9 @@ use bytes::Bytes;
 use super::{Input, Session};
 use crate::metrics::AuthResult;
 use crate::smtp::command::{self, Mechanism};
-use crate::submission::{self, Login};
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::{self, Credentials, Exchange, Step};
+use crate::submission::{self, Login};
 
 impl Session {
     /// AUTH: RFC 4954 §4.

@@ -22,7 +22,6 @@ use bytes::{Buf, BytesMut};
 use crate::auth::Identity;
 use crate::intake::{Intake, TlsInfo};
 use crate::metrics::RejectReason;
-use crate::submission;
 use crate::smtp::budget::{Lease, MemoryBudget};
 use crate::smtp::command::{self, Command, LineFramer, MailParams, RcptParams, MAX_AUTH_LINE};
 use crate::smtp::data::{BdatChunk, Body, DataReader};
@@ -30,6 +29,7 @@ use crate::smtp::ports::{Authenticator, SessionLimits};
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::Exchange;
 use crate::store::NewRecipient;
+use crate::submission;
 
 mod auth;
 mod data;

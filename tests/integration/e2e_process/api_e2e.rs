@@ -312,7 +312,12 @@ address = "127.0.0.1:{api_port}"
             http_user: None,
             from: FROM,
             from_header: FROM,
-            to: &["a@dest.example", "b@dest.example", "c@dest.example", "d@dest.example"],
+            to: &[
+                "a@dest.example",
+                "b@dest.example",
+                "c@dest.example",
+                "d@dest.example",
+            ],
             pad: 0,
             smtp: (452, "4.5.3"),
             http: 422,
@@ -400,10 +405,18 @@ address = "127.0.0.1:{api_port}"
         let r = api
             .post_json(c.http_user.unwrap_or(c.user), c.password, &doc)
             .await;
-        assert_eq!(r.status, c.http, "HTTP door, case {} ({tag}): {}", c.name, r.body);
+        assert_eq!(
+            r.status, c.http,
+            "HTTP door, case {} ({tag}): {}",
+            c.name, r.body
+        );
         if c.http == 202 {
             assert_eq!(r.body["status"], "queued");
-            assert!(r.headers.contains("location: /v1/messages/"), "{}", r.headers);
+            assert!(
+                r.headers.contains("location: /v1/messages/"),
+                "{}",
+                r.headers
+            );
             delivered.push(http_subject);
             if c.name == "good" {
                 good_id = r.body["id"].as_str().unwrap().to_string();
@@ -411,7 +424,10 @@ address = "127.0.0.1:{api_port}"
         } else {
             let e = &r.body["error"];
             assert_eq!(
-                (e["smtp_code"].as_u64().unwrap() as u16, e["enhanced_code"].as_str().unwrap()),
+                (
+                    e["smtp_code"].as_u64().unwrap() as u16,
+                    e["enhanced_code"].as_str().unwrap()
+                ),
                 c.smtp,
                 "HTTP door's SMTP reply, case {} ({tag}): {}",
                 c.name,
@@ -423,7 +439,11 @@ address = "127.0.0.1:{api_port}"
             assert!(r.headers.contains("retry-after: "), "{}", r.headers);
         }
         if c.http == 401 {
-            assert!(r.headers.contains("www-authenticate: basic"), "{}", r.headers);
+            assert!(
+                r.headers.contains("www-authenticate: basic"),
+                "{}",
+                r.headers
+            );
         }
     }
 
@@ -438,7 +458,14 @@ address = "127.0.0.1:{api_port}"
     let r = api
         .curl(
             "/v1/messages",
-            &["-H", &bearer, "-H", "Content-Type: application/json", "--data-binary", &body],
+            &[
+                "-H",
+                &bearer,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body,
+            ],
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
@@ -468,7 +495,15 @@ address = "127.0.0.1:{api_port}"
 
     // A wrong token, and no credentials at all.
     let r = api
-        .curl("/v1/messages", &["-H", "Authorization: Bearer pgt_nope", "--data-binary", "{}"])
+        .curl(
+            "/v1/messages",
+            &[
+                "-H",
+                "Authorization: Bearer pgt_nope",
+                "--data-binary",
+                "{}",
+            ],
+        )
         .await;
     assert_eq!(r.status, 401, "{}", r.body);
     let r = api.curl("/v1/messages", &["--data-binary", "{}"]).await;
@@ -478,11 +513,21 @@ address = "127.0.0.1:{api_port}"
     let r = api
         .curl(
             "/v1/messages",
-            &["-H", &bearer, "-H", "Content-Type: application/json", "--data-binary", "{\"from\":1}"],
+            &[
+                "-H",
+                &bearer,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                "{\"from\":1}",
+            ],
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("JSON"));
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("JSON"));
 
     wait_delivered(&up, &delivered, Duration::from_secs(60)).await;
     // Nothing the HTTP door refused was queued.
@@ -520,8 +565,14 @@ address = "127.0.0.1:{api_port}"
         .find(|r| String::from_utf8_lossy(&r.data).contains(&format!("token-http-{tag}")))
         .unwrap();
     let text = String::from_utf8_lossy(&token_msg.data);
-    assert!(!text.replace("\r\n", "").contains('\n'), "bare LF stored: {text:?}");
-    assert!(text.contains("Message-ID:") && text.contains("DKIM-Signature:"), "{text}");
+    assert!(
+        !text.replace("\r\n", "").contains('\n'),
+        "bare LF stored: {text:?}"
+    );
+    assert!(
+        text.contains("Message-ID:") && text.contains("DKIM-Signature:"),
+        "{text}"
+    );
 
     // The status of a message: its sender sees it delivered, others do not.
     let path = format!("/v1/messages/{good_id}");
@@ -544,11 +595,23 @@ address = "127.0.0.1:{api_port}"
     assert_eq!(r.status, 404, "another user must not see it: {}", r.body);
 
     // A disabled credential disables its token at once.
-    cli(&files.config, &["user", "credential", "disable", USER, "app"], None).await;
+    cli(
+        &files.config,
+        &["user", "credential", "disable", USER, "app"],
+        None,
+    )
+    .await;
     let r = api
         .curl(
             "/v1/messages",
-            &["-H", &bearer, "-H", "Content-Type: application/json", "--data-binary", &body],
+            &[
+                "-H",
+                &bearer,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body,
+            ],
         )
         .await;
     assert_eq!(r.status, 401, "{}", r.body);
@@ -579,7 +642,11 @@ async fn openapi_document_parses_and_names_every_route() {
         .output()
         .await
         .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let mut documented: Vec<(String, String)> = doc["paths"]

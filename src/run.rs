@@ -209,7 +209,9 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         background.spawn(crate::http::serve(listener, state, http_shutdown.clone()));
     }
     if let (true, Some(tls)) = (config.api.enabled, &tls) {
-        let api = crate::http::api::start(&config, store.clone(), api_ports, &metrics).await?;
+        let api =
+            crate::http::api::start(&config, store.clone(), api_ports, &metrics, server.memory())
+                .await?;
         background.spawn(crate::http::api::serve(
             api.0,
             tls.clone(),

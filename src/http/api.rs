@@ -11,7 +11,8 @@
 //! durable commit before `202 Accepted`. A refusal carries the SMTP reply
 //! code, enhanced code and text; `status.rs` picks the HTTP status.
 //! Connections are capped and request heads bounded in time as on the
-//! operations server (`http/conns.rs`).
+//! operations server (`http/conns.rs`); request bodies are read under the
+//! node's memory budget for message content, shared with the SMTP sessions.
 //!
 //! Unlike SMTP the request is all or nothing: a recipient SMTP would
 //! refuse with `452 4.5.3` or `451 4.7.1` refuses the whole request.
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -34,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Identity;
 use crate::intake::{ClientInfo, Submission, TlsInfo};
+use crate::smtp::budget::{Lease, MemoryBudget};
 use crate::smtp::data::Body as Content;
 use crate::smtp::ports::{LimitRefusal, SessionLimits};
 use crate::smtp::reply::Reply;
@@ -129,6 +131,9 @@ pub struct ApiState {
     /// `smtp.auth_failure_delay`.
     pub auth_failure_delay: Duration,
     pub metrics: SessionMetrics,
+    /// The node's budget of message bytes in memory, shared with the SMTP
+    /// sessions (`smtp.message_memory_budget`).
+    pub memory: Arc<MemoryBudget>,
 }
 
 /// Binds `[api] address` and makes the API's state from the node's parts.
@@ -137,6 +142,7 @@ pub async fn start(
     store: Arc<dyn Store>,
     ports: Ports,
     metrics: &Arc<crate::metrics::Metrics>,
+    memory: Arc<MemoryBudget>,
 ) -> Result<(TcpListener, ApiState), crate::run::RunError> {
     let address = config.api.address;
     let listener = TcpListener::bind(address)
@@ -150,6 +156,7 @@ pub async fn start(
         max_recipients: config.smtp.max_recipients,
         auth_failure_delay: config.smtp.auth_failure_delay,
         metrics: SessionMetrics::new(Some(metrics.clone())),
+        memory,
     };
     Ok((listener, state))
 }
@@ -467,29 +474,63 @@ async fn authorize<B>(
     }
 }
 
-/// The body, at most `max` octets.
+/// Why a body was not read.
+enum BodyError {
+    Bad(request::BadRequest),
+    /// The node's memory budget cannot hold it now (`452 4.3.1`).
+    Memory,
+}
+
+/// Memory leased before the first octet of a body arrives.
+const FIRST_LEASE: usize = 64 * 1024;
+
+/// The body, at most `max` octets, read under a lease of the node's memory
+/// budget that covers twice what was read (the body and the message taken
+/// out of it); the lease is held until the request ends.
 async fn read_body(
     req: Request<hyper::body::Incoming>,
     max: usize,
-) -> Result<(String, Bytes), request::BadRequest> {
+    memory: &Arc<MemoryBudget>,
+) -> Result<(String, Bytes, Lease), BodyError> {
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(b) => Ok((content_type, b.to_bytes())),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(request::BadRequest::TooLarge(max))
-        }
-        Err(e) => Err(request::BadRequest::Syntax(format!(
-            "request body not read: {e}"
-        ))),
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(BodyError::Bad(request::BadRequest::TooLarge(max)));
     }
+    let first = declared
+        .map_or(FIRST_LEASE, |n| n.saturating_mul(2))
+        .min(max.saturating_mul(2));
+    let mut lease = memory.lease(first).ok_or(BodyError::Memory)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0));
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            BodyError::Bad(request::BadRequest::Syntax(format!(
+                "request body not read: {e}"
+            )))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let total = buf.len() + data.len();
+        if total > max {
+            return Err(BodyError::Bad(request::BadRequest::TooLarge(max)));
+        }
+        if !lease.grow_to(total.saturating_mul(2)) {
+            return Err(BodyError::Memory);
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((content_type, Bytes::from(buf), lease))
 }
 
 /// `POST /v1/messages`.
@@ -516,12 +557,19 @@ async fn submit(
         .max_message_size
         .saturating_mul(2)
         .saturating_add(64 * 1024);
-    let envelope = match read_body(req, max_body).await {
-        Ok((content_type, body)) => match request::envelope(&content_type, &body) {
-            Ok(e) => e,
+    let (mut envelope, _lease) = match read_body(req, max_body, &state.memory).await {
+        Ok((content_type, body, lease)) => match request::envelope(&content_type, &body) {
+            Ok(e) => (e, lease),
             Err(e) => return bad_request(&e),
         },
-        Err(e) => return bad_request(&e),
+        Err(BodyError::Bad(e)) => return bad_request(&e),
+        Err(BodyError::Memory) => {
+            return refuse(Refusal {
+                reply: Reply::insufficient_storage(),
+                reason: Some(crate::metrics::RejectReason::MemoryBudget),
+                retry_after: None,
+            })
+        }
     };
     // The order of SMTP: MAIL (size, sender, rates), RCPT each, then the content.
     if let Err(r) = submission::check_size(envelope.message.len(), state.max_message_size) {
@@ -549,11 +597,13 @@ async fn submit(
         .normalize_line_endings
         .unwrap_or(state.config.normalize_line_endings);
     let mut content = Content::new(state.max_message_size, normalize);
-    content.push(&envelope.message);
-    if !envelope.message.ends_with(b"\n") && !envelope.message.ends_with(b"\r") {
+    let message = std::mem::take(&mut envelope.message);
+    content.push(&message);
+    if !message.ends_with(b"\n") && !message.ends_with(b"\r") {
         // Every stored message ends with a line break, as after DATA.
         content.push(b"\r\n");
     }
+    drop(message);
     state.metrics.received();
     let body = match content.finish() {
         Ok(b) => b,

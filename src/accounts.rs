@@ -3,7 +3,7 @@
 
 use crate::password::{self, HashParams};
 use crate::policy::SenderPattern;
-use crate::store::{CredentialSummary, Store, StoreError, UserSummary};
+use crate::store::{AccountStore, CredentialSummary, StoreError, UserSummary};
 
 /// Why an account command failed; the message names what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ async fn hash_off_thread(password: &str, params: &HashParams) -> Result<String, 
 
 /// Creates `username` with credential `label` for `password`.
 pub async fn user_add(
-    store: &dyn Store,
+    store: &dyn AccountStore,
     username: &str,
     label: &str,
     password: &str,
@@ -41,7 +41,7 @@ pub async fn user_add(
 
 /// Sets a new password on credential `label` of `username`.
 pub async fn user_passwd(
-    store: &dyn Store,
+    store: &dyn AccountStore,
     username: &str,
     label: &str,
     password: &str,
@@ -75,7 +75,7 @@ pub async fn user_passwd(
 
 /// Adds another named credential to `username`.
 pub async fn credential_add(
-    store: &dyn Store,
+    store: &dyn AccountStore,
     username: &str,
     label: &str,
     password: &str,
@@ -89,7 +89,7 @@ pub async fn credential_add(
 /// of a password (see `http/api/token.rs`); returns the token, which is
 /// stored only as its hash. Nothing is left behind if it fails.
 pub async fn api_token_add(
-    store: &dyn Store,
+    store: &dyn crate::store::Store,
     username: &str,
     label: &str,
 ) -> Result<String, AccountError> {
@@ -109,20 +109,20 @@ pub async fn api_token_add(
 
 /// Lists the credentials of `username`.
 pub async fn credential_list(
-    store: &dyn Store,
+    store: &dyn AccountStore,
     username: &str,
 ) -> Result<Vec<CredentialSummary>, AccountError> {
     Ok(store.credential_list(username).await?)
 }
 
 /// Lists all users.
-pub async fn user_list(store: &dyn Store) -> Result<Vec<UserSummary>, AccountError> {
+pub async fn user_list(store: &dyn AccountStore) -> Result<Vec<UserSummary>, AccountError> {
     Ok(store.user_list().await?)
 }
 
 /// Allows `username` to send as `pattern` (`user@domain` or `@domain`).
 pub async fn sender_allow(
-    store: &dyn Store,
+    store: &dyn AccountStore,
     username: &str,
     pattern: &str,
 ) -> Result<String, AccountError> {
@@ -133,7 +133,7 @@ pub async fn sender_allow(
 
 /// Removes a sender permission.
 pub async fn sender_revoke(
-    store: &dyn Store,
+    store: &dyn AccountStore,
     username: &str,
     pattern: &str,
 ) -> Result<(), AccountError> {

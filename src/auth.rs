@@ -18,34 +18,9 @@ use tokio::sync::Semaphore;
 use crate::metrics::{Metrics, StoreOperation};
 use crate::password::{self, HashParams, Verification};
 use crate::smtp::ports::{AuthOutcome, Authenticator};
-use crate::store::{self, LimitOverrides, LoginCredential, Store};
+pub use crate::smtp::ports::{CredentialTag, Identity};
+use crate::store::{self, AccountStore, LimitOverrides, LoginCredential};
 use crate::time::now_ms;
-
-/// An authenticated user, as the rest of the session and intake see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub user_id: i64,
-    pub username: String,
-    /// The credential that matched (limits and logs are keyed on it).
-    pub credential_id: i64,
-    pub credential_label: String,
-    /// Sender permissions: exact lower-case addresses or `@domain`.
-    pub senders: Vec<String>,
-    /// Credential overrides on top of the user's.
-    pub limits: LimitOverrides,
-    /// The user's own overrides (limits count the user and, when it has
-    /// overrides of its own, the credential separately).
-    pub user_limits: LimitOverrides,
-    /// Per-user override of the listener's `normalize_line_endings`.
-    pub normalize_line_endings: Option<bool>,
-    /// Which stored password hash the login matched: see [`credential_tag`].
-    pub credential_tag: CredentialTag,
-}
-
-/// SHA-256 of a stored password hash (PHC or crypt string). A cached login
-/// keeps this instead of the hash, so it can be re-checked against the store
-/// without holding anything a password could be tested against offline.
-pub type CredentialTag = [u8; 32];
 
 /// The [`CredentialTag`] of `password_hash`.
 pub fn credential_tag(password_hash: &str) -> CredentialTag {
@@ -117,7 +92,7 @@ pub fn merge_limits(user: &LimitOverrides, credential: &LimitOverrides) -> Limit
 
 /// The store-backed [`Authenticator`].
 pub struct StoreAuthenticator {
-    store: Arc<dyn Store>,
+    store: Arc<dyn AccountStore>,
     params: HashParams,
     dummy: Arc<str>,
     verifications: Arc<Semaphore>,
@@ -126,7 +101,7 @@ pub struct StoreAuthenticator {
 
 impl StoreAuthenticator {
     /// Builds the authenticator; computes the dummy hash once (~20 ms).
-    pub fn new(store: Arc<dyn Store>, config: &AuthConfig) -> Result<Self, AuthError> {
+    pub fn new(store: Arc<dyn AccountStore>, config: &AuthConfig) -> Result<Self, AuthError> {
         if config.max_concurrent_verifications == 0 {
             return Err(AuthError::Concurrency);
         }

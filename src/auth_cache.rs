@@ -293,7 +293,7 @@ where
     }
 
     /// Drops everything on each event of `changes` (from
-    /// [`crate::store::LimitStore::subscribe_auth_changes`]) until the
+    /// [`crate::store::AuthChangeStore::subscribe_auth_changes`]) until the
     /// sender stops. Call once at start; abort the handle at shutdown.
     pub fn spawn_invalidation(
         self: &Arc<Self>,

@@ -32,7 +32,7 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
 use crate::fixups::{self, FixupError};
-use crate::store::{DkimAlgorithm, DkimSigningKey, Store, StoreError};
+use crate::store::{DkimAlgorithm, DkimSigningKey, DkimStore, StoreError};
 
 pub use cli::{
     cli_activate, cli_delete, cli_generate, cli_generate_key, cli_import, cli_import_key, cli_list,
@@ -234,7 +234,7 @@ impl Signatures {
 /// Signs messages with the active keys of the store. Cheap to share
 /// (`Arc<Signer>`); `sign` and `reload` may run concurrently.
 pub struct Signer {
-    store: Arc<dyn Store>,
+    store: Arc<dyn DkimStore>,
     config: DkimConfig,
     keys: RwLock<Arc<HashMap<String, Vec<Arc<LoadedKey>>>>>,
 }
@@ -254,7 +254,7 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     /// Loads every active key from `store`. Fails if the store fails or a
     /// stored key cannot be parsed (naming the key, never its content).
-    pub async fn new(store: Arc<dyn Store>, config: DkimConfig) -> Result<Self, DkimError> {
+    pub async fn new(store: Arc<dyn DkimStore>, config: DkimConfig) -> Result<Self, DkimError> {
         let signer = Signer {
             store,
             config,

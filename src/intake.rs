@@ -7,86 +7,32 @@
 //! only after that commit returned (DESIGN "250 after DATA only once the
 //! store commit has returned").
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::auth::Identity;
 use crate::metrics::{Metrics, RejectReason, StoreOperation};
-use crate::store::{self, NewMessage, NewRecipient, Store, StoreError};
+use crate::smtp::ports::Recipient;
+pub use crate::smtp::ports::{ClientInfo, Intake, IntakeError, Submission, TlsInfo};
+use crate::store::{self, NewMessage, NewRecipient, QueueStore, StoreError};
 use crate::time::now_ms;
 
-/// The TLS parameters of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// e.g. `TLSv1_3`.
-    pub protocol: String,
-    /// e.g. `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
+impl From<StoreError> for IntakeError {
+    fn from(e: StoreError) -> Self {
+        IntakeError::QueueUnavailable(e.to_string())
+    }
 }
 
-/// Who submitted, from where, how.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    /// Client address (after any PROXY header).
-    pub ip: IpAddr,
-    /// The EHLO/HELO argument.
-    pub helo: String,
-    /// `None` only on an explicitly configured loopback plain listener.
-    pub tls: Option<TlsInfo>,
-    /// `PLAIN` or `LOGIN`.
-    pub auth_mechanism: String,
-}
-
-/// A complete message as received, ready for intake.
-#[derive(Debug, Clone)]
-pub struct Submission {
-    /// The session id (also on every log line of the session).
-    pub session_id: String,
-    pub identity: Identity,
-    pub client: ClientInfo,
-    /// Envelope sender (never empty: the null sender is refused).
-    pub sender: String,
-    pub recipients: Vec<NewRecipient>,
-    /// The message as received: CRLF line endings, dot-unstuffed.
-    pub body: Bytes,
-    /// RFC 3461 ENVID.
-    pub envid: Option<String>,
-    /// RFC 3461 RET (`FULL` / `HDRS`).
-    pub ret: Option<String>,
-    /// RFC 6531 SMTPUTF8 was given on MAIL.
-    pub smtputf8: bool,
-    /// RFC 6152 BODY (`7BIT` / `8BITMIME`), when given.
-    pub body_type: Option<&'static str>,
-}
-
-/// Why intake did not queue a message.
-#[derive(Debug, thiserror::Error)]
-pub enum IntakeError {
-    /// A policy refusal decided at intake (e.g. header From not permitted);
-    /// sent to the client as is.
-    #[error("{code} {enhanced} {text}")]
-    Rejected {
-        code: u16,
-        enhanced: String,
-        text: String,
-    },
-    /// The store failed; nothing was stored. Sent as 451 4.3.0.
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
-}
-
-/// Accepts complete messages.
-///
-/// Contract: returns the queue id only once the message is durably
-/// committed; on error nothing of the message is stored.
-#[async_trait]
-pub trait Intake: Send + Sync {
-    /// Queues `submission`, returning its queue id.
-    async fn submit(&self, submission: Submission) -> Result<String, IntakeError>;
+impl From<Recipient> for NewRecipient {
+    fn from(r: Recipient) -> Self {
+        NewRecipient {
+            address: r.address,
+            notify: r.notify,
+            orcpt: r.orcpt,
+        }
+    }
 }
 
 /// How accepted messages are changed before they are stored: the header
@@ -111,7 +57,7 @@ pub struct MessageProcessing {
 /// From, fixups and signing, a failed commit, the enqueue duration, and
 /// each message queued (with its size as stored, after fixups and signing).
 pub struct StoreIntake {
-    store: Arc<dyn Store>,
+    store: Arc<dyn QueueStore>,
     lifetime: Duration,
     processing: Option<MessageProcessing>,
     metrics: Option<Arc<Metrics>>,
@@ -119,7 +65,7 @@ pub struct StoreIntake {
 
 impl StoreIntake {
     /// Stores bodies unchanged; messages expire `lifetime` after acceptance.
-    pub fn new(store: Arc<dyn Store>, lifetime: Duration) -> Self {
+    pub fn new(store: Arc<dyn QueueStore>, lifetime: Duration) -> Self {
         StoreIntake {
             store,
             lifetime,
@@ -151,8 +97,9 @@ impl StoreIntake {
     }
 
     /// The bytes to store (and later deliver) for `submission`: the one
-    /// place where the message is changed. Refusals are 5xx replies naming
-    /// the rule; a signing failure of the system is 451 (the client retries).
+    /// place where the message is changed. Refusals name the rule (5xx
+    /// replies); [`IntakeError::SigningUnavailable`] is a failure of the
+    /// system (4xx, the client retries).
     pub async fn final_body(
         &self,
         submission: &Submission,
@@ -162,16 +109,11 @@ impl StoreIntake {
         let Some(p) = &self.processing else {
             return Ok(submission.body.clone());
         };
-        let rejected = |code: u16, enhanced: &str, text: String| IntakeError::Rejected {
-            code,
-            enhanced: enhanced.to_string(),
-            text,
-        };
         if p.enforce_header_from {
             crate::fixups::check_header_from(&submission.body, &submission.identity.senders)
                 .map_err(|e| {
                     self.rejected(RejectReason::FromNotAllowed);
-                    rejected(550, "5.7.1", e.to_string())
+                    IntakeError::HeaderFromNotPermitted(e.to_string())
                 })?;
         }
         let recipients: Vec<String> = submission
@@ -202,7 +144,7 @@ impl StoreIntake {
         let fixed = Bytes::from(crate::fixups::apply(&submission.body, &ctx).map_err(|e| {
             // A header the fixups cannot parse: no closer label.
             self.rejected(RejectReason::Internal);
-            rejected(550, "5.6.0", e.to_string())
+            IntakeError::MalformedHeader(e.to_string())
         })?);
         let Some(signer) = &p.signer else {
             return Ok(fixed);
@@ -214,11 +156,7 @@ impl StoreIntake {
             if let Err(e) = crate::fixups::check_header_from(&fixed, &submission.identity.senders) {
                 if signer.config().require_signature {
                     self.rejected(RejectReason::SignatureRequired);
-                    return Err(rejected(
-                        550,
-                        "5.7.1",
-                        format!("cannot sign (dkim.require_signature is on): {e}"),
-                    ));
+                    return Err(IntakeError::SignatureNotPermitted(e.to_string()));
                 }
                 tracing::info!(queue_id, error = %e, "not signed: header From not permitted for this login");
                 if let Some(m) = &p.metrics {
@@ -251,7 +189,7 @@ impl StoreIntake {
             }
             Err(e) if e.is_permanent() => {
                 self.rejected(RejectReason::SignatureRequired);
-                Err(rejected(550, "5.7.1", e.to_string()))
+                Err(IntakeError::SigningRefused(e.to_string()))
             }
             Err(e) => {
                 if let Some(m) = &p.metrics {
@@ -262,11 +200,7 @@ impl StoreIntake {
                 }
                 tracing::error!(queue_id, error = %e, "DKIM signing failed");
                 self.rejected(RejectReason::Internal);
-                Err(rejected(
-                    451,
-                    "4.3.0",
-                    "cannot sign the message now, try again later".into(),
-                ))
+                Err(IntakeError::SigningUnavailable)
             }
         }
     }
@@ -286,7 +220,7 @@ impl Intake for StoreIntake {
         let message = NewMessage {
             id,
             sender: submission.sender,
-            recipients: submission.recipients,
+            recipients: submission.recipients.into_iter().map(Into::into).collect(),
             user_id: Some(submission.identity.user_id),
             username: Some(user.clone()),
             credential: Some(submission.identity.credential_label),

@@ -31,7 +31,7 @@ impl SenderPattern {
         let Some((local, domain)) = lower.rsplit_once('@') else {
             return Err(err("expected user@domain or @domain"));
         };
-        let domain = crate::store::domain_to_ascii(domain);
+        let domain = domain_to_ascii(domain);
         let p = format!("{local}@{domain}");
         if p.len() > 254 {
             return Err(err("longer than 254 octets"));
@@ -69,8 +69,7 @@ impl SenderPattern {
             return false;
         };
         // Rules stored before domains were kept as A-labels may hold U-labels.
-        let same_domain =
-            crate::store::domain_to_ascii(d) == crate::store::domain_to_ascii(p_domain);
+        let same_domain = domain_to_ascii(d) == domain_to_ascii(p_domain);
         if p_local.is_empty() {
             !local.is_empty() && same_domain
         } else {
@@ -89,6 +88,16 @@ fn is_domain(d: &str) -> bool {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_alphanumeric() || c == '-')
         })
+}
+
+/// A domain name in lower-case ASCII: U-labels become A-labels (IDNA,
+/// UTS #46); a name IDNA rejects is only lower-cased, for the caller's own
+/// syntax check to refuse.
+pub fn domain_to_ascii(domain: &str) -> String {
+    if domain.is_ascii() {
+        return domain.to_ascii_lowercase();
+    }
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
 }
 
 /// The first of `patterns` (as stored) that permits `address`, if any; the

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::store::{DkimAlgorithm, DkimKeyInfo, NewDkimKey, Store};
+use crate::store::{DkimAlgorithm, DkimKeyInfo, DkimStore, NewDkimKey};
 
 use super::key::{self, DnsRecord, KeyMaterial};
 use super::{read_key_file, DkimError};
@@ -14,7 +14,7 @@ use super::{read_key_file, DkimError};
 use crate::time::now_ms;
 
 async fn store_key(
-    store: &dyn Store,
+    store: &dyn DkimStore,
     domain: &str,
     selector: &str,
     material: &KeyMaterial,
@@ -79,7 +79,7 @@ impl fmt::Display for Generated {
 /// 2048; 2048, 3072 or 4096), stores it as active and returns the DNS
 /// record. `Conflict` (through [`DkimError::Store`]) if the selector exists.
 pub async fn cli_generate(
-    store: &dyn Store,
+    store: &dyn DkimStore,
     domain: &str,
     selector: &str,
     algorithm: DkimAlgorithm,
@@ -92,7 +92,7 @@ pub async fn cli_generate(
 /// key is stored so that it never signs until [`cli_activate`]: its DNS
 /// record can be published (and propagate) first.
 pub async fn cli_generate_key(
-    store: &dyn Store,
+    store: &dyn DkimStore,
     domain: &str,
     selector: &str,
     algorithm: DkimAlgorithm,
@@ -122,7 +122,7 @@ pub type Imported = Generated;
 /// `dkim import`: reads the PEM private key at `key_file` (PKCS#8, or
 /// PKCS#1 for RSA), stores it as active and returns the DNS record.
 pub async fn cli_import(
-    store: &dyn Store,
+    store: &dyn DkimStore,
     domain: &str,
     selector: &str,
     algorithm: DkimAlgorithm,
@@ -134,7 +134,7 @@ pub async fn cli_import(
 /// `dkim import [--inactive]`: as [`cli_import`]; see [`cli_generate_key`]
 /// for `inactive`.
 pub async fn cli_import_key(
-    store: &dyn Store,
+    store: &dyn DkimStore,
     domain: &str,
     selector: &str,
     algorithm: DkimAlgorithm,
@@ -200,7 +200,7 @@ impl fmt::Display for KeyList {
 }
 
 /// `dkim list`: every key, active and retired (never the private keys).
-pub async fn cli_list(store: &dyn Store) -> Result<KeyList, DkimError> {
+pub async fn cli_list(store: &dyn DkimStore) -> Result<KeyList, DkimError> {
     Ok(KeyList(store.dkim_list().await?))
 }
 
@@ -228,7 +228,7 @@ impl fmt::Display for Retired {
 
 /// `dkim retire`: the key stops signing. `NotFound` if there is no such key.
 pub async fn cli_retire(
-    store: &dyn Store,
+    store: &dyn DkimStore,
     domain: &str,
     selector: &str,
 ) -> Result<Retired, DkimError> {
@@ -273,7 +273,11 @@ impl fmt::Display for Shown {
 
 /// `dkim show`: a key (never its private part) with its DNS record.
 /// `NotFound` if there is no such key.
-pub async fn cli_show(store: &dyn Store, domain: &str, selector: &str) -> Result<Shown, DkimError> {
+pub async fn cli_show(
+    store: &dyn DkimStore,
+    domain: &str,
+    selector: &str,
+) -> Result<Shown, DkimError> {
     let domain = crate::store::normalize_dkim_domain(domain)?;
     let selector = crate::store::normalize_dkim_selector(selector)?;
     let key = store
@@ -293,7 +297,7 @@ pub async fn cli_show(store: &dyn Store, domain: &str, selector: &str) -> Result
 /// `dkim activate`: an inactive key signs from the next key reload on.
 /// `Conflict` if it is already active or retired, `NotFound` if missing.
 pub async fn cli_activate(
-    store: &dyn Store,
+    store: &dyn DkimStore,
     domain: &str,
     selector: &str,
 ) -> Result<String, DkimError> {
@@ -308,7 +312,7 @@ pub async fn cli_activate(
 /// `dkim delete`: removes a retired (or never activated) key for good.
 /// `Conflict` if it still signs, `NotFound` if missing.
 pub async fn cli_delete(
-    store: &dyn Store,
+    store: &dyn DkimStore,
     domain: &str,
     selector: &str,
 ) -> Result<String, DkimError> {

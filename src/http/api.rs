@@ -37,10 +37,11 @@ use crate::auth::Identity;
 use crate::intake::{ClientInfo, Submission, TlsInfo};
 use crate::smtp::budget::{Lease, MemoryBudget};
 use crate::smtp::data::Body as Content;
+use crate::smtp::ports::Recipient;
 use crate::smtp::ports::{LimitRefusal, SessionLimits};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Ports, SessionMetrics};
-use crate::store::{NewRecipient, Store};
+use crate::store::Store;
 use crate::submission::{self, Login, Refusal};
 
 pub mod request;
@@ -631,7 +632,7 @@ async fn submit(
         recipients: envelope
             .to
             .into_iter()
-            .map(|address| NewRecipient {
+            .map(|address| Recipient {
                 address,
                 notify: None,
                 orcpt: None,

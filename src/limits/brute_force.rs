@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use super::gcra::Rate;
 use super::keys::{self, kind};
-use super::{Check, LimitRefusal, Limiter};
-use crate::metrics::{LimitKind, LimitScope};
+use super::{refusal, Check, LimitKind, LimitRefusal, LimitScope, Limiter};
 use crate::store::LimitCounter;
 
 impl Limiter {
@@ -59,7 +58,7 @@ impl Limiter {
         for (i, lock) in locks.iter().enumerate() {
             if let Some(until) = tat_of(lock).filter(|&t| t > now) {
                 let (scope, who) = who(i == 0);
-                return Err(LimitRefusal::new(
+                return Err(refusal(
                     (scope, LimitKind::AuthFailures),
                     (until - now) as u64,
                     format!("too many failed logins {who}"),

@@ -12,7 +12,32 @@
 //! meaningful together with its rate, which is why counter keys name the rate
 //! (see `keys`).
 
-use crate::store::{GcraOutcome, GcraStep};
+/// One conditional GCRA step, in the scaled units of its key (1 unit =
+/// 1/`scale` ms). The stored TAT `t` (absent = `now`) becomes
+/// `max(t, now) + increment` when that is `<= now + window`; otherwise
+/// nothing changes. `expires_at` is then `ceil(new_tat / scale)` ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraStep {
+    /// Now, in key units.
+    pub now: i64,
+    /// Emission interval times cost (negative: give cells back).
+    pub increment: i64,
+    /// How far the TAT may run ahead of `now` (the burst tolerance plus one interval).
+    pub window: i64,
+    /// Key units per millisecond.
+    pub scale: i64,
+}
+
+/// What a GCRA step did ([`apply`]; the stores' `LimitStore::limit_check`
+/// does the same in SQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcraOutcome {
+    /// The step was applied; `tat` is the new stored value.
+    Allowed { tat: i64 },
+    /// Nothing changed; `tat` is the stored value when it could be read in
+    /// the same statement (`None` only under a concurrent first insert).
+    Refused { tat: Option<i64> },
+}
 
 /// Largest accepted `count` (keeps `now_ms * count` far inside `i64`).
 pub const MAX_COUNT: u32 = 1_000_000;

@@ -6,8 +6,10 @@
 use super::gcra::{self, Rate};
 use super::keys::{self, kind};
 use super::snapshot::human_period;
-use super::{Account, Check, LimitRefusal, Limiter, DAY_MS, HOUR_MS, MINUTE_MS};
-use crate::metrics::{LimitKind, LimitScope};
+use super::{
+    refusal, Account, Check, LimitKind, LimitRefusal, LimitScope, Limiter, DAY_MS, HOUR_MS,
+    MINUTE_MS,
+};
 use crate::store::GcraOutcome;
 
 impl Limiter {
@@ -160,7 +162,7 @@ impl Limiter {
             let step = check.rate.step(now, check.cost);
             if let GcraOutcome::Refused { .. } = gcra::apply(&step, stored) {
                 let wait = check.rate.retry_after_ms(stored, now, check.cost);
-                return Err(LimitRefusal::new(check.labels, wait, check.reason.clone()));
+                return Err(refusal(check.labels, wait, check.reason.clone()));
             }
         }
         Ok(())

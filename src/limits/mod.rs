@@ -3,9 +3,10 @@
 //! One [`Limiter`] per process answers every limit question of an SMTP
 //! session: may this IP connect, may this AUTH proceed (and after what
 //! delay), may this user open another session, may this message with N
-//! recipients be accepted. Refusals are [`LimitRefusal`]s carrying a human
-//! reason and a retry-after; the SMTP layer maps them to replies
-//! (`421 4.7.0` at connect, `454 4.7.0` at AUTH, `451 4.7.1` otherwise).
+//! recipients be accepted. Refusals are [`LimitRefusal`]s (defined with the
+//! session's ports) carrying scope, kind, a human reason and a retry-after;
+//! `smtp/reply.rs` maps them to replies (`421 4.7.0` at connect, `454 4.7.0`
+//! at AUTH, `451 4.7.1` otherwise).
 //!
 //! Rates use GCRA ([`gcra`]), kept either in this process
 //! (`backend = "local"`: no I/O) or in the store's `limit_counters` table
@@ -30,7 +31,6 @@ mod snapshot;
 
 pub use session::LimiterPorts;
 
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +47,7 @@ use gcra::Rate;
 use keys::kind;
 use slots::Slots;
 
-use crate::metrics::{LimitKind, LimitScope};
+pub use crate::smtp::ports::{LimitKind, LimitRefusal, LimitScope};
 use crate::store::{
     GcraOutcome, LimitOverrides, LimitStore, LoginCredential, LoginRecord, StoreError,
 };
@@ -56,51 +56,17 @@ const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 86_400_000;
 
-/// A limit was reached. `reason` is for humans (SMTP reply text, logs):
-/// e.g. `message rate for user alice exceeded (100 per hour)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitRefusal {
-    /// How long until the same request would pass (at least 1 s).
-    pub retry_after: Duration,
-    /// Human-readable cause, e.g. `message rate for user alice exceeded (100 per hour)`.
-    pub reason: String,
-    /// Who the limit applies to (metrics label `scope`).
-    pub scope: LimitScope,
-    /// What it counts (metrics label `limit`); `AuthFailures` means a
-    /// brute-force lockout.
-    pub limit: LimitKind,
-}
-
-impl LimitRefusal {
-    fn new((scope, limit): (LimitScope, LimitKind), retry_after_ms: u64, reason: String) -> Self {
-        LimitRefusal {
-            retry_after: Duration::from_millis(retry_after_ms.max(1000)),
-            reason,
-            scope,
-            limit,
-        }
-    }
-
-    /// True for a brute-force lockout (IP or username).
-    pub fn is_lockout(&self) -> bool {
-        self.limit == LimitKind::AuthFailures
-    }
-
-    /// Retry-after in whole seconds, rounded up.
-    pub fn retry_after_secs(&self) -> u64 {
-        self.retry_after.as_millis().div_ceil(1000) as u64
-    }
-}
-
-impl fmt::Display for LimitRefusal {
-    /// `<reason>, try again in N s` (the text of a 451 4.7.1 reply).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}, try again in {} s",
-            self.reason,
-            self.retry_after_secs()
-        )
+/// A refusal for `(scope, kind)`, waiting `retry_after_ms` (at least 1 s).
+fn refusal(
+    (scope, kind): (LimitScope, LimitKind),
+    retry_after_ms: u64,
+    reason: String,
+) -> LimitRefusal {
+    LimitRefusal {
+        scope,
+        kind,
+        retry_after: Duration::from_millis(retry_after_ms.max(1000)),
+        reason,
     }
 }
 
@@ -281,7 +247,7 @@ impl Limiter {
         let subject = self.ip(ip);
         let shown = keys::unescape(&subject);
         if let Some((_, until)) = self.lockout_end(&[keys::lockout_key(&subject)], now).await {
-            return Err(LimitRefusal::new(
+            return Err(refusal(
                 (LimitScope::Ip, LimitKind::AuthFailures),
                 (until - now) as u64,
                 format!("too many failed logins from {}", &shown[3..]),
@@ -342,8 +308,8 @@ impl Limiter {
         let subject = self.ip(ip);
         let max = self.config.ip_concurrent_connections;
         self.connections.acquire(subject.clone(), max).map_err(|_| {
-            LimitRefusal::new(
-                (LimitScope::Ip, LimitKind::Connections),
+            refusal(
+                (LimitScope::Ip, LimitKind::ConcurrentConnections),
                 10_000,
                 format!(
                     "too many concurrent connections from {} ({max})",
@@ -365,7 +331,7 @@ impl Limiter {
             .concurrent_sessions
             .unwrap_or(self.config.concurrent_sessions);
         self.sessions.acquire(user_id, max).map_err(|_| {
-            LimitRefusal::new(
+            refusal(
                 (LimitScope::User, LimitKind::Sessions),
                 60_000,
                 format!("too many concurrent sessions for user {user_id} ({max})"),
@@ -388,7 +354,7 @@ impl Limiter {
     async fn take_all(&self, checks: &[Check], now: i64) -> Result<Vec<Option<i64>>, LimitRefusal> {
         let mut taken: Vec<&Check> = Vec::new();
         let mut tats = Vec::with_capacity(checks.len());
-        let mut refusal = None;
+        let mut refused = None;
         for check in checks {
             match self
                 .counters
@@ -401,7 +367,7 @@ impl Limiter {
                 }
                 Ok(GcraOutcome::Refused { tat }) => {
                     let wait = check.rate.retry_after_ms(tat, now, check.cost);
-                    refusal = Some(LimitRefusal::new(check.labels, wait, check.reason.clone()));
+                    refused = Some(refusal(check.labels, wait, check.reason.clone()));
                     break;
                 }
                 Err(e) => {
@@ -410,7 +376,7 @@ impl Limiter {
                 }
             }
         }
-        let Some(refusal) = refusal else {
+        let Some(refused) = refused else {
             return Ok(tats);
         };
         let refunds = taken.iter().map(|c| {
@@ -423,7 +389,7 @@ impl Limiter {
                 tracing::warn!(error = %e, key = %c.key, "limit refund failed");
             }
         }
-        Err(refusal)
+        Err(refused)
     }
 
     /// Paces anything that must not exceed `count` per `period` under

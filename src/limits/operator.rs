@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use super::{keys, Limiter, LimitsError, LimitsSnapshot};
-use crate::store::{Store, StoreError};
+use crate::store::{AccountStore, StoreError};
 
 /// The current counters and lockouts.
 pub async fn show(limiter: &Limiter) -> Result<LimitsSnapshot, LimitsError> {
@@ -23,7 +23,11 @@ fn subject_ip(subject: &str) -> Option<IpAddr> {
 /// keyed by id), `uid:ID` or `cred:ID`. Anything else is
 /// [`LimitsError::Invalid`]: an unknown name is refused rather than
 /// reported as "removed 0". Returns how many counters were removed.
-pub async fn reset(limiter: &Limiter, store: &dyn Store, target: &str) -> Result<u64, LimitsError> {
+pub async fn reset(
+    limiter: &Limiter,
+    store: &dyn AccountStore,
+    target: &str,
+) -> Result<u64, LimitsError> {
     let target = target.trim();
     if target.is_empty() {
         return Err(LimitsError::Invalid(

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::auth::Identity;
 use crate::metrics::Metrics;
-use crate::smtp::ports::{LimitRefusal as PortRefusal, SessionLimits};
+use crate::smtp::ports::{Identity, LimitRefusal, SessionLimits};
+use crate::smtp::session::metrics::limit_labels;
 use crate::store::LimitOverrides;
 
-use super::{credential_only, Account, LimitRefusal, Limiter};
+use super::{credential_only, Account, Limiter};
 
 /// [`SessionLimits`] backed by a [`Limiter`].
 pub struct LimiterPorts {
@@ -26,27 +26,25 @@ impl LimiterPorts {
         LimiterPorts { limiter, metrics }
     }
 
-    fn refused(&self, r: LimitRefusal) -> PortRefusal {
+    fn refused(&self, r: LimitRefusal) -> LimitRefusal {
         if let Some(m) = &self.metrics {
-            m.rate_limited(r.scope, r.limit);
+            let (scope, kind) = limit_labels(&r);
+            m.rate_limited(scope, kind);
         }
-        PortRefusal {
-            retry_after: r.retry_after,
-            reason: r.reason,
-        }
+        r
     }
 }
 
 #[async_trait]
 impl SessionLimits for LimiterPorts {
-    async fn connection(&self, ip: IpAddr) -> Result<(), PortRefusal> {
+    async fn connection(&self, ip: IpAddr) -> Result<(), LimitRefusal> {
         self.limiter
             .connection(ip)
             .await
             .map_err(|r| self.refused(r))
     }
 
-    async fn auth_allowed(&self, ip: IpAddr, username: &str) -> Result<Duration, PortRefusal> {
+    async fn auth_allowed(&self, ip: IpAddr, username: &str) -> Result<Duration, LimitRefusal> {
         self.limiter
             .auth_allowed(ip, username)
             .await
@@ -64,7 +62,7 @@ impl SessionLimits for LimiterPorts {
     async fn session_start(
         &self,
         identity: &Identity,
-    ) -> Result<Box<dyn std::any::Any + Send + Sync>, PortRefusal> {
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal> {
         self.limiter
             .session_start(identity.user_id, &identity.user_limits)
             .map(|guard| Box::new(guard) as Box<dyn std::any::Any + Send + Sync>)
@@ -76,14 +74,14 @@ impl SessionLimits for LimiterPorts {
         ip: IpAddr,
         messages: u32,
         window: Duration,
-    ) -> Result<(), PortRefusal> {
+    ) -> Result<(), LimitRefusal> {
         self.limiter
             .trusted_message(ip, messages, window)
             .await
             .map_err(|r| self.refused(r))
     }
 
-    async fn mail_allowed(&self, identity: &Identity) -> Result<(), PortRefusal> {
+    async fn mail_allowed(&self, identity: &Identity) -> Result<(), LimitRefusal> {
         let credential_limits = credential_only(&identity.user_limits, &identity.limits);
         self.limiter
             .mail_check(&account(identity, &credential_limits))
@@ -91,7 +89,7 @@ impl SessionLimits for LimiterPorts {
             .map_err(|r| self.refused(r))
     }
 
-    async fn rcpt_allowed(&self, identity: &Identity, recipients: u32) -> Result<(), PortRefusal> {
+    async fn rcpt_allowed(&self, identity: &Identity, recipients: u32) -> Result<(), LimitRefusal> {
         let credential_limits = credential_only(&identity.user_limits, &identity.limits);
         self.limiter
             .rcpt_check(&account(identity, &credential_limits), recipients)

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::metrics::{LimitKind, LimitScope};
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -33,7 +32,7 @@ async fn connection_rate_triggers_at_count_and_recovers() {
         l.connection(ip("192.0.2.1")).await.unwrap();
     }
     let r = l.connection(ip("192.0.2.1")).await.unwrap_err();
-    assert_eq!((r.scope, r.limit), (LimitScope::Ip, LimitKind::Connections));
+    assert_eq!((r.scope, r.kind), (LimitScope::Ip, LimitKind::Connections));
     assert_eq!(
         r.reason,
         "connection rate from 192.0.2.1 exceeded (5 per minute)"
@@ -123,7 +122,7 @@ async fn message_limits_per_minute_hour_day_and_recipients() {
         r.reason,
         "message rate for user alice exceeded (5 per hour)"
     );
-    assert_eq!((r.scope, r.limit), (LimitScope::User, LimitKind::Messages));
+    assert_eq!((r.scope, r.kind), (LimitScope::User, LimitKind::Messages));
     clock.advance_ms(3_600_000);
     l.message(&a, 1).await.unwrap();
     l.message(&a, 1).await.unwrap();
@@ -139,10 +138,7 @@ async fn message_limits_per_minute_hour_day_and_recipients() {
         r.reason,
         "recipient quota for user alice exceeded (100 per day)"
     );
-    assert_eq!(
-        (r.scope, r.limit),
-        (LimitScope::User, LimitKind::Recipients)
-    );
+    assert_eq!((r.scope, r.kind), (LimitScope::User, LimitKind::Recipients));
     // The refused message took nothing: 40 more recipients still fit.
     l.message(&a, 40).await.unwrap();
     assert!(l.message(&a, 1).await.is_err());
@@ -239,7 +235,7 @@ async fn failed_logins_tarpit_then_lock_the_username() {
         .await
         .unwrap_err();
     assert_eq!(
-        (r.scope, r.limit),
+        (r.scope, r.kind),
         (LimitScope::User, LimitKind::AuthFailures)
     );
     assert!(r.is_lockout());
@@ -270,10 +266,7 @@ async fn failed_logins_lock_the_ip_at_accept_too() {
         .unwrap_err();
     assert_eq!(r.reason, "too many failed logins from 192.0.2.66");
     let r = l.connection(ip("192.0.2.66")).await.unwrap_err();
-    assert_eq!(
-        (r.scope, r.limit),
-        (LimitScope::Ip, LimitKind::AuthFailures)
-    );
+    assert_eq!((r.scope, r.kind), (LimitScope::Ip, LimitKind::AuthFailures));
     let snap = l.snapshot().await.unwrap();
     assert!(snap
         .counters

@@ -2,7 +2,8 @@
 //!
 //! - [`command`], [`data`], [`sasl`], [`reply`]: PURE parsing and replies;
 //! - [`session`]: the state machine; it talks to auth, intake and limits only
-//!   through the traits of [`ports`];
+//!   through the traits and types of [`ports`] (its whole world); every
+//!   refusal becomes a reply in [`reply`];
 //! - [`config`]: the `[smtp]` section; [`proxy`]: PROXY v1/v2 headers (PURE);
 //! - [`server`]: the only inbound socket code (listeners, caps, TLS, timeouts).
 

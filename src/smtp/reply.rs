@@ -6,9 +6,9 @@
 
 use std::fmt::Write as _;
 
-use crate::intake::IntakeError;
 use crate::smtp::command::CommandError;
 use crate::smtp::data::DataError;
+use crate::smtp::ports::IntakeError;
 use crate::smtp::ports::LimitRefusal;
 use crate::smtp::sasl::SaslError;
 
@@ -258,7 +258,7 @@ impl Reply {
         Reply::new(
             421,
             "4.7.0",
-            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+            format!("{}, try again in {} s", r.reason, r.retry_after_secs()),
         )
         .closing()
     }
@@ -267,7 +267,7 @@ impl Reply {
         Reply::new(
             454,
             "4.7.0",
-            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+            format!("{}, try again in {} s", r.reason, r.retry_after_secs()),
         )
     }
     /// Concurrent-session cap: 421 4.7.0 and close.
@@ -275,7 +275,7 @@ impl Reply {
         Reply::new(
             421,
             "4.7.0",
-            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+            format!("{}, try again in {} s", r.reason, r.retry_after_secs()),
         )
         .closing()
     }
@@ -284,13 +284,9 @@ impl Reply {
         Reply::new(
             451,
             "4.7.1",
-            format!("{}, try again in {} s", r.reason, retry_secs(r)),
+            format!("{}, try again in {} s", r.reason, r.retry_after_secs()),
         )
     }
-}
-
-fn retry_secs(r: &LimitRefusal) -> u64 {
-    r.retry_after.as_secs() + u64::from(r.retry_after.subsec_nanos() > 0)
 }
 
 impl From<&CommandError> for Reply {
@@ -352,12 +348,16 @@ impl From<&SaslError> for Reply {
 impl From<&IntakeError> for Reply {
     fn from(e: &IntakeError) -> Self {
         match e {
-            IntakeError::Rejected {
-                code,
-                enhanced,
-                text,
-            } => Reply::new(*code, enhanced, text.clone()),
-            IntakeError::Store(_) => Reply::new(451, "4.3.0", "queue unavailable, try again later"),
+            IntakeError::HeaderFromNotPermitted(text) => Reply::new(550, "5.7.1", text.clone()),
+            IntakeError::MalformedHeader(text) => Reply::new(550, "5.6.0", text.clone()),
+            IntakeError::SignatureNotPermitted(_) => Reply::new(550, "5.7.1", e.to_string()),
+            IntakeError::SigningRefused(text) => Reply::new(550, "5.7.1", text.clone()),
+            IntakeError::SigningUnavailable => {
+                Reply::new(451, "4.3.0", "cannot sign the message now, try again later")
+            }
+            IntakeError::QueueUnavailable(_) => {
+                Reply::new(451, "4.3.0", "queue unavailable, try again later")
+            }
         }
     }
 }
@@ -386,36 +386,124 @@ mod tests {
         assert!(!Reply::new(550, "5.0.0", "a\rb").to_wire().contains("a\rb"));
     }
 
+    /// Every refusal -> reply mapping, pinned byte for byte: the typed
+    /// refusals of the ports and the parsers' errors.
     #[test]
-    fn every_error_maps_to_an_enhanced_code() {
-        let errs: Vec<Reply> = vec![
-            (&CommandError::Unknown).into(),
-            (&CommandError::Nul).into(),
-            (&DataError::BareLf).into(),
-            (&DataError::TooBig { max: 10 }).into(),
-            (&SaslError::Base64).into(),
-            (&IntakeError::Store(crate::store::StoreError::Unavailable("x".into()))).into(),
-        ];
-        for r in errs {
-            assert!(r.is_error());
-            assert_eq!(r.enhanced.len(), 5, "{r:?}");
-            assert_eq!(r.enhanced.as_bytes()[0], b'0' + (r.code / 100) as u8);
-        }
-        let store: Reply =
-            (&IntakeError::Store(crate::store::StoreError::Unavailable("x".into()))).into();
-        assert_eq!((store.code, store.enhanced.as_str()), (451, "4.3.0"));
-    }
-
-    #[test]
-    fn limit_replies_round_up_retry() {
-        let r = LimitRefusal {
-            retry_after: std::time::Duration::from_millis(1500),
-            reason: "message rate exceeded".into(),
+    fn every_refusal_maps_to_its_reply() {
+        use crate::smtp::ports::{LimitKind, LimitScope};
+        let limit = |scope, kind, ms| LimitRefusal {
+            scope,
+            kind,
+            retry_after: std::time::Duration::from_millis(ms),
+            reason: "some limit exceeded".into(),
         };
-        assert_eq!(
-            Reply::message_limited(&r).to_wire(),
-            "451 4.7.1 message rate exceeded, try again in 2 s\r\n"
-        );
+        let ip_rate = limit(LimitScope::Ip, LimitKind::Connections, 12_000);
+        let lockout = limit(LimitScope::User, LimitKind::AuthFailures, 300_000);
+        let sessions = limit(LimitScope::User, LimitKind::Sessions, 60_000);
+        let quota = limit(LimitScope::Credential, LimitKind::Recipients, 1_001);
+        let table: Vec<(Reply, &str)> = vec![
+            (
+                Reply::connection_limited(&ip_rate),
+                "421 4.7.0 some limit exceeded, try again in 12 s\r\n",
+            ),
+            (
+                Reply::auth_limited(&lockout),
+                "454 4.7.0 some limit exceeded, try again in 300 s\r\n",
+            ),
+            (
+                Reply::session_limited(&sessions),
+                "421 4.7.0 some limit exceeded, try again in 60 s\r\n",
+            ),
+            (
+                Reply::message_limited(&quota),
+                "451 4.7.1 some limit exceeded, try again in 2 s\r\n",
+            ),
+            (
+                (&IntakeError::HeaderFromNotPermitted("header From <x@evil.example> not permitted".into())).into(),
+                "550 5.7.1 header From <x@evil.example> not permitted\r\n",
+            ),
+            (
+                (&IntakeError::MalformedHeader("header section not terminated".into())).into(),
+                "550 5.6.0 header section not terminated\r\n",
+            ),
+            (
+                (&IntakeError::SignatureNotPermitted("From not permitted".into())).into(),
+                "550 5.7.1 cannot sign (dkim.require_signature is on): From not permitted\r\n",
+            ),
+            (
+                (&IntakeError::SigningRefused("no DKIM key for example.org".into())).into(),
+                "550 5.7.1 no DKIM key for example.org\r\n",
+            ),
+            (
+                (&IntakeError::SigningUnavailable).into(),
+                "451 4.3.0 cannot sign the message now, try again later\r\n",
+            ),
+            (
+                (&IntakeError::QueueUnavailable("pool timed out".into())).into(),
+                "451 4.3.0 queue unavailable, try again later\r\n",
+            ),
+            ((&CommandError::Unknown).into(), "500 5.5.1 unrecognized command\r\n"),
+            (
+                (&CommandError::LineTooLong { max: 512 }).into(),
+                "500 5.5.2 line too long (at most 512 octets)\r\n",
+            ),
+            ((&CommandError::Nul).into(), "500 5.5.2 NUL byte in command line\r\n"),
+            ((&CommandError::BareCr).into(), "500 5.5.2 bare CR in command line\r\n"),
+            (
+                (&CommandError::Syntax("MAIL FROM:<address>")).into(),
+                "501 5.5.2 syntax: MAIL FROM:<address>\r\n",
+            ),
+            ((&CommandError::BadSender).into(), "501 5.1.7 bad sender address syntax\r\n"),
+            (
+                (&CommandError::BadRecipient).into(),
+                "501 5.1.3 bad recipient address syntax\r\n",
+            ),
+            (
+                (&CommandError::BadParameter("SIZE=x".into())).into(),
+                "501 5.5.4 invalid parameter SIZE=x\r\n",
+            ),
+            (
+                (&CommandError::UnsupportedParameter("FOO".into())).into(),
+                "555 5.5.4 unsupported parameter FOO\r\n",
+            ),
+            (
+                (&DataError::TooBig { max: 10 }).into(),
+                "552 5.3.4 message size exceeds fixed maximum message size of 10 octets\r\n",
+            ),
+            (
+                (&DataError::MemoryBudget).into(),
+                "452 4.3.1 insufficient system storage, try again later\r\n",
+            ),
+            (
+                (&DataError::BareLf).into(),
+                "550 5.6.0 bare LF in message data refused; lines must end with CRLF (RFC 5321 §2.3.8)\r\n",
+            ),
+            (
+                (&DataError::BareCr).into(),
+                "550 5.6.0 bare CR in message data refused; lines must end with CRLF (RFC 5321 §2.3.8)\r\n",
+            ),
+            (
+                (&DataError::LineTooLong { max: 998 }).into(),
+                "550 5.6.0 text line longer than 998 octets (RFC 5322 §2.1.1)\r\n",
+            ),
+            ((&SaslError::Cancelled).into(), "501 5.7.0 authentication cancelled\r\n"),
+            ((&SaslError::Base64).into(), "501 5.5.2 invalid base64 in SASL response\r\n"),
+            (
+                (&SaslError::Malformed("no NUL")).into(),
+                "501 5.5.2 malformed SASL response: no NUL\r\n",
+            ),
+        ];
+        for (reply, wire) in &table {
+            assert_eq!(reply.to_wire(), *wire);
+            assert!(reply.is_error());
+            assert_eq!(
+                reply.enhanced.as_bytes()[0],
+                b'0' + (reply.code / 100) as u8
+            );
+        }
+        let closing: Vec<bool> = table.iter().take(4).map(|(r, _)| r.close).collect();
+        assert_eq!(closing, [true, false, true, false]);
+        assert!(table.iter().skip(4).all(|(r, _)| !r.close));
     }
 
     #[test]

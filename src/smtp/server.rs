@@ -403,7 +403,7 @@ impl Server {
         if let Err(refusal) = self.ports.limits.connection(ip).await {
             tracing::info!(session = %id, client = %ip, reason = %refusal.reason, "connection rate-limited");
             if let Some(lm) = lm {
-                lm.connection_refused(connection_refusal(&refusal.reason));
+                lm.connection_refused(connection_refusal(&refusal));
             }
             return Some(Reply::connection_limited(&refusal));
         }

@@ -55,15 +55,7 @@ pub fn normalize_dkim_domain(domain: &str) -> StoreResult<String> {
     }
 }
 
-/// A domain name in lower-case ASCII: U-labels become A-labels (IDNA,
-/// UTS #46); a name IDNA rejects is only lower-cased, for the caller's own
-/// syntax check to refuse.
-pub fn domain_to_ascii(domain: &str) -> String {
-    if domain.is_ascii() {
-        return domain.to_ascii_lowercase();
-    }
-    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
-}
+pub use crate::policy::domain_to_ascii;
 
 /// Checks a DKIM selector (`s=`, RFC 6376 §3.1: sub-domain syntax, may
 /// contain dots). Selectors are compared case-insensitively, stored lower-case.

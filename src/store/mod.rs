@@ -18,18 +18,18 @@ pub mod api;
 mod dkim;
 pub mod postgres;
 mod postgres_api;
-mod postgres_dkim;
 mod postgres_limits;
 mod postgres_queue;
-mod postgres_queue_admin;
 mod queue;
 mod rows;
+mod sql_accounts;
+mod sql_dkim;
+mod sql_limits;
+mod sql_queue;
 pub mod sqlite;
 mod sqlite_api;
-mod sqlite_dkim;
 mod sqlite_limits;
 mod sqlite_queue;
-mod sqlite_queue_admin;
 mod sqlite_writer;
 
 use std::sync::Arc;
@@ -244,31 +244,7 @@ pub struct LimitCounter {
     pub expires_at: i64,
 }
 
-/// One conditional GCRA step, in the scaled units of its key (1 unit =
-/// 1/`scale` ms). The stored TAT `t` (absent = `now`) becomes
-/// `max(t, now) + increment` when that is `<= now + window`; otherwise
-/// nothing changes. `expires_at` is then `ceil(new_tat / scale)` ms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GcraStep {
-    /// Now, in key units.
-    pub now: i64,
-    /// Emission interval times cost (negative: give cells back).
-    pub increment: i64,
-    /// How far the TAT may run ahead of `now` (the burst tolerance plus one interval).
-    pub window: i64,
-    /// Key units per millisecond.
-    pub scale: i64,
-}
-
-/// What [`LimitStore::limit_check`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GcraOutcome {
-    /// The step was applied; `tat` is the new stored value.
-    Allowed { tat: i64 },
-    /// Nothing changed; `tat` is the stored value when it could be read in
-    /// the same statement (`None` only under a concurrent first insert).
-    Refused { tat: Option<i64> },
-}
+pub use crate::limits::gcra::{GcraOutcome, GcraStep};
 
 /// A change to accounts that cached logins may depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,12 +256,11 @@ pub enum AuthChange {
     Resync,
 }
 
-/// The receiving end of [`LimitStore::subscribe_auth_changes`]. The watch
+/// The receiving end of [`AuthChangeStore::subscribe_auth_changes`]. The watch
 /// stops when this is dropped.
 pub type AuthChanges = tokio::sync::mpsc::Receiver<AuthChange>;
 
-/// Shared rate-limit counters (`limit_counters`) and account-change
-/// notifications, for [`crate::limits`] and [`crate::auth_cache`].
+/// Shared rate-limit counters (`limit_counters`), for [`crate::limits`].
 #[async_trait]
 pub trait LimitStore: Send + Sync {
     /// Applies one GCRA step to `key` atomically. On PostgreSQL this is one
@@ -305,6 +280,11 @@ pub trait LimitStore: Send + Sync {
     async fn limit_list(&self, now: i64) -> StoreResult<Vec<LimitCounter>>;
     /// Deletes rows with `expires_at <= now`; returns how many.
     async fn limit_purge(&self, now: i64) -> StoreResult<u64>;
+}
+
+/// Account-change notifications, for [`crate::auth_cache`].
+#[async_trait]
+pub trait AuthChangeStore: Send + Sync {
     /// Starts watching account changes (users, credentials, sender
     /// permissions: update, delete, and sender insert). When this returns
     /// the watch is active: any later committed change yields an event.
@@ -322,6 +302,7 @@ pub const SQLITE_AUTH_POLL: std::time::Duration = std::time::Duration::from_mill
 /// The whole store. Cheap to clone behind an `Arc`.
 pub trait Store:
     AccountStore
+    + AuthChangeStore
     + QueueStore
     + QueueAdminStore
     + DkimStore
@@ -405,6 +386,20 @@ pub fn sqlite_path(url: &str) -> Option<&str> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
     Some(rest.split('?').next().unwrap_or(rest))
+}
+
+/// Applies the pending migrations of `migrator` on `pool`.
+async fn run_migrations<DB: sqlx::Database>(
+    migrator: &sqlx::migrate::Migrator,
+    pool: &sqlx::Pool<DB>,
+) -> StoreResult<()>
+where
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| StoreError::Migration(e.to_string()))
 }
 
 /// Maps an sqlx error to a [`StoreError`], naming `what` on constraint errors.

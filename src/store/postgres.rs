@@ -5,7 +5,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
 use super::*;
-use crate::time::now_ms;
 
 /// Store on a PostgreSQL database, shared by any number of nodes.
 #[derive(Clone)]
@@ -61,320 +60,22 @@ impl PgStore {
     /// Applies pending migrations from `migrations/postgres` (embedded at build time).
     /// Safe to run from several nodes at once: sqlx takes an advisory lock.
     pub async fn migrate(&self) -> StoreResult<()> {
-        sqlx::migrate!("migrations/postgres")
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Migration(e.to_string()))
+        run_migrations(&sqlx::migrate!("migrations/postgres"), &self.pool).await
     }
 
-    /// The underlying pool, for the other PostgreSQL modules of the store.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// A write transaction (PostgreSQL's default `BEGIN`).
+    pub(super) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin().await
     }
 }
 
-async fn user_id<'e, E: sqlx::PgExecutor<'e>>(exec: E, username: &str) -> StoreResult<i64> {
-    let name = normalize_username(username)?;
-    sqlx::query_scalar::<_, i64>("SELECT id FROM users WHERE username = $1")
-        .bind(&name)
-        .fetch_optional(exec)
-        .await
-        .map_err(|e| map_sqlx(e, "user"))?
-        .ok_or_else(|| StoreError::NotFound(format!("user {name:?}")))
-}
+super::sql_accounts::account_store!(PgStore, super::rows::USER_DETAIL_COLUMNS_PG);
 
-#[async_trait]
-impl AccountStore for PgStore {
-    async fn user_add(&self, username: &str, label: &str, password_hash: &str) -> StoreResult<()> {
-        let name = normalize_username(username)?;
-        validate_label(label)?;
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "user"))?;
-        let inserted = async {
-            let id: i64 =
-                sqlx::query_scalar("INSERT INTO users (username) VALUES ($1) RETURNING id")
-                    .bind(&name)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| map_sqlx(e, &format!("user {name:?}")))?;
-            sqlx::query(
-                "INSERT INTO credentials (user_id, label, password_hash) VALUES ($1, $2, $3)",
-            )
-            .bind(id)
-            .bind(label)
-            .bind(password_hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, &format!("credential {label:?}")))?;
-            Ok::<(), StoreError>(())
-        }
-        .await;
-        match inserted {
-            Ok(()) => tx.commit().await.map_err(|e| map_sqlx(e, "user")),
-            Err(e) => {
-                // Roll back now rather than on drop, so no lock outlives the call.
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn credential_set_hash(
-        &self,
-        username: &str,
-        label: &str,
-        password_hash: &str,
-    ) -> StoreResult<()> {
-        let name = normalize_username(username)?;
-        let done = sqlx::query(
-            "UPDATE credentials SET password_hash = $1, updated_at = $2
-             WHERE label = $4 AND user_id = (SELECT id FROM users WHERE username = $3)",
-        )
-        .bind(password_hash)
-        .bind(now_ms())
-        .bind(&name)
-        .bind(label)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "credential"))?;
-        if done.rows_affected() == 0 {
-            user_id(&self.pool, &name).await?;
-            return Err(StoreError::NotFound(format!(
-                "credential {label:?} of user {name:?}"
-            )));
-        }
-        Ok(())
-    }
-
-    async fn user_set_enabled(&self, username: &str, enabled: bool) -> StoreResult<()> {
-        let name = normalize_username(username)?;
-        let done =
-            sqlx::query("UPDATE users SET enabled = $1, updated_at = $2 WHERE username = $3")
-                .bind(enabled)
-                .bind(now_ms())
-                .bind(&name)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| map_sqlx(e, "user"))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {name:?}")));
-        }
-        Ok(())
-    }
-
-    async fn user_delete(&self, username: &str) -> StoreResult<()> {
-        let name = normalize_username(username)?;
-        let done = sqlx::query("DELETE FROM users WHERE username = $1")
-            .bind(&name)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "user"))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {name:?}")));
-        }
-        Ok(())
-    }
-
-    async fn user_list(&self) -> StoreResult<Vec<UserSummary>> {
-        let rows = sqlx::query(
-            "SELECT u.id, u.username, u.enabled, u.created_at,
-                    (SELECT count(*) FROM credentials c WHERE c.user_id = u.id) AS creds,
-                    (SELECT count(*) FROM sender_permissions s WHERE s.user_id = u.id) AS senders
-             FROM users u ORDER BY u.username",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "users"))?;
-        Ok(rows
-            .iter()
-            .map(|r| UserSummary {
-                id: r.get("id"),
-                username: r.get("username"),
-                enabled: r.get("enabled"),
-                credentials: r.get("creds"),
-                senders: r.get("senders"),
-                created_at: r.get("created_at"),
-            })
-            .collect())
-    }
-
-    async fn user_set_limits(&self, username: &str, l: &LimitOverrides) -> StoreResult<()> {
-        let name = normalize_username(username)?;
-        let done = sqlx::query(
-            "UPDATE users SET max_messages_per_minute = $1, max_messages_per_hour = $2,
-                    max_messages_per_day = $3, max_recipients_per_day = $4,
-                    max_concurrent_sessions = $5, updated_at = $6
-             WHERE username = $7",
-        )
-        .bind(l.messages_per_minute.map(i64::from))
-        .bind(l.messages_per_hour.map(i64::from))
-        .bind(l.messages_per_day.map(i64::from))
-        .bind(l.recipients_per_day.map(i64::from))
-        .bind(l.concurrent_sessions.map(i64::from))
-        .bind(now_ms())
-        .bind(&name)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "user limits"))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {name:?}")));
-        }
-        Ok(())
-    }
-
-    async fn credential_add(
-        &self,
-        username: &str,
-        label: &str,
-        password_hash: &str,
-    ) -> StoreResult<()> {
-        let name = normalize_username(username)?;
-        validate_label(label)?;
-        let done = sqlx::query(
-            "INSERT INTO credentials (user_id, label, password_hash)
-             SELECT id, $2, $3 FROM users WHERE username = $1",
-        )
-        .bind(&name)
-        .bind(label)
-        .bind(password_hash)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, &format!("credential {label:?} of user {name:?}")))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {name:?}")));
-        }
-        Ok(())
-    }
-
-    async fn credential_list(&self, username: &str) -> StoreResult<Vec<CredentialSummary>> {
-        let uid = user_id(&self.pool, username).await?;
-        let rows = sqlx::query(
-            "SELECT label, enabled, created_at, last_used_at FROM credentials WHERE user_id = $1 ORDER BY label",
-        )
-        .bind(uid)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "credentials"))?;
-        Ok(rows
-            .iter()
-            .map(|r| CredentialSummary {
-                label: r.get("label"),
-                enabled: r.get("enabled"),
-                created_at: r.get("created_at"),
-                last_used_at: r.get("last_used_at"),
-            })
-            .collect())
-    }
-
-    async fn credential_set_enabled(
-        &self,
-        username: &str,
-        label: &str,
-        enabled: bool,
-    ) -> StoreResult<()> {
-        let name = normalize_username(username)?;
-        let done = sqlx::query(
-            "UPDATE credentials SET enabled = $1, updated_at = $2
-             WHERE label = $3 AND user_id = (SELECT id FROM users WHERE username = $4)",
-        )
-        .bind(enabled)
-        .bind(now_ms())
-        .bind(label)
-        .bind(&name)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "credential"))?;
-        if done.rows_affected() == 0 {
-            user_id(&self.pool, &name).await?;
-            return Err(StoreError::NotFound(format!(
-                "credential {label:?} of user {name:?}"
-            )));
-        }
-        Ok(())
-    }
-
-    async fn user_get(&self, username: &str) -> StoreResult<UserDetail> {
-        let name = normalize_username(username)?;
-        let row = sqlx::query(&format!(
-            "SELECT {} FROM users WHERE username = $1",
-            super::rows::USER_DETAIL_COLUMNS_PG
-        ))
-        .bind(&name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "user"))?
-        .ok_or_else(|| StoreError::NotFound(format!("user {name:?}")))?;
-        Ok(super::rows::user_detail(&row))
-    }
-
-    async fn credential_revoke(&self, username: &str, label: &str) -> StoreResult<()> {
-        let name = normalize_username(username)?;
-        let done = sqlx::query(
-            "DELETE FROM credentials WHERE label = $2 AND user_id = (SELECT id FROM users WHERE username = $1)",
-        )
-        .bind(&name)
-        .bind(label)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "credential"))?;
-        if done.rows_affected() == 0 {
-            user_id(&self.pool, &name).await?;
-            return Err(StoreError::NotFound(format!(
-                "credential {label:?} of user {name:?}"
-            )));
-        }
-        Ok(())
-    }
-
-    async fn sender_allow(&self, username: &str, pattern: &str) -> StoreResult<()> {
-        let name = normalize_username(username)?;
-        let done = sqlx::query(
-            "INSERT INTO sender_permissions (user_id, pattern) SELECT id, $2 FROM users WHERE username = $1",
-        )
-        .bind(&name)
-        .bind(pattern)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, &format!("sender permission {pattern:?} of user {name:?}")))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {name:?}")));
-        }
-        Ok(())
-    }
-
-    async fn sender_revoke(&self, username: &str, pattern: &str) -> StoreResult<()> {
-        let name = normalize_username(username)?;
-        let done = sqlx::query(
-            "DELETE FROM sender_permissions WHERE pattern = $2 AND user_id = (SELECT id FROM users WHERE username = $1)",
-        )
-        .bind(&name)
-        .bind(pattern)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "sender permission"))?;
-        if done.rows_affected() == 0 {
-            user_id(&self.pool, &name).await?;
-            return Err(StoreError::NotFound(format!(
-                "sender permission {pattern:?} of user {name:?}"
-            )));
-        }
-        Ok(())
-    }
-
-    async fn sender_list(&self, username: &str) -> StoreResult<Vec<String>> {
-        let uid = user_id(&self.pool, username).await?;
-        sqlx::query_scalar(
-            "SELECT pattern FROM sender_permissions WHERE user_id = $1 ORDER BY pattern",
-        )
-        .bind(uid)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "senders"))
-    }
-
-    async fn login_lookup(&self, username: &str) -> StoreResult<Option<LoginRecord>> {
-        let Ok(name) = normalize_username(username) else {
-            return Ok(None);
-        };
+impl PgStore {
+    /// [`AccountStore::login_lookup`] of `name`, already normalized.
+    async fn login_lookup(&self, name: &str) -> StoreResult<Option<LoginRecord>> {
         // One statement (one snapshot): the user, a row per enabled
         // credential (none: one row of NULLs), sender patterns as an array.
         let found = sqlx::query(
@@ -396,7 +97,7 @@ impl AccountStore for PgStore {
              WHERE u.username = $1 AND u.enabled
              ORDER BY c.id",
         )
-        .bind(&name)
+        .bind(name)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| map_sqlx(e, "user"))?;
@@ -405,27 +106,6 @@ impl AccountStore for PgStore {
         };
         let senders: Vec<String> = u.get("senders");
         Ok(rows::login_record(&found, senders))
-    }
-
-    async fn credential_used(
-        &self,
-        credential_id: i64,
-        now: i64,
-        upgraded_hash: Option<&str>,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE credentials SET last_used_at = $1,
-                    password_hash = COALESCE($2, password_hash),
-                    updated_at = CASE WHEN $2 IS NULL THEN updated_at ELSE $1 END
-             WHERE id = $3",
-        )
-        .bind(now)
-        .bind(upgraded_hash)
-        .bind(credential_id)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "credential"))?;
-        Ok(())
     }
 }
 
@@ -441,6 +121,8 @@ impl HealthStore for PgStore {
         tx.rollback().await.map_err(|e| map_sqlx(e, "health"))
     }
 }
+
+super::sql_dkim::dkim_store!(PgStore);
 
 impl Store for PgStore {
     fn backend(&self) -> &'static str {

@@ -1,5 +1,6 @@
-//! PostgreSQL side of [`LimitStore`]: GCRA counters shared by every node in
-//! `limit_counters`, and account-change notifications over LISTEN/NOTIFY.
+//! PostgreSQL side of [`LimitStore`] (the GCRA step in one statement, the
+//! multi-key statements with arrays; the rest is `sql_limits.rs`) and of
+//! [`AuthChangeStore`]: account-change notifications over LISTEN/NOTIFY.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use sqlx::postgres::PgListener;
 use sqlx::Row;
 
 use super::postgres::PgStore;
+use super::sql_limits::{counter, send_coalesced};
 use super::*;
 
 /// The channel the 0001/0006 migration triggers notify on.
@@ -31,16 +33,9 @@ UNION ALL
 SELECT tat, FALSE AS allowed FROM limit_counters
  WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM up)";
 
-fn counter(row: &sqlx::postgres::PgRow) -> LimitCounter {
-    LimitCounter {
-        key: row.get("key"),
-        tat: row.get("tat"),
-        expires_at: row.get("expires_at"),
-    }
-}
+super::sql_limits::limit_store!(PgStore);
 
-#[async_trait]
-impl LimitStore for PgStore {
+impl PgStore {
     async fn limit_check(&self, key: &str, step: &GcraStep) -> StoreResult<GcraOutcome> {
         let row = sqlx::query(CHECK_SQL)
             .bind(key)
@@ -70,20 +65,6 @@ impl LimitStore for PgStore {
         Ok(rows.iter().map(counter).collect())
     }
 
-    async fn limit_set(&self, c: &LimitCounter) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO limit_counters (key, tat, expires_at) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO UPDATE SET tat = EXCLUDED.tat, expires_at = EXCLUDED.expires_at",
-        )
-        .bind(&c.key)
-        .bind(c.tat)
-        .bind(c.expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "limit counter"))?;
-        Ok(())
-    }
-
     async fn limit_delete(&self, keys: &[String]) -> StoreResult<u64> {
         let done = sqlx::query("DELETE FROM limit_counters WHERE key = ANY($1)")
             .bind(keys)
@@ -92,37 +73,10 @@ impl LimitStore for PgStore {
             .map_err(|e| map_sqlx(e, "limit counter"))?;
         Ok(done.rows_affected())
     }
+}
 
-    async fn limit_delete_prefix(&self, prefix: &str) -> StoreResult<u64> {
-        // left() rather than LIKE: keys may contain % and _.
-        let done = sqlx::query("DELETE FROM limit_counters WHERE left(key, length($1)) = $1")
-            .bind(prefix)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "limit counter"))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn limit_list(&self, now: i64) -> StoreResult<Vec<LimitCounter>> {
-        let rows = sqlx::query(
-            "SELECT key, tat, expires_at FROM limit_counters WHERE expires_at > $1 ORDER BY key",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "limit counter"))?;
-        Ok(rows.iter().map(counter).collect())
-    }
-
-    async fn limit_purge(&self, now: i64) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM limit_counters WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "limit counter"))?;
-        Ok(done.rows_affected())
-    }
-
+#[async_trait]
+impl AuthChangeStore for PgStore {
     async fn subscribe_auth_changes(&self) -> StoreResult<AuthChanges> {
         let mut listener = PgListener::connect_with(&self.pool)
             .await
@@ -155,22 +109,5 @@ impl LimitStore for PgStore {
             }
         });
         Ok(rx)
-    }
-}
-
-/// Sends `event` unless the receiver is gone (`Err`). When the channel is
-/// full, a pending event already tells the receiver to invalidate: a
-/// `Changed` may be dropped, a `Resync` waits for room.
-pub(crate) async fn send_coalesced(
-    tx: &tokio::sync::mpsc::Sender<AuthChange>,
-    event: AuthChange,
-) -> Result<(), ()> {
-    match tx.try_send(event) {
-        Ok(()) => Ok(()),
-        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(()),
-        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) if event == AuthChange::Changed => {
-            Ok(())
-        }
-        Err(tokio::sync::mpsc::error::TrySendError::Full(ev)) => tx.send(ev).await.map_err(|_| ()),
     }
 }

@@ -8,12 +8,10 @@
 
 use std::collections::HashMap;
 
-use async_trait::async_trait;
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::postgres::PgStore;
-use super::sqlite_queue::{group_claims, queue_summary, QUEUE_STATS_SQL};
+use super::sql_queue::{group_claims, message_of};
 use super::*;
 
 /// Inserts message and recipients in ONE statement (a data-modifying CTE):
@@ -70,32 +68,6 @@ fn u32_of(v: i32) -> u32 {
     u32::try_from(v.max(0)).unwrap_or(0)
 }
 
-fn u32_of64(v: i64) -> u32 {
-    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
-}
-
-fn message_of(r: &PgRow) -> ClaimedMessage {
-    ClaimedMessage {
-        id: r.get("id"),
-        sender: r.get("sender"),
-        user_id: r.get("user_id"),
-        username: r.get("username"),
-        envid: r.get("envid"),
-        dsn_ret: r.get("dsn_ret"),
-        is_dsn: r.get("is_dsn"),
-        smtputf8: r.get("smtputf8"),
-        size: r.get("size"),
-        received_at: r.get("received_at"),
-        expires_at: r.get("expires_at"),
-        recipients: Vec::new(),
-        body: r
-            .try_get::<Option<Vec<u8>>, _>("small_body")
-            .ok()
-            .flatten()
-            .map(bytes::Bytes::from),
-    }
-}
-
 fn outcome_parts(kind: &OutcomeKind) -> (&'static str, i32, Option<i64>, Option<i32>) {
     match kind {
         OutcomeKind::Delivered => ("delivered", 1, None, None),
@@ -114,8 +86,22 @@ fn outcome_parts(kind: &OutcomeKind) -> (&'static str, i32, Option<i64>, Option<
     }
 }
 
-#[async_trait]
-impl QueueStore for PgStore {
+/// `$1`/`$2`/`$3`/`$4`: sender pattern, username, recipient pattern,
+/// received-before; NULL matches everything. A pattern starting with `@`
+/// matches the address's domain part, anything else the whole address.
+const SELECT_WHERE: &str = " WHERE ($1::text IS NULL OR lower(m.sender) = $1
+        OR (left($1, 1) = '@' AND right(lower(m.sender), length($1)) = $1))
+   AND ($2::text IS NULL OR m.username = $2)
+   AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM queue_recipients x WHERE x.message_id = m.id
+        AND (lower(x.recipient) = $3
+             OR (left($3, 1) = '@' AND right(lower(x.recipient), length($3)) = $3))))
+   AND ($4::bigint IS NULL OR m.received_at <= $4)
+ ORDER BY m.received_at, m.id";
+
+super::sql_queue::queue_store!(PgStore, PgConnection, u32_of, insert_message);
+super::sql_queue::queue_admin_store!(PgStore, SELECT_WHERE);
+
+impl PgStore {
     async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
         // One statement on the pool: its own transaction, committed (WAL
         // flushed, synchronous_commit) before this returns and the 250 goes out.
@@ -193,17 +179,6 @@ impl QueueStore for PgStore {
             claimed.push((mid, recipient));
         }
         Ok(group_claims(messages, claimed))
-    }
-
-    async fn load_body(&self, id: &str) -> StoreResult<bytes::Bytes> {
-        let body: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT body FROM queue_messages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| map_sqlx(e, "queued message"))?;
-        body.map(bytes::Bytes::from)
-            .ok_or_else(|| StoreError::NotFound(format!("queued message {id:?}")))
     }
 
     async fn record_outcomes(
@@ -297,37 +272,6 @@ impl QueueStore for PgStore {
         Ok(u64::try_from(updated).unwrap_or(0))
     }
 
-    async fn final_recipients(&self, id: &str) -> StoreResult<Option<Vec<FinalRecipient>>> {
-        let rows = sqlx::query(
-            "SELECT recipient, notify, orcpt, status, attempts, last_upstream, last_reply
-             FROM queue_recipients WHERE message_id = $1 ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "queue"))?;
-        if rows.is_empty()
-            || rows
-                .iter()
-                .any(|r| r.get::<String, _>("status") == "queued")
-        {
-            return Ok(None);
-        }
-        Ok(Some(
-            rows.iter()
-                .map(|r| FinalRecipient {
-                    address: r.get("recipient"),
-                    notify: r.get("notify"),
-                    orcpt: r.get("orcpt"),
-                    status: r.get("status"),
-                    attempts: u32_of(r.get("attempts")),
-                    last_upstream: r.get("last_upstream"),
-                    last_reply: r.get("last_reply"),
-                })
-                .collect(),
-        ))
-    }
-
     async fn finish_message(
         &self,
         id: &str,
@@ -359,65 +303,20 @@ impl QueueStore for PgStore {
             tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
             return Ok(false);
         }
-        if let Some(dsn) = dsn {
-            insert_message(&mut *tx, dsn).await?;
-            sqlx::query(
-                "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
-                 SELECT $1, message_id, recipient, NULL, 'bounced', attempts, $2
-                 FROM queue_recipients WHERE message_id = $3 AND status IN ('failed', 'expired')",
-            )
-            .bind(now)
-            .bind(format!("DSN {}", dsn.id))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "delivery log"))?;
-        }
-        sqlx::query("DELETE FROM queue_messages WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(true)
+        Self::finish_final_message(tx, id, now, dsn).await
     }
 
-    async fn enqueue_notice(&self, notice: &NewMessage, delay_warned: &[i64]) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
-        if !delay_warned.is_empty() {
-            let marked = sqlx::query(
-                "UPDATE queue_recipients SET delay_warned = TRUE
-                 WHERE id = ANY($1) AND NOT delay_warned",
-            )
-            .bind(delay_warned)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?
-            .rows_affected();
-            if marked == 0 {
-                tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
-                return Ok(false);
-            }
-        }
-        insert_message(&mut *tx, notice).await?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(true)
-    }
-
-    async fn unfinished_messages(&self, limit: u32) -> StoreResult<Vec<ClaimedMessage>> {
-        let rows = sqlx::query(
-            "SELECT id, sender, user_id, username, envid, dsn_ret, is_dsn, smtputf8, size,
-                    received_at, expires_at
-             FROM queue_messages m
-             WHERE NOT EXISTS (SELECT 1 FROM queue_recipients r
-                               WHERE r.message_id = m.id AND r.status = 'queued')
-             ORDER BY received_at, id LIMIT $1",
+    /// Sets `delay_warned` on the recipients `ids` not yet warned; returns how many.
+    async fn mark_delay_warned(conn: &mut PgConnection, ids: &[i64]) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE queue_recipients SET delay_warned = TRUE
+             WHERE id = ANY($1) AND NOT delay_warned",
         )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .bind(ids)
+        .execute(&mut *conn)
         .await
-        .map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(rows.iter().map(message_of).collect())
+        .map_err(|e| map_sqlx(e, "queue"))?
+        .rows_affected())
     }
 
     async fn renew_leases(
@@ -427,9 +326,6 @@ impl QueueStore for PgStore {
         now: i64,
         lease_ms: i64,
     ) -> StoreResult<u64> {
-        if recipient_ids.is_empty() {
-            return Ok(0);
-        }
         let done = sqlx::query(
             "UPDATE queue_recipients SET lease_until = $1
              WHERE id = ANY($2) AND lease_owner = $3 AND status = 'queued'",
@@ -441,177 +337,5 @@ impl QueueStore for PgStore {
         .await
         .map_err(|e| map_sqlx(e, "queue lease"))?;
         Ok(done.rows_affected())
-    }
-
-    async fn reclaim_expired(&self, now: i64) -> StoreResult<u64> {
-        let done = sqlx::query(
-            // The owner stays: a late outcome of the last holder still
-            // counts until another holder claims the recipient (issue 13).
-            "UPDATE queue_recipients SET lease_until = NULL, updated_at = $1
-             WHERE status = 'queued' AND lease_until IS NOT NULL AND lease_until <= $1",
-        )
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn prune_delivery_log(&self, before: i64) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM delivery_log WHERE at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "delivery log"))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn queue_stats(&self, now: i64) -> StoreResult<QueueSummary> {
-        let row = sqlx::query(QUEUE_STATS_SQL)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(queue_summary(now, row.get(0), row.get(1)))
-    }
-
-    async fn queue_list(&self, limit: u32) -> StoreResult<Vec<QueueEntry>> {
-        let rows = sqlx::query(&format!("{LIST_SQL} ORDER BY m.received_at, m.id LIMIT $1"))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(rows.iter().map(entry_of).collect())
-    }
-
-    async fn queue_show(&self, id: &str) -> StoreResult<QueueDetail> {
-        let row = sqlx::query(&format!("{LIST_SQL} WHERE m.id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?
-            .ok_or_else(|| StoreError::NotFound(format!("queued message {id:?}")))?;
-        let recipients = sqlx::query(
-            "SELECT recipient, status, attempts, next_attempt_at, route_index, lease_owner,
-                    lease_until, last_upstream, last_reply, held
-             FROM queue_recipients WHERE message_id = $1 ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "queue"))?;
-        let log = sqlx::query(
-            "SELECT at, recipient, upstream, outcome, attempt, reply FROM delivery_log
-             WHERE message_id = $1 ORDER BY at, id",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "delivery log"))?;
-        Ok(QueueDetail {
-            entry: entry_of(&row),
-            envid: row.get("envid"),
-            expires_at: row.get("expires_at"),
-            recipients: recipients
-                .iter()
-                .map(|r| QueueRecipientDetail {
-                    address: r.get("recipient"),
-                    status: r.get("status"),
-                    attempts: u32_of(r.get("attempts")),
-                    next_attempt_at: r.get("next_attempt_at"),
-                    route_index: u32_of(r.get("route_index")),
-                    lease_owner: r.get("lease_owner"),
-                    lease_until: r.get("lease_until"),
-                    last_upstream: r.get("last_upstream"),
-                    last_reply: r.get("last_reply"),
-                    held: r.get("held"),
-                })
-                .collect(),
-            log: log
-                .iter()
-                .map(|r| DeliveryLogEntry {
-                    at: r.get("at"),
-                    recipient: r.get("recipient"),
-                    upstream: r.get("upstream"),
-                    outcome: r.get("outcome"),
-                    attempt: u32_of(r.get("attempt")),
-                    reply: r.get("reply"),
-                })
-                .collect(),
-        })
-    }
-
-    async fn queue_retry(&self, id: &str, now: i64) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
-        exists(&mut tx, id).await?;
-        let done = sqlx::query(
-            "UPDATE queue_recipients SET next_attempt_at = $1, updated_at = $1
-             WHERE message_id = $2 AND status = 'queued'",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| map_sqlx(e, "queue"))?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn queue_delete(&self, id: &str, now: i64) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
-        exists(&mut tx, id).await?;
-        sqlx::query(
-            "INSERT INTO delivery_log (at, message_id, recipient, upstream, outcome, attempt, reply)
-             SELECT $1, message_id, recipient, NULL, 'deleted', attempts, 'deleted by admin'
-             FROM queue_recipients WHERE message_id = $2 AND status = 'queued'",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| map_sqlx(e, "delivery log"))?;
-        sqlx::query("DELETE FROM queue_messages WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
-    }
-}
-
-async fn exists(conn: &mut PgConnection, id: &str) -> StoreResult<()> {
-    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM queue_messages WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| map_sqlx(e, "queue"))?;
-    found
-        .map(|_| ())
-        .ok_or_else(|| StoreError::NotFound(format!("queued message {id:?}")))
-}
-
-pub(crate) const LIST_SQL: &str = "SELECT m.id, m.sender, m.username, m.size, m.received_at, m.is_dsn,
-        m.envid, m.expires_at,
-        (SELECT count(*) FROM queue_recipients r WHERE r.message_id = m.id) AS recipients,
-        (SELECT count(*) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS pending,
-        (SELECT min(next_attempt_at) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS next_at,
-        (SELECT count(*) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued' AND r.held) AS held,
-        (SELECT max(attempts)::bigint FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS max_attempts,
-        (SELECT max(lease_until) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS lease_until
-     FROM queue_messages m";
-
-pub(crate) fn entry_of(r: &PgRow) -> QueueEntry {
-    QueueEntry {
-        id: r.get("id"),
-        sender: r.get("sender"),
-        username: r.get("username"),
-        size: r.get("size"),
-        received_at: r.get("received_at"),
-        is_dsn: r.get("is_dsn"),
-        recipients: u32_of64(r.get("recipients")),
-        pending: u32_of64(r.get("pending")),
-        next_attempt_at: r.get("next_at"),
-        held: r.get::<i64, _>("held") > 0,
-        attempts: u32_of64(r.get::<Option<i64>, _>("max_attempts").unwrap_or(0)),
-        lease_until: r.get("lease_until"),
     }
 }

@@ -1,24 +1,19 @@
-//! SQLite side of [`LimitStore`]: the same GCRA counters for a single node
-//! (`[limits] backend = "store"`), and account-change detection by polling
-//! the `auth_version` row that the 0006 migration's triggers bump.
+//! SQLite side of [`LimitStore`] (the same GCRA counters for a single node,
+//! `[limits] backend = "store"`: the step and the multi-key statements; the
+//! rest is `sql_limits.rs`) and of [`AuthChangeStore`]: account-change
+//! detection by polling the `auth_version` row that the 0006 migration's
+//! triggers bump.
 
 use async_trait::async_trait;
 use sqlx::Row;
 
-use super::postgres_limits::send_coalesced;
+use super::sql_limits::{counter, send_coalesced};
 use super::sqlite::SqliteStore;
 use super::*;
 
-fn counter(row: &sqlx::sqlite::SqliteRow) -> LimitCounter {
-    LimitCounter {
-        key: row.get("key"),
-        tat: row.get("tat"),
-        expires_at: row.get("expires_at"),
-    }
-}
+super::sql_limits::limit_store!(SqliteStore);
 
-#[async_trait]
-impl LimitStore for SqliteStore {
+impl SqliteStore {
     async fn limit_check(&self, key: &str, step: &GcraStep) -> StoreResult<GcraOutcome> {
         let scale = step.scale.max(1);
         if step.increment <= step.window {
@@ -71,20 +66,6 @@ impl LimitStore for SqliteStore {
         Ok(rows.iter().map(counter).collect())
     }
 
-    async fn limit_set(&self, c: &LimitCounter) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO limit_counters (key, tat, expires_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (key) DO UPDATE SET tat = excluded.tat, expires_at = excluded.expires_at",
-        )
-        .bind(&c.key)
-        .bind(c.tat)
-        .bind(c.expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "limit counter"))?;
-        Ok(())
-    }
-
     async fn limit_delete(&self, keys: &[String]) -> StoreResult<u64> {
         let mut n = 0;
         for k in keys {
@@ -97,37 +78,10 @@ impl LimitStore for SqliteStore {
         }
         Ok(n)
     }
+}
 
-    async fn limit_delete_prefix(&self, prefix: &str) -> StoreResult<u64> {
-        // substr() rather than LIKE: keys may contain % and _.
-        let done = sqlx::query("DELETE FROM limit_counters WHERE substr(key, 1, length(?1)) = ?1")
-            .bind(prefix)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "limit counter"))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn limit_list(&self, now: i64) -> StoreResult<Vec<LimitCounter>> {
-        let rows = sqlx::query(
-            "SELECT key, tat, expires_at FROM limit_counters WHERE expires_at > ?1 ORDER BY key",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "limit counter"))?;
-        Ok(rows.iter().map(counter).collect())
-    }
-
-    async fn limit_purge(&self, now: i64) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM limit_counters WHERE expires_at <= ?1")
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "limit counter"))?;
-        Ok(done.rows_affected())
-    }
-
+#[async_trait]
+impl AuthChangeStore for SqliteStore {
     async fn subscribe_auth_changes(&self) -> StoreResult<AuthChanges> {
         let pool = self.pool.clone();
         let read = move |pool: sqlx::SqlitePool| async move {

@@ -375,8 +375,14 @@ struct Flaky {
     message: bool,
 }
 
-fn refusal(reason: &str) -> postgate::smtp::ports::LimitRefusal {
+fn refusal(
+    scope: postgate::smtp::ports::LimitScope,
+    kind: postgate::smtp::ports::LimitKind,
+    reason: &str,
+) -> postgate::smtp::ports::LimitRefusal {
     postgate::smtp::ports::LimitRefusal {
+        scope,
+        kind,
         retry_after: Duration::from_secs(42),
         reason: reason.into(),
     }
@@ -389,7 +395,11 @@ impl postgate::smtp::ports::SessionLimits for Flaky {
         _ip: std::net::IpAddr,
     ) -> Result<(), postgate::smtp::ports::LimitRefusal> {
         if self.connection {
-            return Err(refusal("connection rate exceeded"));
+            return Err(refusal(
+                postgate::smtp::ports::LimitScope::Ip,
+                postgate::smtp::ports::LimitKind::Connections,
+                "connection rate exceeded",
+            ));
         }
         Ok(())
     }
@@ -399,7 +409,11 @@ impl postgate::smtp::ports::SessionLimits for Flaky {
         _u: &str,
     ) -> Result<Duration, postgate::smtp::ports::LimitRefusal> {
         if self.auth {
-            return Err(refusal("too many failed logins"));
+            return Err(refusal(
+                postgate::smtp::ports::LimitScope::Ip,
+                postgate::smtp::ports::LimitKind::AuthFailures,
+                "too many failed logins",
+            ));
         }
         Ok(self.tarpit)
     }
@@ -409,7 +423,11 @@ impl postgate::smtp::ports::SessionLimits for Flaky {
         _i: &postgate::auth::Identity,
     ) -> Result<Box<dyn std::any::Any + Send + Sync>, postgate::smtp::ports::LimitRefusal> {
         if self.session {
-            return Err(refusal("too many concurrent sessions"));
+            return Err(refusal(
+                postgate::smtp::ports::LimitScope::User,
+                postgate::smtp::ports::LimitKind::Sessions,
+                "too many concurrent sessions",
+            ));
         }
         Ok(Box::new(()))
     }
@@ -418,7 +436,11 @@ impl postgate::smtp::ports::SessionLimits for Flaky {
         _i: &postgate::auth::Identity,
     ) -> Result<(), postgate::smtp::ports::LimitRefusal> {
         if self.message {
-            return Err(refusal("message rate exceeded"));
+            return Err(refusal(
+                postgate::smtp::ports::LimitScope::User,
+                postgate::smtp::ports::LimitKind::Messages,
+                "message rate exceeded",
+            ));
         }
         Ok(())
     }

@@ -7,10 +7,10 @@
 use bytes::Bytes;
 
 use super::{metrics, Input, Session, Transaction};
-use crate::intake::{ClientInfo, Submission};
 use crate::metrics::RejectReason;
 use crate::smtp::budget::Lease;
 use crate::smtp::data::{BdatChunk, Body, DataError, DataReader};
+use crate::smtp::ports::{ClientInfo, Submission};
 use crate::smtp::reply::Reply;
 use crate::submission;
 

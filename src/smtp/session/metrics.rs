@@ -10,8 +10,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::metrics::{AuthResult, ConnectionRefusal, Mechanism, Metrics, RejectReason};
+use crate::metrics::{self, AuthResult, ConnectionRefusal, Mechanism, Metrics, RejectReason};
 use crate::smtp::data::DataError;
+use crate::smtp::ports::{LimitKind, LimitRefusal, LimitScope};
 
 /// The metrics a session records into, or none (tests, tools). Cheap to clone.
 #[derive(Clone, Default)]
@@ -79,25 +80,32 @@ pub fn data_error_reason(e: &DataError) -> RejectReason {
     }
 }
 
+/// The metrics labels `(scope, limit)` of a limit refusal.
+pub fn limit_labels(r: &LimitRefusal) -> (metrics::LimitScope, metrics::LimitKind) {
+    let scope = match r.scope {
+        LimitScope::User => metrics::LimitScope::User,
+        LimitScope::Credential => metrics::LimitScope::Credential,
+        LimitScope::Ip => metrics::LimitScope::Ip,
+    };
+    let kind = match r.kind {
+        LimitKind::Messages => metrics::LimitKind::Messages,
+        LimitKind::Recipients => metrics::LimitKind::Recipients,
+        LimitKind::Sessions => metrics::LimitKind::Sessions,
+        LimitKind::Connections | LimitKind::ConcurrentConnections => {
+            metrics::LimitKind::Connections
+        }
+        LimitKind::AuthFailures => metrics::LimitKind::AuthFailures,
+    };
+    (scope, kind)
+}
+
 /// Why `SessionLimits::connection` refused, as a connection refusal label:
 /// a lockout after failed logins, a per-IP concurrency cap, else a rate.
-///
-/// The ports carry only the human reason (e.g. `too many failed logins from
-/// 192.0.2.1`); only its words before the first ` from ` / ` for ` are read,
-/// as they never contain an address or a user's name.
-pub fn connection_refusal(reason: &str) -> ConnectionRefusal {
-    let lower = reason.to_ascii_lowercase();
-    let what = [" from ", " for "]
-        .iter()
-        .filter_map(|sep| lower.find(sep))
-        .min()
-        .map_or(lower.as_str(), |i| &lower[..i]);
-    if what.contains("failed login") || what.contains("locked") {
-        ConnectionRefusal::LockedOut
-    } else if what.contains("concurrent") {
-        ConnectionRefusal::IpCap
-    } else {
-        ConnectionRefusal::RateLimited
+pub fn connection_refusal(r: &LimitRefusal) -> ConnectionRefusal {
+    match r.kind {
+        LimitKind::AuthFailures => ConnectionRefusal::LockedOut,
+        LimitKind::ConcurrentConnections => ConnectionRefusal::IpCap,
+        _ => ConnectionRefusal::RateLimited,
     }
 }
 
@@ -105,8 +113,8 @@ pub fn connection_refusal(reason: &str) -> ConnectionRefusal {
 mod tests {
     use super::*;
 
-    /// The label read from the wording agrees with the limiter's own
-    /// labels for every refusal it makes at connect.
+    /// Every refusal the limiter makes at connect carries the kind its
+    /// connection label is read from.
     #[tokio::test]
     async fn connection_refusals_of_the_limiter_are_labelled() {
         use crate::limits::{Limiter, LimitsConfig, ManualClock};
@@ -121,15 +129,12 @@ mod tests {
 
         l.connection(ip(1)).await.unwrap();
         let r = l.connection(ip(1)).await.unwrap_err();
-        assert_eq!(r.limit, crate::metrics::LimitKind::Connections);
-        assert_eq!(
-            connection_refusal(&r.reason),
-            ConnectionRefusal::RateLimited
-        );
+        assert_eq!((r.scope, r.kind), (LimitScope::Ip, LimitKind::Connections));
+        assert_eq!(connection_refusal(&r), ConnectionRefusal::RateLimited);
 
         let _held = l.connection_slot(ip(2)).unwrap();
         let r = l.connection_slot(ip(2)).unwrap_err();
-        assert_eq!(connection_refusal(&r.reason), ConnectionRefusal::IpCap);
+        assert_eq!(connection_refusal(&r), ConnectionRefusal::IpCap);
 
         for i in 0..100 {
             let user = format!("u{i}");
@@ -140,24 +145,75 @@ mod tests {
         }
         let r = l.connection(ip(3)).await.unwrap_err();
         assert!(r.is_lockout(), "{r:?}");
-        assert_eq!(connection_refusal(&r.reason), ConnectionRefusal::LockedOut);
+        assert_eq!(connection_refusal(&r), ConnectionRefusal::LockedOut);
     }
 
+    /// The label values of every refusal kind and scope, as exported.
     #[test]
-    fn connection_refusals_are_told_apart() {
-        assert_eq!(
-            connection_refusal("too many failed logins from 192.0.2.1"),
-            ConnectionRefusal::LockedOut
-        );
-        assert_eq!(
-            connection_refusal("too many concurrent connections from 192.0.2.1 (10)"),
-            ConnectionRefusal::IpCap
-        );
-        assert_eq!(
-            connection_refusal("connection rate from 192.0.2.1 exceeded (30 per minute)"),
-            ConnectionRefusal::RateLimited
-        );
-        assert_eq!(connection_refusal("no"), ConnectionRefusal::RateLimited);
+    fn refusal_labels_are_pinned() {
+        let refusal = |scope, kind| LimitRefusal {
+            scope,
+            kind,
+            retry_after: std::time::Duration::from_secs(1),
+            reason: "any wording".into(),
+        };
+        let table = [
+            (
+                LimitScope::User,
+                LimitKind::Messages,
+                "user",
+                "messages",
+                "rate_limited",
+            ),
+            (
+                LimitScope::Credential,
+                LimitKind::Recipients,
+                "credential",
+                "recipients",
+                "rate_limited",
+            ),
+            (
+                LimitScope::User,
+                LimitKind::Sessions,
+                "user",
+                "sessions",
+                "rate_limited",
+            ),
+            (
+                LimitScope::Ip,
+                LimitKind::Connections,
+                "ip",
+                "connections",
+                "rate_limited",
+            ),
+            (
+                LimitScope::Ip,
+                LimitKind::ConcurrentConnections,
+                "ip",
+                "connections",
+                "ip_cap",
+            ),
+            (
+                LimitScope::Ip,
+                LimitKind::AuthFailures,
+                "ip",
+                "auth_failures",
+                "locked_out",
+            ),
+            (
+                LimitScope::User,
+                LimitKind::AuthFailures,
+                "user",
+                "auth_failures",
+                "locked_out",
+            ),
+        ];
+        for (scope, kind, scope_label, kind_label, connection_label) in table {
+            let r = refusal(scope, kind);
+            let (s, k) = limit_labels(&r);
+            assert_eq!((s.as_str(), k.as_str()), (scope_label, kind_label), "{r:?}");
+            assert_eq!(connection_refusal(&r).as_str(), connection_label, "{r:?}");
+        }
     }
 
     #[test]

@@ -11,24 +11,22 @@
 //! refusals are counted by the [`SessionLimits`] implementation, which
 //! knows their exact labels.
 //!
-//! The AUTH exchange is in `session_auth.rs`, DATA/BDAT and submission in
-//! `session_data.rs` (more `impl Session` blocks).
+//! The AUTH exchange is in `auth.rs`, DATA/BDAT and submission in `data.rs`,
+//! the trusted-network account in `trusted.rs` (more `impl Session` blocks).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
-use crate::auth::Identity;
-use crate::intake::{Intake, TlsInfo};
 use crate::metrics::RejectReason;
 use crate::smtp::budget::{Lease, MemoryBudget};
 use crate::smtp::command::{self, Command, LineFramer, MailParams, RcptParams, MAX_AUTH_LINE};
 use crate::smtp::data::{BdatChunk, Body, DataReader};
 use crate::smtp::ports::{Authenticator, SessionLimits};
+use crate::smtp::ports::{Identity, Intake, Recipient, TlsInfo};
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::Exchange;
-use crate::store::NewRecipient;
 use crate::submission;
 
 mod auth;
@@ -61,7 +59,7 @@ pub struct SessionSettings {
     /// Where AUTH outcomes, refusals and received messages are counted.
     pub metrics: SessionMetrics,
     /// The client is on one of the listener's trusted networks: it is that
-    /// network's account without AUTH (see `session_trusted.rs`).
+    /// network's account without AUTH (see `trusted.rs`).
     pub trusted: Option<crate::smtp::config::TrustedAccess>,
     /// The node-wide budget of message bytes held in memory (shared by
     /// every session of the node): `452 4.3.1` when spent.
@@ -78,7 +76,7 @@ pub struct Ports {
 
 struct Transaction {
     mail: MailParams,
-    recipients: Vec<NewRecipient>,
+    recipients: Vec<Recipient>,
     /// Set once BDAT started: the content received so far.
     bdat: Option<Body>,
     /// The memory budget held for the content (from DATA/BDAT to the end
@@ -452,7 +450,7 @@ impl Session {
         let Some(txn) = self.txn.as_mut() else {
             return Reply::bad_sequence("need MAIL before RCPT");
         };
-        txn.recipients.push(NewRecipient {
+        txn.recipients.push(Recipient {
             address: r.address,
             notify: r.notify,
             orcpt: r.orcpt,

@@ -9,8 +9,8 @@ use base64::Engine as _;
 use super::*;
 use crate::intake::{IntakeError, Submission};
 use crate::smtp::ports::AuthOutcome;
-use crate::smtp::ports::{LimitRefusal, NoLimits};
-use crate::store::{LimitOverrides, StoreError};
+use crate::smtp::ports::{LimitKind, LimitRefusal, LimitScope, NoLimits};
+use crate::store::LimitOverrides;
 
 struct FakeAuth;
 
@@ -45,7 +45,7 @@ struct FakeIntake {
 impl Intake for FakeIntake {
     async fn submit(&self, s: Submission) -> Result<String, IntakeError> {
         if self.fail {
-            return Err(IntakeError::Store(StoreError::Unavailable("down".into())));
+            return Err(IntakeError::QueueUnavailable("down".into()));
         }
         let mut got = self.got.lock().unwrap();
         got.push(s);
@@ -72,6 +72,8 @@ impl SessionLimits for RefuseMessages {
     }
     async fn mail_allowed(&self, _i: &Identity) -> Result<(), LimitRefusal> {
         Err(LimitRefusal {
+            scope: LimitScope::User,
+            kind: LimitKind::Messages,
             retry_after: Duration::from_secs(30),
             reason: "message rate exceeded".into(),
         })
@@ -576,6 +578,8 @@ impl SessionLimits for Strict {
             return Ok(Duration::ZERO);
         }
         Err(LimitRefusal {
+            scope: LimitScope::User,
+            kind: LimitKind::AuthFailures,
             retry_after: Duration::from_secs(60),
             reason: "too many failed logins for user eve".into(),
         })
@@ -596,6 +600,8 @@ impl SessionLimits for Strict {
             return Ok(());
         }
         Err(LimitRefusal {
+            scope: LimitScope::Credential,
+            kind: LimitKind::Recipients,
             retry_after: Duration::from_secs(30),
             reason: "recipient quota for credential laptop of user bob exceeded (1 per day)".into(),
         })
@@ -778,6 +784,8 @@ impl SessionLimits for Quotas {
         self.mail_checks.fetch_add(1, Ordering::Relaxed);
         if self.refuse_mail.load(Ordering::Relaxed) {
             return Err(LimitRefusal {
+                scope: LimitScope::User,
+                kind: LimitKind::Messages,
                 retry_after: Duration::from_secs(60),
                 reason: "message quota for user bob exceeded (1 per day)".into(),
             });
@@ -787,6 +795,8 @@ impl SessionLimits for Quotas {
     async fn rcpt_allowed(&self, _i: &Identity, n: u32) -> Result<(), LimitRefusal> {
         if n > self.rcpt_quota {
             return Err(LimitRefusal {
+                scope: LimitScope::User,
+                kind: LimitKind::Recipients,
                 retry_after: Duration::from_secs(60),
                 reason: "recipient quota for user bob exceeded".into(),
             });

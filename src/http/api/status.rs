@@ -40,6 +40,8 @@ mod tests {
     #[test]
     fn every_submission_refusal_has_its_status() {
         let limit = LimitRefusal {
+            scope: crate::smtp::ports::LimitScope::User,
+            kind: crate::smtp::ports::LimitKind::Messages,
             retry_after: Duration::from_secs(3),
             reason: "x".into(),
         };

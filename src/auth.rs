@@ -96,7 +96,7 @@ pub struct StoreAuthenticator {
     params: HashParams,
     dummy: Arc<str>,
     verifications: Arc<Semaphore>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl StoreAuthenticator {
@@ -110,14 +110,14 @@ impl StoreAuthenticator {
             params: config.hash,
             dummy: password::dummy_hash(&config.hash)?.into(),
             verifications: Arc::new(Semaphore::new(config.max_concurrent_verifications)),
-            metrics: None,
+            metrics: Metrics::detached(),
         })
     }
 
     /// Times the store operations of each login (`login_lookup`,
     /// `credential_used`) into `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = metrics;
         self
     }
 
@@ -130,9 +130,8 @@ impl StoreAuthenticator {
     }
 
     fn timed(&self, operation: StoreOperation, started: Instant, failed: bool) {
-        if let Some(m) = &self.metrics {
-            m.store_operation(operation, started.elapsed(), failed);
-        }
+        self.metrics
+            .store_operation(operation, started.elapsed(), failed);
     }
 
     /// Verifies `password` against each hash (or the dummy hash when there

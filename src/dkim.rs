@@ -61,9 +61,13 @@ pub enum DkimError {
     /// The message has no usable header From to pick a key by.
     #[error("cannot pick a DKIM key: {0}")]
     Header(#[from] FixupError),
-    /// mail-auth failed to sign (should not happen with a loaded key).
-    #[error("DKIM signing failed: {0}")]
-    Sign(String),
+    /// mail-auth failed to sign with a key of `algorithm` (should not
+    /// happen with a loaded key).
+    #[error("DKIM signing failed ({}): {reason}", algorithm.as_str())]
+    Sign {
+        algorithm: DkimAlgorithm,
+        reason: String,
+    },
 }
 
 impl DkimError {
@@ -72,6 +76,14 @@ impl DkimError {
     /// (store, key or signing failure: reply 4xx, the client retries).
     pub fn is_permanent(&self) -> bool {
         matches!(self, DkimError::NoKey { .. } | DkimError::Header(_))
+    }
+
+    /// The algorithm of the key that failed to sign, for a signing failure.
+    pub fn algorithm(&self) -> Option<DkimAlgorithm> {
+        match self {
+            DkimError::Sign { algorithm, .. } => Some(*algorithm),
+            _ => None,
+        }
     }
 }
 
@@ -216,6 +228,8 @@ pub struct Signatures {
     pub domain: Option<String>,
     /// `selector (algorithm)` of each signature made, for logs.
     pub selectors: Vec<String>,
+    /// The algorithm of each signature made (of its key), in the same order.
+    pub algorithms: Vec<DkimAlgorithm>,
     /// The `DKIM-Signature` fields, CRLF-terminated, to put before the
     /// message. Empty when unsigned.
     pub headers: Vec<u8>,
@@ -346,9 +360,13 @@ impl Signer {
         let any_rsa = keys.iter().any(|k| k.algorithm == DkimAlgorithm::RsaSha256);
         let job = move || sign_with(&keys, &domain, &headers, expiry, &message);
         if any_rsa {
+            // Only RSA signing is slow enough for the blocking pool.
             tokio::task::spawn_blocking(job)
                 .await
-                .map_err(|e| DkimError::Sign(e.to_string()))?
+                .map_err(|e| DkimError::Sign {
+                    algorithm: DkimAlgorithm::RsaSha256,
+                    reason: e.to_string(),
+                })?
         } else {
             job()
         }
@@ -393,12 +411,14 @@ fn sign_with(
         if expiry > 0 {
             signer = signer.expiration(expiry);
         }
-        let sig = signer
-            .sign(message)
-            .map_err(|e| DkimError::Sign(e.to_string()))?;
+        let sig = signer.sign(message).map_err(|e| DkimError::Sign {
+            algorithm: k.algorithm,
+            reason: e.to_string(),
+        })?;
         out.headers.extend_from_slice(sig.to_header().as_bytes());
         out.selectors
             .push(format!("{} ({})", k.selector, k.algorithm.as_str()));
+        out.algorithms.push(k.algorithm);
     }
     Ok(out)
 }

@@ -11,6 +11,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::time::rfc5322_date;
+
 pub use author::{check_header_from, header_from_addresses};
 pub use mailbox::{parse_mailbox, parse_mailbox_list, Mailbox, MailboxError};
 
@@ -367,37 +369,6 @@ pub fn received_header(ctx: &FixupContext) -> String {
     }
     s.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(ctx.now_ms)));
     s
-}
-
-/// `Mon, 23 Nov 2026 16:51:47 +0000` (RFC 5322 §3.3) for Unix milliseconds, in UTC.
-pub fn rfc5322_date(ms: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[days.rem_euclid(7) as usize],
-        d,
-        MONTHS[(m - 1) as usize],
-        y,
-        tod / 3600,
-        tod % 3600 / 60,
-        tod % 60
-    )
 }
 
 #[cfg(test)]

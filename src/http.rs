@@ -39,8 +39,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Secret;
 use crate::metrics::{CircuitState, Metrics, MetricsOptions, StoreOperation};
+use crate::secret::Secret;
 use crate::store::HealthStore;
 
 mod admin;

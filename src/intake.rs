@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::metrics::{Metrics, RejectReason, StoreOperation};
+use crate::metrics::{DkimResult, Metrics, RejectReason, StoreOperation};
 use crate::smtp::ports::Recipient;
 pub use crate::smtp::ports::{ClientInfo, Intake, IntakeError, Submission, TlsInfo};
 use crate::store::{self, NewMessage, NewRecipient, QueueStore, StoreError};
@@ -45,9 +45,6 @@ pub struct MessageProcessing {
     pub fixups: crate::fixups::FixupsConfig,
     /// `None` when signing is off (`dkim.enabled = false`).
     pub signer: Option<Arc<crate::dkim::Signer>>,
-    /// Where signatures are counted (and, unless [`StoreIntake::with_metrics`]
-    /// set others, queued and refused messages).
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// The production [`Intake`]: processes the message (see
@@ -60,7 +57,7 @@ pub struct StoreIntake {
     store: Arc<dyn QueueStore>,
     lifetime: Duration,
     processing: Option<MessageProcessing>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl StoreIntake {
@@ -70,30 +67,25 @@ impl StoreIntake {
             store,
             lifetime,
             processing: None,
-            metrics: None,
+            metrics: Metrics::detached(),
         }
     }
 
-    /// Adds header policy, fixups and signing before the commit (and takes
-    /// `processing.metrics` as its metrics unless some are set already).
+    /// Adds header policy, fixups and signing before the commit.
     pub fn with_processing(mut self, processing: MessageProcessing) -> Self {
-        if self.metrics.is_none() {
-            self.metrics = processing.metrics.clone();
-        }
         self.processing = Some(processing);
         self
     }
 
-    /// Counts queued and refused messages and times the enqueue into `metrics`.
+    /// Counts queued and refused messages and signatures, and times the
+    /// enqueue, into `metrics` (else into metrics nothing serves).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = metrics;
         self
     }
 
     fn rejected(&self, reason: RejectReason) {
-        if let Some(m) = &self.metrics {
-            m.message_rejected(reason);
-        }
+        self.metrics.message_rejected(reason);
     }
 
     /// The bytes to store (and later deliver) for `submission`: the one
@@ -159,27 +151,18 @@ impl StoreIntake {
                     return Err(IntakeError::SignatureNotPermitted(e.to_string()));
                 }
                 tracing::info!(queue_id, error = %e, "not signed: header From not permitted for this login");
-                if let Some(m) = &p.metrics {
-                    m.dkim_not_permitted();
-                }
+                self.metrics.dkim_not_permitted();
                 return Ok(fixed);
             }
         }
         match signer.sign(fixed.clone()).await {
             Ok(sigs) => {
-                if let Some(m) = &p.metrics {
-                    use crate::metrics::{DkimAlgorithm, DkimResult};
-                    if sigs.headers.is_empty() {
-                        m.dkim_unsigned();
-                    }
-                    for sel in &sigs.selectors {
-                        let alg = if sel.contains("ed25519") {
-                            DkimAlgorithm::Ed25519Sha256
-                        } else {
-                            DkimAlgorithm::RsaSha256
-                        };
-                        m.dkim_signature(alg, DkimResult::Signed);
-                    }
+                if sigs.headers.is_empty() {
+                    self.metrics.dkim_unsigned();
+                }
+                for &algorithm in &sigs.algorithms {
+                    self.metrics
+                        .dkim_signature(algorithm_label(algorithm), DkimResult::Signed);
                 }
                 if sigs.headers.is_empty() {
                     Ok(fixed)
@@ -192,17 +175,23 @@ impl StoreIntake {
                 Err(IntakeError::SigningRefused(e.to_string()))
             }
             Err(e) => {
-                if let Some(m) = &p.metrics {
-                    m.dkim_signature(
-                        crate::metrics::DkimAlgorithm::RsaSha256,
-                        crate::metrics::DkimResult::Failed,
-                    );
-                }
+                // Only `Sign` errors reach here (the others are permanent).
+                let algorithm = e.algorithm().unwrap_or(store::DkimAlgorithm::RsaSha256);
+                self.metrics
+                    .dkim_signature(algorithm_label(algorithm), DkimResult::Failed);
                 tracing::error!(queue_id, error = %e, "DKIM signing failed");
                 self.rejected(RejectReason::Internal);
                 Err(IntakeError::SigningUnavailable)
             }
         }
+    }
+}
+
+/// The metrics label of a key's algorithm.
+fn algorithm_label(algorithm: store::DkimAlgorithm) -> crate::metrics::DkimAlgorithm {
+    match algorithm {
+        store::DkimAlgorithm::RsaSha256 => crate::metrics::DkimAlgorithm::RsaSha256,
+        store::DkimAlgorithm::Ed25519Sha256 => crate::metrics::DkimAlgorithm::Ed25519Sha256,
     }
 }
 
@@ -234,20 +223,20 @@ impl Intake for StoreIntake {
         };
         let started = Instant::now();
         let committed = self.store.enqueue(&message).await;
-        if let Some(m) = &self.metrics {
-            m.store_operation(
-                StoreOperation::Enqueue,
-                started.elapsed(),
-                committed.is_err(),
-            );
-            match &committed {
-                Ok(()) => m.message_queued(
-                    Some(&user),
-                    message.recipients.len(),
-                    message.body.len() as u64,
-                ),
-                Err(_) => m.message_rejected(RejectReason::StoreUnavailable),
-            }
+        self.metrics.store_operation(
+            StoreOperation::Enqueue,
+            started.elapsed(),
+            committed.is_err(),
+        );
+        match &committed {
+            Ok(()) => self.metrics.message_queued(
+                Some(&user),
+                message.recipients.len(),
+                message.body.len() as u64,
+            ),
+            Err(_) => self
+                .metrics
+                .message_rejected(RejectReason::StoreUnavailable),
         }
         committed?;
         Ok(message.id)

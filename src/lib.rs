@@ -23,6 +23,7 @@ pub mod password;
 pub mod policy;
 pub mod quickstart;
 pub mod run;
+pub mod secret;
 pub mod smtp;
 pub mod store;
 pub mod submission;

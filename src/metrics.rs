@@ -16,7 +16,7 @@
 //! it for operators and the deploy tests check dashboards and alerts against it.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::core::Collector;
@@ -193,6 +193,13 @@ impl Declarer {
 }
 
 impl Metrics {
+    /// The whole catalogue on a registry of its own that nothing serves:
+    /// what a part started without the node's metrics records into (tests,
+    /// CLI probes), so that metrics are always present.
+    pub fn detached() -> Arc<Metrics> {
+        Arc::new(Metrics::new(&MetricsOptions::default()))
+    }
+
     /// Declares and registers the whole catalogue, plus the standard
     /// `process_*` metrics (CPU, memory, open files) on Linux.
     pub fn new(options: &MetricsOptions) -> Metrics {

@@ -102,7 +102,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     let listener_names: Vec<(String, crate::metrics::TlsMode)> = bound
         .smtp
         .iter()
-        .map(|(l, _)| (l.address.to_string(), tls_mode(l.mode)))
+        .map(|(l, _)| (l.address.to_string(), l.mode.metric_label()))
         .collect();
     if let Some(t) = &tls {
         record_certificate_expiry(&metrics, &listener_names, t);
@@ -120,8 +120,8 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             enforce_header_from: config.dkim.header_from == crate::dkim::HeaderFromPolicy::Enforce,
             fixups: config.fixups.clone(),
             signer: signer.clone(),
-            metrics: Some(metrics.clone()),
-        });
+        })
+        .with_metrics(metrics.clone());
     let limit_store: Arc<dyn crate::store::LimitStore> = store.clone();
     let limiter = Arc::new(crate::limits::Limiter::new(
         config.limits.clone(),
@@ -139,7 +139,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         intake: Arc::new(intake),
         limits: Arc::new(crate::limits::LimiterPorts::new(
             limiter.clone(),
-            Some(metrics.clone()),
+            metrics.clone(),
         )),
     };
     let api_ports = ports.clone();
@@ -171,7 +171,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
         store.clone(),
         delivery_config,
         delivery_shutdown.clone(),
-        Some(metrics.clone()),
+        metrics.clone(),
         limiter.clone(),
     )?;
     // For `/health/upstreams` (readiness never depends on upstreams).
@@ -254,16 +254,6 @@ const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 /// How long a message may stay queued (`queue.lifetime`).
 fn queue_lifetime(config: &Config) -> Duration {
     config.queue.lifetime
-}
-
-/// The metrics label of a listener mode.
-pub fn tls_mode(mode: crate::smtp::config::ListenerMode) -> crate::metrics::TlsMode {
-    use crate::smtp::config::ListenerMode;
-    match mode {
-        ListenerMode::Starttls => crate::metrics::TlsMode::Starttls,
-        ListenerMode::ImplicitTls => crate::metrics::TlsMode::ImplicitTls,
-        ListenerMode::Plain => crate::metrics::TlsMode::Plain,
-    }
 }
 
 fn record_certificate_expiry(

@@ -13,6 +13,8 @@ recover:
   delivered   accepted messages that arrived at the sink (at least once)
   lost        accepted messages that never arrived (the drain waits for them)
   duplicated  extra arrivals of accepted messages (arrivals - delivered)
+  dup_bound   for sigkill, the most a crash may repeat: kills x the upstream's
+              max_connections (one message per connection per kill)
   recover_s   fault end -> both a new 250 and a new arrival at the sink
   drain_s     fault end -> every accepted message arrived
 
@@ -38,6 +40,9 @@ import uuid
 
 USER, PASSWORD, DOMAIN = "chaos", "chaos-password-1", "chaos.test"
 MSGID = re.compile(rb"(?im)^Message-ID:\s*<([^>]+)>")
+# The sink upstream's max_connections (postgate's default): a SIGKILL may
+# repeat at most one message per connection.
+CONNECTIONS = 8
 
 
 def free_port():
@@ -296,6 +301,7 @@ tls = "none"
 connect_timeout = "2s"
 command_timeout = "3s"
 data_timeout = "5s"
+max_connections = {CONNECTIONS}
 """
             )
 
@@ -463,6 +469,7 @@ def run_scenario(args, backend, scenario, pg):
             "delivered": delivered,
             "lost": len(accepted) - delivered,
             "duplicated": dup,
+            "dup_bound": args.kills * CONNECTIONS if scenario == "sigkill" else None,
             "recover_s": None if recover is None else round(max(recover, 0.0), 1),
             "drain_s": None if drained_at is None else round(drained_at - fault_end, 1),
         }
@@ -514,7 +521,7 @@ def main():
         pg = Postgres(args.pg_url, args.pg_ctl.split(), args.psql.split())
     can_mount = os.geteuid() == 0
     results = []
-    cols = ["backend", "scenario", "fault_s", "accepted", "refused", "delivered", "lost", "duplicated", "recover_s", "drain_s"]
+    cols = ["backend", "scenario", "fault_s", "accepted", "refused", "delivered", "lost", "duplicated", "dup_bound", "recover_s", "drain_s"]
     print("| " + " | ".join(cols) + " |", flush=True)
     print("|" + "---|" * len(cols), flush=True)
     for backend in backends:
@@ -539,6 +546,10 @@ def main():
     bad = [r for r in results if r["lost"]]
     if bad:
         print(f"# LOST MESSAGES in {len(bad)} scenario(s)", flush=True)
+    over = [r for r in results if r["dup_bound"] is not None and r["duplicated"] > r["dup_bound"]]
+    if over:
+        print(f"# DUPLICATES ABOVE THE BOUND in {len(over)} scenario(s)", flush=True)
+    if bad or over:
         sys.exit(1)
 
 

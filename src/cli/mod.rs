@@ -81,7 +81,7 @@ pub async fn open_store(
 
 /// RFC 3339 UTC (`2026-12-06T13:14:31Z`) of a Unix-ms time.
 pub fn time(ms: i64) -> String {
-    postgate::accounts::format_ms(ms)
+    postgate::time::rfc3339(ms)
 }
 
 /// [`time`] of an optional time, as JSON (`null` when absent).

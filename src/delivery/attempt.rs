@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::pool::Held;
 use super::throttle::{self, Admission};
 use super::transaction::{EnvelopeDsn, RecipientDsn};
 use super::upstream::{Envelope, Reply, SendError, TxReplies};
@@ -21,7 +22,8 @@ impl Engine {
     /// Recipients delivered to an upstream that did not take the DSN
     /// parameters are added to `relayed` (RFC 3461 §6.2.1: postgate then
     /// owes the SUCCESS notice). `waiting` is given up once a connection
-    /// slot is held.
+    /// slot is held; that slot (and its session) goes to `held` after the
+    /// transaction, to be given back once the outcomes are committed.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt(
         &self,
@@ -32,6 +34,7 @@ impl Engine {
         rcpts: &[&ClaimedRecipient],
         relayed: &mut Vec<i64>,
         waiting: &Waiting,
+        held: &mut Option<Held>,
     ) -> Vec<RecipientOutcome> {
         let now_i = Instant::now();
         let chosen = route::pick(route.len(), start as u32, |i| {
@@ -56,12 +59,10 @@ impl Engine {
         let name = &route[idx];
         let up = &self.upstreams[name];
         if let Admission::Defer(wait) = up.throttle.admit(self.queue.max_throttle_wait).await {
-            if let Some(metrics) = &self.metrics {
-                metrics.rate_limited(LimitScope::Upstream, LimitKind::Messages);
-            }
-            if let Some(um) = &up.metrics {
-                um.throttled(ThrottleCause::Rate, rcpts.len() as u64);
-            }
+            self.metrics
+                .rate_limited(LimitScope::Upstream, LimitKind::Messages);
+            up.metrics
+                .throttled(ThrottleCause::Rate, rcpts.len() as u64);
             lock(&up.circuit).release_probe(Instant::now());
             self.publish_circuit(name);
             let reply = format!("rate limit of upstream {name}: next slot in {wait:?}");
@@ -107,9 +108,8 @@ impl Engine {
                 String::new()
             } else {
                 info!(queue_id = %m.id, upstream = %name, "no free connection within max_pool_wait: given back to the queue");
-                if let Some(um) = &up.metrics {
-                    um.throttled(ThrottleCause::Pool, rcpts.len() as u64);
-                }
+                up.metrics
+                    .throttled(ThrottleCause::Pool, rcpts.len() as u64);
                 format!("no free connection to upstream {name} within {wait:?}")
             };
             let now = now_ms();
@@ -123,10 +123,9 @@ impl Engine {
         };
         waiting.started();
         let started = Instant::now();
-        let sent = slot.send(env).await;
-        if let Some(um) = &up.metrics {
-            um.transaction_duration(started.elapsed());
-        }
+        let (sent, slot) = slot.send(env).await;
+        *held = Some(slot);
+        up.metrics.transaction_duration(started.elapsed());
         let outcomes = match sent {
             Err(e) => {
                 // One sender's mailbox refused ("{sender}" AUTH) says nothing
@@ -159,18 +158,15 @@ impl Engine {
             }
         };
         self.publish_circuit(name);
-        if let Some(um) = &up.metrics {
-            count_attempts(um, &outcomes);
-        }
+        count_attempts(&up.metrics, &outcomes);
         outcomes
     }
 
     /// Sets the circuit gauge of upstream `name` from its breaker.
     pub(super) fn publish_circuit(&self, name: &str) {
         if let Some(up) = self.upstreams.get(name) {
-            if let Some(um) = &up.metrics {
-                um.set_circuit(lock(&up.circuit).state_at(Instant::now()));
-            }
+            up.metrics
+                .set_circuit(lock(&up.circuit).state_at(Instant::now()));
         }
     }
 
@@ -232,9 +228,7 @@ impl Engine {
                     }
                 } else if throttled(reply) {
                     let p = *pause.get_or_insert_with(|| up.throttle.throttled());
-                    if let Some(um) = &up.metrics {
-                        um.throttled(ThrottleCause::Reply, 1);
-                    }
+                    up.metrics.throttled(ThrottleCause::Reply, 1);
                     info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, "deferred (throttled)");
                     deferred(r, now_ms() + p.as_millis() as i64, idx as u32, false, Some(name), &reply.text)
                 } else {
@@ -267,7 +261,7 @@ impl Engine {
             self.retry
                 .next_attempt_at(now, r.attempts + 1, rand::random::<f64>(), m.expires_at)
         };
-        info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, next_attempt_at = %crate::accounts::format_ms(next), "deferred");
+        info!(queue_id = %m.id, upstream = %name, recipient = %r.address, reply = %reply, next_attempt_at = %crate::time::rfc3339(next), "deferred");
         deferred(r, next, next_index, true, Some(name), reply)
     }
 }

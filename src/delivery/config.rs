@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::HashSet;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 use super::route::{self, Router};
 use super::DeliveryError;
@@ -188,7 +188,10 @@ pub struct UpstreamConfig {
     /// `[upstream.oauth]`: the token source of `auth = "xoauth2"`.
     #[serde(default)]
     pub oauth: Option<super::oauth::OAuthConfig>,
-    /// Concurrent connections to this upstream per node. Default 8.
+    /// Concurrent connections to this upstream per node. Default 8. A
+    /// connection is taken until its message's outcome is committed, so this
+    /// is also the most a crash of the node can make this upstream receive
+    /// twice.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Messages sent over one connection before it is closed. Default 100.

@@ -19,6 +19,7 @@
 use bytes::Bytes;
 
 use crate::store::{ClaimedMessage, FinalRecipient, NewMessage, NewRecipient};
+use crate::time::rfc5322_date;
 
 /// Most header bytes copied from the original message.
 const MAX_HEADERS: usize = 64 * 1024;
@@ -151,127 +152,18 @@ pub fn build_report(
     }
     let boundary = format!("{id}/{reporting_mta}");
     let date = rfc5322_date(now);
-    let (subject, intro) = match kind {
-        Kind::Failed => (
-            "Undelivered Mail Returned to Sender",
-            "could not be delivered to the\r\nfollowing recipients",
-        ),
-        Kind::Delayed => (
-            "Delayed Mail (still being retried)",
-            "has not been delivered yet to the\r\nfollowing recipients; \
-             delivery is still being attempted",
-        ),
-        Kind::Relayed => (
-            "Successful Mail Delivery Report",
-            "was relayed to the following\r\nrecipients (the next system \
-             does not report delivery)",
-        ),
-    };
     let mut out = String::with_capacity(2048);
     let from = from.map_or_else(|| format!("MAILER-DAEMON@{reporting_mta}"), String::from);
-    out.push_str(&format!(
-        "From: Mail Delivery System <{from}>\r\n\
-         To: <{sender}>\r\n\
-         Subject: {subject}\r\n\
-         Date: {date}\r\n\
-         Message-ID: <{id}@{reporting_mta}>\r\n\
-         Auto-Submitted: auto-replied\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: multipart/report; report-type=delivery-status;\r\n\
-         \tboundary=\"{boundary}\"\r\n\
-         \r\n\
-         This is a MIME-encapsulated message.\r\n\
-         \r\n\
-         --{boundary}\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\
-         \r\n\
-         This is the mail system at {reporting_mta}.\r\n\
-         \r\n\
-         Your message (queue id {qid}) {intro}:\r\n\
-         \r\n",
-        sender = message.sender,
-        qid = message.id,
-    ));
-    for r in &listed {
-        let why = match (kind, r.status.as_str()) {
-            (Kind::Failed, "expired") => "the message stayed in the queue too long",
-            (Kind::Failed, _) => "permanent failure",
-            (Kind::Delayed, _) => "delayed",
-            (Kind::Relayed, _) => "relayed",
-        };
-        out.push_str(&format!("<{}>: {why}", r.address));
-        if let Some(reply) = &r.last_reply {
-            out.push_str(&format!(": {}", one_line(reply)));
-        }
-        out.push_str("\r\n");
-    }
-    // RFC 3464 §2.2: per-message fields, then a block per recipient.
-    out.push_str(&format!(
-        "\r\n--{boundary}\r\n\
-         Content-Type: message/delivery-status\r\n\
-         \r\n\
-         Reporting-MTA: dns; {reporting_mta}\r\n\
-         X-Postgate-Queue-ID: {qid}\r\n\
-         Arrival-Date: {arrival}\r\n",
-        qid = message.id,
-        arrival = rfc5322_date(message.received_at),
-    ));
-    if let Some(envid) = &message.envid {
-        // RFC 3464 §2.2.1: the ENVID as given (RFC 3461 §4.4).
-        out.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(envid)));
-    }
-    for r in &listed {
-        out.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", r.address));
-        if let Some(orcpt) = &r.orcpt {
-            // RFC 3464 §2.3.1: address-type ";" the ORCPT address.
-            out.push_str(&format!("Original-Recipient: {}\r\n", one_line(orcpt)));
-        }
-        out.push_str(&format!("Action: {}\r\n", kind.action()));
-        out.push_str(&format!("Status: {}\r\n", status_code(r, kind)));
-        if let Some(up) = &r.last_upstream {
-            out.push_str(&format!("Remote-MTA: dns; {}\r\n", one_line(up)));
-        }
-        if let Some(reply) = &r.last_reply {
-            if reply.len() >= 3 && reply.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
-                out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(reply)));
-            } else {
-                out.push_str(&format!(
-                    "Diagnostic-Code: x-postgate; {}\r\n",
-                    one_line(reply)
-                ));
-            }
-        }
-        out.push_str(&format!("Last-Attempt-Date: {date}\r\n"));
-        if kind == Kind::Delayed {
-            out.push_str(&format!(
-                "Will-Retry-Until: {}\r\n",
-                rfc5322_date(message.expires_at)
-            ));
-        }
-    }
-    // RFC 3461 §4.3: RET=FULL asks for the whole message in a *failed*
-    // DSN; the other kinds return the headers. RFC 3462 §2 / RFC 6533 §6:
-    // message/global for an internationalised message.
-    let headers = header_block(body);
-    let full = kind == Kind::Failed
-        && message.dsn_ret.as_deref() == Some("FULL")
-        && headers.len() < body.len();
-    let part_type = match (full, message.smtputf8) {
-        (true, false) => "message/rfc822",
-        (true, true) => "message/global",
-        (false, false) => "text/rfc822-headers",
-        (false, true) => "message/global-headers",
+    let head = Head {
+        kind,
+        message,
+        reporting_mta,
+        boundary: &boundary,
+        date: &date,
     };
-    out.push_str(&format!(
-        "\r\n--{boundary}\r\nContent-Type: {part_type}\r\n\r\n"
-    ));
-    let mut bytes = out.into_bytes();
-    let returned = if full { body } else { headers };
-    bytes.extend_from_slice(returned);
-    if !returned.ends_with(b"\r\n") {
-        bytes.extend_from_slice(b"\r\n");
-    }
-    bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    head.write_notification(&mut out, &listed, &from, &id);
+    head.write_status(&mut out, &listed);
+    let bytes = head.with_returned(out, body);
     Some(NewMessage {
         id,
         sender: String::new(),
@@ -291,6 +183,178 @@ pub fn build_report(
         received_at: now,
         expires_at,
     })
+}
+
+/// What every part of one DSN being written shares.
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    kind: Kind,
+    message: &'a ClaimedMessage,
+    reporting_mta: &'a str,
+    boundary: &'a str,
+    date: &'a str,
+}
+
+impl Head<'_> {
+    /// The header and the human-readable part (RFC 3464 §2.1) naming each
+    /// listed recipient and why.
+    fn write_notification(
+        &self,
+        out: &mut String,
+        listed: &[&FinalRecipient],
+        from: &str,
+        id: &str,
+    ) {
+        let Head {
+            kind,
+            message,
+            reporting_mta,
+            boundary,
+            date,
+        } = *self;
+        let (subject, intro) = match kind {
+            Kind::Failed => (
+                "Undelivered Mail Returned to Sender",
+                "could not be delivered to the\r\nfollowing recipients",
+            ),
+            Kind::Delayed => (
+                "Delayed Mail (still being retried)",
+                "has not been delivered yet to the\r\nfollowing recipients; \
+                 delivery is still being attempted",
+            ),
+            Kind::Relayed => (
+                "Successful Mail Delivery Report",
+                "was relayed to the following\r\nrecipients (the next system \
+                 does not report delivery)",
+            ),
+        };
+        out.push_str(&format!(
+            "From: Mail Delivery System <{from}>\r\n\
+             To: <{sender}>\r\n\
+             Subject: {subject}\r\n\
+             Date: {date}\r\n\
+             Message-ID: <{id}@{reporting_mta}>\r\n\
+             Auto-Submitted: auto-replied\r\n\
+             MIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=delivery-status;\r\n\
+             \tboundary=\"{boundary}\"\r\n\
+             \r\n\
+             This is a MIME-encapsulated message.\r\n\
+             \r\n\
+             --{boundary}\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\
+             \r\n\
+             This is the mail system at {reporting_mta}.\r\n\
+             \r\n\
+             Your message (queue id {qid}) {intro}:\r\n\
+             \r\n",
+            sender = message.sender,
+            qid = message.id,
+        ));
+        for r in listed {
+            let why = match (kind, r.status.as_str()) {
+                (Kind::Failed, "expired") => "the message stayed in the queue too long",
+                (Kind::Failed, _) => "permanent failure",
+                (Kind::Delayed, _) => "delayed",
+                (Kind::Relayed, _) => "relayed",
+            };
+            out.push_str(&format!("<{}>: {why}", r.address));
+            if let Some(reply) = &r.last_reply {
+                out.push_str(&format!(": {}", one_line(reply)));
+            }
+            out.push_str("\r\n");
+        }
+    }
+
+    /// The machine-readable part (RFC 3464 §2.2, §2.3).
+    fn write_status(&self, out: &mut String, listed: &[&FinalRecipient]) {
+        let Head {
+            kind,
+            message,
+            reporting_mta,
+            boundary,
+            date,
+        } = *self;
+        // RFC 3464 §2.2: per-message fields, then a block per recipient.
+        out.push_str(&format!(
+            "\r\n--{boundary}\r\n\
+             Content-Type: message/delivery-status\r\n\
+             \r\n\
+             Reporting-MTA: dns; {reporting_mta}\r\n\
+             X-Postgate-Queue-ID: {qid}\r\n\
+             Arrival-Date: {arrival}\r\n",
+            qid = message.id,
+            arrival = rfc5322_date(message.received_at),
+        ));
+        if let Some(envid) = &message.envid {
+            // RFC 3464 §2.2.1: the ENVID as given (RFC 3461 §4.4).
+            out.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(envid)));
+        }
+        for r in listed {
+            out.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", r.address));
+            if let Some(orcpt) = &r.orcpt {
+                // RFC 3464 §2.3.1: address-type ";" the ORCPT address.
+                out.push_str(&format!("Original-Recipient: {}\r\n", one_line(orcpt)));
+            }
+            out.push_str(&format!("Action: {}\r\n", kind.action()));
+            out.push_str(&format!("Status: {}\r\n", status_code(r, kind)));
+            if let Some(up) = &r.last_upstream {
+                out.push_str(&format!("Remote-MTA: dns; {}\r\n", one_line(up)));
+            }
+            if let Some(reply) = &r.last_reply {
+                if reply.len() >= 3 && reply.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
+                    out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(reply)));
+                } else {
+                    out.push_str(&format!(
+                        "Diagnostic-Code: x-postgate; {}\r\n",
+                        one_line(reply)
+                    ));
+                }
+            }
+            out.push_str(&format!("Last-Attempt-Date: {date}\r\n"));
+            if kind == Kind::Delayed {
+                out.push_str(&format!(
+                    "Will-Retry-Until: {}\r\n",
+                    rfc5322_date(message.expires_at)
+                ));
+            }
+        }
+    }
+
+    /// `out` followed by the returned part (the message or its headers)
+    /// and the closing boundary.
+    fn with_returned(&self, mut out: String, body: &[u8]) -> Vec<u8> {
+        let Head {
+            kind,
+            message,
+            boundary,
+            ..
+        } = *self;
+        // RFC 3461 §4.3: RET=FULL asks for the whole message in a *failed*
+        // DSN; the other kinds return the headers. RFC 3462 §2 / RFC 6533 §6:
+        // message/global for an internationalised message.
+        let headers = header_block(body);
+        let full = kind == Kind::Failed
+            && message.dsn_ret.as_deref() == Some("FULL")
+            && headers.len() < body.len();
+        let part_type = match (full, message.smtputf8) {
+            (true, false) => "message/rfc822",
+            (true, true) => "message/global",
+            (false, false) => "text/rfc822-headers",
+            (false, true) => "message/global-headers",
+        };
+        out.push_str(&format!(
+            "\r\n--{boundary}\r\nContent-Type: {part_type}\r\n\r\n"
+        ));
+        let mut bytes = out.into_bytes();
+        let returned = if full { body } else { headers };
+        bytes.extend_from_slice(returned);
+        if !returned.ends_with(b"\r\n") {
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        bytes
+    }
 }
 
 /// RFC 3463 status of a listed recipient: the enhanced code of its last
@@ -339,33 +403,6 @@ fn one_line(s: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     line.chars().take(900).collect()
-}
-
-/// RFC 5322 §3.3 date-time in UTC for Unix milliseconds.
-pub fn rfc5322_date(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86400);
-    let tod = secs.rem_euclid(86400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let month_name = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(month - 1) as usize];
-    format!(
-        "{weekday}, {day} {month_name} {year} {:02}:{:02}:{:02} +0000",
-        tod / 3600,
-        tod % 3600 / 60,
-        tod % 60
-    )
 }
 
 #[cfg(test)]
@@ -505,15 +542,6 @@ mod tests {
         );
         assert_eq!(header_block(b"A: b\n\nbody"), b"A: b\n");
         assert_eq!(header_block(b"no blank line"), b"no blank line");
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(951_782_400_000),
-            "Tue, 29 Feb 2000 00:00:00 +0000"
-        );
     }
 }
 

@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 
+use super::pool::Held;
 use super::worker::Waiting;
 use super::{route, Engine};
 use crate::store::{ClaimedMessage, RecipientOutcome};
@@ -16,12 +17,15 @@ impl Engine {
     /// route group, all groups concurrently. Outcomes of all recipients,
     /// and the ids of those delivered to an upstream that did not take the
     /// DSN parameters (postgate owes their SUCCESS notice, see notices.rs).
-    /// `waiting` is given up once the first group holds a connection.
+    /// `waiting` is given up once the first group holds a connection. The
+    /// connection slots used ([`Held`]) are added to `held`: the caller
+    /// keeps them until the outcomes are committed.
     pub(super) async fn attempt_routes(
         &self,
         m: &ClaimedMessage,
         body: &Bytes,
         waiting: &Waiting,
+        held: &mut Vec<Held>,
     ) -> (Vec<RecipientOutcome>, Vec<i64>) {
         let facts = self
             .router
@@ -34,15 +38,20 @@ impl Engine {
                 .map(|r| (r, r.address.as_str(), r.route_index)),
         );
         let mut relayed = vec![Vec::new(); groups.len()];
+        let mut slots: Vec<Option<Held>> = groups.iter().map(|_| None).collect();
         let attempts = groups
             .iter()
             .zip(relayed.iter_mut())
-            .map(|(g, rel)| self.attempt(m, body, g.route, g.start, &g.members, rel, waiting));
+            .zip(slots.iter_mut())
+            .map(|((g, rel), slot)| {
+                self.attempt(m, body, g.route, g.start, &g.members, rel, waiting, slot)
+            });
         let outcomes = futures::future::join_all(attempts)
             .await
             .into_iter()
             .flatten()
             .collect();
+        held.extend(slots.into_iter().flatten());
         (outcomes, relayed.into_iter().flatten().collect())
     }
 }

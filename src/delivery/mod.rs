@@ -13,7 +13,10 @@
 //! Delivery is at least once: if the process dies between an upstream's
 //! 250 and the outcome's commit, the lease expires and the message is sent
 //! again. While the process lives, a heartbeat renews the leases of what it
-//! claimed ([`worker`]), so a slow delivery is never sent twice.
+//! claimed ([`worker`]), so a slow delivery is never sent twice. A
+//! connection carries its next message only once the outcome of its last
+//! one is committed ([`pool::Held`]), so a crash repeats at most one
+//! message per upstream connection.
 
 pub mod admin;
 mod attempt;
@@ -93,49 +96,6 @@ pub async fn sample_queue(store: &dyn Store) -> Result<crate::metrics::QueueStat
 /// Unix milliseconds now (re-exported: tests and tools use this path).
 pub use crate::time::now_ms;
 
-struct UpstreamState {
-    pool: Pool,
-    circuit: Arc<Mutex<Circuit>>,
-    metrics: Option<UpstreamMetrics>,
-    throttle: UpstreamThrottle,
-    patterns: Vec<String>,
-    /// `add_headers` rendered, put above every message sent there.
-    added_headers: Bytes,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Memory budget for bodies too large to come with their claim, in MiB.
-/// Loading one costs about twice its size for a moment (database row plus
-/// the decoded bytes), so 20 concurrent 25 MB messages are delivered a few
-/// at a time instead of all loaded at once.
-const LARGE_BODY_BUDGET_MIB: u32 = 128;
-
-struct Engine {
-    store: Arc<dyn Store>,
-    /// The lease owner of every claim of this node (one per start).
-    owner: String,
-    /// Recipients claimed and not yet recorded: the heartbeat renews them.
-    leased: Mutex<HashSet<i64>>,
-    /// Room for claimed messages that have not started yet (`workers ×
-    /// batch` permits; see [`worker`]).
-    waiting: Arc<tokio::sync::Semaphore>,
-    /// When the next claim of this node may start (`worker::CLAIM_SPACING`).
-    next_claim: Mutex<Instant>,
-    large_bodies: Arc<tokio::sync::Semaphore>,
-    queue: QueueConfig,
-    router: Router,
-    upstreams: HashMap<String, UpstreamState>,
-    retry: RetryPolicy,
-    hostname: String,
-    shutdown: CancellationToken,
-    metrics: Option<Arc<Metrics>>,
-    dsn_from: Option<String>,
-    dsn_signer: Option<Arc<crate::dkim::Signer>>,
-}
-
 /// First wait before retrying an outcome commit the store refused; it
 /// doubles up to [`OUTCOME_RETRY_MAX`].
 const OUTCOME_RETRY_INITIAL: Duration = Duration::from_millis(200);
@@ -170,16 +130,16 @@ impl Delivery {
         config: DeliveryConfig,
         shutdown: CancellationToken,
     ) -> Result<JoinHandle<()>, DeliveryError> {
-        Ok(Self::start_with_metrics(store, config, shutdown, None)?.handle)
+        Ok(Self::start_with_metrics(store, config, shutdown, Metrics::detached())?.handle)
     }
 
-    /// [`start`](Self::start), recording into `metrics` (when given), with
+    /// [`start`](Self::start), recording into `metrics`, with
     /// a limiter of delivery's own (upstream rates per node).
     pub fn start_with_metrics(
         store: Arc<dyn Store>,
         config: DeliveryConfig,
         shutdown: CancellationToken,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Started, DeliveryError> {
         let limiter = Limiter::new(
             LimitsConfig::default(),
@@ -190,7 +150,7 @@ impl Delivery {
         Self::start_with(store, config, shutdown, metrics, Arc::new(limiter))
     }
 
-    /// [`start`](Self::start), recording into `metrics` (when given): per
+    /// [`start`](Self::start), recording into `metrics`: per
     /// upstream the recipients' attempt results, transaction durations and
     /// circuit state; DSNs generated; claim and record-outcome store timings.
     /// Upstream rates (`rate`, `burst`) are paced by `limiter`: the node's,
@@ -200,7 +160,7 @@ impl Delivery {
         store: Arc<dyn Store>,
         config: DeliveryConfig,
         shutdown: CancellationToken,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Arc<Metrics>,
         limiter: Arc<Limiter>,
     ) -> Result<Started, DeliveryError> {
         config.validate()?;
@@ -227,13 +187,9 @@ impl Delivery {
             circuits.push((u.name.clone(), circuit.clone()));
             let state = UpstreamState {
                 circuit,
-                metrics: metrics.as_ref().map(|m| m.upstream(&u.name)),
+                metrics: metrics.upstream(&u.name),
                 throttle: UpstreamThrottle::new(&u.name, u.rate, u.burst, limiter.clone()),
-                pool: Pool::new(Upstream::with_metrics(
-                    u.clone(),
-                    &hostname,
-                    metrics.as_deref(),
-                )?),
+                pool: Pool::new(Upstream::with_metrics(u.clone(), &hostname, &metrics)?),
                 patterns,
                 added_headers: headers::render(&u.add_headers),
             };
@@ -301,6 +257,55 @@ impl Delivery {
             circuits: Circuits::new(circuits),
         })
     }
+}
+
+struct UpstreamState {
+    pool: Pool,
+    circuit: Arc<Mutex<Circuit>>,
+    metrics: UpstreamMetrics,
+    throttle: UpstreamThrottle,
+    patterns: Vec<String>,
+    /// `add_headers` rendered, put above every message sent there.
+    added_headers: Bytes,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Memory budget for bodies too large to come with their claim, in MiB.
+/// Loading one costs about twice its size for a moment (database row plus
+/// the decoded bytes), so 20 concurrent 25 MB messages are delivered a few
+/// at a time instead of all loaded at once.
+const LARGE_BODY_BUDGET_MIB: u32 = 128;
+
+/// The running delivery of one node, shared by its tasks. Its methods are
+/// split by step, one file each: the claim loops, recorder and heartbeat
+/// in [`worker`], a message's routes in `fanout.rs`, one upstream
+/// transaction in `attempt.rs`, success and delay notices in `notices.rs`,
+/// DSN signing and routing in `bounce.rs`; recording, finishing and the
+/// janitor below.
+struct Engine {
+    store: Arc<dyn Store>,
+    /// The lease owner of every claim of this node (one per start).
+    owner: String,
+    /// Recipients claimed and not yet recorded: the heartbeat renews them.
+    leased: Mutex<HashSet<i64>>,
+    /// Room for claimed messages that have not started yet (`workers ×
+    /// batch` permits; see [`worker`]).
+    waiting: Arc<tokio::sync::Semaphore>,
+    /// When the next claim of this node may start (`worker::CLAIM_SPACING`).
+    next_claim: Mutex<Instant>,
+    large_bodies: Arc<tokio::sync::Semaphore>,
+    queue: QueueConfig,
+    router: Router,
+    upstreams: HashMap<String, UpstreamState>,
+    retry: RetryPolicy,
+    hostname: String,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+    dsn_from: Option<String>,
+    dsn_signer: Option<Arc<crate::dkim::Signer>>,
 }
 
 impl Engine {
@@ -402,16 +407,22 @@ impl Engine {
     }
 
     /// One attempt for the claimed recipients of `m`: their outcomes, to be
-    /// recorded by the caller (with the message and its body, for a DSN).
+    /// recorded by the caller (with the message and its body, for a DSN),
+    /// and the connection slots it used, to be kept until they are.
     /// `waiting` is given up once the message has a connection.
     async fn deliver_message(
         &self,
         mut m: ClaimedMessage,
         waiting: worker::Waiting,
-    ) -> (ClaimedMessage, Bytes, Vec<RecipientOutcome>) {
+    ) -> (
+        ClaimedMessage,
+        Bytes,
+        Vec<RecipientOutcome>,
+        Vec<pool::Held>,
+    ) {
         if self.shutdown.is_cancelled() {
             let outcomes = self.release(&m);
-            return (m, Bytes::new(), outcomes);
+            return (m, Bytes::new(), outcomes, Vec::new());
         }
         let now = now_ms();
         // Held until this attempt is over (the body is dropped by then).
@@ -444,12 +455,12 @@ impl Engine {
             let kept = body
                 .map(|b| dsn::kept_for_dsn(&m, &b, self.queue.dsn_return_max))
                 .unwrap_or_default();
-            return (m, kept, outcomes);
+            return (m, kept, outcomes, Vec::new());
         }
         let body = match body {
             Ok(b) => b,
             // Deleted meanwhile (queue delete): nothing to record.
-            Err(StoreError::NotFound(_)) => return (m, Bytes::new(), Vec::new()),
+            Err(StoreError::NotFound(_)) => return (m, Bytes::new(), Vec::new(), Vec::new()),
             Err(e) => {
                 warn!(queue_id = %m.id, error = %e, "cannot load message body");
                 let outcomes = m
@@ -467,10 +478,11 @@ impl Engine {
                         log: false,
                     })
                     .collect();
-                return (m, Bytes::new(), outcomes);
+                return (m, Bytes::new(), outcomes, Vec::new());
             }
         };
-        let (outcomes, relayed) = self.attempt_routes(&m, &body, &waiting).await;
+        let mut held = Vec::new();
+        let (outcomes, relayed) = self.attempt_routes(&m, &body, &waiting, &mut held).await;
         self.notices(&m, &body, &outcomes, &relayed).await;
         // Keep only what a DSN needs, so a claim does not pin its bodies.
         let bounced = outcomes
@@ -481,7 +493,7 @@ impl Engine {
         } else {
             Bytes::new()
         };
-        (m, kept, outcomes)
+        (m, kept, outcomes, held)
     }
 
     /// Deletes the message once every recipient is final, enqueuing its DSN.
@@ -514,9 +526,7 @@ impl Engine {
         match self.store.finish_message(&m.id, now, dsn.as_ref()).await {
             Ok(true) => {
                 if let Some(d) = &dsn {
-                    if let Some(metrics) = &self.metrics {
-                        metrics.bounce_generated();
-                    }
+                    self.metrics.bounce_generated();
                     for r in recipients
                         .iter()
                         .filter(|r| r.status == "failed" || r.status == "expired")
@@ -531,8 +541,7 @@ impl Engine {
     }
 
     fn store_timing(&self, operation: StoreOperation, started: Instant, failed: bool) {
-        if let Some(metrics) = &self.metrics {
-            metrics.store_operation(operation, started.elapsed(), failed);
-        }
+        self.metrics
+            .store_operation(operation, started.elapsed(), failed);
     }
 }

@@ -6,12 +6,16 @@
 //! mail of that mailbox; the connection cap stays per upstream.
 //!
 //! A transaction first takes a [`Slot`], waiting at most `max_pool_wait`:
-//! a slow or hung upstream cannot hold claimed mail (issue #13).
+//! a slow or hung upstream cannot hold claimed mail (issue #13). The slot
+//! and its session are kept, as a [`Held`], after the transaction until the
+//! message's outcome is committed: a session never starts a transaction
+//! while the message it carried last may still be sent again after a crash,
+//! so a crash repeats at most one message per connection (issue #13).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::upstream::{Connection, Envelope, SendError, TxReplies, Upstream};
@@ -19,9 +23,22 @@ use super::upstream::{Connection, Envelope, SendError, TxReplies, Upstream};
 /// Pooled sessions to one upstream.
 pub struct Pool {
     upstream: Upstream,
+    shared: Arc<Shared>,
+}
+
+/// What a [`Held`] needs of its pool after the transaction.
+struct Shared {
     /// Idle sessions with their pool key, oldest first.
     idle: Mutex<Vec<(String, Connection)>>,
-    permits: Semaphore,
+    /// One per connection: taken for a transaction, given back once its
+    /// outcome is committed.
+    permits: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(String, Connection)>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Pool {
@@ -30,8 +47,10 @@ impl Pool {
         let max = upstream.config().max_connections.max(1);
         Pool {
             upstream,
-            idle: Mutex::new(Vec::new()),
-            permits: Semaphore::new(max),
+            shared: Arc::new(Shared {
+                idle: Mutex::new(Vec::new()),
+                permits: Arc::new(Semaphore::new(max)),
+            }),
         }
     }
 
@@ -46,17 +65,17 @@ impl Pool {
     }
 
     fn take_idle(&self, key: &str) -> Option<Connection> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.shared.idle();
         let i = idle.iter().rposition(|(k, _)| k == key)?;
         Some(idle.remove(i).1)
     }
 
     /// Makes room for a new session: while idle sessions of other keys
-    /// and the sessions in use together reach `max_connections`, the
+    /// and the slots in use together reach `max_connections`, the
     /// oldest idle one is closed.
     fn evict_for_new(&self, max: usize) {
-        let in_use = max.saturating_sub(self.permits.available_permits());
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let in_use = max.saturating_sub(self.shared.permits.available_permits());
+        let mut idle = self.shared.idle();
         while !idle.is_empty() && idle.len() + in_use > max {
             let (_, conn) = idle.remove(0);
             tokio::spawn(conn.quit());
@@ -66,19 +85,16 @@ impl Pool {
     /// A connection slot, waiting at most `max_wait` for one to free up;
     /// `None` if all `max_connections` stayed busy that long.
     pub async fn slot(&self, max_wait: Duration) -> Option<Slot<'_>> {
-        let permit = tokio::time::timeout(max_wait, self.permits.acquire())
+        let permit = tokio::time::timeout(max_wait, self.shared.permits.clone().acquire_owned())
             .await
             .ok()?
             .ok()?;
-        Some(Slot {
-            pool: self,
-            _permit: permit,
-        })
+        Some(Slot { pool: self, permit })
     }
 
     /// Closes idle sessions (QUIT).
     pub async fn close_idle(&self) {
-        let all = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        let all = std::mem::take(&mut *self.shared.idle());
         for (_, conn) in all {
             conn.quit().await;
         }
@@ -88,15 +104,42 @@ impl Pool {
 /// One of a pool's `max_connections` slots, held while a transaction runs.
 pub struct Slot<'a> {
     pool: &'a Pool,
-    _permit: SemaphorePermit<'a>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// A slot after its transaction, with its session when that can be reused:
+/// both go back to the pool when this is dropped, which the caller does
+/// once the message's outcome is committed (or given up). Dropping it in
+/// any other way (a panic, a shutdown) gives them back too.
+#[must_use = "dropping it gives the connection back at once"]
+pub struct Held {
+    shared: Arc<Shared>,
+    conn: Option<(String, Connection)>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // The session goes back before the permit (dropped after this), so
+        // whoever takes the permit finds it idle.
+        if let Some(idle) = self.conn.take() {
+            self.shared.idle().push(idle);
+        }
+    }
 }
 
 impl Slot<'_> {
     /// Sends one message over a pooled session of its sender's pool key (an
     /// idle one after a successful RSET, else a new one). A session that
-    /// broke is dropped, never returned to the pool.
-    pub async fn send(self, env: Envelope<'_>) -> Result<TxReplies, SendError> {
+    /// broke is dropped, never returned to the pool. The returned [`Held`]
+    /// keeps the slot (and the session, if reusable) until it is dropped.
+    pub async fn send(self, env: Envelope<'_>) -> (Result<TxReplies, SendError>, Held) {
         let pool = self.pool;
+        let mut held = Held {
+            shared: pool.shared.clone(),
+            conn: None,
+            _permit: self.permit,
+        };
         let cfg = pool.upstream.config();
         let key = pool.upstream.pool_key(env.sender);
         let mut reused = None;
@@ -116,20 +159,20 @@ impl Slot<'_> {
             Some(c) => c,
             None => {
                 pool.evict_for_new(cfg.max_connections.max(1));
-                pool.upstream.connect_for(env.sender).await?
+                match pool.upstream.connect_for(env.sender).await {
+                    Ok(c) => c,
+                    Err(e) => return (Err(e), held),
+                }
             }
         };
         let result = conn.send(env).await;
         if result.is_ok() {
             if conn.transactions < cfg.max_messages_per_connection.max(1) {
-                pool.idle
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((key, conn));
+                held.conn = Some((key, conn));
             } else {
                 tokio::spawn(conn.quit());
             }
         }
-        result
+        (result, held)
     }
 }

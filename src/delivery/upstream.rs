@@ -83,14 +83,14 @@ impl Upstream {
     /// Prepares `cfg` (loads the CA file, decodes the pin); `helo` is our
     /// EHLO name. Fails on bad TLS settings, naming the upstream.
     pub fn new(cfg: UpstreamConfig, helo: &str) -> Result<Self, UpstreamError> {
-        Self::with_metrics(cfg, helo, None)
+        Self::with_metrics(cfg, helo, &crate::metrics::Metrics::detached())
     }
 
     /// [`new`](Self::new), recording OAuth token requests into `metrics`.
     pub fn with_metrics(
         cfg: UpstreamConfig,
         helo: &str,
-        metrics: Option<&crate::metrics::Metrics>,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<Self, UpstreamError> {
         let err = |what: String| UpstreamError::Config {
             name: cfg.name.clone(),
@@ -131,11 +131,7 @@ impl Upstream {
         let oauth = match (&cfg.oauth, cfg.auth) {
             (Some(o), AuthMechanism::Xoauth2) => {
                 let source = TokenSource::new(o).map_err(&err)?;
-                Some(TokenCache::new(
-                    &cfg.name,
-                    source,
-                    metrics.map(|m| m.oauth(&cfg.name)),
-                ))
+                Some(TokenCache::new(&cfg.name, source, metrics.oauth(&cfg.name)))
             }
             _ => None,
         };

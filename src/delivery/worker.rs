@@ -10,9 +10,17 @@
 //!   up its "not started" room and delivers. What runs at once is bounded
 //!   per upstream by that upstream's pool, so a hung upstream holds at most
 //!   its own `max_connections` tasks, for at most `connect_timeout`.
-//! - **One recorder** commits the outcomes of the tasks that finish within
-//!   [`OUTCOME_GATHER`] of each other in one transaction, then finishes
-//!   (DSN) the messages that bounced.
+//! - **One recorder** commits outcomes as soon as there are any (group
+//!   commit: what finishes while one commit runs goes in the next, up to
+//!   [`OUTCOME_BATCH`]), then finishes (DSN) the messages that bounced.
+//! - **Duplicates after a crash are bounded by the connections**: a
+//!   message's connection slots ([`Held`]) go to the recorder with its
+//!   outcomes and back to their pools only once those are committed, so a
+//!   connection never starts a transaction while the message it carried
+//!   last is unrecorded. A crash (SIGKILL, power loss) therefore repeats at
+//!   most one message per upstream connection: the sum of the upstreams'
+//!   `max_connections`. While the store is away, connections wait for their
+//!   outcome (and new messages for a connection, at most `max_pool_wait`).
 //! - **One heartbeat** renews, every `lease / 3`, the lease of every
 //!   recipient claimed and not yet recorded, so a delivery (or an outcome
 //!   waiting for the store) may take longer than the lease.
@@ -27,14 +35,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::pool::Held;
 use super::{lock, now_ms, Engine};
 use crate::metrics::StoreOperation;
 use crate::store::{ClaimedMessage, OutcomeKind, RecipientOutcome};
-
-/// How long finished attempts wait for others to share one outcome commit
-/// (and so the longest a delivered message waits to be recorded, on top of
-/// the commit itself).
-const OUTCOME_GATHER: Duration = Duration::from_millis(20);
 
 /// Most outcomes one commit carries.
 const OUTCOME_BATCH: usize = 1024;
@@ -64,11 +68,13 @@ impl Waiting {
 }
 
 /// One message's attempt, for the recorder: the message, its headers (only
-/// when it bounced, for the DSN) and its recipients' outcomes.
+/// when it bounced, for the DSN), its recipients' outcomes and the
+/// connection slots it used (given back once the outcomes are committed).
 pub(super) struct Finished {
     message: ClaimedMessage,
     headers: Bytes,
     outcomes: Vec<RecipientOutcome>,
+    held: Vec<Held>,
 }
 
 /// The leases of a message task that ended without handing its outcome
@@ -214,11 +220,14 @@ impl Engine {
                         engine: engine.clone(),
                         ids: m.recipients.iter().map(|r| r.id).collect(),
                     };
-                    let (message, headers, outcomes) = engine.deliver_message(m, waiting).await;
+                    let (message, headers, outcomes, held) =
+                        engine.deliver_message(m, waiting).await;
+                    // Should the recorder be gone, the slots come back here.
                     let _ = recorder.send(Finished {
                         message,
                         headers,
                         outcomes,
+                        held,
                     });
                     // The recorder forgets these leases once recorded.
                     unrecorded.ids.clear();
@@ -228,22 +237,24 @@ impl Engine {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Commits finished attempts' outcomes, those that finish within
-    /// [`OUTCOME_GATHER`] of each other in one transaction; then forgets
-    /// their leases and finishes the messages that bounced. Returns when
-    /// every sender is gone and everything sent was recorded.
+    /// Commits finished attempts' outcomes as soon as there are any: all
+    /// that arrived meanwhile (up to [`OUTCOME_BATCH`]) in one transaction,
+    /// so what finishes during a commit goes in the next (connections wait
+    /// for their outcome, so waiting to gather more would slow them down).
+    /// Then gives their connection slots back, forgets their leases and
+    /// finishes the messages that bounced. Returns when every sender is
+    /// gone and everything sent was recorded.
     async fn recorder(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Finished>) {
         while let Some(first) = rx.recv().await {
+            let mut size = first.outcomes.len();
             let mut batch = vec![first];
-            let gather = tokio::time::sleep(OUTCOME_GATHER);
-            tokio::pin!(gather);
-            while batch.iter().map(|f| f.outcomes.len()).sum::<usize>() < OUTCOME_BATCH {
-                tokio::select! {
-                    more = rx.recv() => match more {
-                        Some(f) => batch.push(f),
-                        None => break,
-                    },
-                    _ = &mut gather => break,
+            while size < OUTCOME_BATCH {
+                match rx.try_recv() {
+                    Ok(f) => {
+                        size += f.outcomes.len();
+                        batch.push(f);
+                    }
+                    Err(_) => break,
                 }
             }
             let outcomes: Vec<RecipientOutcome> = batch
@@ -252,6 +263,11 @@ impl Engine {
                 .collect();
             if !outcomes.is_empty() {
                 self.record(&self.owner, &outcomes).await;
+            }
+            // Committed (or given up at shutdown): the connections may
+            // carry their next message.
+            for f in &mut batch {
+                f.held.clear();
             }
             {
                 let mut leased = lock(&self.leased);

@@ -160,7 +160,7 @@ pub async fn cli_import_key(
 pub struct KeyList(pub Vec<DkimKeyInfo>);
 
 fn format_ms(ms: i64) -> String {
-    crate::accounts::format_ms(ms)
+    crate::time::rfc3339(ms)
 }
 
 /// The status word of a key: `active` (signs), `inactive` (stored, not

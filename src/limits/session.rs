@@ -17,20 +17,18 @@ use super::{credential_only, Account, Limiter};
 /// [`SessionLimits`] backed by a [`Limiter`].
 pub struct LimiterPorts {
     limiter: Arc<Limiter>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl LimiterPorts {
-    /// Wraps `limiter`; refusals count in `metrics` when given.
-    pub fn new(limiter: Arc<Limiter>, metrics: Option<Arc<Metrics>>) -> Self {
+    /// Wraps `limiter`; refusals count in `metrics`.
+    pub fn new(limiter: Arc<Limiter>, metrics: Arc<Metrics>) -> Self {
         LimiterPorts { limiter, metrics }
     }
 
     fn refused(&self, r: LimitRefusal) -> LimitRefusal {
-        if let Some(m) = &self.metrics {
-            let (scope, kind) = limit_labels(&r);
-            m.rate_limited(scope, kind);
-        }
+        let (scope, kind) = limit_labels(&r);
+        self.metrics.rate_limited(scope, kind);
         r
     }
 }

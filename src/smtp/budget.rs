@@ -20,7 +20,7 @@ pub struct MemoryBudget {
     limit: usize,
     used: AtomicUsize,
     /// Where the bytes in use are shown (`postgate_smtp_message_memory_bytes`).
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for MemoryBudget {
@@ -38,7 +38,7 @@ impl MemoryBudget {
         Arc::new(MemoryBudget {
             limit,
             used: AtomicUsize::new(0),
-            metrics: None,
+            metrics: Metrics::detached(),
         })
     }
 
@@ -47,14 +47,12 @@ impl MemoryBudget {
         Arc::new(MemoryBudget {
             limit,
             used: AtomicUsize::new(0),
-            metrics: Some(metrics),
+            metrics,
         })
     }
 
     fn show(&self, delta: i64) {
-        if let Some(m) = &self.metrics {
-            m.message_memory(delta);
-        }
+        self.metrics.message_memory(delta);
     }
 
     /// The configured limit.
@@ -152,7 +150,7 @@ mod tests {
 
     #[test]
     fn bytes_in_use_are_shown_in_metrics() {
-        let metrics = Arc::new(Metrics::new(&crate::metrics::MetricsOptions::default()));
+        let metrics = Metrics::detached();
         let b = MemoryBudget::with_metrics(100, metrics.clone());
         let shown = || {
             metrics

@@ -19,6 +19,18 @@ pub enum ListenerMode {
     Plain,
 }
 
+impl ListenerMode {
+    /// The `tls_mode` label of this listener's metrics.
+    pub fn metric_label(self) -> crate::metrics::TlsMode {
+        use crate::metrics::TlsMode;
+        match self {
+            ListenerMode::Starttls => TlsMode::Starttls,
+            ListenerMode::ImplicitTls => TlsMode::ImplicitTls,
+            ListenerMode::Plain => TlsMode::Plain,
+        }
+    }
+}
+
 /// One `[[smtp.listener]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -45,7 +45,7 @@ pub struct Server {
     conns: Arc<ConnectionCaps>,
     memory: Arc<MemoryBudget>,
     shutdown_grace: Duration,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Global and per-IP concurrent connection counts.
@@ -148,7 +148,7 @@ impl Server {
             ports,
             conns,
             shutdown_grace,
-            metrics: None,
+            metrics: Metrics::detached(),
         })
     }
 
@@ -158,7 +158,7 @@ impl Server {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.memory =
             MemoryBudget::with_metrics(self.config.message_memory_budget, metrics.clone());
-        self.metrics = Some(metrics);
+        self.metrics = metrics;
         self
     }
 
@@ -230,9 +230,10 @@ impl Server {
         hard: CancellationToken,
     ) {
         let cfg = Arc::new(cfg);
-        let lm = self.metrics.as_ref().map(|m| {
-            Arc::new(m.listener(&cfg.address.to_string(), crate::run::tls_mode(cfg.mode)))
-        });
+        let lm = Arc::new(
+            self.metrics
+                .listener(&cfg.address.to_string(), cfg.mode.metric_label()),
+        );
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -248,9 +249,7 @@ impl Server {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            if let Some(lm) = &lm {
-                lm.connection_accepted();
-            }
+            lm.connection_accepted();
             let server = self.clone();
             let cfg = cfg.clone();
             let lm = lm.clone();
@@ -279,14 +278,12 @@ impl Server {
         hard: CancellationToken,
     ) {
         let Listener { cfg, metrics: lm } = listener;
-        let lm = lm.as_deref();
+        let lm = &*lm;
         let implicit = cfg.mode == ListenerMode::ImplicitTls;
         let session_end = tokio::time::Instant::now() + self.config.session_lifetime;
         let Some(mut slot) = self.conns.acquire_global() else {
             tracing::info!(session = %id, peer = %peer, "global connection cap reached");
-            if let Some(lm) = lm {
-                lm.connection_refused(ConnectionRefusal::GlobalCap);
-            }
+            lm.connection_refused(ConnectionRefusal::GlobalCap);
             refuse(&mut tcp, implicit, &Reply::too_many_connections()).await;
             return;
         };
@@ -303,15 +300,11 @@ impl Server {
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     tracing::info!(session = %id, peer = %peer, error = %e, "bad PROXY header");
-                    if let Some(lm) = lm {
-                        lm.connection_refused(ConnectionRefusal::ProxyHeader);
-                    }
+                    lm.connection_refused(ConnectionRefusal::ProxyHeader);
                     return;
                 }
                 Err(_) => {
-                    if let Some(lm) = lm {
-                        lm.connection_refused(ConnectionRefusal::ProxyHeader);
-                    }
+                    lm.connection_refused(ConnectionRefusal::ProxyHeader);
                     return;
                 }
             }
@@ -351,7 +344,7 @@ impl Server {
                 let _ = stream.shutdown().await;
                 return;
             }
-            let _open = lm.map(ListenerMetrics::session_started);
+            let _open = lm.session_started();
             let mut session = Session::new(id, settings, self.ports.clone(), ip, Some(info));
             let greeting = session.greeting();
             drive(&mut stream, &mut session, &mut inbuf, Some(greeting), &ctx).await;
@@ -363,7 +356,7 @@ impl Server {
             refuse(&mut tcp, false, &reply).await;
             return;
         }
-        let _open = lm.map(ListenerMetrics::session_started);
+        let _open = lm.session_started();
         let mut session = Session::new(id.clone(), settings, self.ports.clone(), ip, None);
         let greeting = session.greeting();
         match drive(&mut tcp, &mut session, &mut inbuf, Some(greeting), &ctx).await {
@@ -391,20 +384,16 @@ impl Server {
         id: &str,
         slot: &mut Slot,
         ip: IpAddr,
-        lm: Option<&ListenerMetrics>,
+        lm: &ListenerMetrics,
     ) -> Option<Reply> {
         if !self.conns.acquire_ip(slot, ip) {
             tracing::info!(session = %id, client = %ip, "per-IP connection cap reached");
-            if let Some(lm) = lm {
-                lm.connection_refused(ConnectionRefusal::IpCap);
-            }
+            lm.connection_refused(ConnectionRefusal::IpCap);
             return Some(Reply::too_many_connections());
         }
         if let Err(refusal) = self.ports.limits.connection(ip).await {
             tracing::info!(session = %id, client = %ip, reason = %refusal.reason, "connection rate-limited");
-            if let Some(lm) = lm {
-                lm.connection_refused(connection_refusal(&refusal));
-            }
+            lm.connection_refused(connection_refusal(&refusal));
             return Some(Reply::connection_limited(&refusal));
         }
         None
@@ -415,7 +404,7 @@ impl Server {
         id: &str,
         tls: &ServerTls,
         tcp: TcpStream,
-        lm: Option<&ListenerMetrics>,
+        lm: &ListenerMetrics,
     ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
         let accept = tls.acceptor().accept(tcp);
         match tokio::time::timeout(self.config.handshake_timeout, accept).await {
@@ -436,16 +425,12 @@ impl Server {
             }
             Ok(Err(e)) => {
                 tracing::info!(session = %id, error = %e, "tls handshake failed");
-                if let Some(lm) = lm {
-                    lm.tls_handshake_failed();
-                }
+                lm.tls_handshake_failed();
                 None
             }
             Err(_) => {
                 tracing::info!(session = %id, "tls handshake timed out");
-                if let Some(lm) = lm {
-                    lm.tls_handshake_failed();
-                }
+                lm.tls_handshake_failed();
                 None
             }
         }
@@ -455,7 +440,7 @@ impl Server {
 /// One listener's config and its metric series (shared by its sessions).
 struct Listener {
     cfg: Arc<ListenerConfig>,
-    metrics: Option<Arc<ListenerMetrics>>,
+    metrics: Arc<ListenerMetrics>,
 }
 
 struct Ctx<'a> {

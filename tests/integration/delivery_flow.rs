@@ -94,8 +94,14 @@ impl Running {
         limiter: Arc<postgate::limits::Limiter>,
     ) -> Self {
         let token = CancellationToken::new();
-        let started =
-            Delivery::start_with(store, cfg, token.clone(), None, limiter).expect("start delivery");
+        let started = Delivery::start_with(
+            store,
+            cfg,
+            token.clone(),
+            postgate::metrics::Metrics::detached(),
+            limiter,
+        )
+        .expect("start delivery");
         Running {
             token,
             handle: Some(started.handle),

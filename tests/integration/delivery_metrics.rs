@@ -36,9 +36,8 @@ fn start_measured(
 ) -> (Arc<Metrics>, CancellationToken, Started) {
     let metrics = Arc::new(Metrics::new(&MetricsOptions::default()));
     let token = CancellationToken::new();
-    let started =
-        Delivery::start_with_metrics(store.clone(), cfg, token.clone(), Some(metrics.clone()))
-            .expect("start delivery");
+    let started = Delivery::start_with_metrics(store.clone(), cfg, token.clone(), metrics.clone())
+        .expect("start delivery");
     (metrics, token, started)
 }
 

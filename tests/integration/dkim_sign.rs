@@ -534,3 +534,127 @@ async fn a_broken_stored_key_fails_loading_without_leaking_it() {
     assert!(text.contains("bad._domainkey.example.com"), "{text}");
     assert!(!text.contains("c2VjcmV0"), "{text}");
 }
+
+/// A submission from `alice@example.com` with an authenticated identity.
+fn submission(body: &[u8]) -> postgate::intake::Submission {
+    use postgate::auth::Identity;
+    use postgate::intake::{ClientInfo, Submission};
+    use postgate::smtp::ports::Recipient;
+    use postgate::store::LimitOverrides;
+    Submission {
+        session_id: "s1".into(),
+        identity: Identity {
+            user_id: 1,
+            username: "alice".into(),
+            credential_id: 1,
+            credential_label: "default".into(),
+            senders: vec!["@example.com".into()],
+            limits: LimitOverrides::default(),
+            user_limits: LimitOverrides::default(),
+            normalize_line_endings: None,
+            credential_tag: [0; 32],
+        },
+        client: ClientInfo {
+            ip: "127.0.0.1".parse().unwrap(),
+            helo: "laptop".into(),
+            tls: None,
+            auth_mechanism: "PLAIN".into(),
+        },
+        sender: "alice@example.com".into(),
+        recipients: vec![Recipient {
+            address: "bob@example.org".into(),
+            notify: None,
+            orcpt: None,
+        }],
+        body: bytes::Bytes::copy_from_slice(body),
+        envid: None,
+        ret: None,
+        smtputf8: false,
+        body_type: None,
+    }
+}
+
+/// The value of `postgate_dkim_signatures_total` for `algorithm`, `result`.
+fn signatures_metric(metrics: &postgate::metrics::Metrics, algorithm: &str) -> Option<String> {
+    let series =
+        format!("postgate_dkim_signatures_total{{algorithm=\"{algorithm}\",result=\"signed\"}} ");
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_string))
+}
+
+#[tokio::test]
+async fn the_signature_metric_is_labelled_by_the_key_algorithm_not_the_selector_name() {
+    use postgate::intake::{MessageProcessing, StoreIntake};
+    for t in all_stores().await {
+        // An RSA key whose selector names the other algorithm, and the reverse.
+        dkim::cli_generate(
+            &*t.store,
+            "example.com",
+            "ed25519-2026",
+            DkimAlgorithm::RsaSha256,
+            None,
+        )
+        .await
+        .unwrap();
+        dkim::cli_generate(
+            &*t.store,
+            "example.com",
+            "rsa-new",
+            DkimAlgorithm::Ed25519Sha256,
+            None,
+        )
+        .await
+        .unwrap();
+        let signer = Signer::new(t.store.clone(), DkimConfig::default())
+            .await
+            .unwrap();
+        let metrics = postgate::metrics::Metrics::detached();
+        let intake = StoreIntake::new(t.store.clone(), Duration::from_secs(3600))
+            .with_processing(MessageProcessing {
+                hostname: "relay.example.net".into(),
+                enforce_header_from: false,
+                fixups: FixupsConfig::default(),
+                signer: Some(std::sync::Arc::new(signer)),
+            })
+            .with_metrics(metrics.clone());
+        let body =
+            b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nhello\r\n";
+        let signed = intake
+            .final_body(&submission(body), "q1", 1_795_452_707_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&signed)
+                .matches("DKIM-Signature:")
+                .count(),
+            2,
+            "{}",
+            t.backend
+        );
+        assert_eq!(
+            signatures_metric(&metrics, "rsa-sha256").as_deref(),
+            Some("1"),
+            "{}: one RSA signature",
+            t.backend
+        );
+        assert_eq!(
+            signatures_metric(&metrics, "ed25519-sha256").as_deref(),
+            Some("1"),
+            "{}: one Ed25519 signature",
+            t.backend
+        );
+    }
+}
+
+#[test]
+fn a_signing_failure_names_the_algorithm_of_its_key() {
+    let e = DkimError::Sign {
+        algorithm: DkimAlgorithm::Ed25519Sha256,
+        reason: "boom".into(),
+    };
+    assert_eq!(e.algorithm(), Some(DkimAlgorithm::Ed25519Sha256));
+    assert_eq!(e.to_string(), "DKIM signing failed (ed25519-sha256): boom");
+    assert!(!e.is_permanent());
+}

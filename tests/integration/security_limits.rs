@@ -34,7 +34,10 @@ async fn concurrent_wrong_passwords_verify_at_most_the_lockout() {
             };
             let store: Arc<dyn LimitStore> = ts.store.clone();
             let limiter = Arc::new(Limiter::new(cfg, Some(store), Arc::new(SystemClock)).unwrap());
-            let ports = Arc::new(LimiterPorts::new(limiter.clone(), None));
+            let ports = Arc::new(LimiterPorts::new(
+                limiter.clone(),
+                postgate::metrics::Metrics::detached(),
+            ));
             let srv = h::start_with_limits(&ts, ports, |c| {
                 c.proxy_trusted = vec!["127.0.0.0/8".parse().unwrap()];
                 c.listeners[0].proxy_protocol = true;

@@ -70,7 +70,10 @@ async fn start(
     ip_messages: u32,
 ) -> Harness {
     let limiter = Limiter::new(LimitsConfig::default(), None, Arc::new(SystemClock)).unwrap();
-    let limits = Arc::new(LimiterPorts::new(Arc::new(limiter), None));
+    let limits = Arc::new(LimiterPorts::new(
+        Arc::new(limiter),
+        postgate::metrics::Metrics::detached(),
+    ));
     let network = network.parse().unwrap();
     h::start_with_limits(db, limits, move |c| {
         let l = &mut c.listeners[0];

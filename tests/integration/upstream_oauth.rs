@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use postgate::config::Secret;
 use postgate::delivery::oauth::{OAuthConfig, Provider};
 use postgate::delivery::upstream::{Envelope, SendError, Upstream};
 use postgate::delivery::{AuthMechanism, UpstreamConfig};
+use postgate::secret::Secret;
 
 use crate::token_server::{Client, Mode, TokenServer};
 use crate::upstream_server::{Behavior, ServerTls, UpstreamServer};
@@ -452,10 +452,10 @@ async fn token_requests_and_expiry_are_metrics() {
     let server = xoauth2_server(&tokens).await;
     let metrics = postgate::metrics::Metrics::new(&Default::default());
     let cfg = xoauth2_config(&server, microsoft_secret(&tokens), "relay@example.com");
-    let up = Upstream::with_metrics(cfg.clone(), "relay.test", Some(&metrics)).unwrap();
+    let up = Upstream::with_metrics(cfg.clone(), "relay.test", &metrics).unwrap();
     send(&up, "a@example.com").await.unwrap();
     tokens.set_mode(Mode::ErrorJson);
-    let up2 = Upstream::with_metrics(cfg, "relay.test", Some(&metrics)).unwrap();
+    let up2 = Upstream::with_metrics(cfg, "relay.test", &metrics).unwrap();
     send(&up2, "a@example.com").await.unwrap_err();
     let text = metrics.render();
     assert!(

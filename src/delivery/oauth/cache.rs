@@ -45,7 +45,7 @@ pub struct TokenCache {
     upstream: String,
     source: TokenSource,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
-    metrics: Option<OAuthMetrics>,
+    metrics: OAuthMetrics,
 }
 
 /// When a token of `lifetime` is renewed: five minutes before it expires,
@@ -56,7 +56,7 @@ pub fn refresh_after(lifetime: Duration) -> Duration {
 
 impl TokenCache {
     /// An empty cache over `source` for upstream `upstream`.
-    pub fn new(upstream: &str, source: TokenSource, metrics: Option<OAuthMetrics>) -> Self {
+    pub fn new(upstream: &str, source: TokenSource, metrics: OAuthMetrics) -> Self {
         TokenCache {
             upstream: upstream.to_string(),
             source,
@@ -103,23 +103,19 @@ impl TokenCache {
             }
         }
         let fetched = self.source.fetch(mailbox).await;
-        if let Some(m) = &self.metrics {
-            m.token_request(match &fetched {
-                Ok(_) => "ok",
-                Err(e) => e.result(),
-            });
-        }
+        self.metrics.token_request(match &fetched {
+            Ok(_) => "ok",
+            Err(e) => e.result(),
+        });
         let now = Instant::now();
         match fetched {
             Ok(token) => {
                 info!(upstream = %self.upstream, mailbox = %mailbox, expires_in = token.lifetime.as_secs(), "OAuth token obtained");
-                if let Some(m) = &self.metrics {
-                    let unix = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default()
-                        + token.lifetime;
-                    m.set_token_expiry(unix.as_secs_f64());
-                }
+                let unix = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    + token.lifetime;
+                self.metrics.set_token_expiry(unix.as_secs_f64());
                 s.failed = None;
                 s.cached = Some(Cached {
                     refresh_at: now + refresh_after(token.lifetime),

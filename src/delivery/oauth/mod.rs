@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 pub use cache::TokenCache;
 pub use endpoint::{AccessToken, TokenError};

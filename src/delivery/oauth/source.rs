@@ -11,8 +11,8 @@ use tokio_rustls::TlsConnector;
 use super::endpoint::{self, AccessToken, Endpoint, TokenError};
 use super::jwt::{self, Alg, RsaSigner};
 use super::{OAuthConfig, Provider};
-use crate::config::Secret;
 use crate::delivery::tls_client;
+use crate::secret::Secret;
 
 /// How long signed assertions are valid (RFC 7523 §3: short; Google allows one hour).
 const ASSERTION_LIFETIME: u64 = 600;

@@ -14,50 +14,42 @@ use crate::metrics::{self, AuthResult, ConnectionRefusal, Mechanism, Metrics, Re
 use crate::smtp::data::DataError;
 use crate::smtp::ports::{LimitKind, LimitRefusal, LimitScope};
 
-/// The metrics a session records into, or none (tests, tools). Cheap to clone.
-#[derive(Clone, Default)]
-pub struct SessionMetrics(Option<Arc<Metrics>>);
+/// The metrics a session records into. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionMetrics(Arc<Metrics>);
 
 impl fmt::Debug for SessionMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "SessionMetrics(on)"
-        } else {
-            "SessionMetrics(off)"
-        })
+        f.write_str("SessionMetrics")
+    }
+}
+
+/// Metrics nothing serves ([`Metrics::detached`]): for tests and tools.
+impl Default for SessionMetrics {
+    fn default() -> Self {
+        SessionMetrics(Metrics::detached())
     }
 }
 
 impl SessionMetrics {
-    /// Records into `metrics` (`None`: records nothing).
-    pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
+    /// Records into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         SessionMetrics(metrics)
-    }
-
-    /// The metrics, if any.
-    pub fn get(&self) -> Option<&Arc<Metrics>> {
-        self.0.as_ref()
     }
 
     /// One AUTH outcome for the mechanism named `mechanism` (`PLAIN`/`LOGIN`).
     pub fn auth(&self, mechanism: &str, result: AuthResult) {
-        if let Some(m) = &self.0 {
-            m.auth_attempt(mechanism_label(mechanism), result);
-        }
+        self.0.auth_attempt(mechanism_label(mechanism), result);
     }
 
     /// One refused transaction (or recipient, or message).
     pub fn rejected(&self, reason: RejectReason) {
-        if let Some(m) = &self.0 {
-            m.message_rejected(reason);
-        }
+        self.0.message_rejected(reason);
     }
 
     /// One message whose content was fully received.
     pub fn received(&self) {
-        if let Some(m) = &self.0 {
-            m.message_received();
-        }
+        self.0.message_received();
     }
 }
 

@@ -615,7 +615,7 @@ async fn every_auth_outcome_and_refusal_is_counted_once() {
     let metrics = Arc::new(Metrics::new(&MetricsOptions::default()));
     let mut st = settings();
     st.max_errors = 50;
-    st.metrics = SessionMetrics::new(Some(metrics.clone()));
+    st.metrics = SessionMetrics::new(metrics.clone());
     let b = |x: &str| base64::engine::general_purpose::STANDARD.encode(x);
 
     let intake = Arc::new(FakeIntake::default());

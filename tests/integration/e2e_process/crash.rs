@@ -198,3 +198,115 @@ poll_interval = "2s"
     );
     drop(node);
 }
+
+/// Issue #13 item 4: a crash repeats at most one message per upstream
+/// connection. With a backlog draining as fast as the upstream takes it
+/// over 2 connections, SIGKILL the node three times: at most 3 × 2 messages
+/// arrive twice. (Before, a connection went on to its next message while
+/// the last one's outcome waited 20 ms for company plus its commit: about
+/// a dozen messages per kill.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_repeats_at_most_one_message_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in store_urls(dir.path()).await {
+        bounded_duplicates(dir.path(), &url).await;
+    }
+}
+
+/// Upstream connections of the node of [`bounded_duplicates`].
+const CONNECTIONS: usize = 2;
+/// Messages in the backlog.
+const BACKLOG: usize = 600;
+/// SIGKILLs while it drains.
+const KILLS: usize = 3;
+/// The backlog is submitted as fast as the node takes it.
+const LIFTED: &str = "[limits]
+messages_per_minute = 1000000
+messages_per_hour = 10000000
+messages_per_day = 100000000
+recipients_per_day = 100000000
+";
+
+async fn bounded_duplicates(dir: &Path, url: &str) {
+    // The upstream turns every session away while the backlog builds up.
+    let mut b = Behavior::new(ServerTls::None);
+    b.greeting = "421 4.3.2 not now".into();
+    let up = UpstreamServer::start(b).await;
+    let tag = if url.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "pg"
+    };
+    let upstream_extra = format!("max_connections = {CONNECTIONS}");
+    let mut settings = Settings::new(url, up.addr.port());
+    settings.upstream_extra = &upstream_extra;
+    settings.extra = LIFTED;
+    let mut files = write_node(dir, &format!("bound-{tag}"), &settings);
+    add_user(&files.config).await;
+    let mut node = Serve::start(&mut files).await;
+
+    let mut clients = Vec::new();
+    for t in 0..4 {
+        let port = files.smtp_port;
+        let tag = tag.to_string();
+        clients.push(tokio::spawn(async move {
+            let (mut c, code) = Client::login(port, USER, PASSWORD).await;
+            assert_eq!(code, 235);
+            let mut accepted = Vec::new();
+            for i in (t..BACKLOG).step_by(4) {
+                let subject = format!("bound-{tag}-{i}");
+                c.send("bob@dest.example", &message(&subject))
+                    .await
+                    .unwrap_or_else(|e| panic!("{subject} refused: {e:?}"));
+                accepted.push(subject);
+            }
+            accepted
+        }));
+    }
+    let mut accepted = Vec::new();
+    for c in clients {
+        accepted.extend(c.await.unwrap());
+    }
+    assert!(received_subjects(&up).is_empty(), "{tag}: delivered early");
+
+    // The backlog drains; kill whenever another 40 messages arrived.
+    up.set(|b| b.greeting = "220 upstream.test ESMTP ready".into());
+    for kill in 0..KILLS {
+        let base = received_subjects(&up).len();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while received_subjects(&up).len() < base + 40 {
+            assert!(
+                Instant::now() < deadline,
+                "{tag}: delivery stalled before kill {kill}\n{}",
+                node.logs()
+            );
+            sleep(Duration::from_millis(5)).await;
+        }
+        node.crash().await;
+        let at_kill = received_subjects(&up).len();
+        assert!(
+            at_kill < BACKLOG,
+            "{tag}: the backlog was gone at kill {kill}: the test proves nothing"
+        );
+        node = Serve::start(&mut files).await;
+    }
+    wait_delivered(&up, &accepted, Duration::from_secs(90)).await;
+    wait_queue_empty(&files.config, Duration::from_secs(30)).await;
+    let got = received_subjects(&up);
+    let mut copies = std::collections::HashMap::new();
+    for s in &got {
+        *copies.entry(s.as_str()).or_insert(0usize) += 1;
+    }
+    let repeated: usize = copies.values().map(|n| n - 1).sum();
+    eprintln!(
+        "{tag}: {} arrivals of {} messages, {repeated} duplicates after {KILLS} kills (bound {})",
+        got.len(),
+        accepted.len(),
+        KILLS * CONNECTIONS
+    );
+    assert!(
+        repeated <= KILLS * CONNECTIONS,
+        "{tag}: {repeated} duplicates after {KILLS} kills with {CONNECTIONS} upstream connections"
+    );
+    drop(node);
+}

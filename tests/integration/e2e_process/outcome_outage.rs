@@ -7,6 +7,9 @@
 //! - The store stays away longer than the old retry window (about 6 s) and
 //!   than the lease: every outcome is kept, recorded once the store is
 //!   back, and no message is delivered twice.
+//! - Meanwhile the connection waits for its outcome: it does not carry
+//!   another message while the one it delivered is unrecorded, so what a
+//!   crash could repeat stays at one message per connection.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -105,9 +108,13 @@ async fn outcomes_outlive_a_store_outage_and_nothing_is_sent_twice_on_every_back
         sleep(Duration::from_secs(12)).await;
         let during = received_subjects(&up).len() - before;
         outage.end().await;
+        // The connection waits for its outcome: at most the message on it
+        // when the store went, and one more if that one's outcome was
+        // committed before the outage took hold. (Outcomes did wait for the
+        // store: the log line checked below.)
         assert!(
-            during > 0,
-            "{url}: nothing was delivered during the outage\n{}",
+            during <= 2,
+            "{url}: {during} messages delivered over one connection with the store away\n{}",
             node.logs()
         );
         wait_delivered(&up, &subjects, Duration::from_secs(60)).await;

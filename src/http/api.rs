@@ -156,7 +156,7 @@ pub async fn start(
         max_message_size: config.smtp.max_message_size,
         max_recipients: config.smtp.max_recipients,
         auth_failure_delay: config.smtp.auth_failure_delay,
-        metrics: SessionMetrics::new(Some(metrics.clone())),
+        metrics: SessionMetrics::new(metrics.clone()),
         memory,
     };
     Ok((listener, state))

@@ -11,6 +11,15 @@ use super::keys::{self, kind};
 use super::{refusal, Check, LimitKind, LimitRefusal, LimitScope, Limiter};
 use crate::store::LimitCounter;
 
+/// Why an AUTH attempt could not be reserved.
+enum Reserve {
+    /// The IP or username is locked out.
+    LockedOut(LimitRefusal),
+    /// Failures and attempts in flight fill the allowance, with no lockout
+    /// (yet): the attempts in flight are still being verified.
+    Full(LimitRefusal),
+}
+
 impl Limiter {
     /// Before verifying an AUTH from `ip` for `username` (as typed; never
     /// looked up, so unknown and existing users are treated alike).
@@ -29,7 +38,30 @@ impl Limiter {
     /// before answering, whatever the outcome. `Err`: the IP or username is
     /// locked out, or the attempts in flight already fill its allowance:
     /// reply `454 4.7.0` without verifying; nothing is reserved.
+    ///
+    /// When the allowance is full but nothing is locked out, the attempts
+    /// filling it are still being verified (a lockout follows the failure
+    /// that fills it): this one waits for them, polling with a growing
+    /// pause, for at most `auth_wait_in_flight`. So a pool of clients
+    /// logging in at once as one user is served, while the number of
+    /// verifications per window stays bounded as above.
     pub async fn auth_allowed(&self, ip: IpAddr, username: &str) -> Result<Duration, LimitRefusal> {
+        let deadline = tokio::time::Instant::now() + self.config.auth_wait_in_flight;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.reserve_auth(ip, username).await {
+                Err(Reserve::Full(_)) if tokio::time::Instant::now() + pause <= deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(Reserve::Full(r) | Reserve::LockedOut(r)) => return Err(r),
+                Ok(delay) => return Ok(delay),
+            }
+        }
+    }
+
+    /// One try of [`Limiter::auth_allowed`].
+    async fn reserve_auth(&self, ip: IpAddr, username: &str) -> Result<Duration, Reserve> {
         let now = self.now();
         let ip_subject = self.ip(ip);
         let user_subject = keys::user_subject(username);
@@ -58,11 +90,11 @@ impl Limiter {
         for (i, lock) in locks.iter().enumerate() {
             if let Some(until) = tat_of(lock).filter(|&t| t > now) {
                 let (scope, who) = who(i == 0);
-                return Err(refusal(
+                return Err(Reserve::LockedOut(refusal(
                     (scope, LimitKind::AuthFailures),
                     (until - now) as u64,
                     format!("too many failed logins {who}"),
-                ));
+                )));
             }
         }
         let fails = self.failure_keys(&ip_subject, &user_subject);
@@ -79,7 +111,7 @@ impl Limiter {
                 }
             })
             .collect();
-        let tats = self.take_all(&checks, now).await?;
+        let tats = self.take_all(&checks, now).await.map_err(Reserve::Full)?;
         // The failures before this attempt (this one is reserved in `tats`).
         let recent = checks
             .iter()

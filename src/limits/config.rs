@@ -72,6 +72,13 @@ pub struct LimitsConfig {
     /// How long a lockout lasts (default "15m").
     #[serde(with = "humantime_serde")]
     pub auth_lockout_duration: Duration,
+    /// How long an AUTH waits while attempts still being verified fill the
+    /// failure allowance of its IP or username, before `454 4.7.0`
+    /// (default "5s"). Many clients logging in at once as one user (an
+    /// application's connection pool) then wait a few milliseconds instead
+    /// of being refused; "0s" refuses at once.
+    #[serde(with = "humantime_serde")]
+    pub auth_wait_in_flight: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -94,6 +101,7 @@ impl Default for LimitsConfig {
             auth_lockout_per_user: 10,
             auth_lockout_per_ip: 30,
             auth_lockout_duration: Duration::from_secs(15 * 60),
+            auth_wait_in_flight: Duration::from_secs(5),
         }
     }
 }
@@ -120,6 +128,9 @@ impl LimitsConfig {
             if d < Duration::from_secs(1) {
                 return Err(format!("limits.{key} must be at least 1s"));
             }
+        }
+        if self.auth_wait_in_flight > Duration::from_secs(60) {
+            return Err("limits.auth_wait_in_flight must be at most 60s".into());
         }
         if self.auth_tarpit_max_delay < self.auth_tarpit_delay {
             return Err("limits.auth_tarpit_max_delay must be >= limits.auth_tarpit_delay".into());

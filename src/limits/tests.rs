@@ -280,6 +280,65 @@ async fn failed_logins_lock_the_ip_at_accept_too() {
     let _ = clock;
 }
 
+/// Attempts in flight fill the username's allowance: the next one waits
+/// for them instead of being refused. A success among them makes room; a
+/// last failure locks the username out and the waiter gets the lockout.
+#[tokio::test]
+async fn an_attempt_waits_for_the_attempts_in_flight() {
+    let (l, _) = limiter(LimitsConfig {
+        auth_wait_in_flight: Duration::from_secs(5),
+        ..brute_config()
+    });
+    let l = Arc::new(l);
+    for i in 0..5u8 {
+        l.auth_allowed(IpAddr::from([198, 51, 100, i]), "alice")
+            .await
+            .unwrap();
+    }
+    let waiter = {
+        let l = l.clone();
+        tokio::spawn(async move { l.auth_allowed(ip("203.0.113.7"), "alice").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "it waits while the allowance is in flight");
+    l.auth_result(IpAddr::from([198, 51, 100, 0]), "alice", true).await;
+    waiter.await.unwrap().expect("room made by the success");
+
+    // Five attempts for bob in flight, all failing: the last failure locks
+    // bob out, and the waiter gets the lockout.
+    for i in 0..5u8 {
+        l.auth_allowed(IpAddr::from([192, 0, 2, i]), "bob").await.unwrap();
+    }
+    let waiter = {
+        let l = l.clone();
+        tokio::spawn(async move { l.auth_allowed(ip("203.0.113.9"), "bob").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished());
+    for i in 0..5u8 {
+        l.auth_result(IpAddr::from([192, 0, 2, i]), "bob", false).await;
+    }
+    let r = waiter.await.unwrap().unwrap_err();
+    assert!(r.is_lockout() && r.retry_after_secs() == 300, "{r:?}");
+}
+
+/// With `auth_wait_in_flight = "0s"` a full allowance is refused at once.
+#[tokio::test]
+async fn no_wait_refuses_at_once_when_the_allowance_is_in_flight() {
+    let (l, _) = limiter(LimitsConfig {
+        auth_wait_in_flight: Duration::ZERO,
+        ..brute_config()
+    });
+    for i in 0..5u8 {
+        l.auth_allowed(IpAddr::from([198, 51, 100, i]), "alice")
+            .await
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    l.auth_allowed(ip("203.0.113.7"), "alice").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
 /// One verified failure: reserved, then reported.
 async fn fail(l: &Limiter, from: &str, user: &str) {
     l.auth_allowed(ip(from), user).await.unwrap();
@@ -327,6 +386,8 @@ async fn concurrent_attempts_never_exceed_the_lockout() {
     let (l, _) = limiter(LimitsConfig {
         auth_tarpit_after: 0,
         auth_lockout_per_user: 10,
+        // Every check is made before any result is known: nobody waits.
+        auth_wait_in_flight: Duration::ZERO,
         ..brute_config()
     });
     let l = Arc::new(l);

@@ -410,6 +410,9 @@ async fn concurrent_attempts_never_exceed_the_lockout_on_every_backend() {
             auth_tarpit_after: 3,
             auth_lockout_per_user: 10,
             auth_lockout_per_ip: 10,
+            // Every check is made before any result is known (the
+            // barrier below): nobody waits for the attempts in flight.
+            auth_wait_in_flight: Duration::ZERO,
             ..config()
         };
         let l =

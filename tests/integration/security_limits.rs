@@ -94,6 +94,64 @@ async fn concurrent_wrong_passwords_verify_at_most_the_lockout() {
     }
 }
 
+/// 40 clients log in at once as one user from one address with the right
+/// password (an application's connection pool after a restart), with a
+/// username allowance of 10: the attempts beyond the allowance wait for
+/// those in flight instead of getting 454, and all 40 get 235, on the local
+/// and the shared limits backend of each store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_right_passwords_all_log_in() {
+    for ts in all_stores().await {
+        for backend in [LimitsBackend::Local, LimitsBackend::Store] {
+            let b = format!("{} / {backend:?}", ts.backend);
+            let cfg = LimitsConfig {
+                backend,
+                auth_tarpit_after: 0,
+                auth_lockout_per_user: 10,
+                auth_lockout_per_ip: 10,
+                concurrent_sessions: 100,
+                ..LimitsConfig::default()
+            };
+            let store: Arc<dyn LimitStore> = ts.store.clone();
+            let limiter = Arc::new(Limiter::new(cfg, Some(store), Arc::new(SystemClock)).unwrap());
+            let ports = Arc::new(LimiterPorts::new(
+                limiter.clone(),
+                postgate::metrics::Metrics::detached(),
+            ));
+            let srv = h::start_with_limits(&ts, ports, |_| {}).await;
+            let mut clients = Vec::new();
+            for _ in 0..40 {
+                let (mut c, g) = Raw::connect(srv.starttls(), &srv).await;
+                assert_eq!(g.code, 220, "{b}: {g:?}");
+                assert_eq!(c.starttls().await.code, 250, "{b}");
+                clients.push(c);
+            }
+            let barrier = Arc::new(tokio::sync::Barrier::new(clients.len()));
+            let tasks: Vec<_> = clients
+                .into_iter()
+                .map(|mut c| {
+                    let barrier = barrier.clone();
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        let got = c.login().await;
+                        (c, got)
+                    })
+                })
+                .collect();
+            let mut codes = Vec::new();
+            let mut keep = Vec::new();
+            for t in tasks {
+                let (c, got) = t.await.unwrap();
+                codes.push(got.code);
+                keep.push(c);
+            }
+            assert!(codes.iter().all(|&c| c == 235), "{b}: {codes:?}");
+            drop(keep);
+            srv.stop().await;
+        }
+    }
+}
+
 /// Sends `byte` every `every` until a reply arrives (or `give_up` passes);
 /// returns the reply and when it came.
 async fn trickle(

@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-TARGETS=(command data sasl proxy headers upstream_reply)
+TARGETS=(command data sasl proxy headers upstream_reply api_request)
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-30}
 build_only=false
 selected=()

@@ -85,6 +85,28 @@ pub async fn credential_add(
     Ok(store.credential_add(username, label, &hash).await?)
 }
 
+/// Adds credential `label` to `username` holding a new API token instead
+/// of a password (see `http/api/token.rs`); returns the token, which is
+/// stored only as its hash. Nothing is left behind if it fails.
+pub async fn api_token_add(
+    store: &dyn crate::store::Store,
+    username: &str,
+    label: &str,
+) -> Result<String, AccountError> {
+    let token = crate::http::api::token::generate();
+    store
+        .credential_add(username, label, crate::store::api::TOKEN_ONLY_HASH)
+        .await?;
+    if let Err(e) = store
+        .token_set(username, label, &crate::http::api::token::hash(&token))
+        .await
+    {
+        let _ = store.credential_revoke(username, label).await;
+        return Err(e.into());
+    }
+    Ok(token)
+}
+
 /// Lists the credentials of `username`.
 pub async fn credential_list(
     store: &dyn AccountStore,

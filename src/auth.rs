@@ -30,7 +30,7 @@ pub fn credential_tag(password_hash: &str) -> CredentialTag {
 
 /// The identity of `credential` of `record`, which matched with the stored
 /// hash whose tag is `tag`.
-fn identity_of(
+pub fn identity_of(
     record: &store::LoginRecord,
     credential: &LoginCredential,
     tag: CredentialTag,

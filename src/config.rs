@@ -147,6 +147,8 @@ pub struct Config {
     pub dkim: crate::dkim::DkimConfig,
     pub fixups: crate::fixups::FixupsConfig,
     pub http: crate::http::HttpConfig,
+    /// `[api]`: the HTTP submission API (off by default).
+    pub api: crate::http::api::ApiConfig,
     pub log: crate::logging::LogConfig,
     /// `[events]`: the delivery events outbox (issue #17).
     pub events: crate::events::EventsConfig,
@@ -266,6 +268,15 @@ impl Config {
         checks::check_values(self).map_err(|(key, message)| invalid(&key, message))?;
         crate::events::validate(&self.events, &self.webhooks)
             .map_err(|(key, message)| invalid(&key, message))?;
+        self.api
+            .validate()
+            .map_err(|(key, message)| invalid(&key, message))?;
+        if self.api.enabled && self.tls.is_none() {
+            return Err(invalid(
+                "api.enabled",
+                "the API is HTTPS only: it needs [tls] (cert and key)".into(),
+            ));
+        }
         Ok(())
     }
 

@@ -44,6 +44,7 @@ use crate::secret::Secret;
 use crate::store::HealthStore;
 
 mod admin;
+pub mod api;
 mod conns;
 pub mod probe;
 

@@ -27,5 +27,6 @@ pub mod run;
 pub mod secret;
 pub mod smtp;
 pub mod store;
+pub mod submission;
 pub mod time;
 pub mod tls;

@@ -35,6 +35,11 @@ pub enum RunError {
     Delivery(#[from] crate::delivery::DeliveryError),
     #[error("{0}")]
     Events(String),
+    #[error("cannot listen on {address} (api.address): {source}")]
+    ApiBind {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {address} (http.address): {source}")]
     HttpBind {
         address: std::net::SocketAddr,
@@ -144,6 +149,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             metrics.clone(),
         )),
     };
+    let api_ports = ports.clone();
     let mut smtp_config = config.smtp.clone();
     // Two keys bound concurrent connections per IP; the lower one applies.
     if config.limits.ip_concurrent_connections > 0 {
@@ -219,6 +225,17 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             draining.clone(),
         )?;
         background.spawn(crate::http::serve(listener, state, http_shutdown.clone()));
+    }
+    if let (true, Some(tls)) = (config.api.enabled, &tls) {
+        let api =
+            crate::http::api::start(&config, store.clone(), api_ports, &metrics, server.memory())
+                .await?;
+        background.spawn(crate::http::api::serve(
+            api.0,
+            tls.clone(),
+            api.1,
+            draining.clone(),
+        ));
     }
     let running = config.clone();
     background.spawn(reload_loop(

@@ -85,6 +85,10 @@ pub enum CredentialCommand {
         label: String,
         #[command(flatten)]
         password: PasswordSource,
+        /// Make an API token credential instead (HTTP API `Authorization:
+        /// Bearer`; no password): the token is printed once, only its hash kept.
+        #[arg(long, conflicts_with_all = ["password_stdin", "generate"])]
+        token: bool,
     },
     /// List the credentials of user NAME.
     List {
@@ -386,9 +390,15 @@ pub async fn run(config_path: Option<&Path>, cmd: &UserCommand) -> Result<(), Fa
         }
         UserCommand::Show { name, json } => show(&*store, name, *json).await?,
         UserCommand::Credential(CredentialCommand::Add {
+            name, label, token, ..
+        }) if *token => {
+            println!("{}", accounts::api_token_add(&*store, name, label).await?);
+        }
+        UserCommand::Credential(CredentialCommand::Add {
             name,
             label,
             password,
+            ..
         }) => {
             let (pw, generated) = read_password(password)?;
             accounts::credential_add(&*store, name, label, &pw, &params).await?;

@@ -162,6 +162,12 @@ impl Server {
         self
     }
 
+    /// The node's budget of message bytes held in memory, for other front
+    /// doors to share (the HTTP API).
+    pub fn memory(&self) -> Arc<MemoryBudget> {
+        self.memory.clone()
+    }
+
     /// Binds every listener of `config` (call before dropping privileges;
     /// port 0 picks a free port: read it from the returned listener).
     pub async fn bind(

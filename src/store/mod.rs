@@ -14,11 +14,13 @@
 //! - errors are [`StoreError`]; `NotFound`/`Conflict`/`Invalid` are the
 //!   caller's fault and name what is wrong, `Unavailable` means "try later".
 
+pub mod api;
 mod dkim;
 mod events;
 mod events_postgres;
 mod events_sqlite;
 pub mod postgres;
+mod postgres_api;
 mod postgres_limits;
 mod postgres_queue;
 mod queue;
@@ -28,6 +30,7 @@ mod sql_dkim;
 mod sql_limits;
 mod sql_queue;
 pub mod sqlite;
+mod sqlite_api;
 mod sqlite_limits;
 mod sqlite_queue;
 mod sqlite_writer;
@@ -310,6 +313,7 @@ pub trait Store:
     + EventStore
     + HealthStore
     + LimitStore
+    + api::ApiStore
     + Send
     + Sync
 {

@@ -520,6 +520,7 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .ok()
 }
 
+mod api_e2e;
 mod crash;
 mod delivery_nodes;
 mod disk_full;

@@ -36,6 +36,7 @@ mod smtp_harness;
 mod smtp_security;
 mod smtp_trusted;
 mod store_accounts;
+mod store_api;
 #[path = "common/token.rs"]
 mod token_server;
 mod upstream_oauth;

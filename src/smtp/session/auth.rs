@@ -6,9 +6,9 @@ use bytes::Bytes;
 use super::{Input, Session};
 use crate::metrics::AuthResult;
 use crate::smtp::command::{self, Mechanism};
-use crate::smtp::ports::AuthOutcome;
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::{self, Credentials, Exchange, Step};
+use crate::submission::{self, Login};
 
 impl Session {
     /// AUTH: RFC 4954 §4.
@@ -75,32 +75,24 @@ impl Session {
 
     async fn verify(&mut self, c: Credentials, mechanism: &'static str) -> Reply {
         let limits = self.ports.limits.clone();
-        match limits.auth_allowed(self.ip, &c.username).await {
-            Err(refusal) => {
+        let authenticator = self.ports.authenticator.clone();
+        let login = submission::login(
+            &*limits,
+            self.ip,
+            &c.username,
+            self.settings.auth_failure_delay,
+            authenticator.authenticate(&c.username, &c.password, self.ip),
+        )
+        .await;
+        let m = self.settings.metrics.clone();
+        match login {
+            Login::Limited(refusal) => {
                 tracing::info!(session = %self.id, username = %c.username, reason = %refusal.reason, "auth rate-limited");
                 // The refusal itself is counted by the SessionLimits implementation.
-                self.settings.metrics.auth(mechanism, AuthResult::LockedOut);
-                return Reply::auth_limited(&refusal);
+                m.auth(mechanism, AuthResult::LockedOut);
+                Reply::auth_limited(&refusal)
             }
-            Ok(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
-            Ok(_) => {}
-        }
-        let checked_from = tokio::time::Instant::now();
-        let outcome = self
-            .ports
-            .authenticator
-            .authenticate(&c.username, &c.password, self.ip)
-            .await;
-        match outcome {
-            AuthOutcome::Unavailable => limits.auth_abandoned(self.ip, &c.username).await,
-            _ => {
-                let success = matches!(outcome, AuthOutcome::Ok(_));
-                limits.auth_result(self.ip, &c.username, success).await
-            }
-        }
-        let m = self.settings.metrics.clone();
-        match outcome {
-            AuthOutcome::Ok(identity) => match limits.session_start(&identity).await {
+            Login::Ok(identity) => match limits.session_start(&identity).await {
                 Ok(slot) => {
                     tracing::info!(session = %self.id, username = %identity.username,
                         credential = %identity.credential_label, mechanism, "auth ok");
@@ -116,16 +108,12 @@ impl Session {
                     Reply::session_limited(&refusal)
                 }
             },
-            AuthOutcome::Failed => {
+            Login::Failed => {
                 tracing::info!(session = %self.id, username = %c.username, mechanism, "auth failed");
                 m.auth(mechanism, AuthResult::Failed);
-                // A deadline, not a delay after the check: an unknown user
-                // (one dummy verification) and a user with several
-                // credentials (one each) are answered at the same moment.
-                tokio::time::sleep_until(checked_from + self.settings.auth_failure_delay).await;
                 Reply::auth_failed()
             }
-            AuthOutcome::Unavailable => {
+            Login::Unavailable => {
                 m.auth(mechanism, AuthResult::Error);
                 Reply::auth_unavailable()
             }

@@ -12,6 +12,7 @@ use crate::smtp::budget::Lease;
 use crate::smtp::data::{BdatChunk, Body, DataError, DataReader};
 use crate::smtp::ports::{ClientInfo, Submission};
 use crate::smtp::reply::Reply;
+use crate::submission;
 
 /// Memory leased for content whose size was not declared; grown as the
 /// body's buffer grows.
@@ -177,7 +178,6 @@ impl Session {
             return Reply::auth_required();
         };
         let size = body.len();
-        let recipients = txn.recipients.len() as u32;
         // The fields docs/operations.md promises on the `queued` line.
         let (user, credential) = (identity.username.clone(), identity.credential_label.clone());
         let (sender, rcpts) = (txn.mail.address.clone(), txn.recipients.len());
@@ -198,14 +198,8 @@ impl Session {
             smtputf8: txn.mail.smtputf8,
             body_type: txn.mail.body.map(|b| b.as_str()),
         };
-        match self.ports.intake.submit(submission).await {
+        match submission::commit(&*self.ports.intake, &*self.ports.limits, submission).await {
             Ok(queue_id) => {
-                if let Some(identity) = &self.identity {
-                    self.ports
-                        .limits
-                        .message_committed(identity, recipients)
-                        .await;
-                }
                 tracing::info!(
                     session = %self.id,
                     queue_id = %queue_id,
@@ -218,11 +212,8 @@ impl Session {
                 );
                 Reply::queued(&queue_id)
             }
-            Err(e) => {
-                // Not counted here: the intake counts the refusals it decides.
-                tracing::warn!(session = %self.id, error = %e, "intake refused message");
-                Reply::from(&e)
-            }
+            // Not counted here: the intake counts the refusals it decides.
+            Err(refusal) => refusal.reply,
         }
     }
 }

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 
 use crate::metrics::RejectReason;
-use crate::policy;
 use crate::smtp::budget::{Lease, MemoryBudget};
 use crate::smtp::command::{self, Command, LineFramer, MailParams, RcptParams, MAX_AUTH_LINE};
 use crate::smtp::data::{BdatChunk, Body, DataReader};
@@ -28,6 +27,7 @@ use crate::smtp::ports::{Authenticator, SessionLimits};
 use crate::smtp::ports::{Identity, Intake, Recipient, TlsInfo};
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::Exchange;
+use crate::submission;
 
 mod auth;
 mod data;
@@ -373,14 +373,11 @@ impl Session {
         if self.txn.is_some() {
             return Reply::bad_sequence("nested MAIL command");
         }
-        if m.address.is_empty() {
-            metrics.rejected(RejectReason::SenderNotAllowed);
-            return Reply::null_sender();
-        }
-        if let Some(size) = m.size.filter(|&s| s > self.settings.max_message_size) {
-            tracing::info!(session = %self.id, size, "declared size too big");
-            metrics.rejected(RejectReason::TooLarge);
-            return Reply::too_big(self.settings.max_message_size);
+        if let Some(size) = m.size {
+            if let Err(r) = submission::check_size(size, self.settings.max_message_size) {
+                tracing::info!(session = %self.id, size, "declared size too big");
+                return self.refused(r);
+            }
         }
         if let Some(size) = m.size.filter(|&s| !self.settings.memory.fits(s)) {
             tracing::info!(session = %self.id, size, "memory budget spent");
@@ -390,24 +387,18 @@ impl Session {
         if !m.smtputf8 && !m.address.is_ascii() {
             return Reply::utf8_required();
         }
-        match policy::permitted_by(&identity.senders, &m.address) {
-            Some(rule) => {
+        match submission::check_sender(identity, &m.address) {
+            Ok(rule) => {
                 tracing::debug!(session = %self.id, sender = %m.address, rule, "sender permitted");
             }
-            None => {
+            Err(r) => {
                 tracing::info!(session = %self.id, sender = %m.address, username = %identity.username, "sender not permitted");
-                metrics.rejected(RejectReason::SenderNotAllowed);
-                return Reply::sender_not_permitted(
-                    &m.address,
-                    &identity.username,
-                    &identity.senders,
-                );
+                return self.refused(r);
             }
         }
-        if let Err(refusal) = self.ports.limits.mail_allowed(identity).await {
-            tracing::info!(session = %self.id, reason = %refusal.reason, "message rate-limited at MAIL");
-            self.settings.metrics.rejected(RejectReason::RateLimited);
-            return Reply::message_limited(&refusal);
+        if let Err(r) = submission::mail_allowed(&*self.ports.limits, identity).await {
+            tracing::info!(session = %self.id, reply = %r.reply.text, "message rate-limited at MAIL");
+            return self.refused(r);
         }
         self.txn = Some(Transaction {
             mail: m,
@@ -416,6 +407,14 @@ impl Session {
             lease: None,
         });
         Reply::sender_ok()
+    }
+
+    /// Counts `r` (when it carries a reason) and returns its reply.
+    fn refused(&self, r: submission::Refusal) -> Reply {
+        if let Some(reason) = r.reason {
+            self.settings.metrics.rejected(reason);
+        }
+        r.reply
     }
 
     /// RCPT TO: RFC 5321 §4.1.1.3. Past `max_recipients`: 452 4.5.3, the
@@ -434,20 +433,23 @@ impl Session {
         if txn.recipients.iter().any(|x| x.address == r.address) {
             return Reply::recipient_ok();
         }
-        if txn.recipients.len() >= self.settings.max_recipients {
-            self.settings
-                .metrics
-                .rejected(RejectReason::TooManyRecipients);
-            return Reply::too_many_recipients(self.settings.max_recipients);
-        }
-        if let Some(identity) = &self.identity {
-            let n = txn.recipients.len() as u32 + 1;
-            if let Err(refusal) = self.ports.limits.rcpt_allowed(identity, n).await {
-                tracing::info!(session = %self.id, reason = %refusal.reason, "recipient quota at RCPT");
-                self.settings.metrics.rejected(RejectReason::RateLimited);
-                return Reply::message_limited(&refusal);
+        let count = txn.recipients.len() + 1;
+        if let Err(refusal) = submission::recipient_allowed(
+            &*self.ports.limits,
+            self.identity.as_ref(),
+            count,
+            self.settings.max_recipients,
+        )
+        .await
+        {
+            if refusal.retry_after.is_some() {
+                tracing::info!(session = %self.id, reply = %refusal.reply.text, "recipient quota at RCPT");
             }
+            return self.refused(refusal);
         }
+        let Some(txn) = self.txn.as_mut() else {
+            return Reply::bad_sequence("need MAIL before RCPT");
+        };
         txn.recipients.push(Recipient {
             address: r.address,
             notify: r.notify,

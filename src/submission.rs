@@ -1,0 +1,186 @@
+//! The rules every front door applies to a submission, in one place: the
+//! SMTP session (`smtp/session/`) and the HTTP API (`http/api.rs`) call
+//! these, so a message gets the same answer whichever way it came in.
+//!
+//! Each check returns a [`Refusal`]: the SMTP reply that says why (the API
+//! maps it to an HTTP status in `http/api/status.rs`), the metrics label
+//! when the refusal is counted by the caller, and how long to wait when a
+//! rate limit refused.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::auth::Identity;
+use crate::intake::{Intake, Submission};
+use crate::metrics::RejectReason;
+use crate::policy;
+use crate::smtp::ports::{AuthOutcome, LimitRefusal, SessionLimits};
+use crate::smtp::reply::Reply;
+
+/// Why a submission (or one of its parts) is refused.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The SMTP reply (code, enhanced code, text).
+    pub reply: Reply,
+    /// The `postgate_messages_rejected_total` label the caller counts, if
+    /// the caller counts it (rate limits count themselves).
+    pub reason: Option<RejectReason>,
+    /// Set when a rate limit or quota refused: when to try again.
+    pub retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    fn new(reply: Reply, reason: Option<RejectReason>) -> Self {
+        Refusal {
+            reply,
+            reason,
+            retry_after: None,
+        }
+    }
+
+    fn limited(reply: Reply, refusal: &LimitRefusal) -> Self {
+        Refusal {
+            reply,
+            reason: Some(RejectReason::RateLimited),
+            retry_after: Some(refusal.retry_after),
+        }
+    }
+}
+
+/// The result of [`login`].
+#[derive(Debug)]
+pub enum Login {
+    Ok(Identity),
+    /// The brute-force limits refused before any check (`454 4.7.0`).
+    Limited(LimitRefusal),
+    /// Wrong credentials, unknown or disabled user (answered no sooner than
+    /// the failure delay after the check began).
+    Failed,
+    /// The credential store could not be consulted.
+    Unavailable,
+}
+
+/// One login attempt under the brute-force limits: reserves the attempt
+/// for `ip`/`username`, waits any tarpit delay, runs `verify`, reports the
+/// outcome to the limits, and answers a failure no sooner than
+/// `failure_delay` after the check began (an unknown user and a user with
+/// several credentials answer at the same moment).
+pub async fn login<F>(
+    limits: &dyn SessionLimits,
+    ip: IpAddr,
+    username: &str,
+    failure_delay: Duration,
+    verify: F,
+) -> Login
+where
+    F: Future<Output = AuthOutcome>,
+{
+    match limits.auth_allowed(ip, username).await {
+        Err(refusal) => return Login::Limited(refusal),
+        Ok(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
+        Ok(_) => {}
+    }
+    let checked_from = tokio::time::Instant::now();
+    let outcome = verify.await;
+    match &outcome {
+        AuthOutcome::Unavailable => limits.auth_abandoned(ip, username).await,
+        o => {
+            limits
+                .auth_result(ip, username, matches!(o, AuthOutcome::Ok(_)))
+                .await
+        }
+    }
+    match outcome {
+        AuthOutcome::Ok(identity) => Login::Ok(identity),
+        AuthOutcome::Failed => {
+            tokio::time::sleep_until(checked_from + failure_delay).await;
+            Login::Failed
+        }
+        AuthOutcome::Unavailable => Login::Unavailable,
+    }
+}
+
+/// A declared (SMTP SIZE) or actual size against `max` (`552 5.3.4`).
+pub fn check_size(size: usize, max: usize) -> Result<(), Refusal> {
+    if size > max {
+        return Err(Refusal::new(
+            Reply::too_big(max),
+            Some(RejectReason::TooLarge),
+        ));
+    }
+    Ok(())
+}
+
+/// The envelope sender: never the null sender, and one of the login's
+/// permitted senders (RFC 6409 §4.1). `Ok` names the rule that matched.
+pub fn check_sender<'a>(identity: &'a Identity, sender: &str) -> Result<&'a str, Refusal> {
+    if sender.is_empty() {
+        return Err(Refusal::new(
+            Reply::null_sender(),
+            Some(RejectReason::SenderNotAllowed),
+        ));
+    }
+    policy::permitted_by(&identity.senders, sender).ok_or_else(|| {
+        Refusal::new(
+            Reply::sender_not_permitted(sender, &identity.username, &identity.senders),
+            Some(RejectReason::SenderNotAllowed),
+        )
+    })
+}
+
+/// Would one more message fit the login's message rates and quotas now?
+/// Charges nothing (`451 4.7.1`).
+pub async fn mail_allowed(limits: &dyn SessionLimits, identity: &Identity) -> Result<(), Refusal> {
+    limits
+        .mail_allowed(identity)
+        .await
+        .map_err(|r| Refusal::limited(Reply::message_limited(&r), &r))
+}
+
+/// May the transaction take its `count`-th recipient (counting this one)?
+/// Past `max`: `452 4.5.3` (RFC 5321 §4.5.3.1.10); then the login's
+/// recipient quota (`451 4.7.1`). Charges nothing.
+pub async fn recipient_allowed(
+    limits: &dyn SessionLimits,
+    identity: Option<&Identity>,
+    count: usize,
+    max: usize,
+) -> Result<(), Refusal> {
+    if count > max {
+        return Err(Refusal::new(
+            Reply::too_many_recipients(max),
+            Some(RejectReason::TooManyRecipients),
+        ));
+    }
+    if let Some(identity) = identity {
+        limits
+            .rcpt_allowed(identity, count as u32)
+            .await
+            .map_err(|r| Refusal::limited(Reply::message_limited(&r), &r))?;
+    }
+    Ok(())
+}
+
+/// Hands `submission` to the intake (fixups, header From policy, DKIM,
+/// durable commit) and, once committed, charges it to the login's rates.
+/// `Ok` is the queue id; the intake counts its own refusals, this logs them.
+pub async fn commit(
+    intake: &dyn Intake,
+    limits: &dyn SessionLimits,
+    submission: Submission,
+) -> Result<String, Refusal> {
+    let identity = submission.identity.clone();
+    let recipients = submission.recipients.len() as u32;
+    let session = submission.session_id.clone();
+    match intake.submit(submission).await {
+        Ok(queue_id) => {
+            limits.message_committed(&identity, recipients).await;
+            Ok(queue_id)
+        }
+        Err(e) => {
+            tracing::warn!(session = %session, error = %e, "intake refused message");
+            Err(Refusal::new(Reply::from(&e), None))
+        }
+    }
+}

@@ -300,14 +300,20 @@ async fn an_attempt_waits_for_the_attempts_in_flight() {
         tokio::spawn(async move { l.auth_allowed(ip("203.0.113.7"), "alice").await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!waiter.is_finished(), "it waits while the allowance is in flight");
-    l.auth_result(IpAddr::from([198, 51, 100, 0]), "alice", true).await;
+    assert!(
+        !waiter.is_finished(),
+        "it waits while the allowance is in flight"
+    );
+    l.auth_result(IpAddr::from([198, 51, 100, 0]), "alice", true)
+        .await;
     waiter.await.unwrap().expect("room made by the success");
 
     // Five attempts for bob in flight, all failing: the last failure locks
     // bob out, and the waiter gets the lockout.
     for i in 0..5u8 {
-        l.auth_allowed(IpAddr::from([192, 0, 2, i]), "bob").await.unwrap();
+        l.auth_allowed(IpAddr::from([192, 0, 2, i]), "bob")
+            .await
+            .unwrap();
     }
     let waiter = {
         let l = l.clone();
@@ -316,7 +322,8 @@ async fn an_attempt_waits_for_the_attempts_in_flight() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished());
     for i in 0..5u8 {
-        l.auth_result(IpAddr::from([192, 0, 2, i]), "bob", false).await;
+        l.auth_result(IpAddr::from([192, 0, 2, i]), "bob", false)
+            .await;
     }
     let r = waiter.await.unwrap().unwrap_err();
     assert!(r.is_lockout() && r.retry_after_secs() == 300, "{r:?}");
@@ -335,7 +342,9 @@ async fn no_wait_refuses_at_once_when_the_allowance_is_in_flight() {
             .unwrap();
     }
     let started = std::time::Instant::now();
-    l.auth_allowed(ip("203.0.113.7"), "alice").await.unwrap_err();
+    l.auth_allowed(ip("203.0.113.7"), "alice")
+        .await
+        .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 

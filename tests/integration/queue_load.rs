@@ -207,7 +207,9 @@ async fn node(
     done: Arc<tokio::sync::Notify>,
 ) {
     const LEASE_MS: i64 = 40;
-    let leased = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<i64>::new()));
+    let leased = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<i64>::new(),
+    ));
     let note = |e: postgate::store::StoreError, what: &str, errors: &AtomicU64| {
         eprintln!("{what}: {e}");
         errors.fetch_add(1, Ordering::Relaxed);
@@ -380,7 +382,10 @@ async fn several_nodes_claiming_and_recording_at_once_never_deadlock_on_every_ba
             "{b}: store calls failed under concurrency (see stderr)"
         );
         // Every recipient ended delivered (a message is deleted once all are).
-        assert!(t.store.queue_list(10).await.unwrap().is_empty(), "{b}: queue not empty");
+        assert!(
+            t.store.queue_list(10).await.unwrap().is_empty(),
+            "{b}: queue not empty"
+        );
         if b == "postgres" {
             let db = t.url.rsplit('/').next().unwrap().to_string();
             let mut c = crate::common::pg_admin().await;

@@ -123,6 +123,7 @@ impl HealthStore for PgStore {
 }
 
 super::sql_dkim::dkim_store!(PgStore);
+super::sql_api::api_store!(PgStore);
 
 impl Store for PgStore {
     fn backend(&self) -> &'static str {

@@ -134,6 +134,7 @@ impl HealthStore for SqliteStore {
 }
 
 super::sql_dkim::dkim_store!(SqliteStore);
+super::sql_api::api_store!(SqliteStore);
 
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {

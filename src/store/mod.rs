@@ -30,6 +30,7 @@ mod sql_dkim;
 mod sql_limits;
 mod sql_queue;
 pub mod sqlite;
+mod sqlite_checkpoint;
 mod sqlite_limits;
 mod sqlite_queue;
 mod sqlite_writer;

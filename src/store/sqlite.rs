@@ -1,5 +1,6 @@
 //! SQLite backend: the embedded default for one node. WAL mode,
-//! `synchronous = FULL` (a committed enqueue survives power loss), foreign keys on.
+//! `synchronous = FULL` (a committed enqueue survives power loss), foreign
+//! keys on, WAL checkpoints off the commit path (`sqlite_checkpoint`).
 
 use std::str::FromStr;
 
@@ -15,7 +16,20 @@ pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
     /// The queue's group-commit writer task (see `sqlite_queue`).
     pub(crate) writer: super::sqlite_writer::EnqueueSender,
+    /// See [`WriteGate`].
+    pub(crate) write_gate: WriteGate,
 }
+
+/// The process's own write lock, taken before `BEGIN IMMEDIATE` by the
+/// writes of the hot path (enqueue groups and the readiness probe, claims,
+/// outcomes, lease renewals and reclaims, finishing a message) and by the
+/// checkpoint's catch-up (`sqlite_checkpoint`). Waiters queue in order and
+/// each starts the moment the previous one is done. Without it they meet
+/// SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ... up to
+/// 100 ms between tries of the file lock, whoever releases it when: that
+/// turned millisecond waits into tens of milliseconds (issue 16). Other
+/// writes (administration, limits, events) still wait in SQLite's handler.
+pub(crate) type WriteGate = std::sync::Arc<tokio::sync::Mutex<()>>;
 
 impl SqliteStore {
     /// Opens (creating when missing) the database at `url`.
@@ -27,7 +41,13 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
+            .busy_timeout(std::time::Duration::from_secs(10))
+            // No commit runs a checkpoint: `sqlite_checkpoint` does, beside them.
+            .pragma("wal_autocheckpoint", "0")
+            .pragma(
+                "journal_size_limit",
+                super::sqlite_checkpoint::WAL_LIMIT_BYTES.to_string(),
+            );
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.connect_timeout)
@@ -48,8 +68,18 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot open {url}: {e}")))?;
-        let writer = super::sqlite_writer::spawn_writer(pool.clone());
-        Ok(SqliteStore { pool, writer })
+        let write_gate = WriteGate::default();
+        let writer = super::sqlite_writer::spawn_writer(pool.clone(), write_gate.clone());
+        super::sqlite_checkpoint::spawn_checkpointer(
+            pool.clone(),
+            write_gate.clone(),
+            writer.downgrade(),
+        );
+        Ok(SqliteStore {
+            pool,
+            writer,
+            write_gate,
+        })
     }
 
     /// Applies pending migrations from `migrations/sqlite` (embedded at build time).

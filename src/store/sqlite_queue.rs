@@ -1,5 +1,6 @@
 //! The queue on SQLite. Enqueues go through the group-commit writer task
-//! of `sqlite_writer.rs`; everything else runs on the pool.
+//! of `sqlite_writer.rs`; everything else runs on the pool, the writes of
+//! the delivery path under the store's `WriteGate` (see `sqlite.rs`).
 
 use sqlx::{Row, SqliteConnection};
 
@@ -57,6 +58,7 @@ impl SqliteStore {
         lease_ms: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>> {
+        let _held = self.write_gate.lock().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -140,6 +142,7 @@ impl SqliteStore {
         now: i64,
         outcomes: &[RecipientOutcome],
     ) -> StoreResult<u64> {
+        let _held = self.write_gate.lock().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -220,6 +223,7 @@ impl SqliteStore {
         now: i64,
         dsn: Option<&NewMessage>,
     ) -> StoreResult<bool> {
+        let _held = self.write_gate.lock().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -266,6 +270,7 @@ impl SqliteStore {
     ) -> StoreResult<u64> {
         // One write transaction; the ids go in chunks well under SQLite's
         // bound-parameter limit.
+        let _held = self.write_gate.lock().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -297,6 +302,7 @@ impl SqliteStore {
 
     /// Drops expired leases (see `QueueStore::reclaim_expired`).
     pub(crate) async fn reclaim_expired(&self, now: i64) -> StoreResult<u64> {
+        let _held = self.write_gate.lock().await;
         let done = sqlx::query(
             // The owner stays: a late outcome of the last holder still
             // counts until another holder claims the recipient (issue 13).

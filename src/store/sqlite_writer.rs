@@ -11,6 +11,7 @@
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
+use super::sqlite::WriteGate;
 use super::{map_sqlx, NewMessage, StoreError, StoreResult};
 
 /// Most messages one group commit carries.
@@ -34,11 +35,15 @@ pub(crate) enum WriterJob {
 /// Handle to the writer task; dropping every clone stops the task.
 pub(crate) type EnqueueSender = mpsc::Sender<WriterJob>;
 
-/// Starts the writer task that group-commits enqueues on `pool`.
-pub(crate) fn spawn_writer(pool: SqlitePool) -> EnqueueSender {
+/// Starts the writer task that group-commits enqueues on `pool`, each
+/// commit under `gate`.
+pub(crate) fn spawn_writer(pool: SqlitePool, gate: WriteGate) -> EnqueueSender {
     let (tx, mut rx) = mpsc::channel::<WriterJob>(1024);
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
+            // The gate first, then the group: what arrives while another
+            // write holds the gate joins this commit.
+            let _held = gate.lock().await;
             let first = match first {
                 WriterJob::Enqueue(job) => *job,
                 WriterJob::Probe(done) => {

@@ -37,6 +37,7 @@ mod smtp_security;
 mod smtp_trusted;
 mod store_accounts;
 mod store_api;
+mod store_sqlite_wal;
 #[path = "common/token.rs"]
 mod token_server;
 mod upstream_oauth;

@@ -80,7 +80,7 @@ pub(crate) async fn checkpoint(
     if passive.wal_pages <= 0 {
         return Ok(passive);
     }
-    let _held = gate.lock().await;
+    let _held = gate.turn().await;
     let catch_up = run(pool, "PASSIVE").await?;
     if catch_up.copied_pages >= catch_up.wal_pages
         || catch_up.wal_pages.saturating_mul(page_size) <= WAL_LIMIT_BYTES

@@ -58,7 +58,22 @@ impl SqliteStore {
         lease_ms: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMessage>> {
-        let _held = self.write_gate.lock().await;
+        // Most polls find nothing due: a read (no write lock, no wait for
+        // one, nothing for enqueues to wait behind) says so.
+        let due: Vec<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM queue_recipients
+             WHERE status = 'queued' AND next_attempt_at <= ?1 AND held = 0
+               AND (lease_until IS NULL OR lease_until <= ?1)
+             LIMIT 1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "queue claim"))?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _held = self.write_gate.turn().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -142,7 +157,7 @@ impl SqliteStore {
         now: i64,
         outcomes: &[RecipientOutcome],
     ) -> StoreResult<u64> {
-        let _held = self.write_gate.lock().await;
+        let _held = self.write_gate.turn().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -223,7 +238,7 @@ impl SqliteStore {
         now: i64,
         dsn: Option<&NewMessage>,
     ) -> StoreResult<bool> {
-        let _held = self.write_gate.lock().await;
+        let _held = self.write_gate.turn().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -270,7 +285,7 @@ impl SqliteStore {
     ) -> StoreResult<u64> {
         // One write transaction; the ids go in chunks well under SQLite's
         // bound-parameter limit.
-        let _held = self.write_gate.lock().await;
+        let _held = self.write_gate.turn().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -302,7 +317,7 @@ impl SqliteStore {
 
     /// Drops expired leases (see `QueueStore::reclaim_expired`).
     pub(crate) async fn reclaim_expired(&self, now: i64) -> StoreResult<u64> {
-        let _held = self.write_gate.lock().await;
+        let _held = self.write_gate.turn().await;
         let done = sqlx::query(
             // The owner stays: a late outcome of the last holder still
             // counts until another holder claims the recipient (issue 13).

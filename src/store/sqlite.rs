@@ -21,47 +21,24 @@ pub struct SqliteStore {
 }
 
 /// The process's own write lock, taken before `BEGIN IMMEDIATE` by the
-/// writes of the hot path (enqueue groups and the readiness probe, claims,
-/// outcomes, lease renewals and reclaims, finishing a message) and by the
-/// checkpoint's catch-up (`sqlite_checkpoint`). Waiters queue in order and
-/// each starts the moment the previous one is done. Without it they met
-/// SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ... up to
-/// 100 ms between tries of the file lock whenever it is released: at C=10
-/// enqueue groups waited tens of milliseconds behind claims and outcomes
-/// that held the lock for one or two (issue 16). The enqueue writer goes
-/// first ([`WriteGate::first`]); the other writes take turns among
-/// themselves first ([`WriteGate::turn`]), so a group of 250s waits for at
-/// most one of them. Other writes (administration, limits, events) still
-/// wait in SQLite's handler.
+/// writes of the hot path (enqueue groups and the readiness probe, claims
+/// that found something due, outcomes, lease renewals and reclaims,
+/// finishing a message) and by the checkpoint's catch-up
+/// (`sqlite_checkpoint`). Waiters queue in order and each starts the moment
+/// the previous one is done. Without it they met SQLite's busy handler,
+/// which sleeps 1, 2, 5, 10, 15, 20, 25 ... up to 100 ms between tries of
+/// the file lock whenever it is released (issue 16). Other writes
+/// (administration, limits, events) still wait in SQLite's handler.
 #[derive(Clone, Default)]
-pub(crate) struct WriteGate {
-    gate: std::sync::Arc<tokio::sync::Mutex<()>>,
-    lane: std::sync::Arc<tokio::sync::Mutex<()>>,
-}
+pub(crate) struct WriteGate(std::sync::Arc<tokio::sync::Mutex<()>>);
 
 /// A write's hold on the [`WriteGate`], released on drop.
-pub(crate) struct WriteTurn {
-    _gate: tokio::sync::OwnedMutexGuard<()>,
-    _lane: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
+pub(crate) type WriteTurn = tokio::sync::OwnedMutexGuard<()>;
 
 impl WriteGate {
-    /// The enqueue writer's hold: next after the write now running.
-    pub(crate) async fn first(&self) -> WriteTurn {
-        WriteTurn {
-            _gate: self.gate.clone().lock_owned().await,
-            _lane: None,
-        }
-    }
-
-    /// Any other write's hold: after the writes queued before it, and
-    /// never ahead of more than one of them for the enqueue writer.
+    /// Waits for the writes queued before this one.
     pub(crate) async fn turn(&self) -> WriteTurn {
-        let lane = self.lane.clone().lock_owned().await;
-        WriteTurn {
-            _gate: self.gate.clone().lock_owned().await,
-            _lane: Some(lane),
-        }
+        self.0.clone().lock_owned().await
     }
 }
 

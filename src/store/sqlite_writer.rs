@@ -43,7 +43,7 @@ pub(crate) fn spawn_writer(pool: SqlitePool, gate: WriteGate) -> EnqueueSender {
         while let Some(first) = rx.recv().await {
             // The gate first, then the group: what arrives while another
             // write holds the gate joins this commit.
-            let _held = gate.first().await;
+            let _held = gate.turn().await;
             let first = match first {
                 WriterJob::Enqueue(job) => *job,
                 WriterJob::Probe(done) => {

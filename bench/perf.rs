@@ -780,6 +780,8 @@ struct RunResult {
     cpu_driver: Option<f64>,
     deadlocks: Option<i64>,
     top: Vec<String>,
+    /// Load averages (1/5/15 min) when the run started and ended.
+    load_start: String,
     load: String,
     /// `-events` cells: what the webhook receiver got.
     events: Option<EventStats>,
@@ -845,7 +847,9 @@ async fn run_once(env: &Env, cell: &Cell, bin: &Path) -> RunResult {
     } else {
         format!("sqlite://{}", rundir.join("queue.db").display())
     };
-    let result = run_in_store(env, cell, bin, &url, &tag, &rundir, db_name.as_deref()).await;
+    let load_start = loadavg();
+    let mut result = run_in_store(env, cell, bin, &url, &tag, &rundir, db_name.as_deref()).await;
+    result.load_start = load_start;
     if let Some(name) = db_name {
         let server = env.opts.pg.as_deref().unwrap();
         let _ = psql(
@@ -1147,6 +1151,7 @@ async fn run_in_store(
         cpu_driver: per_k(m1.saturating_sub(m0)),
         deadlocks: dl,
         top,
+        load_start: String::new(),
         load: loadavg(),
         events,
     }
@@ -1344,7 +1349,7 @@ fn one_line(cell: &Cell, label: &str, run: usize, r: &RunResult) -> String {
         return format!("{} {label} run {run}: FAILED {e}", cell.name());
     }
     format!(
-        "{} {label} run {run}: submitted {:.0}/s, e2e {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, queued {}, lost {}, dup {}, unknown {}, errors {}, exited {}, drained {}, cpu/1k postgate {} pg {} driver {}, deadlocks {}, load {}",
+        "{} {label} run {run}: submitted {:.0}/s, e2e {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, queued {}, lost {}, dup {}, unknown {}, errors {}, exited {}, drained {}, cpu/1k postgate {} pg {} driver {}, deadlocks {}, load {} -> {}",
         cell.name(),
         r.submitted,
         r.e2e,
@@ -1361,6 +1366,7 @@ fn one_line(cell: &Cell, label: &str, run: usize, r: &RunResult) -> String {
         r.cpu_pg.map_or("-".into(), |v| format!("{v:.2}")),
         r.cpu_driver.map_or("-".into(), |v| format!("{v:.2}")),
         r.deadlocks.map_or("-".into(), |v| v.to_string()),
+        r.load_start,
         r.load,
     ) + &r.events.as_ref().map_or(String::new(), |e| {
         format!(
@@ -1469,11 +1475,14 @@ async fn main() {
     );
     let mut results: Vec<Vec<Vec<RunResult>>> = vec![vec![Vec::new(); o.bins.len()]; cells.len()];
     let mut loads = Vec::new();
+    let mut lines = Vec::new();
     for run in 1..=o.runs {
         for (ci, cell) in cells.iter().enumerate() {
             for (bi, (label, bin)) in o.bins.iter().enumerate() {
                 let r = run_once(&env, cell, bin).await;
-                println!("{}", one_line(cell, label, run, &r));
+                let line = one_line(cell, label, run, &r);
+                println!("{line}");
+                lines.push(line);
                 loads.push(r.load.clone());
                 results[ci][bi].push(r);
             }
@@ -1556,6 +1565,12 @@ async fn main() {
         md.push_str("\n## Top statements (pg_stat_statements, by total time)\n");
         md.push_str(&tops);
     }
+    md.push_str("\n## Every run, in the order run (load averages at its start -> end)\n\n```\n");
+    for l in &lines {
+        md.push_str(l);
+        md.push('\n');
+    }
+    md.push_str("```\n");
     println!("\n{md}");
     if let Some(out) = &o.out {
         if let Some(parent) = out.parent() {

@@ -60,6 +60,8 @@ pub struct StoreIntake {
     metrics: Arc<Metrics>,
     /// Where a `rejected` event is written for each refusal (`[events]` on).
     events: Option<Arc<dyn EventStore>>,
+    /// Adds a journal copy to the commit (`[journal]` set).
+    journal: Option<crate::journal::Journal>,
 }
 
 impl StoreIntake {
@@ -71,6 +73,7 @@ impl StoreIntake {
             processing: None,
             metrics: Metrics::detached(),
             events: None,
+            journal: None,
         }
     }
 
@@ -90,6 +93,12 @@ impl StoreIntake {
     /// Writes a `rejected` event for each refusal of [`Intake::submit`].
     pub fn with_events(mut self, events: Option<Arc<dyn EventStore>>) -> Self {
         self.events = events;
+        self
+    }
+
+    /// Commits with each message its journal copy (when a rule matches).
+    pub fn with_journal(mut self, journal: Option<crate::journal::Journal>) -> Self {
+        self.journal = journal;
         self
     }
 
@@ -223,7 +232,7 @@ impl Intake for StoreIntake {
         // otherwise be held twice while it waits for the writer).
         drop(submission.body);
         let user = submission.identity.username;
-        let message = NewMessage {
+        let mut message = NewMessage {
             id,
             sender: submission.sender,
             recipients: submission.recipients.into_iter().map(Into::into).collect(),
@@ -237,7 +246,13 @@ impl Intake for StoreIntake {
             smtputf8: submission.smtputf8,
             received_at,
             expires_at: received_at.saturating_add(self.lifetime.as_millis() as i64),
+            journal: None,
         };
+        message.journal = self
+            .journal
+            .as_ref()
+            .and_then(|j| j.copy_of(&message))
+            .map(Box::new);
         let started = Instant::now();
         let committed = self.store.enqueue(&message).await;
         self.metrics.store_operation(
@@ -246,11 +261,16 @@ impl Intake for StoreIntake {
             committed.is_err(),
         );
         match &committed {
-            Ok(()) => self.metrics.message_queued(
-                Some(&user),
-                message.recipients.len(),
-                message.body.len() as u64,
-            ),
+            Ok(()) => {
+                self.metrics.message_queued(
+                    Some(&user),
+                    message.recipients.len(),
+                    message.body.len() as u64,
+                );
+                if let Some(copy) = &message.journal {
+                    self.metrics.journal().queued(copy.recipients.len());
+                }
+            }
             Err(_) => self
                 .metrics
                 .message_rejected(RejectReason::StoreUnavailable),

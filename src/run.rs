@@ -124,6 +124,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             signer: signer.clone(),
         })
         .with_metrics(metrics.clone())
+        .with_journal(crate::journal::Journal::new(&config.journal))
         .with_events(
             config
                 .events_enabled()

@@ -35,6 +35,7 @@ pub fn message(sender: &str, recipients: &[&str], body: &[u8], now: i64) -> NewM
         smtputf8: false,
         received_at: now,
         expires_at: now + 5 * 86_400_000,
+        journal: None,
     }
 }
 

@@ -265,7 +265,7 @@ retry_max = "500ms"
 }
 
 /// GET /metrics (plain HTTP/1.0, whole answer).
-async fn reqwest_metrics(addr: SocketAddr) -> String {
+pub(super) async fn reqwest_metrics(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         .await

@@ -361,7 +361,9 @@ mod tests {
         assert_eq!(c.recipients[0].address, "arch@arch.example");
         assert_eq!(c.recipients[0].notify.as_deref(), Some("NEVER"));
         assert_eq!((c.received_at, c.expires_at), (1000, 2000));
-        assert!(j.copy_of(&message("alice", "a@other.org", &["b@y.org"])).is_none());
+        assert!(j
+            .copy_of(&message("alice", "a@other.org", &["b@y.org"]))
+            .is_none());
     }
 
     #[test]

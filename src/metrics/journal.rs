@@ -45,7 +45,11 @@ impl JournalMetrics {
             ),
         };
         // Every series exists from the start, so `increase()` sees the first one.
-        for why in [JournalFailure::Deferred, JournalFailure::Failed, JournalFailure::Expired] {
+        for why in [
+            JournalFailure::Deferred,
+            JournalFailure::Failed,
+            JournalFailure::Expired,
+        ] {
             m.failures.with_label_values(&[why.as_str()]);
         }
         m

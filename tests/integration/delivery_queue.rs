@@ -546,15 +546,31 @@ async fn a_journal_copy_commits_with_its_message_or_neither_does() {
         let s = &t.store;
         let b = t.backend;
         s.events_install(true).await.unwrap();
-        let mut m = message("a@example.com", &["r@dest.example"], b"Subject: j\r\n\r\nx\r\n", T0);
+        let mut m = message(
+            "a@example.com",
+            &["r@dest.example"],
+            b"Subject: j\r\n\r\nx\r\n",
+            T0,
+        );
         let copy = message("", &["archive@arch.example"], b"X-J: 1\r\n\r\nx\r\n", T0);
         let copy_id = copy.id.clone();
         m.journal = Some(Box::new(copy.clone()));
         s.enqueue(&m).await.unwrap();
-        assert_eq!(&s.load_body(&m.id).await.unwrap()[..], b"Subject: j\r\n\r\nx\r\n", "{b}");
-        assert_eq!(&s.load_body(&copy_id).await.unwrap()[..], b"X-J: 1\r\n\r\nx\r\n", "{b}");
+        assert_eq!(
+            &s.load_body(&m.id).await.unwrap()[..],
+            b"Subject: j\r\n\r\nx\r\n",
+            "{b}"
+        );
+        assert_eq!(
+            &s.load_body(&copy_id).await.unwrap()[..],
+            b"X-J: 1\r\n\r\nx\r\n",
+            "{b}"
+        );
         let events = s.events_recent(None, 100).await.unwrap();
-        let accepted: Vec<_> = events.iter().map(|e| e.recipient.clone().unwrap()).collect();
+        let accepted: Vec<_> = events
+            .iter()
+            .map(|e| e.recipient.clone().unwrap())
+            .collect();
         assert_eq!(accepted, ["r@dest.example"], "{b}: {events:?}");
 
         // The copy cannot be stored (its id exists): the message is not either.

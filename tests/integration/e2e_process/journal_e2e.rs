@@ -31,7 +31,12 @@ fn copies_of(up: &UpstreamServer, subject: &str) -> Vec<(Vec<String>, String)> {
     up.received()
         .iter()
         .filter(|r| r.mail_from.is_empty())
-        .map(|r| (r.rcpt_to.clone(), String::from_utf8_lossy(&r.data).to_string()))
+        .map(|r| {
+            (
+                r.rcpt_to.clone(),
+                String::from_utf8_lossy(&r.data).to_string(),
+            )
+        })
         .filter(|(_, d)| d.contains(&format!("\r\nSubject: {subject}\r\n")))
         .collect()
 }
@@ -108,8 +113,12 @@ sender_domains = ["other.example"]
     assert_eq!(r.status, 202, "{tag}: {}", r.body);
     let http_id = r.body["id"].as_str().unwrap().to_string();
 
-    wait_delivered(&up, &[smtp.clone(), scoped.clone(), http.clone()], Duration::from_secs(30))
-        .await;
+    wait_delivered(
+        &up,
+        &[smtp.clone(), scoped.clone(), http.clone()],
+        Duration::from_secs(30),
+    )
+    .await;
     wait_queue_empty(&files.config, Duration::from_secs(30)).await;
 
     // Each original once, with its own sender.
@@ -117,7 +126,9 @@ sender_domains = ["other.example"]
         let originals: Vec<_> = up
             .received()
             .into_iter()
-            .filter(|r| String::from_utf8_lossy(&r.data).contains(&format!("Subject: {subject}\r\n")))
+            .filter(|r| {
+                String::from_utf8_lossy(&r.data).contains(&format!("Subject: {subject}\r\n"))
+            })
             .filter(|r| !r.mail_from.is_empty())
             .collect();
         assert_eq!(originals.len(), 1, "{tag}: {subject}");
@@ -129,7 +140,10 @@ sender_domains = ["other.example"]
     assert_eq!(copies.len(), 1, "{tag}: {copies:?}");
     assert_eq!(copies[0].0, [ALL, LEGAL], "{tag}");
     let data = &copies[0].1;
-    assert!(data.starts_with("X-Postgate-Journal-Queue-Id: "), "{tag}: {data}");
+    assert!(
+        data.starts_with("X-Postgate-Journal-Queue-Id: "),
+        "{tag}: {data}"
+    );
     for line in [
         format!("\r\nX-Postgate-Journal-User: {USER}\r\n"),
         format!("\r\nX-Postgate-Journal-Sender: <{FROM}>\r\n"),
@@ -161,7 +175,11 @@ sender_domains = ["other.example"]
         .contains(&format!("X-Postgate-Journal-Sender: <{OTHER_FROM}>\r\n")));
 
     // No DSN to anyone: every null-sender transaction is a journal copy.
-    let null_sender = up.received().iter().filter(|r| r.mail_from.is_empty()).count();
+    let null_sender = up
+        .received()
+        .iter()
+        .filter(|r| r.mail_from.is_empty())
+        .count();
     assert_eq!(null_sender, 3, "{tag}: a DSN went out");
     let metrics = reqwest_metrics(files.http).await;
     for line in [

@@ -367,6 +367,43 @@ mod tests {
     }
 
     #[test]
+    fn failures_are_counted_by_result_and_releases_are_not() {
+        use crate::store::{OutcomeKind, RecipientOutcome};
+        let o = |kind: OutcomeKind, log: bool| RecipientOutcome {
+            recipient_id: 1,
+            kind,
+            upstream: None,
+            reply: None,
+            log,
+        };
+        let later = |count_attempt| OutcomeKind::Deferred {
+            next_attempt_at: 5,
+            route_index: 0,
+            count_attempt,
+        };
+        let m = crate::metrics::Metrics::detached();
+        count_failures(
+            m.journal(),
+            &[
+                o(OutcomeKind::Delivered, true),
+                o(later(true), true),
+                o(later(false), false),
+                o(OutcomeKind::Failed, true),
+                o(OutcomeKind::Expired, true),
+                o(OutcomeKind::Expired, true),
+            ],
+        );
+        let text = m.render();
+        for line in [
+            "postgate_journal_failures_total{result=\"deferred\"} 1",
+            "postgate_journal_failures_total{result=\"failed\"} 1",
+            "postgate_journal_failures_total{result=\"expired\"} 2",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+    }
+
+    #[test]
     fn control_characters_never_make_a_header_line() {
         let h = envelope_headers("q", "u\r\nBcc: x", "s@x.org", &["r@y.org\n"]);
         let text = String::from_utf8(h).unwrap();

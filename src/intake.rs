@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::metrics::{DkimResult, Metrics, RejectReason, StoreOperation};
-use crate::smtp::ports::{Recipient, Rejected};
 pub use crate::smtp::ports::{ClientInfo, Intake, IntakeError, Submission, TlsInfo};
+use crate::smtp::ports::{Recipient, Rejected};
 use crate::store::{self, NewMessage, NewRecipient, QueueStore, StoreError};
 use crate::time::now_ms;
 

@@ -287,7 +287,11 @@ pub async fn commit(
         }
         Err(e) => {
             tracing::warn!(session = %session, error = %e, "intake refused message");
-            Err(Refusal::new(Cause::Intake(e.clone()), Reply::from(&e), None))
+            Err(Refusal::new(
+                Cause::Intake(e.clone()),
+                Reply::from(&e),
+                None,
+            ))
         }
     }
 }

@@ -90,7 +90,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_cap_allows_a_burst_then_the_rate() {
-        let store = crate::store::open("sqlite::memory:", &Default::default()).await.unwrap();
+        let store = crate::store::open("sqlite::memory:", &Default::default())
+            .await
+            .unwrap();
         let w = RejectionWriter::new(store, Metrics::detached(), 3).unwrap();
         let t0 = Instant::now();
         let taken = (0..5).filter(|_| w.take(t0)).count();
@@ -99,7 +101,9 @@ mod tests {
         assert!(w.take(t0 + Duration::from_millis(400)));
         assert!(!w.take(t0 + Duration::from_millis(400)));
         let none = RejectionWriter::new(
-            crate::store::open("sqlite::memory:", &Default::default()).await.unwrap(),
+            crate::store::open("sqlite::memory:", &Default::default())
+                .await
+                .unwrap(),
             Metrics::detached(),
             0,
         );

@@ -37,12 +37,12 @@ use crate::auth::Identity;
 use crate::intake::{ClientInfo, Submission, TlsInfo};
 use crate::smtp::budget::{Lease, MemoryBudget};
 use crate::smtp::data::Body as Content;
+use crate::smtp::data::DataError;
 use crate::smtp::ports::Recipient;
 use crate::smtp::ports::{LimitRefusal, SessionLimits};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Ports, SessionMetrics};
 use crate::store::Store;
-use crate::smtp::data::DataError;
 use crate::submission::{self, Cause, Login, Refusal};
 
 pub mod request;
@@ -573,9 +573,7 @@ async fn submit(
             Err(e) => return bad_request(&e),
         },
         Err(BodyError::Bad(e)) => return bad_request(&e),
-        Err(BodyError::Memory) => {
-            return refuse(Refusal::data(DataError::MemoryBudget), "", &[])
-        }
+        Err(BodyError::Memory) => return refuse(Refusal::data(DataError::MemoryBudget), "", &[]),
     };
     // The order of SMTP: MAIL (size, sender, rates), RCPT each, then the content.
     // Refused at "MAIL": the event names no recipient, as in SMTP.
@@ -614,9 +612,7 @@ async fn submit(
     state.metrics.received();
     let body = match content.finish() {
         Ok(b) => b,
-        Err(e) => {
-            return refuse(Refusal::data(e), &envelope.from, &envelope.to)
-        }
+        Err(e) => return refuse(Refusal::data(e), &envelope.from, &envelope.to),
     };
     let size = body.len();
     let session_id = format!("api-{}", uuid::Uuid::new_v4().simple());

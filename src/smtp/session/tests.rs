@@ -350,7 +350,11 @@ async fn recipient_cap() {
     let e = &rejected[0];
     assert_eq!(
         (e.sender.as_str(), e.recipients.as_slice(), e.rule.as_str()),
-        ("a@example.com", &["4@y.example".to_string()][..], "max_recipients")
+        (
+            "a@example.com",
+            &["4@y.example".to_string()][..],
+            "max_recipients"
+        )
     );
     assert!(e.reply.starts_with("452 4.5.3 "), "{}", e.reply);
 }
@@ -367,7 +371,13 @@ async fn refusals_at_mail_and_of_the_content_are_reported_with_their_rule() {
     .await;
     assert_eq!(
         r,
-        [c(553, "5.7.1"), c(250, "2.1.0"), c(250, "2.1.5"), c(354, "2.0.0"), c(550, "5.6.0")]
+        [
+            c(553, "5.7.1"),
+            c(250, "2.1.0"),
+            c(250, "2.1.5"),
+            c(354, "2.0.0"),
+            c(550, "5.6.0")
+        ]
     );
     let rejected = intake.rejected.lock().unwrap();
     let got: Vec<(&str, &str, usize)> = rejected
@@ -376,7 +386,10 @@ async fn refusals_at_mail_and_of_the_content_are_reported_with_their_rule() {
         .collect();
     assert_eq!(
         got,
-        [("sender", "x@evil.example", 0), ("bare_line_ending", "a@example.com", 1)]
+        [
+            ("sender", "x@evil.example", 0),
+            ("bare_line_ending", "a@example.com", 1)
+        ]
     );
     assert!(rejected.iter().all(|e| e.username == "bob"), "{rejected:?}");
 }

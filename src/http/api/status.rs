@@ -61,7 +61,8 @@ mod tests {
         let limited = |r: LimitRefusal| (Cause::Limit(r.scope, r.kind), Reply::message_limited(&r));
         let intake = |e: IntakeError| (Cause::Intake(e.clone()), Reply::from(&e));
         let data = |e: DataError| (Cause::Data(e.clone()), Reply::from(&e));
-        let table: Vec<((Cause, Reply), u16, Option<&str>, &str)> = vec![
+        type Row<'a> = ((Cause, Reply), u16, Option<&'a str>, &'a str);
+        let table: Vec<Row> = vec![
             (
                 (Cause::Credentials, Reply::auth_failed()),
                 401,

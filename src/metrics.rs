@@ -27,11 +27,13 @@ use prometheus::{
 
 mod cert;
 mod events;
+mod journal;
 mod labels;
 mod sampler;
 
 pub use cert::certificate_not_after;
 pub use events::EventMetrics;
+pub use journal::{JournalFailure, JournalMetrics};
 pub use sampler::{run_queue_sampler, QueueStats};
 
 pub use labels::{
@@ -113,6 +115,7 @@ pub struct Metrics {
     user_bytes: IntCounterVec,
     per_user: Option<PerUser>,
     events: EventMetrics,
+    journal: JournalMetrics,
 }
 
 struct PerUser {
@@ -387,6 +390,7 @@ impl Metrics {
             store_errors.with_label_values(&[op.as_str()]);
         }
         let events = EventMetrics::declare(&mut d);
+        let journal = JournalMetrics::declare(&mut d);
 
         Metrics {
             registry: d.registry,
@@ -426,7 +430,13 @@ impl Metrics {
                 seen: Mutex::new(HashSet::new()),
             }),
             events,
+            journal,
         }
+    }
+
+    /// The journaling copies metrics.
+    pub fn journal(&self) -> &JournalMetrics {
+        &self.journal
     }
 
     /// The delivery events and webhook metrics.

@@ -124,10 +124,18 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
             signer: signer.clone(),
         })
         .with_metrics(metrics.clone())
-        .with_events(
+        .with_journal(crate::journal::Journal::new(&config.journal))
+        .with_rejections(
             config
                 .events_enabled()
-                .then(|| store.clone() as Arc<dyn crate::store::EventStore>),
+                .then(|| {
+                    crate::events::rejected::RejectionWriter::new(
+                        store.clone(),
+                        metrics.clone(),
+                        config.events.rejected_per_second,
+                    )
+                })
+                .flatten(),
         );
     let limit_store: Arc<dyn crate::store::LimitStore> = store.clone();
     let limiter = Arc::new(crate::limits::Limiter::new(

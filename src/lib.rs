@@ -19,6 +19,7 @@ pub mod http;
 pub mod intake;
 pub mod limits;
 pub mod logging;
+pub mod message;
 pub mod metrics;
 pub mod password;
 pub mod policy;

@@ -17,6 +17,7 @@ pub mod events;
 pub mod fixups;
 pub mod http;
 pub mod intake;
+pub mod journal;
 pub mod limits;
 pub mod logging;
 pub mod message;

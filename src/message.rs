@@ -19,7 +19,7 @@ pub struct NewRecipient {
 pub struct NewMessage {
     /// Queue id, unique (see [`new_queue_id`]).
     pub id: String,
-    /// Envelope sender; empty only for DSNs postgate generates.
+    /// Envelope sender; empty only for DSNs and journal copies postgate generates.
     pub sender: String,
     pub recipients: Vec<NewRecipient>,
     pub user_id: Option<i64>,
@@ -33,6 +33,9 @@ pub struct NewMessage {
     pub smtputf8: bool,
     pub received_at: i64,
     pub expires_at: i64,
+    /// Its journal copy ([`crate::journal`]): committed in the same
+    /// transaction as this message, so never one without the other.
+    pub journal: Option<Box<NewMessage>>,
 }
 
 /// A new, time-ordered queue id (UUID v7, 32 lower-case hex digits).

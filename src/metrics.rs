@@ -28,6 +28,7 @@ use prometheus::{
 mod cert;
 mod events;
 mod families;
+mod journal;
 mod labels;
 mod sampler;
 
@@ -36,6 +37,7 @@ pub use events::EventMetrics;
 use families::{
     DeliveryFamilies, DkimFamilies, MessageFamilies, SmtpFamilies, StoreFamilies, UserFamilies,
 };
+pub use journal::{JournalFailure, JournalMetrics};
 pub use sampler::{run_queue_sampler, QueueStats};
 
 pub use labels::{
@@ -93,6 +95,7 @@ pub struct Metrics {
     users: UserFamilies,
     per_user: Option<PerUser>,
     events: EventMetrics,
+    journal: JournalMetrics,
 }
 
 struct PerUser {
@@ -211,6 +214,7 @@ impl Metrics {
             let _ = d.registry.register(Box::new(process));
         }
         let events = EventMetrics::declare(&mut d);
+        let journal = JournalMetrics::declare(&mut d);
         Metrics {
             registry: d.registry,
             catalogue: d.catalogue,
@@ -225,7 +229,13 @@ impl Metrics {
                 seen: Mutex::new(HashSet::new()),
             }),
             events,
+            journal,
         }
+    }
+
+    /// The journaling copies metrics.
+    pub fn journal(&self) -> &JournalMetrics {
+        &self.journal
     }
 
     /// The delivery events and webhook metrics.

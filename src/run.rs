@@ -206,10 +206,18 @@ impl Node {
                 signer: self.signer.clone(),
             })
             .with_metrics(self.metrics.clone())
-            .with_events(
+            .with_journal(crate::journal::Journal::new(&config.journal))
+            .with_rejections(
                 config
                     .events_enabled()
-                    .then(|| store.clone() as Arc<dyn crate::store::EventStore>),
+                    .then(|| {
+                        crate::events::rejected::RejectionWriter::new(
+                            store.clone(),
+                            self.metrics.clone(),
+                            config.events.rejected_per_second,
+                        )
+                    })
+                    .flatten(),
             );
         let verifier: Arc<dyn crate::smtp::ports::Authenticator> = Arc::new(
             crate::auth::StoreAuthenticator::new(store.clone(), &config.auth)?

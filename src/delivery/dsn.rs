@@ -182,6 +182,7 @@ pub fn build_report(
         smtputf8: message.smtputf8,
         received_at: now,
         expires_at,
+        journal: None,
     })
 }
 

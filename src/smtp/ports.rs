@@ -332,6 +332,21 @@ pub enum IntakeError {
     QueueUnavailable(String),
 }
 
+/// A submission of an authenticated client refused by a rule before it
+/// reached intake (at MAIL, RCPT or the content): what its `rejected`
+/// event records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub username: String,
+    pub sender: String,
+    /// The refused recipient (RCPT), every recipient (content), or none (MAIL).
+    pub recipients: Vec<String>,
+    /// Which rule refused (`submission::Cause::rule`).
+    pub rule: String,
+    /// The reply the client got (`CODE ENHANCED TEXT`).
+    pub reply: String,
+}
+
 /// Accepts complete messages.
 ///
 /// Contract: returns the queue id only once the message is durably
@@ -340,4 +355,8 @@ pub enum IntakeError {
 pub trait Intake: Send + Sync {
     /// Queues `submission`, returning its queue id.
     async fn submit(&self, submission: Submission) -> Result<String, IntakeError>;
+
+    /// Records a refusal by a rule before intake (a `rejected` event when
+    /// events are on). Returns at once: best effort, nothing awaited.
+    fn rejected(&self, _rejected: Rejected) {}
 }

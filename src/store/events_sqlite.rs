@@ -7,13 +7,14 @@ use super::sql_events::{event_columns, rejected_recipients, EventSql};
 use super::sqlite::SqliteStore;
 use super::*;
 
-/// `accepted` for each recipient of a submitted message (not of a DSN).
+/// `accepted` for each recipient of a submitted message (not of a DSN nor
+/// of a journal copy: the null sender; migration 0015).
 const ACCEPTED_TRIGGER: &str = "CREATE TRIGGER IF NOT EXISTS postgate_events_accepted
     AFTER INSERT ON queue_recipients
     BEGIN
         INSERT INTO delivery_events (at, kind, message_id, recipient, sender, username)
         SELECT m.received_at, 'accepted', m.id, NEW.recipient, m.sender, m.username
-        FROM queue_messages m WHERE m.id = NEW.message_id AND m.is_dsn = 0;
+        FROM queue_messages m WHERE m.id = NEW.message_id AND m.is_dsn = 0 AND m.sender <> '';
     END";
 
 /// Each logged outcome of a message that has an `accepted` event.

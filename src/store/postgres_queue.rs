@@ -93,7 +93,14 @@ impl PgStore {
     async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
         // One statement on the pool: its own transaction, committed (WAL
         // flushed, synchronous_commit) before this returns and the 250 goes out.
-        insert_message(&self.pool, m).await
+        let Some(journal) = &m.journal else {
+            return insert_message(&self.pool, m).await;
+        };
+        // With its journal copy: both in one transaction (never one alone).
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        insert_message(&mut *tx, m).await?;
+        insert_message(&mut *tx, journal).await?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
     }
 
     async fn claim_due(

@@ -165,6 +165,10 @@ pub(crate) async fn insert_message(conn: &mut SqliteConnection, m: &NewMessage) 
         .await
         .map_err(|e| map_sqlx(e, "queued recipient"))?;
     }
+    // Its journal copy, in the same transaction (never one alone).
+    if let Some(journal) = &m.journal {
+        Box::pin(insert_message(conn, journal)).await?;
+    }
     Ok(())
 }
 

@@ -20,6 +20,7 @@ pub mod intake;
 pub mod journal;
 pub mod limits;
 pub mod logging;
+pub mod message;
 pub mod metrics;
 pub mod password;
 pub mod policy;

@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 
-use crate::store::{ClaimedMessage, FinalRecipient, NewMessage, NewRecipient};
+use crate::message::{ClaimedMessage, FinalRecipient, NewMessage, NewRecipient};
 use crate::time::rfc5322_date;
 
 /// Most header bytes copied from the original message.

@@ -172,6 +172,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let state = Arc::new(state);
+    let tls = Arc::new(tls);
     let tracker = TaskTracker::new();
     let conns = super::conns::Conns::new(state.config.max_connections);
     if let Ok(addr) = listener.local_addr() {
@@ -196,7 +197,7 @@ pub async fn serve(
         };
         let state = state.clone();
         let shutdown = shutdown.clone();
-        let acceptor = tls.acceptor();
+        let tls = tls.clone();
         tracker.spawn(async move {
             let ip = peer.ip();
             if let Err(r) = state.ports.limits.connection(ip).await {
@@ -204,24 +205,12 @@ pub async fn serve(
                 return;
             }
             let timeout = state.config.header_read_timeout;
-            let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
+            let (stream, tls_info) = match tls.accept(stream, timeout).await {
+                Ok(accepted) => accepted,
+                Err(e) => {
                     tracing::debug!(%ip, error = %e, "api TLS handshake failed");
                     return;
                 }
-                Err(_) => return,
-            };
-            let conn = stream.get_ref().1;
-            let tls_info = TlsInfo {
-                protocol: conn
-                    .protocol_version()
-                    .map(|v| format!("{v:?}"))
-                    .unwrap_or_default(),
-                cipher: conn
-                    .negotiated_cipher_suite()
-                    .map(|s| format!("{:?}", s.suite()))
-                    .unwrap_or_default(),
             };
             let slot = Arc::new(slot);
             let service = hyper::service::service_fn({

@@ -10,7 +10,6 @@ use super::*;
 use crate::intake::{IntakeError, Submission};
 use crate::smtp::ports::AuthOutcome;
 use crate::smtp::ports::{LimitKind, LimitRefusal, LimitScope, NoLimits};
-use crate::store::LimitOverrides;
 
 struct FakeAuth;
 
@@ -24,7 +23,7 @@ impl Authenticator for FakeAuth {
                 credential_id: 3,
                 credential_label: "laptop".into(),
                 senders: vec!["@example.com".into()],
-                limits: LimitOverrides::default(),
+                limits: Default::default(),
                 user_limits: Default::default(),
                 normalize_line_endings: None,
                 credential_tag: [0; 32],

@@ -228,6 +228,7 @@ fn message(body: Bytes) -> NewMessage {
         smtputf8: false,
         received_at: now,
         expires_at: now + 86_400_000,
+        journal: None,
     }
 }
 

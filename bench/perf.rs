@@ -25,6 +25,19 @@
 //! in the window per 1,000 messages delivered in it (postgate processes;
 //! the whole PostgreSQL cluster from /proc), and PostgreSQL deadlocks of the
 //! run's database (`pg_stat_database`) over the whole run.
+//!
+//! Issue #17 adds two kinds of cells: `-http` (the same messages through
+//! `POST /v1/messages`, `perf/http.rs`) and `-events` (`[events]` on and a
+//! `[[webhook]]` to the receiver in `perf/hook.rs`, which verifies every
+//! signature and counts the events), each run next to the plain SMTP cell
+//! of the same backend, C and size, in the same round.
+
+#[path = "perf/compare.rs"]
+mod compare;
+#[path = "perf/hook.rs"]
+mod hook;
+#[path = "perf/http.rs"]
+mod http;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
@@ -41,9 +54,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-const PASSWORD: &str = "bench-password-123";
+pub(crate) const PASSWORD: &str = "bench-password-123";
 const PER_SESSION: u32 = 50;
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Opts {
     bins: Vec<(String, PathBuf)>,
@@ -125,6 +138,13 @@ fn die(msg: &str) -> ! {
     std::process::exit(2)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Front {
+    Smtp,
+    /// `POST /v1/messages` over HTTPS.
+    Http,
+}
+
 #[derive(Clone)]
 struct Cell {
     pg: bool,
@@ -132,18 +152,36 @@ struct Cell {
     size: usize,
     dkim: &'static str,
     nodes: usize,
+    front: Front,
+    /// `[events]` on with a `[[webhook]]` to the driver's receiver.
+    events: bool,
 }
 
 impl Cell {
     fn name(&self) -> String {
         format!(
-            "{}-c{}-{}k-{}-n{}",
+            "{}-c{}-{}k-{}-n{}{}{}",
             if self.pg { "pg" } else { "sqlite" },
             self.c,
             self.size / 1024,
             self.dkim,
-            self.nodes
+            self.nodes,
+            if self.front == Front::Http {
+                "-http"
+            } else {
+                ""
+            },
+            if self.events { "-events" } else { "" },
         )
+    }
+
+    /// The plain SMTP cell (events off) this one is compared with.
+    fn twin(&self) -> Cell {
+        Cell {
+            front: Front::Smtp,
+            events: false,
+            ..self.clone()
+        }
     }
 }
 
@@ -155,11 +193,25 @@ fn all_cells() -> Vec<Cell> {
         size,
         dkim,
         nodes,
+        front: Front::Smtp,
+        events: false,
     };
     let mut v = Vec::new();
     for pg in [false, true] {
-        v.push(cell(pg, 10, 2048, "rsa", 1));
-        v.push(cell(pg, 100, 2048, "rsa", 1));
+        // Issue #17: each plain cell, then the same through HTTP and with
+        // events and a webhook on, in the same round (alternated run by run).
+        for c in [10, 100] {
+            let plain = cell(pg, c, 2048, "rsa", 1);
+            v.push(plain.clone());
+            v.push(Cell {
+                front: Front::Http,
+                ..plain.clone()
+            });
+            v.push(Cell {
+                events: true,
+                ..plain
+            });
+        }
         v.push(cell(pg, 100, 51200, "rsa", 1));
         v.push(cell(pg, 100, 2048, "ed25519", 1));
         v.push(cell(pg, 100, 2048, "dual", 1));
@@ -314,26 +366,28 @@ async fn sink_conn(
 
 // ---------------------------------------------------------------- load
 
-/// One accepted message: when its 250 came, how long after the end of data, its number.
-struct Accepted {
-    at: Instant,
-    latency: Duration,
-    seq: u32,
+/// One accepted message: when its 250 came, how long after the end of data,
+/// its number, its queue id (from `queued as ID` or the 202's `id`).
+pub(crate) struct Accepted {
+    pub(crate) at: Instant,
+    pub(crate) latency: Duration,
+    pub(crate) seq: u32,
+    pub(crate) queue_id: Box<str>,
 }
 
-struct Load {
-    stop: AtomicBool,
-    accepted: AtomicU64,
-    errors: AtomicU64,
+pub(crate) struct Load {
+    pub(crate) stop: AtomicBool,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) errors: AtomicU64,
 }
 
-struct TaskOut {
-    accepted: Vec<Accepted>,
+pub(crate) struct TaskOut {
+    pub(crate) accepted: Vec<Accepted>,
     /// Messages whose data was sent but whose reply never came (may be delivered).
-    uncertain: Vec<u32>,
+    pub(crate) uncertain: Vec<u32>,
 }
 
-fn message_id(tag: &str, task: usize, seq: u32) -> String {
+pub(crate) fn message_id(tag: &str, task: usize, seq: u32) -> String {
     format!("<{tag}.{task}.{seq}@perf.bench>")
 }
 
@@ -433,12 +487,15 @@ async fn session(
         let t = Instant::now();
         let reply = read_reply(&mut r).await;
         match reply {
-            Ok((250, _)) => {
+            Ok((250, text)) => {
+                let latency = t.elapsed();
                 load.accepted.fetch_add(1, Ordering::SeqCst);
+                let id = text.trim().rsplit_once("queued as ").map(|(_, id)| id);
                 out.accepted.push(Accepted {
                     at: Instant::now(),
-                    latency: t.elapsed(),
+                    latency,
                     seq: *seq,
+                    queue_id: id.unwrap_or("").into(),
                 });
             }
             Ok((_, text)) => return Err(format!("end of data -> {}", text.trim())),
@@ -587,7 +644,43 @@ fn cli(bin: &Path, cfg: &Path, args: &[&str], stdin: Option<&str>) -> Result<(),
     Ok(())
 }
 
-fn config_text(url: &str, smtp_port: u16, sink_port: u16, cert: &Path, key: &Path) -> String {
+/// A node's listeners: SMTP, the operations server (`/metrics`), the API.
+struct NodePorts {
+    smtp: u16,
+    http: u16,
+    api: u16,
+}
+
+/// The `[api]` section (`-http` cells) and `[events]` + `[[webhook]]`
+/// (`-events` cells) added to [`config_text`].
+fn cell_config(cell: &Cell, ports: &NodePorts, hook_port: u16) -> String {
+    let mut s = String::new();
+    if cell.front == Front::Http {
+        s.push_str(&format!(
+            "\n[api]\nenabled = true\naddress = \"127.0.0.1:{}\"\n",
+            ports.api
+        ));
+    }
+    if cell.events {
+        s.push_str(&format!(
+            r#"
+[events]
+enabled = true
+
+[[webhook]]
+name = "bench"
+url = "http://127.0.0.1:{hook_port}/hook"
+secret = "{secret}"
+"#,
+            secret = hook::SECRET
+        ));
+    }
+    s
+}
+
+fn config_text(url: &str, ports: &NodePorts, sink_port: u16, cert: &Path, key: &Path) -> String {
+    let smtp_port = ports.smtp;
+    let http_port = ports.http;
     format!(
         r#"[server]
 hostname = "localhost"
@@ -608,7 +701,7 @@ address = "127.0.0.1:{smtp_port}"
 mode = "starttls"
 
 [http]
-address = "127.0.0.1:0"
+address = "127.0.0.1:{http_port}"
 
 # One user from one address, C logins at once: lift the per-user and per-IP
 # limits, the AUTH tarpit (in-flight logins count as failures) and lockouts.
@@ -687,7 +780,38 @@ struct RunResult {
     cpu_driver: Option<f64>,
     deadlocks: Option<i64>,
     top: Vec<String>,
+    /// Load averages (1/5/15 min) when the run started and ended.
+    load_start: String,
     load: String,
+    /// `-events` cells: what the webhook receiver got.
+    events: Option<EventStats>,
+}
+
+/// The webhook side of one `-events` run.
+#[derive(Default, Clone)]
+struct EventStats {
+    /// `postgate_webhook_backlog_events` when the window closed (the node
+    /// refreshes it every 5 s while sending, so it may lag that much).
+    backlog: Option<f64>,
+    /// Messages at the sink when the window closed minus messages whose
+    /// `delivered` event had reached the receiver by then.
+    lag: u64,
+    /// Accepted messages (each has one recipient): one `accepted` and one
+    /// `delivered` event expected for each.
+    expected: u64,
+    /// Accepted messages with no `delivered` / `accepted` event received
+    /// by the end of the wait after draining.
+    missing_delivered: u64,
+    missing_accepted: u64,
+    /// Events received more than once (at least once means this may be > 0).
+    dup: u64,
+    /// Events received in all (any kind).
+    received: u64,
+    /// POSTs refused by the receiver (bad signature or body).
+    bad: u64,
+    /// Seconds from the sink having every message to the receiver having
+    /// every `delivered` event (the wait is bounded by `--drain`).
+    settle_s: f64,
 }
 
 struct Env {
@@ -698,6 +822,7 @@ struct Env {
     connector: tokio_rustls::TlsConnector,
     dir: tempfile::TempDir,
     counter: AtomicU64,
+    hook: hook::Hook,
 }
 
 async fn run_once(env: &Env, cell: &Cell, bin: &Path) -> RunResult {
@@ -722,7 +847,9 @@ async fn run_once(env: &Env, cell: &Cell, bin: &Path) -> RunResult {
     } else {
         format!("sqlite://{}", rundir.join("queue.db").display())
     };
-    let result = run_in_store(env, cell, bin, &url, &tag, &rundir, db_name.as_deref()).await;
+    let load_start = loadavg();
+    let mut result = run_in_store(env, cell, bin, &url, &tag, &rundir, db_name.as_deref()).await;
+    result.load_start = load_start;
     if let Some(name) = db_name {
         let server = env.opts.pg.as_deref().unwrap();
         let _ = psql(
@@ -753,18 +880,30 @@ async fn run_in_store(
     db: Option<&str>,
 ) -> RunResult {
     let o = &env.opts;
-    let ports: Vec<u16> = (0..cell.nodes).map(|_| free_port()).collect();
-    let cfgs: Vec<PathBuf> = ports
+    let node_ports: Vec<NodePorts> = (0..cell.nodes)
+        .map(|_| NodePorts {
+            smtp: free_port(),
+            http: free_port(),
+            api: free_port(),
+        })
+        .collect();
+    let cfgs: Vec<PathBuf> = node_ports
         .iter()
         .enumerate()
-        .map(|(i, port)| {
+        .map(|(i, ports)| {
             let p = rundir.join(format!("node{i}.toml"));
-            std::fs::write(
-                &p,
-                config_text(url, *port, env.sink.port, &env.cert, &env.key),
-            )
-            .unwrap();
+            let mut text = config_text(url, ports, env.sink.port, &env.cert, &env.key);
+            text.push_str(&cell_config(cell, ports, env.hook.port));
+            std::fs::write(&p, text).unwrap();
             p
+        })
+        .collect();
+    // The port the load goes to: SMTP, or the API for `-http` cells.
+    let ports: Vec<u16> = node_ports
+        .iter()
+        .map(|p| match cell.front {
+            Front::Smtp => p.smtp,
+            Front::Http => p.api,
         })
         .collect();
     let mut setup: Vec<(Vec<&str>, Option<&str>)> = vec![
@@ -856,6 +995,7 @@ async fn run_in_store(
     };
 
     env.sink.reset();
+    env.hook.reset();
     let load = Arc::new(Load {
         stop: AtomicBool::new(false),
         accepted: AtomicU64::new(0),
@@ -865,15 +1005,23 @@ async fn run_in_store(
     let tag_arc: Arc<str> = tag.into();
     let body = body(cell.size);
     let tasks: Vec<_> = (0..cell.c)
-        .map(|t| {
-            tokio::spawn(load_task(
+        .map(|t| match cell.front {
+            Front::Smtp => tokio::spawn(load_task(
                 ports.clone(),
                 env.connector.clone(),
                 tag_arc.clone(),
                 t,
                 body.clone(),
                 load.clone(),
-            ))
+            )),
+            Front::Http => tokio::spawn(http::task(
+                ports[t % ports.len()],
+                env.connector.clone(),
+                tag_arc.clone(),
+                t,
+                body.clone(),
+                load.clone(),
+            )),
         })
         .collect();
     tokio::time::sleep(Duration::from_secs_f64(o.warmup)).await;
@@ -902,6 +1050,15 @@ async fn run_in_store(
     );
     let accepted_at_end = load.accepted.load(Ordering::SeqCst);
     let window = t1.duration_since(t0).as_secs_f64();
+    let mut events = cell.events.then(|| EventStats {
+        backlog: metric(
+            node_ports[0].http,
+            "postgate_webhook_backlog_events{",
+            "webhook=\"bench\"",
+        ),
+        lag: d1.saturating_sub(env.hook.delivered() as u64),
+        ..Default::default()
+    });
     let top = match db {
         Some(d) => top_statements(url, d),
         None => Vec::new(),
@@ -925,6 +1082,9 @@ async fn run_in_store(
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(ev) = events.as_mut() {
+        webhook_accounting(env, &outs, deadline, ev).await;
     }
     let mut exited = 0;
     for n in nodes.iter_mut() {
@@ -991,8 +1151,66 @@ async fn run_in_store(
         cpu_driver: per_k(m1.saturating_sub(m0)),
         deadlocks: dl,
         top,
+        load_start: String::new(),
         load: loadavg(),
+        events,
     }
+}
+
+/// Waits (until `deadline`, the drain's) for a `delivered` event of every
+/// accepted message, then counts what the receiver got against it.
+async fn webhook_accounting(env: &Env, outs: &[TaskOut], deadline: Instant, ev: &mut EventStats) {
+    let ids: Vec<&str> = outs
+        .iter()
+        .flat_map(|o| o.accepted.iter().map(|a| &*a.queue_id))
+        .collect();
+    let t = Instant::now();
+    loop {
+        let all = {
+            let seen = env.hook.seen.lock().unwrap();
+            ids.iter().all(|id| seen.delivered.contains_key(*id))
+        };
+        if all || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ev.settle_s = t.elapsed().as_secs_f64();
+    // Late duplicates (a batch re-sent after a lost answer) show up here.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let seen = env.hook.seen.lock().unwrap();
+    ev.expected = ids.len() as u64;
+    ev.missing_delivered = ids
+        .iter()
+        .filter(|id| !seen.delivered.contains_key(**id))
+        .count() as u64;
+    ev.missing_accepted = ids
+        .iter()
+        .filter(|id| !seen.accepted.contains_key(**id))
+        .count() as u64;
+    let over = |m: &HashMap<Box<str>, u32>| -> u64 {
+        m.values().map(|n| u64::from(n.saturating_sub(1))).sum()
+    };
+    ev.dup = over(&seen.delivered) + over(&seen.accepted);
+    ev.received = seen.delivered.values().map(|n| u64::from(*n)).sum::<u64>()
+        + seen.accepted.values().map(|n| u64::from(*n)).sum::<u64>()
+        + seen.other;
+    ev.bad = seen.bad;
+}
+
+/// The value of the first sample from a node's `/metrics` whose line starts
+/// with `prefix` and contains `label`.
+fn metric(port: u16, prefix: &str, label: &str) -> Option<f64> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(label))
+        .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
 }
 
 fn tail(s: &str) -> String {
@@ -1131,7 +1349,7 @@ fn one_line(cell: &Cell, label: &str, run: usize, r: &RunResult) -> String {
         return format!("{} {label} run {run}: FAILED {e}", cell.name());
     }
     format!(
-        "{} {label} run {run}: submitted {:.0}/s, e2e {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, queued {}, lost {}, dup {}, unknown {}, errors {}, exited {}, drained {}, cpu/1k postgate {} pg {} driver {}, deadlocks {}, load {}",
+        "{} {label} run {run}: submitted {:.0}/s, e2e {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, queued {}, lost {}, dup {}, unknown {}, errors {}, exited {}, drained {}, cpu/1k postgate {} pg {} driver {}, deadlocks {}, load {} -> {}",
         cell.name(),
         r.submitted,
         r.e2e,
@@ -1148,8 +1366,22 @@ fn one_line(cell: &Cell, label: &str, run: usize, r: &RunResult) -> String {
         r.cpu_pg.map_or("-".into(), |v| format!("{v:.2}")),
         r.cpu_driver.map_or("-".into(), |v| format!("{v:.2}")),
         r.deadlocks.map_or("-".into(), |v| v.to_string()),
+        r.load_start,
         r.load,
-    )
+    ) + &r.events.as_ref().map_or(String::new(), |e| {
+        format!(
+            "; events: backlog at end {}, behind {}, received {} of {} expected, missing delivered {} accepted {}, dup {}, bad posts {}, settle {:.1} s",
+            e.backlog.map_or("-".into(), |v| format!("{v:.0}")),
+            e.lag,
+            e.received,
+            2 * e.expected,
+            e.missing_delivered,
+            e.missing_accepted,
+            e.dup,
+            e.bad,
+            e.settle_s
+        )
+    })
 }
 
 /// The 1-minute figure of a load average line.
@@ -1230,6 +1462,7 @@ async fn main() {
         connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
         dir,
         counter: AtomicU64::new(0),
+        hook: hook::start().await,
     };
     let o = &env.opts;
     eprintln!(
@@ -1242,11 +1475,14 @@ async fn main() {
     );
     let mut results: Vec<Vec<Vec<RunResult>>> = vec![vec![Vec::new(); o.bins.len()]; cells.len()];
     let mut loads = Vec::new();
+    let mut lines = Vec::new();
     for run in 1..=o.runs {
         for (ci, cell) in cells.iter().enumerate() {
             for (bi, (label, bin)) in o.bins.iter().enumerate() {
                 let r = run_once(&env, cell, bin).await;
-                println!("{}", one_line(cell, label, run, &r));
+                let line = one_line(cell, label, run, &r);
+                println!("{line}");
+                lines.push(line);
                 loads.push(r.load.clone());
                 results[ci][bi].push(r);
             }
@@ -1283,13 +1519,15 @@ async fn main() {
     }
     md.push_str(
         "\nCell: backend, C concurrent sessions (STARTTLS + AUTH PLAIN, 50 messages each, no pipelining), \
-         message size, DKIM signing, postgate processes. Latency: end of data to 250 (after the durable commit). \
+         message size, DKIM signing, postgate processes; `-http`: the same messages through `POST /v1/messages` \
+         (HTTPS keep-alive, one connection per client); `-events`: `[events]` and a `[[webhook]]` on. \
+         Latency: end of data to 250, or request to 202 (after the durable commit). \
          Queued: accepted minus delivered when the timed window ended. Lost / dup: by Message-ID at the sink \
          after draining. CPU: seconds in the window per 1,000 messages delivered in it (PostgreSQL: the whole cluster; \
          load + sink: this driver, which shares the machine). \
          Deadlocks: `pg_stat_database` of the run's database, whole run.\n\n",
     );
-    md.push_str("| cell | binary | submitted msg/s | end-to-end msg/s | 250 p50 / p99 ms | queued at end | lost / dup | CPU s/1k postgate | CPU s/1k PostgreSQL | CPU s/1k load + sink | deadlocks |\n");
+    md.push_str("| cell | binary | submitted msg/s | end-to-end msg/s | 250 / 202 p50 / p99 ms | queued at end | lost / dup | CPU s/1k postgate | CPU s/1k PostgreSQL | CPU s/1k load + sink | deadlocks |\n");
     md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for (ci, cell) in cells.iter().enumerate() {
         for (bi, (label, _)) in o.bins.iter().enumerate() {
@@ -1297,6 +1535,8 @@ async fn main() {
             md.push('\n');
         }
     }
+    let labels: Vec<String> = o.bins.iter().map(|(l, _)| l.clone()).collect();
+    md.push_str(&compare::tables(&cells, &labels, &results));
     let mut tops = String::new();
     for (ci, cell) in cells.iter().enumerate() {
         for (bi, (label, _)) in o.bins.iter().enumerate() {
@@ -1325,6 +1565,12 @@ async fn main() {
         md.push_str("\n## Top statements (pg_stat_statements, by total time)\n");
         md.push_str(&tops);
     }
+    md.push_str("\n## Every run, in the order run (load averages at its start -> end)\n\n```\n");
+    for l in &lines {
+        md.push_str(l);
+        md.push('\n');
+    }
+    md.push_str("```\n");
     println!("\n{md}");
     if let Some(out) = &o.out {
         if let Some(parent) = out.parent() {

@@ -9,7 +9,8 @@
 #                 [--drain 120] [--no-pg]
 #
 # --quick: 5 s runs, 2 s warm-up, 1 run (development). --cells: only cells
-# whose name contains one of the strings (e.g. sqlite-c10-,pg-c100-2k-rsa).
+# whose name contains one of the strings (e.g. sqlite-c10-,pg-c100-2k-rsa;
+# -http and -events: the issue #17 cells, HTTP submission and webhooks).
 # --baseline: the same cells with an older binary, alternated run by run.
 # Needs root (PostgreSQL runs as user postgres via runuser) and psql.
 set -euo pipefail

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::metrics::{Metrics, StoreOperation};
 use crate::password::{self, HashParams, Verification};
-use crate::smtp::ports::{AuthOutcome, Authenticator};
+use crate::smtp::ports::{AccountLimits, AuthOutcome, Authenticator};
 pub use crate::smtp::ports::{CredentialTag, Identity};
 use crate::store::{self, AccountStore, LimitOverrides, LoginCredential};
 use crate::time::now_ms;
@@ -41,8 +41,8 @@ pub fn identity_of(
         credential_id: credential.id,
         credential_label: credential.label.clone(),
         senders: record.senders.clone(),
-        limits: merge_limits(&record.limits, &credential.limits),
-        user_limits: record.limits.clone(),
+        limits: merge_limits(&record.limits, &credential.limits).into(),
+        user_limits: record.limits.clone().into(),
         normalize_line_endings: record.normalize_line_endings,
         credential_tag: tag,
     }
@@ -77,6 +77,19 @@ pub enum AuthError {
     Password(#[from] password::PasswordError),
     #[error("auth: max_concurrent_verifications must be at least 1")]
     Concurrency,
+}
+
+/// The store's overrides as the session carries them (see [`Identity`]).
+impl From<LimitOverrides> for AccountLimits {
+    fn from(l: LimitOverrides) -> Self {
+        AccountLimits {
+            messages_per_minute: l.messages_per_minute,
+            messages_per_hour: l.messages_per_hour,
+            messages_per_day: l.messages_per_day,
+            recipients_per_day: l.recipients_per_day,
+            concurrent_sessions: l.concurrent_sessions,
+        }
+    }
 }
 
 /// Credential overrides on top of user overrides, field by field.
@@ -265,8 +278,8 @@ fn network_identity(record: &store::LoginRecord) -> Identity {
         credential_id: 0,
         credential_label: "network".to_string(),
         senders: record.senders.clone(),
-        limits: record.limits.clone(),
-        user_limits: record.limits.clone(),
+        limits: record.limits.clone().into(),
+        user_limits: record.limits.clone().into(),
         normalize_line_endings: record.normalize_line_endings,
         credential_tag: [0; 32],
     }

@@ -155,6 +155,10 @@ pub struct Config {
     /// `[[webhook]]`: where events are POSTed (each implies `[events]`).
     #[serde(rename = "webhook")]
     pub webhooks: Vec<crate::events::WebhookConfig>,
+    /// `[journal]` or `[[journal]]`: archive addresses that get a copy of
+    /// every accepted message (optionally per user or sender domain).
+    #[serde(deserialize_with = "crate::journal::deserialize_rules")]
+    pub journal: Vec<crate::journal::JournalRule>,
 }
 
 impl Config {
@@ -268,6 +272,7 @@ impl Config {
         checks::check_values(self).map_err(|(key, message)| invalid(&key, message))?;
         crate::events::validate(&self.events, &self.webhooks)
             .map_err(|(key, message)| invalid(&key, message))?;
+        crate::journal::validate(&self.journal).map_err(|(key, message)| invalid(&key, message))?;
         self.api
             .validate()
             .map_err(|(key, message)| invalid(&key, message))?;

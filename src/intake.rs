@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::metrics::{DkimResult, Metrics, RejectReason, StoreOperation};
-use crate::smtp::ports::Recipient;
 pub use crate::smtp::ports::{ClientInfo, Intake, IntakeError, Submission, TlsInfo};
-use crate::store::{self, EventStore, NewMessage, NewRecipient, QueueStore, StoreError};
+use crate::smtp::ports::{Recipient, Rejected};
+use crate::store::{self, NewMessage, NewRecipient, QueueStore, StoreError};
 use crate::time::now_ms;
 
 impl From<StoreError> for IntakeError {
@@ -58,8 +58,10 @@ pub struct StoreIntake {
     lifetime: Duration,
     processing: Option<MessageProcessing>,
     metrics: Arc<Metrics>,
-    /// Where a `rejected` event is written for each refusal (`[events]` on).
-    events: Option<Arc<dyn EventStore>>,
+    /// Writes a `rejected` event for each refusal by a rule (`[events]` on).
+    rejections: Option<crate::events::rejected::RejectionWriter>,
+    /// Adds a journal copy to the commit (`[journal]` set).
+    journal: Option<crate::journal::Journal>,
 }
 
 impl StoreIntake {
@@ -70,7 +72,8 @@ impl StoreIntake {
             lifetime,
             processing: None,
             metrics: Metrics::detached(),
-            events: None,
+            rejections: None,
+            journal: None,
         }
     }
 
@@ -87,13 +90,23 @@ impl StoreIntake {
         self
     }
 
-    /// Writes a `rejected` event for each refusal of [`Intake::submit`].
-    pub fn with_events(mut self, events: Option<Arc<dyn EventStore>>) -> Self {
-        self.events = events;
+    /// Writes a `rejected` event for each refusal by a rule, of
+    /// [`Intake::submit`] and those reported by [`Intake::rejected`].
+    pub fn with_rejections(
+        mut self,
+        rejections: Option<crate::events::rejected::RejectionWriter>,
+    ) -> Self {
+        self.rejections = rejections;
         self
     }
 
-    fn rejected(&self, reason: RejectReason) {
+    /// Commits with each message its journal copy (when a rule matches).
+    pub fn with_journal(mut self, journal: Option<crate::journal::Journal>) -> Self {
+        self.journal = journal;
+        self
+    }
+
+    fn count_rejected(&self, reason: RejectReason) {
         self.metrics.message_rejected(reason);
     }
 
@@ -113,7 +126,7 @@ impl StoreIntake {
         if p.enforce_header_from {
             crate::fixups::check_header_from(&submission.body, &submission.identity.senders)
                 .map_err(|e| {
-                    self.rejected(RejectReason::FromNotAllowed);
+                    self.count_rejected(RejectReason::FromNotAllowed);
                     IntakeError::HeaderFromNotPermitted(e.to_string())
                 })?;
         }
@@ -144,7 +157,7 @@ impl StoreIntake {
         };
         let fixed = Bytes::from(crate::fixups::apply(&submission.body, &ctx).map_err(|e| {
             // A header the fixups cannot parse: no closer label.
-            self.rejected(RejectReason::Internal);
+            self.count_rejected(RejectReason::Internal);
             IntakeError::MalformedHeader(e.to_string())
         })?);
         let Some(signer) = &p.signer else {
@@ -156,7 +169,7 @@ impl StoreIntake {
         if signer.config().enabled && !p.enforce_header_from {
             if let Err(e) = crate::fixups::check_header_from(&fixed, &submission.identity.senders) {
                 if signer.config().require_signature {
-                    self.rejected(RejectReason::SignatureRequired);
+                    self.count_rejected(RejectReason::SignatureRequired);
                     return Err(IntakeError::SignatureNotPermitted(e.to_string()));
                 }
                 tracing::info!(queue_id, error = %e, "not signed: header From not permitted for this login");
@@ -180,7 +193,7 @@ impl StoreIntake {
                 }
             }
             Err(e) if e.is_permanent() => {
-                self.rejected(RejectReason::SignatureRequired);
+                self.count_rejected(RejectReason::SignatureRequired);
                 Err(IntakeError::SigningRefused(e.to_string()))
             }
             Err(e) => {
@@ -189,7 +202,7 @@ impl StoreIntake {
                 self.metrics
                     .dkim_signature(algorithm_label(algorithm), DkimResult::Failed);
                 tracing::error!(queue_id, error = %e, "DKIM signing failed");
-                self.rejected(RejectReason::Internal);
+                self.count_rejected(RejectReason::Internal);
                 Err(IntakeError::SigningUnavailable)
             }
         }
@@ -212,8 +225,19 @@ impl Intake for StoreIntake {
         let body = match self.final_body(&submission, &id, received_at).await {
             Ok(body) => body,
             Err(e) => {
-                if let Some(events) = &self.events {
-                    crate::events::record_rejection(&**events, &submission, &e, received_at).await;
+                if let Some(rule) = crate::events::rejection_rule(&e) {
+                    let reply = crate::smtp::reply::Reply::from(&e);
+                    self.rejected(Rejected {
+                        username: submission.identity.username.clone(),
+                        sender: submission.sender.clone(),
+                        recipients: submission
+                            .recipients
+                            .iter()
+                            .map(|r| r.address.clone())
+                            .collect(),
+                        rule: rule.to_string(),
+                        reply: format!("{} {} {}", reply.code, reply.enhanced, reply.text),
+                    });
                 }
                 return Err(e);
             }
@@ -223,7 +247,7 @@ impl Intake for StoreIntake {
         // otherwise be held twice while it waits for the writer).
         drop(submission.body);
         let user = submission.identity.username;
-        let message = NewMessage {
+        let mut message = NewMessage {
             id,
             sender: submission.sender,
             recipients: submission.recipients.into_iter().map(Into::into).collect(),
@@ -237,7 +261,13 @@ impl Intake for StoreIntake {
             smtputf8: submission.smtputf8,
             received_at,
             expires_at: received_at.saturating_add(self.lifetime.as_millis() as i64),
+            journal: None,
         };
+        message.journal = self
+            .journal
+            .as_ref()
+            .and_then(|j| j.copy_of(&message))
+            .map(Box::new);
         let started = Instant::now();
         let committed = self.store.enqueue(&message).await;
         self.metrics.store_operation(
@@ -246,16 +276,27 @@ impl Intake for StoreIntake {
             committed.is_err(),
         );
         match &committed {
-            Ok(()) => self.metrics.message_queued(
-                Some(&user),
-                message.recipients.len(),
-                message.body.len() as u64,
-            ),
+            Ok(()) => {
+                self.metrics.message_queued(
+                    Some(&user),
+                    message.recipients.len(),
+                    message.body.len() as u64,
+                );
+                if let Some(copy) = &message.journal {
+                    self.metrics.journal().queued(copy.recipients.len());
+                }
+            }
             Err(_) => self
                 .metrics
                 .message_rejected(RejectReason::StoreUnavailable),
         }
         committed?;
         Ok(message.id)
+    }
+
+    fn rejected(&self, rejected: Rejected) {
+        if let Some(w) = &self.rejections {
+            w.write(rejected, now_ms());
+        }
     }
 }

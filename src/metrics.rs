@@ -27,11 +27,17 @@ use prometheus::{
 
 mod cert;
 mod events;
+mod families;
+mod journal;
 mod labels;
 mod sampler;
 
 pub use cert::certificate_not_after;
 pub use events::EventMetrics;
+use families::{
+    DeliveryFamilies, DkimFamilies, MessageFamilies, SmtpFamilies, StoreFamilies, UserFamilies,
+};
+pub use journal::{JournalFailure, JournalMetrics};
 pub use sampler::{run_queue_sampler, QueueStats};
 
 pub use labels::{
@@ -81,38 +87,15 @@ pub struct MetricsOptions {
 pub struct Metrics {
     registry: Registry,
     catalogue: Vec<MetricInfo>,
-    connections: IntCounterVec,
-    connections_refused: IntCounterVec,
-    sessions_active: IntGaugeVec,
-    tls_handshake_failures: IntCounterVec,
-    tls_certificate_expiry: GaugeVec,
-    auth_attempts: IntCounterVec,
-    messages_received: IntCounter,
-    messages_rejected: IntCounterVec,
-    messages_queued: IntCounter,
-    recipients: IntCounter,
-    message_size: Histogram,
-    rate_limited: IntCounterVec,
-    queue_depth: IntGauge,
-    message_memory: IntGauge,
-    queue_oldest_age: Gauge,
-    delivery_attempts: IntCounterVec,
-    delivery_duration: HistogramVec,
-    upstream_circuit: IntGaugeVec,
-    upstream_throttled: IntCounterVec,
-    oauth_token_requests: IntCounterVec,
-    oauth_token_expiry: GaugeVec,
-    bounces: IntCounter,
-    dkim_signatures: IntCounterVec,
-    dkim_unsigned: IntCounter,
-    dkim_not_permitted: IntCounter,
-    store_errors: IntCounterVec,
-    store_duration: HistogramVec,
-    user_messages: IntCounterVec,
-    user_recipients: IntCounterVec,
-    user_bytes: IntCounterVec,
+    smtp: SmtpFamilies,
+    messages: MessageFamilies,
+    delivery: DeliveryFamilies,
+    dkim: DkimFamilies,
+    store: StoreFamilies,
+    users: UserFamilies,
     per_user: Option<PerUser>,
     events: EventMetrics,
+    journal: JournalMetrics,
 }
 
 struct PerUser {
@@ -218,215 +201,41 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let connections = d.counter_vec(
-            "postgate_connections_total",
-            "TCP connections accepted, by listener and the listener's TLS mode (starttls, implicit, none).",
-            &["listener", "tls"],
-        );
-        let connections_refused = d.counter_vec(
-            "postgate_connections_refused_total",
-            "Connections refused at accept with 421, by listener and reason.",
-            &["listener", "reason"],
-        );
-        let sessions_active = d.gauge_vec(
-            "postgate_sessions_active",
-            "SMTP sessions currently open, by listener.",
-            &["listener"],
-        );
-        let tls_handshake_failures = d.counter_vec(
-            "postgate_tls_handshake_failures_total",
-            "Inbound TLS handshakes (implicit or STARTTLS) that failed, by listener.",
-            &["listener"],
-        );
-        let tls_certificate_expiry = d.float_gauge_vec(
-            "postgate_tls_certificate_expiry_timestamp_seconds",
-            "Unix time at which the certificate served by the listener expires (notAfter).",
-            &["listener"],
-        );
-        let auth_attempts = d.counter_vec(
-            "postgate_auth_attempts_total",
-            "SMTP AUTH attempts, by SASL mechanism and result (success, failed, locked_out, error).",
-            &["mechanism", "result"],
-        );
-        let messages_received = d.counter(
-            "postgate_messages_received_total",
-            "Messages whose data was fully received (end of DATA or last BDAT), before checks and commit.",
-        );
-        let messages_rejected = d.counter_vec(
-            "postgate_messages_rejected_total",
-            "Transactions refused by postgate, by reason (a fixed list).",
-            &["reason"],
-        );
-        let messages_queued = d.counter(
-            "postgate_messages_queued_total",
-            "Messages committed to the queue (each answered 250).",
-        );
-        let recipients = d.counter(
-            "postgate_recipients_total",
-            "Recipients of the messages committed to the queue.",
-        );
-        let message_size = d.histogram(
-            "postgate_message_size_bytes",
-            "Size of the messages committed to the queue, after fixups and signing.",
-            SIZE_BUCKETS,
-        );
-        let rate_limited = d.counter_vec(
-            "postgate_rate_limit_rejections_total",
-            "Requests refused by a rate limit, by scope (user, credential, ip, upstream) and limit.",
-            &["scope", "limit"],
-        );
-        let message_memory = d.gauge(
-            "postgate_smtp_message_memory_bytes",
-            "Message bytes SMTP sessions hold in memory while receiving, leased from smtp.message_memory_budget (452 4.3.1 when it is spent).",
-        );
-        let queue_depth = d.gauge(
-            "postgate_queue_depth",
-            "Messages in the queue with at least one recipient not yet delivered or failed (sampled; the same value on every node sharing a store).",
-        );
-        let queue_oldest_age = d.float_gauge(
-            "postgate_queue_oldest_message_age_seconds",
-            "Age of the oldest message still in the queue, 0 when empty (sampled).",
-        );
-        let delivery_attempts = d.counter_vec(
-            "postgate_delivery_attempts_total",
-            "Delivery attempts, one per recipient per attempt, by upstream and result (delivered, deferred, failed).",
-            &["upstream", "result"],
-        );
-        let delivery_duration = d.histogram_vec(
-            "postgate_delivery_duration_seconds",
-            "Duration of one SMTP transaction with an upstream, from connection checkout to the final reply.",
-            &["upstream"],
-            DELIVERY_BUCKETS,
-        );
-        let upstream_circuit = d.gauge_vec(
-            "postgate_upstream_circuit_state",
-            "Circuit breaker of each upstream: 0 closed (in use), 1 half-open (probing), 2 open (not used).",
-            &["upstream"],
-        );
-        let upstream_throttled = d.counter_vec(
-            "postgate_upstream_throttled_total",
-            "Recipients held back by an upstream's throttle, by upstream and cause: rate (its configured rate had no slot in time; no attempt made) reply (it answered with a throttling reply and is paused; no attempt used up) or pool (every connection stayed busy for max_pool_wait; given back to the queue, no attempt used up).",
-            &["upstream", "cause"],
-        );
-        let oauth_token_requests = d.counter_vec(
-            "postgate_upstream_oauth_token_requests_total",
-            "OAuth token requests of an auth = \"xoauth2\" upstream, by upstream and result: ok, refused (the endpoint refused the client: RFC 6749 error), unavailable (connect, TLS, timeout, HTTP 5xx) or invalid (an unusable answer: garbage, no expiry, a redirect).",
-            &["upstream", "result"],
-        );
-        let oauth_token_expiry = d.float_gauge_vec(
-            "postgate_upstream_oauth_token_expiry_timestamp_seconds",
-            "Unix time at which the OAuth token last obtained for an upstream expires (minus time(): seconds until it expires).",
-            &["upstream"],
-        );
-        let bounces = d.counter(
-            "postgate_bounces_total",
-            "Delivery status notifications (RFC 3464) generated for failed or expired recipients.",
-        );
-        let dkim_signatures = d.counter_vec(
-            "postgate_dkim_signatures_total",
-            "DKIM signatures made at acceptance, by algorithm and result.",
-            &["algorithm", "result"],
-        );
-        let dkim_unsigned = d.counter(
-            "postgate_dkim_unsigned_total",
-            "Messages relayed without a signature because the From domain has no active key.",
-        );
-        let dkim_not_permitted = d.counter(
-            "postgate_dkim_unsigned_not_permitted_total",
-            "Messages relayed without a signature because their header From is not a sender the login may use (signing follows the login, whatever dkim.header_from says).",
-        );
-        let store_errors = d.counter_vec(
-            "postgate_store_errors_total",
-            "Store operations that failed, by operation.",
-            &["operation"],
-        );
-        let store_duration = d.histogram_vec(
-            "postgate_store_operation_duration_seconds",
-            "Duration of store operations (one transaction each), by operation.",
-            &["operation"],
-            STORE_BUCKETS,
-        );
-        let user_messages = d.counter_vec(
-            "postgate_user_messages_total",
-            "Messages queued per user (only when per-user metrics are enabled; users past the cap count as _other).",
-            &["user"],
-        );
-        let user_recipients = d.counter_vec(
-            "postgate_user_recipients_total",
-            "Recipients queued per user (only when per-user metrics are enabled; users past the cap count as _other).",
-            &["user"],
-        );
-        let user_bytes = d.counter_vec(
-            "postgate_user_message_bytes_total",
-            "Bytes queued per user (only when per-user metrics are enabled; users past the cap count as _other).",
-            &["user"],
-        );
+        let smtp = SmtpFamilies::declare(&mut d);
+        let messages = MessageFamilies::declare(&mut d);
+        let delivery = DeliveryFamilies::declare(&mut d);
+        let dkim = DkimFamilies::declare(&mut d);
+        let store = StoreFamilies::declare(&mut d);
+        let users = UserFamilies::declare(&mut d);
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
             // Not in the catalogue: standard names, documented by Prometheus.
             let _ = d.registry.register(Box::new(process));
         }
-
-        // Pre-create the series of closed label sets at zero, so rate() and
-        // alert rules see them before the first event.
-        for m in Mechanism::ALL {
-            for r in AuthResult::ALL {
-                auth_attempts.with_label_values(&[m.as_str(), r.as_str()]);
-            }
-        }
-        for r in RejectReason::ALL {
-            messages_rejected.with_label_values(&[r.as_str()]);
-        }
-        for a in DkimAlgorithm::ALL {
-            for r in DkimResult::ALL {
-                dkim_signatures.with_label_values(&[a.as_str(), r.as_str()]);
-            }
-        }
-        for op in StoreOperation::ALL {
-            store_errors.with_label_values(&[op.as_str()]);
-        }
         let events = EventMetrics::declare(&mut d);
-
+        let journal = JournalMetrics::declare(&mut d);
         Metrics {
             registry: d.registry,
             catalogue: d.catalogue,
-            connections,
-            connections_refused,
-            sessions_active,
-            tls_handshake_failures,
-            tls_certificate_expiry,
-            auth_attempts,
-            messages_received,
-            messages_rejected,
-            messages_queued,
-            recipients,
-            message_size,
-            rate_limited,
-            queue_depth,
-            message_memory,
-            queue_oldest_age,
-            delivery_attempts,
-            delivery_duration,
-            upstream_circuit,
-            upstream_throttled,
-            oauth_token_requests,
-            oauth_token_expiry,
-            bounces,
-            dkim_signatures,
-            dkim_unsigned,
-            dkim_not_permitted,
-            store_errors,
-            store_duration,
-            user_messages,
-            user_recipients,
-            user_bytes,
+            smtp,
+            messages,
+            delivery,
+            dkim,
+            store,
+            users,
             per_user: options.per_user.then(|| PerUser {
                 cap: options.per_user_cap,
                 seen: Mutex::new(HashSet::new()),
             }),
             events,
+            journal,
         }
+    }
+
+    /// The journaling copies metrics.
+    pub fn journal(&self) -> &JournalMetrics {
+        &self.journal
     }
 
     /// The delivery events and webhook metrics.
@@ -461,38 +270,44 @@ impl Metrics {
     /// series).
     pub fn listener(&self, name: &str, tls: TlsMode) -> ListenerMetrics {
         ListenerMetrics {
-            connections: self.connections.with_label_values(&[name, tls.as_str()]),
+            connections: self
+                .smtp
+                .connections
+                .with_label_values(&[name, tls.as_str()]),
             refused: ConnectionRefusal::ALL
                 .iter()
                 .map(|r| {
-                    self.connections_refused
+                    self.smtp
+                        .connections_refused
                         .with_label_values(&[name, r.as_str()])
                 })
                 .collect(),
-            sessions_active: self.sessions_active.with_label_values(&[name]),
-            tls_failures: self.tls_handshake_failures.with_label_values(&[name]),
-            certificate_expiry: self.tls_certificate_expiry.with_label_values(&[name]),
+            sessions_active: self.smtp.sessions_active.with_label_values(&[name]),
+            tls_failures: self.smtp.tls_handshake_failures.with_label_values(&[name]),
+            certificate_expiry: self.smtp.tls_certificate_expiry.with_label_values(&[name]),
         }
     }
 
     /// The handle of the configured upstream `name`. Call once per upstream at start.
     pub fn upstream(&self, name: &str) -> UpstreamMetrics {
-        let circuit = self.upstream_circuit.with_label_values(&[name]);
+        let circuit = self.delivery.upstream_circuit.with_label_values(&[name]);
         circuit.set(CircuitState::Closed as i64);
         UpstreamMetrics {
             attempts: DeliveryResult::ALL
                 .iter()
                 .map(|r| {
-                    self.delivery_attempts
+                    self.delivery
+                        .delivery_attempts
                         .with_label_values(&[name, r.as_str()])
                 })
                 .collect(),
-            duration: self.delivery_duration.with_label_values(&[name]),
+            duration: self.delivery.delivery_duration.with_label_values(&[name]),
             circuit,
             throttled: ThrottleCause::ALL
                 .iter()
                 .map(|c| {
-                    self.upstream_throttled
+                    self.delivery
+                        .upstream_throttled
                         .with_label_values(&[name, c.as_str()])
                 })
                 .collect(),
@@ -506,27 +321,33 @@ impl Metrics {
         OAuthMetrics {
             requests: results
                 .iter()
-                .map(|r| self.oauth_token_requests.with_label_values(&[name, r]))
+                .map(|r| {
+                    self.delivery
+                        .oauth_token_requests
+                        .with_label_values(&[name, r])
+                })
                 .collect(),
-            expiry: self.oauth_token_expiry.with_label_values(&[name]),
+            expiry: self.delivery.oauth_token_expiry.with_label_values(&[name]),
         }
     }
 
     /// Counts one AUTH attempt.
     pub fn auth_attempt(&self, mechanism: Mechanism, result: AuthResult) {
-        self.auth_attempts
+        self.smtp
+            .auth_attempts
             .with_label_values(&[mechanism.as_str(), result.as_str()])
             .inc();
     }
 
     /// Counts one message whose data was fully received.
     pub fn message_received(&self) {
-        self.messages_received.inc();
+        self.messages.messages_received.inc();
     }
 
     /// Counts one refused transaction (at MAIL, RCPT or end of data).
     pub fn message_rejected(&self, reason: RejectReason) {
-        self.messages_rejected
+        self.messages
+            .messages_rejected
             .with_label_values(&[reason.as_str()])
             .inc();
     }
@@ -535,67 +356,77 @@ impl Metrics {
     /// `size` bytes as stored, sent by the authenticated `user` (per-user
     /// series only when enabled).
     pub fn message_queued(&self, user: Option<&str>, recipients: usize, size: u64) {
-        self.messages_queued.inc();
-        self.recipients.inc_by(recipients as u64);
-        self.message_size.observe(size as f64);
+        self.messages.messages_queued.inc();
+        self.messages.recipients.inc_by(recipients as u64);
+        self.messages.message_size.observe(size as f64);
         if let Some(label) = user.and_then(|u| self.user_label(u)) {
-            self.user_messages.with_label_values(&[&label]).inc();
-            self.user_recipients
+            self.users.user_messages.with_label_values(&[&label]).inc();
+            self.users
+                .user_recipients
                 .with_label_values(&[&label])
                 .inc_by(recipients as u64);
-            self.user_bytes.with_label_values(&[&label]).inc_by(size);
+            self.users
+                .user_bytes
+                .with_label_values(&[&label])
+                .inc_by(size);
         }
     }
 
     /// Counts one request refused by a rate limit.
     pub fn rate_limited(&self, scope: LimitScope, limit: LimitKind) {
-        self.rate_limited
+        self.messages
+            .rate_limited
             .with_label_values(&[scope.as_str(), limit.as_str()])
             .inc();
     }
 
     /// Moves the bytes leased from the SMTP memory budget by `delta`.
     pub fn message_memory(&self, delta: i64) {
-        self.message_memory.add(delta);
+        self.messages.message_memory.add(delta);
     }
 
     /// Sets the sampled queue gauges: messages not yet finished and the age
     /// of the oldest one (zero when the queue is empty).
     pub fn set_queue_stats(&self, depth: u64, oldest_age: Duration) {
-        self.queue_depth.set(depth.min(i64::MAX as u64) as i64);
-        self.queue_oldest_age.set(oldest_age.as_secs_f64());
+        self.delivery
+            .queue_depth
+            .set(depth.min(i64::MAX as u64) as i64);
+        self.delivery.queue_oldest_age.set(oldest_age.as_secs_f64());
     }
 
     /// Counts one DSN generated.
     pub fn bounce_generated(&self) {
-        self.bounces.inc();
+        self.delivery.bounces.inc();
     }
 
     /// Counts one DKIM signature.
     pub fn dkim_signature(&self, algorithm: DkimAlgorithm, result: DkimResult) {
-        self.dkim_signatures
+        self.dkim
+            .dkim_signatures
             .with_label_values(&[algorithm.as_str(), result.as_str()])
             .inc();
     }
 
     /// Counts one message relayed unsigned (no key for its From domain).
     pub fn dkim_unsigned(&self) {
-        self.dkim_unsigned.inc();
+        self.dkim.dkim_unsigned.inc();
     }
 
     /// Counts one message relayed unsigned because its header From is not
     /// a sender the login may use.
     pub fn dkim_not_permitted(&self) {
-        self.dkim_not_permitted.inc();
+        self.dkim.dkim_not_permitted.inc();
     }
 
     /// Records one store operation: its duration, and an error when `failed`.
     pub fn store_operation(&self, operation: StoreOperation, elapsed: Duration, failed: bool) {
-        self.store_duration
+        self.store
+            .store_duration
             .with_label_values(&[operation.as_str()])
             .observe(elapsed.as_secs_f64());
         if failed {
-            self.store_errors
+            self.store
+                .store_errors
                 .with_label_values(&[operation.as_str()])
                 .inc();
         }

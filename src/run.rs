@@ -86,171 +86,34 @@ pub struct Control {
 /// (up to `server.shutdown_grace`, then 421), delivery workers finish their
 /// current attempt, and the HTTP server stops last.
 pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), RunError> {
-    let options = config.store.options();
-    let url = config.store.url.expose();
-    let store: Arc<dyn Store> = if config.store.migrate_on_start {
-        crate::store::open_and_migrate(url, &options).await?
-    } else {
-        crate::store::open(url, &options).await?
-    };
-    tracing::info!(backend = store.backend(), "store ready");
-    let metrics = Arc::new(Metrics::new(&config.http.metrics_options()));
-
-    let tls = config
-        .tls
-        .as_ref()
-        .map(crate::tls::ServerTls::load)
-        .transpose()?;
-    let listener_names: Vec<(String, crate::metrics::TlsMode)> = bound
-        .smtp
-        .iter()
-        .map(|(l, _)| (l.address.to_string(), l.mode.metric_label()))
-        .collect();
-    if let Some(t) = &tls {
-        record_certificate_expiry(&metrics, &listener_names, t);
-    }
-    let signer = if config.dkim.enabled {
-        Some(Arc::new(
-            crate::dkim::Signer::new(store.clone(), config.dkim.clone()).await?,
-        ))
-    } else {
-        None
-    };
-    let intake = crate::intake::StoreIntake::new(store.clone(), queue_lifetime(&config))
-        .with_processing(crate::intake::MessageProcessing {
-            hostname: config.server.hostname.clone(),
-            enforce_header_from: config.dkim.header_from == crate::dkim::HeaderFromPolicy::Enforce,
-            fixups: config.fixups.clone(),
-            signer: signer.clone(),
-        })
-        .with_metrics(metrics.clone())
-        .with_events(
-            config
-                .events_enabled()
-                .then(|| store.clone() as Arc<dyn crate::store::EventStore>),
-        );
-    let limit_store: Arc<dyn crate::store::LimitStore> = store.clone();
-    let limiter = Arc::new(crate::limits::Limiter::new(
-        config.limits.clone(),
-        Some(limit_store),
-        Arc::new(crate::limits::clock::SystemClock),
-    )?);
-    let verifier: Arc<dyn crate::smtp::ports::Authenticator> = Arc::new(
-        crate::auth::StoreAuthenticator::new(store.clone(), &config.auth)?
-            .with_metrics(metrics.clone()),
-    );
-    let auth_cache = Arc::new(crate::auth_cache::AuthCache::new(config.auth_cache.clone()));
-    let invalidation = auth_cache.spawn_invalidation(store.subscribe_auth_changes().await?);
-    let ports = crate::smtp::session::Ports {
-        authenticator: Arc::new(crate::auth::CachedAuthenticator::new(verifier, auth_cache)),
-        intake: Arc::new(intake),
-        limits: Arc::new(crate::limits::LimiterPorts::new(
-            limiter.clone(),
-            metrics.clone(),
-        )),
-    };
-    let api_ports = ports.clone();
-    let mut smtp_config = config.smtp.clone();
-    // Two keys bound concurrent connections per IP; the lower one applies.
-    if config.limits.ip_concurrent_connections > 0 {
-        smtp_config.max_connections_per_ip = smtp_config
-            .max_connections_per_ip
-            .min(config.limits.ip_concurrent_connections as usize);
-    }
-    let server = crate::smtp::server::Server::new(
-        config.server.hostname.clone(),
-        smtp_config,
-        tls.clone(),
-        ports,
-        config.server.shutdown_grace,
-    )?
-    .with_metrics(metrics.clone());
+    let node = Node::open(config, &bound).await?;
+    let (ports, invalidation) = node.session_ports().await?;
+    let server = node.smtp_server(ports.clone())?;
 
     let delivery_shutdown = CancellationToken::new();
     // Stops delivery if starting the rest fails below.
     let _stop_delivery = delivery_shutdown.clone().drop_guard();
-    // `serve` refuses a config without upstreams; in-process callers may run
-    // an intake-only node (delivery then starts no workers; messages stay queued).
-    let mut delivery_config = config.delivery();
-    // DSNs are signed like the messages intake accepts.
-    delivery_config.dsn_signer = signer.clone();
-    let delivery = crate::delivery::Delivery::start_with(
-        store.clone(),
-        delivery_config,
-        delivery_shutdown.clone(),
-        metrics.clone(),
-        limiter.clone(),
-    )?;
-    // For `/health/upstreams` (readiness never depends on upstreams).
-    let circuits = delivery.circuits.clone();
-    let upstream_health: Option<Arc<dyn crate::http::UpstreamHealth>> =
-        (!circuits.is_empty()).then(|| Arc::new(circuits) as Arc<dyn crate::http::UpstreamHealth>);
+    let delivery = node.start_delivery(delivery_shutdown.clone())?;
 
     let draining = CancellationToken::new();
     let http_shutdown = CancellationToken::new();
     let mut background = tokio::task::JoinSet::new();
-    crate::events::start(
-        store.clone(),
-        &config.events,
-        &config.webhooks,
-        metrics.clone(),
-        &config.server.node_id(),
-        control.shutdown.clone(),
-        &mut background,
-    )
-    .await
-    .map_err(RunError::Events)?;
-    background.spawn(crate::metrics::run_queue_sampler(
-        metrics.clone(),
-        QUEUE_SAMPLE_INTERVAL,
-        control.shutdown.clone(),
-        {
-            let store = store.clone();
-            move || {
-                let store = store.clone();
-                async move { crate::delivery::sample_queue(&*store).await }
-            }
-        },
-    ));
+    node.start_events(&mut background, &control).await?;
     if let Some(listener) = bound.http {
-        let state = crate::http::HttpState::from_config(
-            &config.http,
-            metrics.clone(),
-            store.clone(),
-            Some(Arc::new(crate::admin::NodeAdmin {
-                store: store.clone(),
-                limiter: limiter.clone(),
-            })),
-            upstream_health,
-            draining.clone(),
-        )?;
+        // `/health/upstreams` (readiness never depends on upstreams).
+        let circuits = delivery.circuits.clone();
+        let upstreams = (!circuits.is_empty())
+            .then(|| Arc::new(circuits) as Arc<dyn crate::http::UpstreamHealth>);
+        let state = node.http_state(upstreams, draining.clone())?;
         background.spawn(crate::http::serve(listener, state, http_shutdown.clone()));
     }
-    if let (true, Some(tls)) = (config.api.enabled, &tls) {
-        let api =
-            crate::http::api::start(&config, store.clone(), api_ports, &metrics, server.memory())
-                .await?;
-        background.spawn(crate::http::api::serve(
-            api.0,
-            tls.clone(),
-            api.1,
-            draining.clone(),
-        ));
-    }
-    let running = config.clone();
-    background.spawn(reload_loop(
-        control.clone(),
-        running,
-        tls.clone(),
-        signer.clone(),
-        config.dkim.reload_interval,
-        metrics.clone(),
-        listener_names,
-    ));
+    node.start_api(&mut background, ports, &server, &draining)
+        .await?;
+    background.spawn(node.reload_task(control.clone()));
 
     let smtp_shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.serve(bound.smtp, smtp_shutdown.clone()));
-    tracing::info!(hostname = %config.server.hostname, "postgate started");
+    tracing::info!(hostname = %node.config.server.hostname, "postgate started");
 
     control.shutdown.cancelled().await;
     tracing::info!("shutting down: draining");
@@ -264,6 +127,246 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     background.shutdown().await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// What the parts of one node share; [`run`] starts them in named steps.
+struct Node {
+    config: Config,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    tls: Option<crate::tls::ServerTls>,
+    /// The SMTP listeners' metric names and TLS modes.
+    listeners: Vec<(String, crate::metrics::TlsMode)>,
+    signer: Option<Arc<crate::dkim::Signer>>,
+    limiter: Arc<crate::limits::Limiter>,
+}
+
+impl Node {
+    /// Opens the store (migrating it when configured), loads the
+    /// certificate and the DKIM signer, builds metrics and the limiter.
+    async fn open(config: Config, bound: &Bound) -> Result<Node, RunError> {
+        let options = config.store.options();
+        let url = config.store.url.expose();
+        let store: Arc<dyn Store> = if config.store.migrate_on_start {
+            crate::store::open_and_migrate(url, &options).await?
+        } else {
+            crate::store::open(url, &options).await?
+        };
+        tracing::info!(backend = store.backend(), "store ready");
+        let metrics = Arc::new(Metrics::new(&config.http.metrics_options()));
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::ServerTls::load)
+            .transpose()?;
+        let listeners: Vec<(String, crate::metrics::TlsMode)> = bound
+            .smtp
+            .iter()
+            .map(|(l, _)| (l.address.to_string(), l.mode.metric_label()))
+            .collect();
+        if let Some(t) = &tls {
+            record_certificate_expiry(&metrics, &listeners, t);
+        }
+        let signer = if config.dkim.enabled {
+            let signer = crate::dkim::Signer::new(store.clone(), config.dkim.clone()).await?;
+            Some(Arc::new(signer))
+        } else {
+            None
+        };
+        let limit_store: Arc<dyn crate::store::LimitStore> = store.clone();
+        let limiter = Arc::new(crate::limits::Limiter::new(
+            config.limits.clone(),
+            Some(limit_store),
+            Arc::new(crate::limits::clock::SystemClock),
+        )?);
+        Ok(Node {
+            config,
+            store,
+            metrics,
+            tls,
+            listeners,
+            signer,
+            limiter,
+        })
+    }
+
+    /// What a session (SMTP or HTTP API) talks to: the intake, the cached
+    /// authenticator (with the task that invalidates its cache on account
+    /// changes) and the limits.
+    async fn session_ports(
+        &self,
+    ) -> Result<(crate::smtp::session::Ports, tokio::task::JoinHandle<()>), RunError> {
+        let (config, store) = (&self.config, &self.store);
+        let intake = crate::intake::StoreIntake::new(store.clone(), queue_lifetime(config))
+            .with_processing(crate::intake::MessageProcessing {
+                hostname: config.server.hostname.clone(),
+                enforce_header_from: config.dkim.header_from
+                    == crate::dkim::HeaderFromPolicy::Enforce,
+                fixups: config.fixups.clone(),
+                signer: self.signer.clone(),
+            })
+            .with_metrics(self.metrics.clone())
+            .with_journal(crate::journal::Journal::new(&config.journal))
+            .with_rejections(
+                config
+                    .events_enabled()
+                    .then(|| {
+                        crate::events::rejected::RejectionWriter::new(
+                            store.clone(),
+                            self.metrics.clone(),
+                            config.events.rejected_per_second,
+                        )
+                    })
+                    .flatten(),
+            );
+        let verifier: Arc<dyn crate::smtp::ports::Authenticator> = Arc::new(
+            crate::auth::StoreAuthenticator::new(store.clone(), &config.auth)?
+                .with_metrics(self.metrics.clone()),
+        );
+        let auth_cache = Arc::new(crate::auth_cache::AuthCache::new(config.auth_cache.clone()));
+        let invalidation = auth_cache.spawn_invalidation(store.subscribe_auth_changes().await?);
+        let ports = crate::smtp::session::Ports {
+            authenticator: Arc::new(crate::auth::CachedAuthenticator::new(verifier, auth_cache)),
+            intake: Arc::new(intake),
+            limits: Arc::new(crate::limits::LimiterPorts::new(
+                self.limiter.clone(),
+                self.metrics.clone(),
+            )),
+        };
+        Ok((ports, invalidation))
+    }
+
+    /// The SMTP server over `ports`.
+    fn smtp_server(
+        &self,
+        ports: crate::smtp::session::Ports,
+    ) -> Result<crate::smtp::server::Server, RunError> {
+        let mut smtp_config = self.config.smtp.clone();
+        // Two keys bound concurrent connections per IP; the lower one applies.
+        if self.config.limits.ip_concurrent_connections > 0 {
+            smtp_config.max_connections_per_ip = smtp_config
+                .max_connections_per_ip
+                .min(self.config.limits.ip_concurrent_connections as usize);
+        }
+        Ok(crate::smtp::server::Server::new(
+            self.config.server.hostname.clone(),
+            smtp_config,
+            self.tls.clone(),
+            ports,
+            self.config.server.shutdown_grace,
+        )?
+        .with_metrics(self.metrics.clone()))
+    }
+
+    /// Starts the delivery workers. `serve` refuses a config without
+    /// upstreams; in-process callers may run an intake-only node (delivery
+    /// then starts no workers; messages stay queued).
+    fn start_delivery(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Result<crate::delivery::Started, RunError> {
+        let mut delivery_config = self.config.delivery();
+        // DSNs are signed like the messages intake accepts.
+        delivery_config.dsn_signer = self.signer.clone();
+        Ok(crate::delivery::Delivery::start_with(
+            self.store.clone(),
+            delivery_config,
+            shutdown,
+            self.metrics.clone(),
+            self.limiter.clone(),
+        )?)
+    }
+
+    /// Starts the webhook senders and event pruning (when configured) and
+    /// the queue gauges' sampler.
+    async fn start_events(
+        &self,
+        background: &mut tokio::task::JoinSet<()>,
+        control: &Control,
+    ) -> Result<(), RunError> {
+        crate::events::start(
+            self.store.clone(),
+            &self.config.events,
+            &self.config.webhooks,
+            self.metrics.clone(),
+            &self.config.server.node_id(),
+            control.shutdown.clone(),
+            background,
+        )
+        .await
+        .map_err(RunError::Events)?;
+        let store = self.store.clone();
+        background.spawn(crate::metrics::run_queue_sampler(
+            self.metrics.clone(),
+            QUEUE_SAMPLE_INTERVAL,
+            control.shutdown.clone(),
+            move || {
+                let store = store.clone();
+                async move { crate::delivery::sample_queue(&*store).await }
+            },
+        ));
+        Ok(())
+    }
+
+    /// The state of the HTTP server (metrics, health, admin).
+    fn http_state(
+        &self,
+        upstreams: Option<Arc<dyn crate::http::UpstreamHealth>>,
+        draining: CancellationToken,
+    ) -> Result<crate::http::HttpState, RunError> {
+        Ok(crate::http::HttpState::from_config(
+            &self.config.http,
+            self.metrics.clone(),
+            self.store.clone(),
+            Some(Arc::new(crate::admin::NodeAdmin {
+                store: self.store.clone(),
+                limiter: self.limiter.clone(),
+            })),
+            upstreams,
+            draining,
+        )?)
+    }
+
+    /// Starts the HTTPS submission API when it is enabled (it needs `[tls]`).
+    async fn start_api(
+        &self,
+        background: &mut tokio::task::JoinSet<()>,
+        ports: crate::smtp::session::Ports,
+        server: &crate::smtp::server::Server,
+        draining: &CancellationToken,
+    ) -> Result<(), RunError> {
+        let (true, Some(tls)) = (self.config.api.enabled, &self.tls) else {
+            return Ok(());
+        };
+        let (listener, state) = crate::http::api::start(
+            &self.config,
+            self.store.clone(),
+            ports,
+            &self.metrics,
+            server.memory(),
+        )
+        .await?;
+        background.spawn(crate::http::api::serve(
+            listener,
+            tls.clone(),
+            state,
+            draining.clone(),
+        ));
+        Ok(())
+    }
+
+    /// The task that reloads certificates and DKIM keys.
+    fn reload_task(&self, control: Control) -> impl std::future::Future<Output = ()> {
+        reload_loop(
+            control,
+            self.config.clone(),
+            self.tls.clone(),
+            self.signer.clone(),
+            self.config.dkim.reload_interval,
+            self.metrics.clone(),
+            self.listeners.clone(),
+        )
+    }
 }
 
 /// How often the queue gauges are sampled from the store.

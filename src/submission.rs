@@ -15,14 +15,77 @@ use crate::auth::Identity;
 use crate::intake::{Intake, Submission};
 use crate::metrics::RejectReason;
 use crate::policy;
-use crate::smtp::ports::{AuthOutcome, LimitRefusal, SessionLimits};
+use crate::smtp::data::DataError;
+use crate::smtp::ports::{
+    AuthOutcome, IntakeError, LimitKind, LimitRefusal, LimitScope, Rejected, SessionLimits,
+};
 use crate::smtp::reply::Reply;
+
+/// Which rule refused, typed: it names the `rule` of a `rejected` event
+/// ([`Cause::rule`]) and picks the API's HTTP status (`http/api/status.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// Missing or wrong credentials.
+    Credentials,
+    /// The credential store could not answer.
+    CredentialsUnavailable,
+    /// A declared or actual size over `smtp.max_message_size`.
+    TooLarge,
+    /// The null sender, or a sender the login may not use.
+    Sender,
+    /// A rate limit, quota, session cap or brute-force lock-out.
+    Limit(LimitScope, LimitKind),
+    /// Past `smtp.max_recipients`.
+    TooManyRecipients,
+    /// The content (bare CR or LF, a long line, too big) or the node's
+    /// memory budget.
+    Data(DataError),
+    /// Refused or failed at intake (header From, fixups, signing, commit).
+    Intake(IntakeError),
+}
+
+impl Cause {
+    /// The `rule` of the `rejected` event this refusal writes; `None` when
+    /// no rule refused (credentials, or a failure of the system: memory
+    /// budget, store, signing unavailable).
+    pub fn rule(&self) -> Option<String> {
+        let fixed = match self {
+            Cause::Credentials | Cause::CredentialsUnavailable => return None,
+            Cause::TooLarge | Cause::Data(DataError::TooBig { .. }) => "size",
+            Cause::Sender => "sender",
+            Cause::Limit(scope, kind) => {
+                let scope = match scope {
+                    LimitScope::User => "user",
+                    LimitScope::Credential => "credential",
+                    LimitScope::Ip => "ip",
+                };
+                let kind = match kind {
+                    LimitKind::Messages => "messages",
+                    LimitKind::Recipients => "recipients",
+                    LimitKind::Sessions => "sessions",
+                    LimitKind::Connections => "connections",
+                    LimitKind::ConcurrentConnections => "concurrent_connections",
+                    LimitKind::AuthFailures => "auth_failures",
+                };
+                return Some(format!("limit:{scope}:{kind}"));
+            }
+            Cause::TooManyRecipients => "max_recipients",
+            Cause::Data(DataError::BareLf | DataError::BareCr) => "bare_line_ending",
+            Cause::Data(DataError::LineTooLong { .. }) => "line_too_long",
+            Cause::Data(DataError::MemoryBudget) => return None,
+            Cause::Intake(e) => return crate::events::rejection_rule(e).map(str::to_string),
+        };
+        Some(fixed.to_string())
+    }
+}
 
 /// Why a submission (or one of its parts) is refused.
 #[derive(Debug, Clone)]
 pub struct Refusal {
     /// The SMTP reply (code, enhanced code, text).
     pub reply: Reply,
+    /// Which rule refused (the event's `rule`, the API's HTTP status).
+    pub cause: Cause,
     /// The `postgate_messages_rejected_total` label the caller counts, if
     /// the caller counts it (rate limits count themselves).
     pub reason: Option<RejectReason>,
@@ -31,20 +94,33 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(reply: Reply, reason: Option<RejectReason>) -> Self {
+    /// A refusal by `cause` answered with `reply`, counted under `reason`.
+    pub fn new(cause: Cause, reply: Reply, reason: Option<RejectReason>) -> Self {
         Refusal {
             reply,
+            cause,
             reason,
             retry_after: None,
         }
     }
 
-    fn limited(reply: Reply, refusal: &LimitRefusal) -> Self {
+    /// A limit's refusal answered with `reply` (counted by the limiter).
+    pub fn limited(reply: Reply, refusal: &LimitRefusal) -> Self {
         Refusal {
             reply,
+            cause: Cause::Limit(refusal.scope, refusal.kind),
             reason: Some(RejectReason::RateLimited),
             retry_after: Some(refusal.retry_after),
         }
+    }
+
+    /// A refusal of the content (`reply` from the error).
+    pub fn data(e: DataError) -> Self {
+        Refusal::new(
+            Cause::Data(e.clone()),
+            Reply::from(&e),
+            Some(crate::smtp::session::metrics::data_error_reason(&e)),
+        )
     }
 }
 
@@ -105,6 +181,7 @@ where
 pub fn check_size(size: usize, max: usize) -> Result<(), Refusal> {
     if size > max {
         return Err(Refusal::new(
+            Cause::TooLarge,
             Reply::too_big(max),
             Some(RejectReason::TooLarge),
         ));
@@ -117,12 +194,14 @@ pub fn check_size(size: usize, max: usize) -> Result<(), Refusal> {
 pub fn check_sender<'a>(identity: &'a Identity, sender: &str) -> Result<&'a str, Refusal> {
     if sender.is_empty() {
         return Err(Refusal::new(
+            Cause::Sender,
             Reply::null_sender(),
             Some(RejectReason::SenderNotAllowed),
         ));
     }
     policy::permitted_by(&identity.senders, sender).ok_or_else(|| {
         Refusal::new(
+            Cause::Sender,
             Reply::sender_not_permitted(sender, &identity.username, &identity.senders),
             Some(RejectReason::SenderNotAllowed),
         )
@@ -149,6 +228,7 @@ pub async fn recipient_allowed(
 ) -> Result<(), Refusal> {
     if count > max {
         return Err(Refusal::new(
+            Cause::TooManyRecipients,
             Reply::too_many_recipients(max),
             Some(RejectReason::TooManyRecipients),
         ));
@@ -160,6 +240,33 @@ pub async fn recipient_allowed(
             .map_err(|r| Refusal::limited(Reply::message_limited(&r), &r))?;
     }
     Ok(())
+}
+
+/// Reports `refusal` of `identity`'s submission from `sender` to the
+/// intake, which writes its `rejected` event, when a rule refused before
+/// intake (`recipients`: the refused one at RCPT, all for the content,
+/// none at MAIL). Intake refusals are reported by the intake itself.
+pub fn report(
+    intake: &dyn Intake,
+    identity: &Identity,
+    sender: &str,
+    recipients: &[String],
+    refusal: &Refusal,
+) {
+    if matches!(refusal.cause, Cause::Intake(_)) {
+        return;
+    }
+    let Some(rule) = refusal.cause.rule() else {
+        return;
+    };
+    let r = &refusal.reply;
+    intake.rejected(Rejected {
+        username: identity.username.clone(),
+        sender: sender.to_string(),
+        recipients: recipients.to_vec(),
+        rule,
+        reply: format!("{} {} {}", r.code, r.enhanced, r.text),
+    });
 }
 
 /// Hands `submission` to the intake (fixups, header From policy, DKIM,
@@ -180,7 +287,11 @@ pub async fn commit(
         }
         Err(e) => {
             tracing::warn!(session = %session, error = %e, "intake refused message");
-            Err(Refusal::new(Reply::from(&e), None))
+            Err(Refusal::new(
+                Cause::Intake(e.clone()),
+                Reply::from(&e),
+                None,
+            ))
         }
     }
 }

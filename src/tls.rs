@@ -15,6 +15,17 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
+use crate::smtp::ports::TlsInfo;
+
+/// Why [`ServerTls::accept`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("tls handshake failed: {0}")]
+    Failed(#[from] std::io::Error),
+    #[error("tls handshake timed out")]
+    TimedOut,
+}
+
 /// `[tls]` configuration: PEM files of the certificate chain and its key.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +133,36 @@ impl ServerTls {
     /// An acceptor for implicit TLS and STARTTLS.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.config.clone())
+    }
+
+    /// The server side of a TLS handshake on `tcp`, given up after
+    /// `timeout`: the stream and what it negotiated.
+    pub async fn accept(
+        &self,
+        tcp: tokio::net::TcpStream,
+        timeout: std::time::Duration,
+    ) -> Result<
+        (
+            tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+            TlsInfo,
+        ),
+        HandshakeError,
+    > {
+        let stream = tokio::time::timeout(timeout, self.acceptor().accept(tcp))
+            .await
+            .map_err(|_| HandshakeError::TimedOut)??;
+        let conn = stream.get_ref().1;
+        let info = TlsInfo {
+            protocol: conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default(),
+        };
+        Ok((stream, info))
     }
 
     /// DER of the leaf certificate currently served (for tests and logs).

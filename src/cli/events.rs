@@ -6,7 +6,6 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use super::{load_config, open_store, print_json, time, Failure};
-use postgate::store::DeliveryEvent;
 
 #[derive(Subcommand)]
 pub enum EventsCommand {
@@ -25,22 +24,6 @@ pub enum EventsCommand {
     },
 }
 
-fn event_json(e: &DeliveryEvent) -> Value {
-    json!({
-        "id": e.id,
-        "kind": e.kind,
-        "at": time(e.at),
-        "message_id": e.message_id,
-        "recipient": e.recipient,
-        "sender": e.sender,
-        "username": e.username,
-        "upstream": e.upstream,
-        "attempt": e.attempt,
-        "reply": e.reply,
-        "rule": e.rule,
-    })
-}
-
 /// Runs one `events` subcommand.
 pub async fn run(config_path: Option<&Path>, cmd: &EventsCommand) -> Result<(), Failure> {
     let config = load_config(config_path)?;
@@ -53,7 +36,10 @@ pub async fn run(config_path: Option<&Path>, cmd: &EventsCommand) -> Result<(), 
         } => {
             let events = store.events_recent(message.as_deref(), *limit).await?;
             if *json {
-                let list: Vec<Value> = events.iter().map(event_json).collect();
+                let list: Vec<Value> = events
+                    .iter()
+                    .map(postgate::events::sign::event_json)
+                    .collect();
                 return print_json(&json!({ "events": list }));
             }
             let mut out = format!(

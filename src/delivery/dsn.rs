@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 
-use crate::store::{ClaimedMessage, FinalRecipient, NewMessage, NewRecipient};
+use crate::message::{ClaimedMessage, FinalRecipient, NewMessage, NewRecipient};
 use crate::time::rfc5322_date;
 
 /// Most header bytes copied from the original message.
@@ -182,6 +182,7 @@ pub fn build_report(
         smtputf8: message.smtputf8,
         received_at: now,
         expires_at,
+        journal: None,
     })
 }
 

@@ -451,7 +451,10 @@ impl Engine {
                         log: true,
                     }
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            if crate::journal::is_copy(&m.sender, m.is_dsn) {
+                crate::journal::count_failures(self.metrics.journal(), &outcomes);
+            }
             let kept = body
                 .map(|b| dsn::kept_for_dsn(&m, &b, self.queue.dsn_return_max))
                 .unwrap_or_default();
@@ -483,6 +486,9 @@ impl Engine {
         };
         let mut held = Vec::new();
         let (outcomes, relayed) = self.attempt_routes(&m, &body, &waiting, &mut held).await;
+        if crate::journal::is_copy(&m.sender, m.is_dsn) {
+            crate::journal::count_failures(self.metrics.journal(), &outcomes);
+        }
         self.notices(&m, &body, &outcomes, &relayed).await;
         // Keep only what a DSN needs, so a claim does not pin its bodies.
         let bounced = outcomes

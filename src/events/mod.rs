@@ -5,6 +5,7 @@
 //! ([`crate::store::EventStore`]) in the transactions they describe.
 
 pub mod post;
+pub mod rejected;
 pub mod sign;
 pub mod webhook;
 
@@ -17,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
 use crate::metrics::Metrics;
-use crate::smtp::ports::{IntakeError, Submission};
-use crate::store::{EventStore, Store, EVENT_KINDS};
+use crate::smtp::ports::IntakeError;
+use crate::store::{Store, EVENT_KINDS};
 
 /// `[events]`: the outbox. On when `enabled` or any `[[webhook]]` exists.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -34,6 +35,9 @@ pub struct EventsConfig {
     /// How often old events are pruned.
     #[serde(with = "humantime_serde")]
     pub prune_interval: Duration,
+    /// At most this many `rejected` events a second per node (a burst of
+    /// as many); more are counted, not written. 0: none.
+    pub rejected_per_second: u32,
 }
 
 impl Default for EventsConfig {
@@ -43,6 +47,7 @@ impl Default for EventsConfig {
             retention: Duration::from_secs(7 * 86_400),
             max_events: 10_000_000,
             prune_interval: Duration::from_secs(60),
+            rejected_per_second: 20,
         }
     }
 }
@@ -199,35 +204,6 @@ pub fn rejection_rule(error: &IntakeError) -> Option<&'static str> {
         IntakeError::SignatureNotPermitted(_) => Some("signature_not_permitted"),
         IntakeError::SigningRefused(_) => Some("signing_refused"),
         IntakeError::SigningUnavailable | IntakeError::QueueUnavailable(_) => None,
-    }
-}
-
-/// Writes the `rejected` event of an intake refusal (best effort: the
-/// refusal stands whether or not the event could be stored).
-pub async fn record_rejection(
-    store: &dyn EventStore,
-    submission: &Submission,
-    error: &IntakeError,
-    at: i64,
-) {
-    let Some(rule) = rejection_rule(error) else {
-        return;
-    };
-    let reply = crate::smtp::reply::Reply::from(error);
-    let rejection = crate::store::NewRejection {
-        at,
-        sender: submission.sender.clone(),
-        username: Some(submission.identity.username.clone()),
-        recipients: submission
-            .recipients
-            .iter()
-            .map(|r| r.address.clone())
-            .collect(),
-        rule: rule.to_string(),
-        reply: format!("{} {} {}", reply.code, reply.enhanced, reply.text),
-    };
-    if let Err(e) = store.event_rejected(&rejection).await {
-        tracing::warn!(error = %e, "cannot store the rejected event");
     }
 }
 

@@ -26,27 +26,34 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={hex}")
 }
 
+/// One event as JSON: its `id`, `kind`, `at` (RFC 3339) and the fields
+/// that apply (absent ones are `null`). `postgate events list --json`
+/// prints this; a webhook's [`body`] adds `at_ms`.
+pub fn event_json(e: &DeliveryEvent) -> serde_json::Value {
+    serde_json::json!({
+        "id": e.id,
+        "kind": e.kind,
+        "at": crate::time::rfc3339(e.at),
+        "message_id": e.message_id,
+        "recipient": e.recipient,
+        "sender": e.sender,
+        "username": e.username,
+        "upstream": e.upstream,
+        "attempt": e.attempt,
+        "reply": e.reply,
+        "rule": e.rule,
+    })
+}
+
 /// The JSON body of one POST: `{"webhook": NAME, "events": [...]}`, each
-/// event with its `id`, `kind`, `at` (RFC 3339) and `at_ms`, and the
-/// fields that apply (absent ones are `null`).
+/// event its [`event_json`] plus `at_ms` (the same time in Unix ms).
 pub fn body(webhook: &str, events: &[DeliveryEvent]) -> Vec<u8> {
     let events: Vec<serde_json::Value> = events
         .iter()
         .map(|e| {
-            serde_json::json!({
-                "id": e.id,
-                "kind": e.kind,
-                "at": crate::time::rfc3339(e.at),
-                "at_ms": e.at,
-                "message_id": e.message_id,
-                "recipient": e.recipient,
-                "sender": e.sender,
-                "username": e.username,
-                "upstream": e.upstream,
-                "attempt": e.attempt,
-                "reply": e.reply,
-                "rule": e.rule,
-            })
+            let mut json = event_json(e);
+            json["at_ms"] = e.at.into();
+            json
         })
         .collect();
     serde_json::to_vec(&serde_json::json!({ "webhook": webhook, "events": events }))
@@ -66,5 +73,32 @@ mod tests {
             s,
             "t=1700000000,v1=c61da39a83078801eed36e027527ac71718ca621c86556f5c44b6213bd6952cd"
         );
+    }
+
+    #[test]
+    fn a_body_carries_each_event_as_listed_plus_at_ms() {
+        let e = DeliveryEvent {
+            id: 7,
+            tx: 3,
+            at: 1_700_000_000_123,
+            kind: "deferred".into(),
+            message_id: Some("m1".into()),
+            recipient: Some("r@example.org".into()),
+            sender: Some("s@example.com".into()),
+            username: None,
+            upstream: Some("relay".into()),
+            attempt: 2,
+            reply: Some("451 4.7.1 later".into()),
+            rule: None,
+        };
+        let listed = event_json(&e);
+        assert_eq!(listed["at"], "2023-11-14T22:13:20Z");
+        assert_eq!(listed["attempt"], 2);
+        assert!(listed.get("at_ms").is_none() && listed.get("tx").is_none());
+        let sent: serde_json::Value = serde_json::from_slice(&body("hook", &[e])).unwrap();
+        assert_eq!(sent["webhook"], "hook");
+        let mut expected = listed;
+        expected["at_ms"] = 1_700_000_000_123i64.into();
+        assert_eq!(sent["events"], serde_json::json!([expected]));
     }
 }

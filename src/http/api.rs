@@ -37,12 +37,13 @@ use crate::auth::Identity;
 use crate::intake::{ClientInfo, Submission, TlsInfo};
 use crate::smtp::budget::{Lease, MemoryBudget};
 use crate::smtp::data::Body as Content;
+use crate::smtp::data::DataError;
 use crate::smtp::ports::Recipient;
 use crate::smtp::ports::{LimitRefusal, SessionLimits};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Ports, SessionMetrics};
 use crate::store::Store;
-use crate::submission::{self, Login, Refusal};
+use crate::submission::{self, Cause, Login, Refusal};
 
 pub mod request;
 pub mod status;
@@ -171,6 +172,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let state = Arc::new(state);
+    let tls = Arc::new(tls);
     let tracker = TaskTracker::new();
     let conns = super::conns::Conns::new(state.config.max_connections);
     if let Ok(addr) = listener.local_addr() {
@@ -195,7 +197,7 @@ pub async fn serve(
         };
         let state = state.clone();
         let shutdown = shutdown.clone();
-        let acceptor = tls.acceptor();
+        let tls = tls.clone();
         tracker.spawn(async move {
             let ip = peer.ip();
             if let Err(r) = state.ports.limits.connection(ip).await {
@@ -203,24 +205,12 @@ pub async fn serve(
                 return;
             }
             let timeout = state.config.header_read_timeout;
-            let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
+            let (stream, tls_info) = match tls.accept(stream, timeout).await {
+                Ok(accepted) => accepted,
+                Err(e) => {
                     tracing::debug!(%ip, error = %e, "api TLS handshake failed");
                     return;
                 }
-                Err(_) => return,
-            };
-            let conn = stream.get_ref().1;
-            let tls_info = TlsInfo {
-                protocol: conn
-                    .protocol_version()
-                    .map(|v| format!("{v:?}"))
-                    .unwrap_or_default(),
-                cipher: conn
-                    .negotiated_cipher_suite()
-                    .map(|s| format!("{:?}", s.suite()))
-                    .unwrap_or_default(),
             };
             let slot = Arc::new(slot);
             let service = hyper::service::service_fn({
@@ -320,7 +310,7 @@ fn error(status: StatusCode, reply: &Reply) -> Response<Body> {
 
 /// The answer to a refusal, with `Retry-After` when a limit refused.
 fn refused(r: &Refusal) -> Response<Body> {
-    let mut resp = error(status::status_of(&r.reply), &r.reply);
+    let mut resp = error(status::status_of(&r.cause), &r.reply);
     if let Some(after) = r.retry_after {
         let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
         if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
@@ -331,10 +321,10 @@ fn refused(r: &Refusal) -> Response<Body> {
 }
 
 fn limited(reply: Reply, r: &LimitRefusal) -> Response<Body> {
+    // Counted by the limiter, not as a rejected message.
     refused(&Refusal {
-        reply,
         reason: None,
-        retry_after: Some(r.retry_after),
+        ..Refusal::limited(reply, r)
     })
 }
 
@@ -417,7 +407,10 @@ async fn authorize<B>(
         state
             .metrics
             .rejected(crate::metrics::RejectReason::AuthRequired);
-        return Err(error(StatusCode::UNAUTHORIZED, &Reply::auth_required()));
+        return Err(error(
+            status::status_of(&Cause::Credentials),
+            &Reply::auth_required(),
+        ));
     };
     let limits: &dyn SessionLimits = &*state.ports.limits;
     let delay = state.auth_failure_delay;
@@ -456,11 +449,14 @@ async fn authorize<B>(
         }
         Login::Failed => {
             tracing::info!(%ip, mechanism, "api auth failed");
-            return Err(error(StatusCode::UNAUTHORIZED, &Reply::auth_failed()));
+            return Err(error(
+                status::status_of(&Cause::Credentials),
+                &Reply::auth_failed(),
+            ));
         }
         Login::Unavailable => {
             return Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
+                status::status_of(&Cause::CredentialsUnavailable),
                 &Reply::auth_unavailable(),
             ))
         }
@@ -546,10 +542,12 @@ async fn submit(
         Err(resp) => return resp,
     };
     let identity = &login.identity;
-    let refuse = |r: Refusal| {
+    // `sender`, `rcpts`: what the refusal's `rejected` event names.
+    let refuse = |r: Refusal, sender: &str, rcpts: &[String]| {
         if let Some(reason) = r.reason {
             state.metrics.rejected(reason);
         }
+        submission::report(&*state.ports.intake, identity, sender, rcpts, &r);
         tracing::info!(%ip, user = %identity.username, reply = %r.reply.text, "api submission refused");
         refused(&r)
     };
@@ -564,23 +562,18 @@ async fn submit(
             Err(e) => return bad_request(&e),
         },
         Err(BodyError::Bad(e)) => return bad_request(&e),
-        Err(BodyError::Memory) => {
-            return refuse(Refusal {
-                reply: Reply::insufficient_storage(),
-                reason: Some(crate::metrics::RejectReason::MemoryBudget),
-                retry_after: None,
-            })
-        }
+        Err(BodyError::Memory) => return refuse(Refusal::data(DataError::MemoryBudget), "", &[]),
     };
     // The order of SMTP: MAIL (size, sender, rates), RCPT each, then the content.
+    // Refused at "MAIL": the event names no recipient, as in SMTP.
     if let Err(r) = submission::check_size(envelope.message.len(), state.max_message_size) {
-        return refuse(r);
+        return refuse(r, &envelope.from, &[]);
     }
     if let Err(r) = submission::check_sender(identity, &envelope.from) {
-        return refuse(r);
+        return refuse(r, &envelope.from, &[]);
     }
     if let Err(r) = submission::mail_allowed(&*state.ports.limits, identity).await {
-        return refuse(r);
+        return refuse(r, &envelope.from, &[]);
     }
     for n in 1..=envelope.to.len() {
         if let Err(r) = submission::recipient_allowed(
@@ -591,7 +584,7 @@ async fn submit(
         )
         .await
         {
-            return refuse(r);
+            return refuse(r, &envelope.from, &envelope.to[n - 1..n]);
         }
     }
     let normalize = identity
@@ -608,13 +601,7 @@ async fn submit(
     state.metrics.received();
     let body = match content.finish() {
         Ok(b) => b,
-        Err(e) => {
-            return refuse(Refusal {
-                reply: Reply::from(&e),
-                reason: Some(crate::smtp::session::metrics::data_error_reason(&e)),
-                retry_after: None,
-            })
-        }
+        Err(e) => return refuse(Refusal::data(e), &envelope.from, &envelope.to),
     };
     let size = body.len();
     let session_id = format!("api-{}", uuid::Uuid::new_v4().simple());

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::metrics::Metrics;
-use crate::smtp::ports::{Identity, LimitRefusal, SessionLimits};
+use crate::smtp::ports::{AccountLimits, Identity, LimitRefusal, SessionLimits};
 use crate::smtp::session::metrics::limit_labels;
 use crate::store::LimitOverrides;
 
@@ -62,7 +62,7 @@ impl SessionLimits for LimiterPorts {
         identity: &Identity,
     ) -> Result<Box<dyn std::any::Any + Send + Sync>, LimitRefusal> {
         self.limiter
-            .session_start(identity.user_id, &identity.user_limits)
+            .session_start(identity.user_id, &identity.user_limits.into())
             .map(|guard| Box::new(guard) as Box<dyn std::any::Any + Send + Sync>)
             .map_err(|r| self.refused(r))
     }
@@ -80,36 +80,61 @@ impl SessionLimits for LimiterPorts {
     }
 
     async fn mail_allowed(&self, identity: &Identity) -> Result<(), LimitRefusal> {
-        let credential_limits = credential_only(&identity.user_limits, &identity.limits);
+        let (user, credential) = overrides(identity);
         self.limiter
-            .mail_check(&account(identity, &credential_limits))
+            .mail_check(&account(identity, &user, &credential))
             .await
             .map_err(|r| self.refused(r))
     }
 
     async fn rcpt_allowed(&self, identity: &Identity, recipients: u32) -> Result<(), LimitRefusal> {
-        let credential_limits = credential_only(&identity.user_limits, &identity.limits);
+        let (user, credential) = overrides(identity);
         self.limiter
-            .rcpt_check(&account(identity, &credential_limits), recipients)
+            .rcpt_check(&account(identity, &user, &credential), recipients)
             .await
             .map_err(|r| self.refused(r))
     }
 
     async fn message_committed(&self, identity: &Identity, recipients: u32) {
-        let credential_limits = credential_only(&identity.user_limits, &identity.limits);
+        let (user, credential) = overrides(identity);
         self.limiter
-            .message_charge(&account(identity, &credential_limits), recipients)
+            .message_charge(&account(identity, &user, &credential), recipients)
             .await
     }
 }
 
-fn account<'a>(identity: &'a Identity, credential_limits: &'a LimitOverrides) -> Account<'a> {
+/// The session's limits in the limiter's terms: the user's overrides and
+/// the credential's own (see [`credential_only`]).
+fn overrides(identity: &Identity) -> (LimitOverrides, LimitOverrides) {
+    let user = identity.user_limits.into();
+    let credential = credential_only(&user, &identity.limits.into());
+    (user, credential)
+}
+
+fn account<'a>(
+    identity: &'a Identity,
+    user_limits: &'a LimitOverrides,
+    credential_limits: &'a LimitOverrides,
+) -> Account<'a> {
     Account {
         user_id: identity.user_id,
         username: &identity.username,
-        user_limits: &identity.user_limits,
+        user_limits,
         credential_id: identity.credential_id,
         credential_label: &identity.credential_label,
         credential_limits,
+    }
+}
+
+/// The session's overrides for the limiter (see [`Identity`]).
+impl From<AccountLimits> for LimitOverrides {
+    fn from(l: AccountLimits) -> Self {
+        LimitOverrides {
+            messages_per_minute: l.messages_per_minute,
+            messages_per_hour: l.messages_per_hour,
+            messages_per_day: l.messages_per_day,
+            recipients_per_day: l.recipients_per_day,
+            concurrent_sessions: l.concurrent_sessions,
+        }
     }
 }

@@ -12,6 +12,7 @@ pub struct EventMetrics {
     posts: IntCounterVec,
     sent: IntCounterVec,
     pruned: IntCounter,
+    rejected: IntCounterVec,
 }
 
 impl EventMetrics {
@@ -41,7 +42,17 @@ impl EventMetrics {
                 "postgate_events_pruned_total",
                 "Events deleted by retention (events.retention, events.max_events).",
             ),
+            rejected: d.counter_vec(
+                "postgate_rejected_events_total",
+                "Refused submissions recorded as `rejected` events, by result (written; dropped: over events.rejected_per_second; failed: the store refused).",
+                &["result"],
+            ),
         }
+    }
+
+    /// One refusal's `rejected` event: `written`, `dropped` or `failed`.
+    pub fn rejected(&self, result: &str) {
+        self.rejected.with_label_values(&[result]).inc();
     }
 
     /// One reading of a webhook's backlog.

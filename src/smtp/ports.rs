@@ -17,8 +17,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::store::LimitOverrides;
-
 /// An authenticated user, as the session, limits and intake see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -30,15 +28,28 @@ pub struct Identity {
     /// Sender permissions: exact lower-case addresses or `@domain`.
     pub senders: Vec<String>,
     /// Credential overrides on top of the user's.
-    pub limits: LimitOverrides,
+    pub limits: AccountLimits,
     /// The user's own overrides (limits count the user and, when it has
     /// overrides of its own, the credential separately).
-    pub user_limits: LimitOverrides,
+    pub user_limits: AccountLimits,
     /// Per-user override of the listener's `normalize_line_endings`.
     pub normalize_line_endings: Option<bool>,
     /// Which stored password hash the login matched: see
     /// [`crate::auth::credential_tag`].
     pub credential_tag: CredentialTag,
+}
+
+/// An account's limit overrides as a session carries them; `None` means
+/// "config default". Converted from the store's at login (`auth.rs`) and
+/// back for the limiter (`limits/session.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccountLimits {
+    pub messages_per_minute: Option<u32>,
+    pub messages_per_hour: Option<u32>,
+    pub messages_per_day: Option<u32>,
+    pub recipients_per_day: Option<u32>,
+    /// Users only; always `None` on a credential.
+    pub concurrent_sessions: Option<u32>,
 }
 
 /// SHA-256 of a stored password hash (PHC or crypt string). A cached login
@@ -321,6 +332,21 @@ pub enum IntakeError {
     QueueUnavailable(String),
 }
 
+/// A submission of an authenticated client refused by a rule before it
+/// reached intake (at MAIL, RCPT or the content): what its `rejected`
+/// event records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub username: String,
+    pub sender: String,
+    /// The refused recipient (RCPT), every recipient (content), or none (MAIL).
+    pub recipients: Vec<String>,
+    /// Which rule refused (`submission::Cause::rule`).
+    pub rule: String,
+    /// The reply the client got (`CODE ENHANCED TEXT`).
+    pub reply: String,
+}
+
 /// Accepts complete messages.
 ///
 /// Contract: returns the queue id only once the message is durably
@@ -329,4 +355,8 @@ pub enum IntakeError {
 pub trait Intake: Send + Sync {
     /// Queues `submission`, returning its queue id.
     async fn submit(&self, submission: Submission) -> Result<String, IntakeError>;
+
+    /// Records a refusal by a rule before intake (a `rejected` event when
+    /// events are on). Returns at once: best effort, nothing awaited.
+    fn rejected(&self, _rejected: Rejected) {}
 }

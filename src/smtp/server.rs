@@ -287,32 +287,61 @@ impl Server {
             refuse(&mut tcp, implicit, &Reply::too_many_connections()).await;
             return;
         };
-        let mut client = peer;
-        if cfg.proxy_protocol
-            && self
-                .config
-                .proxy_trusted
-                .iter()
-                .any(|n| n.contains(&peer.ip()))
-        {
-            match tokio::time::timeout(self.config.handshake_timeout, read_proxy(&mut tcp)).await {
-                Ok(Ok(Some(src))) => client = src,
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => {
-                    tracing::info!(session = %id, peer = %peer, error = %e, "bad PROXY header");
-                    lm.connection_refused(ConnectionRefusal::ProxyHeader);
-                    return;
-                }
-                Err(_) => {
-                    lm.connection_refused(ConnectionRefusal::ProxyHeader);
-                    return;
-                }
-            }
-        }
+        let Some(client) = self.client_address(&id, &cfg, &mut tcp, peer, lm).await else {
+            return;
+        };
         let ip = client.ip();
         tracing::info!(session = %id, client = %client, peer = %peer, listener = %cfg.address, "connect");
         let refusal = self.admission(&id, &mut slot, ip, lm).await;
-        let settings = Arc::new(SessionSettings {
+        let settings = self.settings(&cfg, ip);
+        let ctx = Ctx {
+            id: &id,
+            config: &self.config,
+            shutdown: &shutdown,
+            hard: &hard,
+            session_end,
+        };
+        let new_session = |tls| Session::new(id.clone(), settings, self.ports.clone(), ip, tls);
+        if implicit {
+            self.implicit_tls(tcp, refusal, lm, &ctx, new_session).await;
+        } else {
+            self.cleartext(tcp, refusal, lm, &ctx, new_session).await;
+        }
+    }
+
+    /// The client's address: from the PROXY header when the listener takes
+    /// one and `peer` is a trusted proxy, else `peer`. `None` when the
+    /// header is bad or late (the connection is then dropped).
+    async fn client_address(
+        &self,
+        id: &str,
+        cfg: &ListenerConfig,
+        tcp: &mut TcpStream,
+        peer: SocketAddr,
+        lm: &ListenerMetrics,
+    ) -> Option<SocketAddr> {
+        let proxied = cfg.proxy_protocol
+            && (self.config.proxy_trusted.iter()).any(|n| n.contains(&peer.ip()));
+        if !proxied {
+            return Some(peer);
+        }
+        match tokio::time::timeout(self.config.handshake_timeout, read_proxy(tcp)).await {
+            Ok(Ok(source)) => Some(source.unwrap_or(peer)),
+            Ok(Err(e)) => {
+                tracing::info!(session = %id, peer = %peer, error = %e, "bad PROXY header");
+                lm.connection_refused(ConnectionRefusal::ProxyHeader);
+                None
+            }
+            Err(_) => {
+                lm.connection_refused(ConnectionRefusal::ProxyHeader);
+                None
+            }
+        }
+    }
+
+    /// What a session of listener `cfg` with client `ip` may do.
+    fn settings(&self, cfg: &ListenerConfig, ip: IpAddr) -> Arc<SessionSettings> {
+        Arc::new(SessionSettings {
             hostname: self.hostname.clone(),
             max_message_size: self.config.max_message_size,
             max_recipients: self.config.max_recipients,
@@ -324,57 +353,77 @@ impl Server {
             metrics: SessionMetrics::new(self.metrics.clone()),
             trusted: cfg.trusted_access(ip),
             memory: self.memory.clone(),
-        });
-        let mut inbuf = BytesMut::new();
-        let ctx = Ctx {
-            config: &self.config,
-            shutdown: &shutdown,
-            hard: &hard,
-            session_end,
+        })
+    }
+
+    /// An implicit-TLS connection (RFC 8314): the handshake, then the
+    /// session (or the admission refusal) inside TLS.
+    async fn implicit_tls(
+        &self,
+        tcp: TcpStream,
+        refusal: Option<Reply>,
+        lm: &ListenerMetrics,
+        ctx: &Ctx<'_>,
+        new_session: impl FnOnce(Option<TlsInfo>) -> Session,
+    ) {
+        let Some(tls) = &self.tls else { return };
+        let Some((mut stream, info)) = self.handshake(ctx.id, tls, tcp, lm).await else {
+            return;
         };
-        if implicit {
-            let Some(tls) = &self.tls else { return };
-            let Some((mut stream, info)) = self.handshake(&id, tls, tcp, lm).await else {
-                return;
-            };
-            // RFC 8314 §3.3: on implicit TLS, even a refusal is sent in TLS.
-            if let Some(reply) = refusal {
-                let mut out = reply.to_wire().into_bytes();
-                write_out(&mut stream, &mut out, Duration::from_secs(5)).await;
-                let _ = stream.shutdown().await;
-                return;
-            }
-            let _open = lm.session_started();
-            let mut session = Session::new(id, settings, self.ports.clone(), ip, Some(info));
-            let greeting = session.greeting();
-            drive(&mut stream, &mut session, &mut inbuf, Some(greeting), &ctx).await;
+        // RFC 8314 §3.3: on implicit TLS, even a refusal is sent in TLS.
+        if let Some(reply) = refusal {
+            let mut out = reply.to_wire().into_bytes();
+            write_out(&mut stream, &mut out, Duration::from_secs(5)).await;
             let _ = stream.shutdown().await;
-            tracing::info!(session = %session.id(), "disconnect");
             return;
         }
+        let _open = lm.session_started();
+        let mut session = new_session(Some(info));
+        let greeting = session.greeting();
+        drive(
+            &mut stream,
+            &mut session,
+            &mut BytesMut::new(),
+            Some(greeting),
+            ctx,
+        )
+        .await;
+        let _ = stream.shutdown().await;
+        tracing::info!(session = %session.id(), "disconnect");
+    }
+
+    /// A cleartext connection: the session, moved into TLS in place when
+    /// the client sends STARTTLS (RFC 3207).
+    async fn cleartext(
+        &self,
+        mut tcp: TcpStream,
+        refusal: Option<Reply>,
+        lm: &ListenerMetrics,
+        ctx: &Ctx<'_>,
+        new_session: impl FnOnce(Option<TlsInfo>) -> Session,
+    ) {
         if let Some(reply) = refusal {
             refuse(&mut tcp, false, &reply).await;
             return;
         }
         let _open = lm.session_started();
-        let mut session = Session::new(id.clone(), settings, self.ports.clone(), ip, None);
+        let mut session = new_session(None);
         let greeting = session.greeting();
-        match drive(&mut tcp, &mut session, &mut inbuf, Some(greeting), &ctx).await {
-            Exit::Closed => {}
-            Exit::StartTls => {
-                // RFC 3207 §4.2 / CVE-2011-0411: nothing read before the
-                // handshake may be interpreted after it.
-                inbuf.clear();
-                let Some(tls) = &self.tls else { return };
-                let Some((mut stream, info)) = self.handshake(&id, tls, tcp, lm).await else {
-                    return;
-                };
-                session.on_tls(info);
-                drive(&mut stream, &mut session, &mut inbuf, None, &ctx).await;
-                let _ = stream.shutdown().await;
-            }
+        let mut inbuf = BytesMut::new();
+        if let Exit::StartTls = drive(&mut tcp, &mut session, &mut inbuf, Some(greeting), ctx).await
+        {
+            // RFC 3207 §4.2 / CVE-2011-0411: nothing read before the
+            // handshake may be interpreted after it.
+            inbuf.clear();
+            let Some(tls) = &self.tls else { return };
+            let Some((mut stream, info)) = self.handshake(ctx.id, tls, tcp, lm).await else {
+                return;
+            };
+            session.on_tls(info);
+            drive(&mut stream, &mut session, &mut inbuf, None, ctx).await;
+            let _ = stream.shutdown().await;
         }
-        tracing::info!(session = %id, "disconnect");
+        tracing::info!(session = %ctx.id, "disconnect");
     }
 
     /// Per-IP cap and connection rate limit for the real client `ip`:
@@ -406,30 +455,13 @@ impl Server {
         tcp: TcpStream,
         lm: &ListenerMetrics,
     ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
-        let accept = tls.acceptor().accept(tcp);
-        match tokio::time::timeout(self.config.handshake_timeout, accept).await {
-            Ok(Ok(stream)) => {
-                let conn = stream.get_ref().1;
-                let info = TlsInfo {
-                    protocol: conn
-                        .protocol_version()
-                        .map(|v| format!("{v:?}"))
-                        .unwrap_or_default(),
-                    cipher: conn
-                        .negotiated_cipher_suite()
-                        .map(|s| format!("{:?}", s.suite()))
-                        .unwrap_or_default(),
-                };
+        match tls.accept(tcp, self.config.handshake_timeout).await {
+            Ok((stream, info)) => {
                 tracing::info!(session = %id, protocol = %info.protocol, cipher = %info.cipher, "tls");
                 Some((stream, info))
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::info!(session = %id, error = %e, "tls handshake failed");
-                lm.tls_handshake_failed();
-                None
-            }
-            Err(_) => {
-                tracing::info!(session = %id, "tls handshake timed out");
                 lm.tls_handshake_failed();
                 None
             }
@@ -444,6 +476,8 @@ struct Listener {
 }
 
 struct Ctx<'a> {
+    /// The session id, for logs.
+    id: &'a str,
     config: &'a SmtpConfig,
     shutdown: &'a CancellationToken,
     hard: &'a CancellationToken,

@@ -1,91 +1,58 @@
-//! The events outbox on PostgreSQL (see `events.rs`). The trigger
-//! functions are in migration 0013; this file creates and drops the
-//! triggers and reads the events.
-
-use async_trait::async_trait;
-use sqlx::postgres::PgRow;
-use sqlx::Row;
+//! The events outbox on PostgreSQL (see `events.rs`): the statements that
+//! differ from SQLite's (`sql_events.rs` runs them). The trigger functions
+//! are in migration 0013.
 
 use super::postgres::PgStore;
+use super::sql_events::{event_columns, rejected_recipients, EventSql};
 use super::*;
 
-/// Serialises trigger changes of nodes starting at the same time.
-const INSTALL_LOCK: i64 = 0x7067_6576_656e_7473; // "pgevents"
+/// The first statement of a trigger change: serialises those of nodes
+/// starting at the same time (the key is "pgevents" in ASCII).
+const INSTALL_LOCK: &str = "SELECT pg_advisory_xact_lock(8099554014031410291)";
+const DROP_ACCEPTED: &str = "DROP TRIGGER IF EXISTS postgate_events_accepted ON queue_recipients";
+const DROP_OUTCOME: &str = "DROP TRIGGER IF EXISTS postgate_events_outcome ON delivery_log";
 
-const COLUMNS: &str =
-    "id, tx, at, kind, message_id, recipient, sender, username, upstream, attempt, reply, rule";
+const SQL: EventSql = EventSql {
+    install: &[
+        INSTALL_LOCK,
+        DROP_ACCEPTED,
+        DROP_OUTCOME,
+        "CREATE TRIGGER postgate_events_accepted AFTER INSERT ON queue_recipients
+         FOR EACH ROW EXECUTE FUNCTION postgate_event_accepted()",
+        "CREATE TRIGGER postgate_events_outcome AFTER INSERT ON delivery_log
+         FOR EACH ROW EXECUTE FUNCTION postgate_event_outcome()",
+    ],
+    uninstall: &[INSTALL_LOCK, DROP_ACCEPTED, DROP_OUTCOME],
+    triggers: "SELECT count(*) FROM pg_trigger
+               WHERE tgname IN ('postgate_events_accepted', 'postgate_events_outcome')
+                 AND tgrelid IN ('queue_recipients'::regclass, 'delivery_log'::regclass)",
+    recent: concat!(
+        "SELECT * FROM (SELECT ",
+        event_columns!(),
+        " FROM delivery_events WHERE $1::TEXT IS NULL OR message_id = $1
+          ORDER BY tx DESC, id DESC LIMIT $2) e
+         ORDER BY tx, id"
+    ),
+    // Only transactions older than every running one: none of them can
+    // still add an event, so nothing appears behind the cursor later.
+    after: concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM delivery_events
+          WHERE (tx, id) > ($1, $2)
+            AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+          ORDER BY tx, id LIMIT $3"
+    ),
+    backlog: "SELECT count(*) AS n, min(at) AS oldest FROM delivery_events
+              WHERE (tx, id) > ($1, $2)",
+};
 
-fn event_of(r: &PgRow) -> DeliveryEvent {
-    DeliveryEvent {
-        id: r.get("id"),
-        tx: r.get("tx"),
-        at: r.get("at"),
-        kind: r.get("kind"),
-        message_id: r.get("message_id"),
-        recipient: r.get("recipient"),
-        sender: r.get("sender"),
-        username: r.get("username"),
-        upstream: r.get("upstream"),
-        attempt: u32::try_from(r.get::<i32, _>("attempt").max(0)).unwrap_or(0),
-        reply: r.get("reply"),
-        rule: r.get("rule"),
-    }
-}
+super::sql_events::event_store!(PgStore, SQL);
 
-#[async_trait]
-impl EventStore for PgStore {
-    async fn events_install(&self, enabled: bool) -> StoreResult<()> {
-        if self.events_installed().await? == enabled {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "events"))?;
-        let statements: &[&str] = if enabled {
-            &[
-                "DROP TRIGGER IF EXISTS postgate_events_accepted ON queue_recipients",
-                "DROP TRIGGER IF EXISTS postgate_events_outcome ON delivery_log",
-                "CREATE TRIGGER postgate_events_accepted AFTER INSERT ON queue_recipients
-                 FOR EACH ROW EXECUTE FUNCTION postgate_event_accepted()",
-                "CREATE TRIGGER postgate_events_outcome AFTER INSERT ON delivery_log
-                 FOR EACH ROW EXECUTE FUNCTION postgate_event_outcome()",
-            ]
-        } else {
-            &[
-                "DROP TRIGGER IF EXISTS postgate_events_accepted ON queue_recipients",
-                "DROP TRIGGER IF EXISTS postgate_events_outcome ON delivery_log",
-            ]
-        };
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(INSTALL_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "events"))?;
-        for s in statements {
-            sqlx::query(s)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| map_sqlx(e, "events"))?;
-        }
-        tx.commit().await.map_err(|e| map_sqlx(e, "events"))
-    }
-
-    async fn events_installed(&self) -> StoreResult<bool> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_trigger
-             WHERE tgname IN ('postgate_events_accepted', 'postgate_events_outcome')
-               AND tgrelid IN ('queue_recipients'::regclass, 'delivery_log'::regclass)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "events"))?;
-        Ok(n == 2)
-    }
-
-    async fn event_rejected(&self, r: &NewRejection) -> StoreResult<()> {
-        let recipients: Vec<Option<&str>> = if r.recipients.is_empty() {
-            vec![None]
-        } else {
-            r.recipients.iter().map(|a| Some(a.as_str())).collect()
-        };
+impl PgStore {
+    /// One `rejected` row a recipient, in one statement.
+    async fn event_rejected_insert(&self, r: &NewRejection) -> StoreResult<()> {
+        let recipients = rejected_recipients(r);
         sqlx::query(
             "INSERT INTO delivery_events (tx, at, kind, recipient, sender, username, reply, rule)
              SELECT pg_current_xact_id()::text::bigint, $1, 'rejected', t.r, $2, $3, $4, $5
@@ -101,142 +68,5 @@ impl EventStore for PgStore {
         .await
         .map_err(|e| map_sqlx(e, "event"))?;
         Ok(())
-    }
-
-    async fn events_recent(
-        &self,
-        message_id: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Vec<DeliveryEvent>> {
-        let rows = sqlx::query(&format!(
-            "SELECT * FROM (SELECT {COLUMNS} FROM delivery_events
-                            WHERE $1::TEXT IS NULL OR message_id = $1
-                            ORDER BY tx DESC, id DESC LIMIT $2) e
-             ORDER BY tx, id"
-        ))
-        .bind(message_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "events"))?;
-        Ok(rows.iter().map(event_of).collect())
-    }
-
-    async fn events_after(
-        &self,
-        cursor: EventCursor,
-        limit: u32,
-    ) -> StoreResult<Vec<DeliveryEvent>> {
-        // Only transactions older than every running one: none of them can
-        // still add an event, so nothing appears behind the cursor later.
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM delivery_events
-             WHERE (tx, id) > ($1, $2)
-               AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-             ORDER BY tx, id LIMIT $3"
-        ))
-        .bind(cursor.tx)
-        .bind(cursor.id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "events"))?;
-        Ok(rows.iter().map(event_of).collect())
-    }
-
-    async fn events_backlog(&self, cursor: EventCursor) -> StoreResult<EventBacklog> {
-        let row = sqlx::query(
-            "SELECT count(*) AS n, min(at) AS oldest FROM delivery_events
-             WHERE (tx, id) > ($1, $2)",
-        )
-        .bind(cursor.tx)
-        .bind(cursor.id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "events"))?;
-        Ok(EventBacklog {
-            events: u64::try_from(row.get::<i64, _>("n")).unwrap_or(0),
-            oldest_at: row.get("oldest"),
-        })
-    }
-
-    async fn webhook_cursor(&self, name: &str) -> StoreResult<Option<EventCursor>> {
-        let row = sqlx::query("SELECT tx, id FROM webhook_cursors WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "webhook cursor"))?;
-        Ok(row.map(|r| EventCursor {
-            tx: r.get("tx"),
-            id: r.get("id"),
-        }))
-    }
-
-    async fn webhook_cursor_set(
-        &self,
-        name: &str,
-        cursor: EventCursor,
-        now: i64,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO webhook_cursors (name, tx, id, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO UPDATE
-             SET tx = excluded.tx, id = excluded.id, updated_at = excluded.updated_at
-             WHERE (webhook_cursors.tx, webhook_cursors.id) < (excluded.tx, excluded.id)",
-        )
-        .bind(name)
-        .bind(cursor.tx)
-        .bind(cursor.id)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "webhook cursor"))?;
-        Ok(())
-    }
-
-    async fn webhook_lease(
-        &self,
-        name: &str,
-        owner: &str,
-        now: i64,
-        lease_ms: i64,
-    ) -> StoreResult<bool> {
-        let held = sqlx::query(
-            "INSERT INTO webhook_cursors (name, tx, id, updated_at, owner, lease_until)
-             VALUES ($1, 0, 0, $3, $2, $4)
-             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,
-                 lease_until = excluded.lease_until
-             WHERE webhook_cursors.owner IS NULL OR webhook_cursors.owner = excluded.owner
-                OR webhook_cursors.lease_until < $3",
-        )
-        .bind(name)
-        .bind(owner)
-        .bind(now)
-        .bind(now.saturating_add(lease_ms))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "webhook lease"))?
-        .rows_affected();
-        Ok(held == 1)
-    }
-
-    async fn events_prune(&self, before: i64, keep: u64) -> StoreResult<u64> {
-        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        let old = sqlx::query("DELETE FROM delivery_events WHERE at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "events"))?
-            .rows_affected();
-        let over = sqlx::query(
-            "DELETE FROM delivery_events WHERE id <= (
-                 SELECT id FROM delivery_events ORDER BY id DESC OFFSET $1 LIMIT 1)",
-        )
-        .bind(keep)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "events"))?
-        .rows_affected();
-        Ok(old + over)
     }
 }

@@ -27,6 +27,7 @@ mod rows;
 mod sql_accounts;
 mod sql_api;
 mod sql_dkim;
+mod sql_events;
 mod sql_limits;
 mod sql_queue;
 pub mod sqlite;

@@ -71,41 +71,16 @@ impl PgStore {
     }
 }
 
-super::sql_accounts::account_store!(PgStore, super::rows::USER_DETAIL_COLUMNS_PG);
+super::sql_accounts::account_store!(
+    PgStore,
+    super::rows::USER_DETAIL_COLUMNS_PG,
+    "ARRAY(SELECT pattern FROM sender_permissions WHERE user_id = u.id ORDER BY pattern)"
+);
 
 impl PgStore {
-    /// [`AccountStore::login_lookup`] of `name`, already normalized.
-    async fn login_lookup(&self, name: &str) -> StoreResult<Option<LoginRecord>> {
-        // One statement (one snapshot): the user, a row per enabled
-        // credential (none: one row of NULLs), sender patterns as an array.
-        let found = sqlx::query(
-            "SELECT u.id, u.username,
-                    u.max_messages_per_minute::BIGINT AS max_messages_per_minute,
-                    u.max_messages_per_hour::BIGINT AS max_messages_per_hour,
-                    u.max_messages_per_day::BIGINT AS max_messages_per_day,
-                    u.max_recipients_per_day::BIGINT AS max_recipients_per_day,
-                    u.max_concurrent_sessions::BIGINT AS max_concurrent_sessions,
-                    u.normalize_line_endings,
-                    ARRAY(SELECT pattern FROM sender_permissions WHERE user_id = u.id
-                          ORDER BY pattern) AS senders,
-                    c.id AS c_id, c.label AS c_label, c.password_hash AS c_password_hash,
-                    c.max_messages_per_minute::BIGINT AS c_max_messages_per_minute,
-                    c.max_messages_per_hour::BIGINT AS c_max_messages_per_hour,
-                    c.max_messages_per_day::BIGINT AS c_max_messages_per_day,
-                    c.max_recipients_per_day::BIGINT AS c_max_recipients_per_day
-             FROM users u LEFT JOIN credentials c ON c.user_id = u.id AND c.enabled
-             WHERE u.username = $1 AND u.enabled
-             ORDER BY c.id",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "user"))?;
-        let Some(u) = found.first() else {
-            return Ok(None);
-        };
-        let senders: Vec<String> = u.get("senders");
-        Ok(rows::login_record(&found, senders))
+    /// The `senders` column of a login lookup (see `account_store!`).
+    fn login_senders(u: &sqlx::postgres::PgRow) -> StoreResult<Vec<String>> {
+        Ok(u.get("senders"))
     }
 }
 

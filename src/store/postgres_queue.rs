@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use sqlx::{PgConnection, Row};
 
 use super::postgres::PgStore;
-use super::sql_queue::{group_claims, message_of};
+use super::sql_queue::{bind_message, group_claims, insert_message_sql, message_of, recipient_of};
 use super::*;
 
 /// Inserts message and recipients in ONE statement (a data-modifying CTE):
@@ -33,36 +33,22 @@ pub(crate) async fn insert_message<'e, E: sqlx::PgExecutor<'e>>(
     // The recipients' foreign key is checked at the end of the statement, when
     // the message row of the CTE is visible; ORDER BY keeps their ids in the
     // order given (DSNs and `queue show` list recipients by id).
-    sqlx::query(
-        "WITH m AS (
-             INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body,
-                    envid, dsn_ret, is_dsn, smtputf8, received_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             RETURNING id, received_at)
+    let q = sqlx::query(concat!(
+        "WITH m AS (",
+        insert_message_sql!(),
+        " RETURNING id, received_at)
          INSERT INTO queue_recipients (message_id, recipient, notify, orcpt, next_attempt_at)
          SELECT m.id, t.r, t.n, t.o, m.received_at
          FROM m, unnest($14::TEXT[], $15::TEXT[], $16::TEXT[]) WITH ORDINALITY AS t(r, n, o, i)
-         ORDER BY t.i",
-    )
-    .bind(&m.id)
-    .bind(&m.sender)
-    .bind(m.user_id)
-    .bind(&m.username)
-    .bind(&m.credential)
-    .bind(m.body.len() as i64)
-    .bind(&m.body[..])
-    .bind(&m.envid)
-    .bind(&m.dsn_ret)
-    .bind(m.is_dsn)
-    .bind(m.smtputf8)
-    .bind(m.received_at)
-    .bind(m.expires_at)
-    .bind(&addresses)
-    .bind(&notify)
-    .bind(&orcpt)
-    .execute(exec)
-    .await
-    .map_err(|e| map_sqlx(e, "queued message"))?;
+         ORDER BY t.i"
+    ));
+    bind_message(q, m)
+        .bind(&addresses)
+        .bind(&notify)
+        .bind(&orcpt)
+        .execute(exec)
+        .await
+        .map_err(|e| map_sqlx(e, "queued message"))?;
     Ok(())
 }
 
@@ -107,7 +93,14 @@ impl PgStore {
     async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
         // One statement on the pool: its own transaction, committed (WAL
         // flushed, synchronous_commit) before this returns and the 250 goes out.
-        insert_message(&self.pool, m).await
+        let Some(journal) = &m.journal else {
+            return insert_message(&self.pool, m).await;
+        };
+        // With its journal copy: both in one transaction (never one alone).
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
+        insert_message(&mut *tx, m).await?;
+        insert_message(&mut *tx, journal).await?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
     }
 
     async fn claim_due(
@@ -190,15 +183,7 @@ impl PgStore {
         let mut claimed = Vec::with_capacity(rows.len());
         for r in &rows {
             let mid: String = r.get("id");
-            let recipient = ClaimedRecipient {
-                id: r.get("rid"),
-                address: r.get("recipient"),
-                notify: r.get("notify"),
-                orcpt: r.get("orcpt"),
-                attempts: u32_of(r.get("attempts")),
-                route_index: u32_of(r.get("route_index")),
-                delay_warned: r.get("delay_warned"),
-            };
+            let recipient = recipient_of(r, "rid", u32_of);
             match messages.get_mut(&mid) {
                 // The row that carries the body (if any) may come second.
                 Some(m) if m.body.is_none() => m.body = message_of(r).body,
@@ -320,60 +305,27 @@ impl PgStore {
         Ok(u64::try_from(updated).unwrap_or(0))
     }
 
-    async fn finish_message(
-        &self,
-        id: &str,
-        now: i64,
-        dsn: Option<&NewMessage>,
-    ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
-        // Lock the message row: of two finishers, the second waits and then
-        // finds the message gone, so a DSN is never enqueued twice.
+    /// `IN` a set of ids bound as `$1` ([`Self::id_list`]).
+    const IN_ID_LIST: &str = "= ANY($1)";
+
+    fn id_list(ids: &[i64]) -> &[i64] {
+        ids
+    }
+
+    /// Locks message `id` for finishing; `false` when it is gone. Of two
+    /// finishers the second waits and then finds the message gone, so a DSN
+    /// is never enqueued twice.
+    async fn lock_message(conn: &mut PgConnection, id: &str) -> StoreResult<bool> {
         let locked: Option<i32> =
             sqlx::query_scalar("SELECT 1 FROM queue_messages WHERE id = $1 FOR UPDATE")
                 .bind(id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(|e| map_sqlx(e, "queue"))?;
-        if locked.is_none() {
-            tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
-            return Ok(false);
-        }
-        let (total, queued): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), count(*) FILTER (WHERE status = 'queued') FROM queue_recipients
-             WHERE message_id = $1",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| map_sqlx(e, "queue"))?;
-        if total == 0 || queued > 0 {
-            tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
-            return Ok(false);
-        }
-        Self::finish_final_message(tx, id, now, dsn).await
+        Ok(locked.is_some())
     }
 
-    /// Sets `delay_warned` on the recipients `ids` not yet warned; returns how many.
-    async fn mark_delay_warned(conn: &mut PgConnection, ids: &[i64]) -> StoreResult<u64> {
-        Ok(sqlx::query(
-            "UPDATE queue_recipients SET delay_warned = TRUE
-             WHERE id = ANY($1) AND NOT delay_warned",
-        )
-        .bind(ids)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| map_sqlx(e, "queue"))?
-        .rows_affected())
-    }
-
-    async fn renew_leases(
-        &self,
-        owner: &str,
-        recipient_ids: &[i64],
-        now: i64,
-        lease_ms: i64,
-    ) -> StoreResult<u64> {
+    async fn renew_leases_until(&self, owner: &str, ids: &[i64], until: i64) -> StoreResult<u64> {
         let done = sqlx::query(
             // SKIP LOCKED: a recipient locked now is being recorded or taken
             // over; renewing it is moot, and waiting could close a deadlock.
@@ -383,8 +335,8 @@ impl PgStore {
                    ORDER BY id FOR NO KEY UPDATE SKIP LOCKED) l
              WHERE r.id = l.id",
         )
-        .bind(now.saturating_add(lease_ms))
-        .bind(recipient_ids)
+        .bind(until)
+        .bind(ids)
         .bind(owner)
         .execute(&self.pool)
         .await

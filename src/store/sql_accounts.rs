@@ -1,14 +1,15 @@
-//! [`AccountStore`] written once for both backends: every statement but the
-//! login lookup is the same text on PostgreSQL and SQLite, so
-//! [`account_store!`] expands this one implementation for each store type;
-//! `login_lookup` (one statement with an array on PostgreSQL, JSON on
-//! SQLite) stays in the backend file as an inherent method it calls.
+//! [`AccountStore`] written once for both backends: every statement is the
+//! same text on PostgreSQL and SQLite but for the login lookup's sender
+//! patterns (an array on PostgreSQL, JSON on SQLite), so [`account_store!`]
+//! expands this one implementation for each store type.
 
 /// Implements [`AccountStore`](super::AccountStore) for `$store`: a backend
-/// with a `pool` field and an inherent `login_lookup`; `$user_detail_columns`
-/// is its [`super::rows::USER_DETAIL_COLUMNS`] (or the PostgreSQL variant).
+/// with a `pool` field; `$user_detail_columns` is its
+/// [`super::rows::USER_DETAIL_COLUMNS`] (or the PostgreSQL variant);
+/// `$senders` is the SQL (a literal) of user `u`'s sender patterns, which
+/// its inherent `login_senders` decodes, sorted, from column `senders`.
 macro_rules! account_store {
-    ($store:ty, $user_detail_columns:expr) => {
+    ($store:ty, $user_detail_columns:expr, $senders:literal) => {
         impl $store {
             /// The id of user `username`; `NotFound` if there is none.
             async fn account_user_id(&self, username: &str) -> StoreResult<i64> {
@@ -316,7 +317,35 @@ macro_rules! account_store {
                 let Ok(name) = normalize_username(username) else {
                     return Ok(None);
                 };
-                <$store>::login_lookup(self, &name).await
+                // One statement (one snapshot): the user, a row per enabled
+                // credential (none: one row of NULLs), the sender patterns.
+                let found = sqlx::query(concat!(
+                    "SELECT u.id, u.username,
+                            CAST(u.max_messages_per_minute AS BIGINT) AS max_messages_per_minute,
+                            CAST(u.max_messages_per_hour AS BIGINT) AS max_messages_per_hour,
+                            CAST(u.max_messages_per_day AS BIGINT) AS max_messages_per_day,
+                            CAST(u.max_recipients_per_day AS BIGINT) AS max_recipients_per_day,
+                            CAST(u.max_concurrent_sessions AS BIGINT) AS max_concurrent_sessions,
+                            u.normalize_line_endings, ",
+                    $senders,
+                    " AS senders,
+                            c.id AS c_id, c.label AS c_label, c.password_hash AS c_password_hash,
+                            CAST(c.max_messages_per_minute AS BIGINT) AS c_max_messages_per_minute,
+                            CAST(c.max_messages_per_hour AS BIGINT) AS c_max_messages_per_hour,
+                            CAST(c.max_messages_per_day AS BIGINT) AS c_max_messages_per_day,
+                            CAST(c.max_recipients_per_day AS BIGINT) AS c_max_recipients_per_day
+                     FROM users u LEFT JOIN credentials c ON c.user_id = u.id AND c.enabled = true
+                     WHERE u.username = $1 AND u.enabled = true
+                     ORDER BY c.id"
+                ))
+                .bind(&name)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| map_sqlx(e, "user"))?;
+                let Some(u) = found.first() else {
+                    return Ok(None);
+                };
+                Ok(super::rows::login_record(&found, Self::login_senders(u)?))
             }
 
             async fn credential_used(

@@ -18,6 +18,46 @@ pub(super) fn count_u32(v: i64) -> u32 {
     u32::try_from(v.max(0)).unwrap_or(u32::MAX)
 }
 
+/// The `queue_messages` insert of an enqueue, `$1`..`$13` bound by
+/// [`bind_message`]; a literal, for `concat!`.
+macro_rules! insert_message_sql {
+    () => {
+        "INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body,
+                envid, dsn_ret, is_dsn, smtputf8, received_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    };
+}
+pub(super) use insert_message_sql;
+
+/// Binds the columns of [`insert_message_sql!`] from `m`.
+pub(super) fn bind_message<'q, DB>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    m: &'q NewMessage,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'q, DB> + Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + Type<DB>,
+    i64: sqlx::Encode<'q, DB> + Type<DB>,
+    bool: sqlx::Encode<'q, DB> + Type<DB>,
+    &'q [u8]: sqlx::Encode<'q, DB> + Type<DB>,
+{
+    q.bind(&m.id)
+        .bind(&m.sender)
+        .bind(m.user_id)
+        .bind(&m.username)
+        .bind(&m.credential)
+        .bind(m.body.len() as i64)
+        .bind(&m.body[..])
+        .bind(&m.envid)
+        .bind(&m.dsn_ret)
+        .bind(m.is_dsn)
+        .bind(m.smtputf8)
+        .bind(m.received_at)
+        .bind(m.expires_at)
+}
+
 /// The [`ClaimedMessage`] (no recipients yet) of a `queue_messages` row;
 /// its body when the row has a non-NULL `small_body` column.
 pub(super) fn message_of<'r, R>(r: &'r R) -> ClaimedMessage
@@ -98,6 +138,29 @@ pub(super) const LIST_SQL: &str = "SELECT m.id, m.sender, m.username, m.size, m.
         (SELECT max(lease_until) FROM queue_recipients r WHERE r.message_id = m.id AND r.status = 'queued') AS lease_until
      FROM queue_messages m";
 
+/// The [`ClaimedRecipient`] of a claimed row whose recipient id is column
+/// `id`; `u32_of` reads the backend's integer columns.
+pub(super) fn recipient_of<'r, R, N>(r: &'r R, id: &str, u32_of: fn(N) -> u32) -> ClaimedRecipient
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+    N: Decode<'r, R::Database> + Type<R::Database>,
+{
+    ClaimedRecipient {
+        id: r.get(id),
+        address: r.get("recipient"),
+        notify: r.get("notify"),
+        orcpt: r.get("orcpt"),
+        attempts: u32_of(r.get("attempts")),
+        route_index: u32_of(r.get("route_index")),
+        delay_warned: r.get("delay_warned"),
+    }
+}
+
 /// The [`QueueEntry`] of a [`LIST_SQL`] row.
 pub(super) fn entry_of<'r, R>(r: &'r R) -> QueueEntry
 where
@@ -127,8 +190,9 @@ where
 
 /// Implements [`QueueStore`] for `$store`: a backend with a `pool` field,
 /// a `begin_write` method (the transaction of a write), inherent `enqueue`,
-/// `claim_due`, `record_outcomes`, `finish_message`, `renew_leases` and
-/// `mark_delay_warned`; `$conn` is its connection type, `$u32_of` reads its
+/// `claim_due`, `record_outcomes`, `lock_message`, `renew_leases_until`,
+/// `IN_ID_LIST` (` IN` a set of ids bound as `$1`) and `id_list` (that
+/// set's value); `$conn` is its connection type, `$u32_of` reads its
 /// integer columns (`attempts`, `route_index`) as `u32` and
 /// `$insert_message` inserts a message inside a transaction.
 macro_rules! queue_store {
@@ -164,7 +228,24 @@ macro_rules! queue_store {
                 now: i64,
                 dsn: Option<&NewMessage>,
             ) -> StoreResult<bool> {
-                <$store>::finish_message(self, id, now, dsn).await
+                let mut tx = self.begin_write().await.map_err(|e| map_sqlx(e, "queue"))?;
+                if !Self::lock_message(&mut *tx, id).await? {
+                    tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
+                    return Ok(false);
+                }
+                let (total, queued): (i64, i64) = sqlx::query_as(
+                    "SELECT count(*), count(*) FILTER (WHERE status = 'queued') FROM queue_recipients
+                     WHERE message_id = $1",
+                )
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "queue"))?;
+                if total == 0 || queued > 0 {
+                    tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
+                    return Ok(false);
+                }
+                Self::finish_final_message(tx, id, now, dsn).await
             }
 
             async fn enqueue_notice(
@@ -193,7 +274,8 @@ macro_rules! queue_store {
                 if recipient_ids.is_empty() {
                     return Ok(0);
                 }
-                <$store>::renew_leases(self, owner, recipient_ids, now, lease_ms).await
+                let until = now.saturating_add(lease_ms);
+                <$store>::renew_leases_until(self, owner, recipient_ids, until).await
             }
 
             async fn load_body(&self, id: &str) -> StoreResult<bytes::Bytes> {
@@ -384,8 +466,24 @@ macro_rules! queue_store {
         }
 
         impl $store {
-            /// The end of `finish_message`, once the backend has made sure in
-            /// `tx` that every recipient of message `id` is final: enqueues
+            /// Sets `delay_warned` on the recipients `ids` not yet warned;
+            /// returns how many.
+            async fn mark_delay_warned(conn: &mut $conn, ids: &[i64]) -> StoreResult<u64> {
+                let sql = format!(
+                    "UPDATE queue_recipients SET delay_warned = true
+                     WHERE id {} AND NOT delay_warned",
+                    Self::IN_ID_LIST
+                );
+                Ok(sqlx::query(&sql)
+                    .bind(Self::id_list(ids))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| map_sqlx(e, "queue"))?
+                    .rows_affected())
+            }
+
+            /// The end of `finish_message`, once `tx` has made sure that
+            /// every recipient of message `id` is final: enqueues
             /// the DSN (logging its recipients as bounced), deletes the
             /// message, commits.
             async fn finish_final_message(

@@ -22,13 +22,14 @@ pub struct SqliteStore {
 
 /// The process's own write lock, taken before `BEGIN IMMEDIATE` by the
 /// writes of the hot path (enqueue groups and the readiness probe, claims
-/// that found something due, outcomes, lease renewals and reclaims,
-/// finishing a message) and by the checkpoint's catch-up
+/// that found something due, outcomes, lease renewals and reclaims) and by
+/// the checkpoint's catch-up
 /// (`sqlite_checkpoint`). Waiters queue in order and each starts the moment
 /// the previous one is done. Without it they met SQLite's busy handler,
 /// which sleeps 1, 2, 5, 10, 15, 20, 25 ... up to 100 ms between tries of
 /// the file lock whenever it is released (issue 16). Other writes
-/// (administration, limits, events) still wait in SQLite's handler.
+/// (finishing a message that was not all delivered, administration,
+/// limits, events) still wait in SQLite's handler.
 #[derive(Clone, Default)]
 pub(crate) struct WriteGate(std::sync::Arc<tokio::sync::Mutex<()>>);
 
@@ -129,40 +130,20 @@ fn create_private(url: &str) -> StoreResult<()> {
     }
 }
 
-super::sql_accounts::account_store!(SqliteStore, super::rows::USER_DETAIL_COLUMNS);
+super::sql_accounts::account_store!(
+    SqliteStore,
+    super::rows::USER_DETAIL_COLUMNS,
+    "(SELECT json_group_array(pattern) FROM sender_permissions WHERE user_id = u.id)"
+);
 
 impl SqliteStore {
-    /// [`AccountStore::login_lookup`] of `name`, already normalized.
-    async fn login_lookup(&self, name: &str) -> StoreResult<Option<LoginRecord>> {
-        // One statement (one snapshot): the user, a row per enabled
-        // credential (none: one row of NULLs), sender patterns as JSON.
-        let found = sqlx::query(
-            "SELECT u.id, u.username, u.max_messages_per_minute, u.max_messages_per_hour,
-                    u.max_messages_per_day, u.max_recipients_per_day, u.max_concurrent_sessions,
-                    u.normalize_line_endings,
-                    (SELECT json_group_array(pattern) FROM sender_permissions
-                     WHERE user_id = u.id) AS senders,
-                    c.id AS c_id, c.label AS c_label, c.password_hash AS c_password_hash,
-                    c.max_messages_per_minute AS c_max_messages_per_minute,
-                    c.max_messages_per_hour AS c_max_messages_per_hour,
-                    c.max_messages_per_day AS c_max_messages_per_day,
-                    c.max_recipients_per_day AS c_max_recipients_per_day
-             FROM users u LEFT JOIN credentials c ON c.user_id = u.id AND c.enabled = 1
-             WHERE u.username = ?1 AND u.enabled = 1
-             ORDER BY c.id",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx(e, "user"))?;
-        let Some(u) = found.first() else {
-            return Ok(None);
-        };
+    /// The `senders` column of a login lookup (see `account_store!`), JSON.
+    fn login_senders(u: &sqlx::sqlite::SqliteRow) -> StoreResult<Vec<String>> {
         let senders: String = u.get("senders");
         let mut senders: Vec<String> = serde_json::from_str(&senders)
             .map_err(|e| StoreError::Unavailable(format!("sender permissions: {e}")))?;
         senders.sort();
-        Ok(rows::login_record(&found, senders))
+        Ok(senders)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use sqlx::{Row, SqliteConnection};
 
-use super::sql_queue::{group_claims, message_of};
+use super::sql_queue::{group_claims, message_of, recipient_of};
 use super::sqlite::SqliteStore;
 use super::sqlite_writer::insert_message;
 use super::*;
@@ -101,20 +101,7 @@ impl SqliteStore {
         .map_err(|e| map_sqlx(e, "queue claim"))?;
         let claimed: Vec<(String, ClaimedRecipient)> = rows
             .iter()
-            .map(|r| {
-                (
-                    r.get("message_id"),
-                    ClaimedRecipient {
-                        id: r.get("id"),
-                        address: r.get("recipient"),
-                        notify: r.get("notify"),
-                        orcpt: r.get("orcpt"),
-                        attempts: u32_of(r.get("attempts")),
-                        route_index: u32_of(r.get("route_index")),
-                        delay_warned: r.get("delay_warned"),
-                    },
-                )
-            })
+            .map(|r| (r.get("message_id"), recipient_of(r, "id", u32_of)))
             .collect();
         if claimed.is_empty() {
             tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
@@ -232,76 +219,40 @@ impl SqliteStore {
         Ok(recorded)
     }
 
-    async fn finish_message(
-        &self,
-        id: &str,
-        now: i64,
-        dsn: Option<&NewMessage>,
-    ) -> StoreResult<bool> {
-        let _held = self.write_gate.turn().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
-        let (total, queued): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), coalesce(sum(status = 'queued'), 0) FROM queue_recipients
-             WHERE message_id = ?1",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| map_sqlx(e, "queue"))?;
-        if total == 0 || queued > 0 {
-            tx.rollback().await.map_err(|e| map_sqlx(e, "queue"))?;
-            return Ok(false);
-        }
-        Self::finish_final_message(tx, id, now, dsn).await
-    }
+    /// `IN` a set of ids bound as `$1` ([`Self::id_list`]).
+    const IN_ID_LIST: &str = "IN (SELECT value FROM json_each($1))";
 
-    /// Sets `delay_warned` on the recipients `ids` not yet warned; returns how many.
-    async fn mark_delay_warned(conn: &mut SqliteConnection, ids: &[i64]) -> StoreResult<u64> {
-        let ids = format!(
+    /// The ids as a JSON array.
+    fn id_list(ids: &[i64]) -> String {
+        format!(
             "[{}]",
             ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
-        );
-        Ok(sqlx::query(
-            "UPDATE queue_recipients SET delay_warned = 1
-             WHERE id IN (SELECT value FROM json_each(?1)) AND NOT delay_warned",
         )
-        .bind(ids)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| map_sqlx(e, "queue"))?
-        .rows_affected())
     }
 
-    async fn renew_leases(
-        &self,
-        owner: &str,
-        recipient_ids: &[i64],
-        now: i64,
-        lease_ms: i64,
-    ) -> StoreResult<u64> {
+    /// Nothing to lock: the write transaction (`BEGIN IMMEDIATE`) already
+    /// excludes other finishers.
+    async fn lock_message(_: &mut SqliteConnection, _: &str) -> StoreResult<bool> {
+        Ok(true)
+    }
+
+    async fn renew_leases_until(&self, owner: &str, ids: &[i64], until: i64) -> StoreResult<u64> {
         // One write transaction; the ids go in chunks well under SQLite's
         // bound-parameter limit.
         let _held = self.write_gate.turn().await;
         let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+            .begin_write()
             .await
             .map_err(|e| map_sqlx(e, "queue lease"))?;
         let mut renewed = 0;
-        for chunk in recipient_ids.chunks(500) {
+        for chunk in ids.chunks(500) {
             let ids: Vec<String> = (3..chunk.len() + 3).map(|i| format!("?{i}")).collect();
             let ids = ids.join(",");
             let sql = format!(
                 "UPDATE queue_recipients SET lease_until = ?1
                  WHERE lease_owner = ?2 AND status = 'queued' AND id IN ({ids})"
             );
-            let mut q = sqlx::query(&sql)
-                .bind(now.saturating_add(lease_ms))
-                .bind(owner);
+            let mut q = sqlx::query(&sql).bind(until).bind(owner);
             for id in chunk {
                 q = q.bind(id);
             }

@@ -68,6 +68,7 @@ pub fn new_message(sender: &str, recipients: &[&str], body: &str) -> NewMessage 
         smtputf8: false,
         received_at: now,
         expires_at: now + 86_400_000,
+        journal: None,
     }
 }
 

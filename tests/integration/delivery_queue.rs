@@ -35,6 +35,7 @@ pub fn message(sender: &str, recipients: &[&str], body: &[u8], now: i64) -> NewM
         smtputf8: false,
         received_at: now,
         expires_at: now + 5 * 86_400_000,
+        journal: None,
     }
 }
 
@@ -534,5 +535,52 @@ async fn a_claim_takes_every_due_recipient_of_a_message_on_every_backend() {
         assert_eq!(ids, [big.id.as_str()], "{b}");
         let got: Vec<&str> = c[0].recipients.iter().map(|r| r.address.as_str()).collect();
         assert_eq!(got, &rcpts[2..], "{b}: the due three, not the two deferred");
+    }
+}
+
+/// Issue #17 item 4: a message and its journal copy are committed together
+/// or not at all, and the copy (null sender) writes no events.
+#[tokio::test]
+async fn a_journal_copy_commits_with_its_message_or_neither_does() {
+    for t in all_stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        s.events_install(true).await.unwrap();
+        let mut m = message(
+            "a@example.com",
+            &["r@dest.example"],
+            b"Subject: j\r\n\r\nx\r\n",
+            T0,
+        );
+        let copy = message("", &["archive@arch.example"], b"X-J: 1\r\n\r\nx\r\n", T0);
+        let copy_id = copy.id.clone();
+        m.journal = Some(Box::new(copy.clone()));
+        s.enqueue(&m).await.unwrap();
+        assert_eq!(
+            &s.load_body(&m.id).await.unwrap()[..],
+            b"Subject: j\r\n\r\nx\r\n",
+            "{b}"
+        );
+        assert_eq!(
+            &s.load_body(&copy_id).await.unwrap()[..],
+            b"X-J: 1\r\n\r\nx\r\n",
+            "{b}"
+        );
+        let events = s.events_recent(None, 100).await.unwrap();
+        let accepted: Vec<_> = events
+            .iter()
+            .map(|e| e.recipient.clone().unwrap())
+            .collect();
+        assert_eq!(accepted, ["r@dest.example"], "{b}: {events:?}");
+
+        // The copy cannot be stored (its id exists): the message is not either.
+        let mut m2 = message("a@example.com", &["r@dest.example"], b"y", T0);
+        m2.journal = Some(Box::new(copy));
+        assert!(s.enqueue(&m2).await.is_err(), "{b}");
+        assert!(
+            matches!(s.load_body(&m2.id).await, Err(StoreError::NotFound(_))),
+            "{b}: message stored without its journal copy"
+        );
+        assert_eq!(s.events_recent(None, 100).await.unwrap().len(), 1, "{b}");
     }
 }

@@ -540,7 +540,6 @@ fn submission(body: &[u8]) -> postgate::intake::Submission {
     use postgate::auth::Identity;
     use postgate::intake::{ClientInfo, Submission};
     use postgate::smtp::ports::Recipient;
-    use postgate::store::LimitOverrides;
     Submission {
         session_id: "s1".into(),
         identity: Identity {
@@ -549,8 +548,8 @@ fn submission(body: &[u8]) -> postgate::intake::Submission {
             credential_id: 1,
             credential_label: "default".into(),
             senders: vec!["@example.com".into()],
-            limits: LimitOverrides::default(),
-            user_limits: LimitOverrides::default(),
+            limits: Default::default(),
+            user_limits: Default::default(),
             normalize_line_endings: None,
             credential_tag: [0; 32],
         },

@@ -598,6 +598,7 @@ async fn e2e_admin_endpoints_act_on_the_live_queue_and_limits() {
                 smtputf8: false,
                 received_at: now + 3_600_000_000,
                 expires_at: now + 7_200_000_000,
+                journal: None,
             })
             .await
             .unwrap();

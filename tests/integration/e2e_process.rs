@@ -527,6 +527,7 @@ mod disk_full;
 mod dkim_e2e;
 mod events_webhook;
 mod health;
+mod journal_e2e;
 mod nodes;
 mod oauth_e2e;
 mod operator_cli;

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use super::{metrics, Input, Session, Transaction};
+use super::{Input, Session, Transaction};
 use crate::metrics::RejectReason;
 use crate::smtp::budget::Lease;
 use crate::smtp::data::{BdatChunk, Body, DataError, DataReader};
@@ -92,10 +92,7 @@ impl Session {
             Ok(body) => self.submit(txn, body).await,
             Err(e) => {
                 tracing::info!(session = %self.id, error = %e, "message refused");
-                self.settings
-                    .metrics
-                    .rejected(metrics::data_error_reason(&e));
-                Reply::from(&e)
+                self.content_refused(&txn, e)
             }
         }
     }
@@ -163,14 +160,23 @@ impl Session {
         }
         match body {
             Some(Ok(body)) => self.submit(txn, body).await,
-            Some(Err(e)) => {
-                self.settings
-                    .metrics
-                    .rejected(metrics::data_error_reason(&e));
-                Reply::from(&e)
-            }
+            Some(Err(e)) => self.content_refused(&txn, e),
             None => Reply::bad_sequence("no BDAT transaction"),
         }
+    }
+
+    /// Counts a refused content, reports it for its `rejected` event (every
+    /// recipient) and returns its reply.
+    fn content_refused(&self, txn: &Transaction, e: DataError) -> Reply {
+        let r = submission::Refusal::data(e);
+        if let Some(reason) = r.reason {
+            self.settings.metrics.rejected(reason);
+        }
+        if let Some(identity) = &self.identity {
+            let rcpts: Vec<String> = txn.recipients.iter().map(|r| r.address.clone()).collect();
+            submission::report(&*self.ports.intake, identity, &txn.mail.address, &rcpts, &r);
+        }
+        r.reply
     }
 
     async fn submit(&mut self, txn: Transaction, body: Vec<u8>) -> Reply {

@@ -376,7 +376,7 @@ impl Session {
         if let Some(size) = m.size {
             if let Err(r) = submission::check_size(size, self.settings.max_message_size) {
                 tracing::info!(session = %self.id, size, "declared size too big");
-                return self.refused(r);
+                return self.refused(r, &m.address, None);
             }
         }
         if let Some(size) = m.size.filter(|&s| !self.settings.memory.fits(s)) {
@@ -393,12 +393,12 @@ impl Session {
             }
             Err(r) => {
                 tracing::info!(session = %self.id, sender = %m.address, username = %identity.username, "sender not permitted");
-                return self.refused(r);
+                return self.refused(r, &m.address, None);
             }
         }
         if let Err(r) = submission::mail_allowed(&*self.ports.limits, identity).await {
             tracing::info!(session = %self.id, reply = %r.reply.text, "message rate-limited at MAIL");
-            return self.refused(r);
+            return self.refused(r, &m.address, None);
         }
         self.txn = Some(Transaction {
             mail: m,
@@ -409,10 +409,16 @@ impl Session {
         Reply::sender_ok()
     }
 
-    /// Counts `r` (when it carries a reason) and returns its reply.
-    fn refused(&self, r: submission::Refusal) -> Reply {
+    /// Counts `r` (when it carries a reason), reports it for its
+    /// `rejected` event (MAIL from `sender`, or RCPT of `recipient`) and
+    /// returns its reply.
+    fn refused(&self, r: submission::Refusal, sender: &str, recipient: Option<&str>) -> Reply {
         if let Some(reason) = r.reason {
             self.settings.metrics.rejected(reason);
+        }
+        if let Some(identity) = &self.identity {
+            let rcpts: Vec<String> = recipient.map(str::to_string).into_iter().collect();
+            submission::report(&*self.ports.intake, identity, sender, &rcpts, &r);
         }
         r.reply
     }
@@ -445,7 +451,8 @@ impl Session {
             if refusal.retry_after.is_some() {
                 tracing::info!(session = %self.id, reply = %refusal.reply.text, "recipient quota at RCPT");
             }
-            return self.refused(refusal);
+            let sender = self.txn.as_ref().map(|t| t.mail.address.clone());
+            return self.refused(refusal, sender.as_deref().unwrap_or(""), Some(&r.address));
         }
         let Some(txn) = self.txn.as_mut() else {
             return Reply::bad_sequence("need MAIL before RCPT");

@@ -10,7 +10,6 @@ use super::*;
 use crate::intake::{IntakeError, Submission};
 use crate::smtp::ports::AuthOutcome;
 use crate::smtp::ports::{LimitKind, LimitRefusal, LimitScope, NoLimits};
-use crate::store::LimitOverrides;
 
 struct FakeAuth;
 
@@ -24,7 +23,7 @@ impl Authenticator for FakeAuth {
                 credential_id: 3,
                 credential_label: "laptop".into(),
                 senders: vec!["@example.com".into()],
-                limits: LimitOverrides::default(),
+                limits: Default::default(),
                 user_limits: Default::default(),
                 normalize_line_endings: None,
                 credential_tag: [0; 32],
@@ -39,6 +38,7 @@ impl Authenticator for FakeAuth {
 struct FakeIntake {
     got: Mutex<Vec<Submission>>,
     fail: bool,
+    rejected: Mutex<Vec<crate::smtp::ports::Rejected>>,
 }
 
 #[async_trait]
@@ -50,6 +50,10 @@ impl Intake for FakeIntake {
         let mut got = self.got.lock().unwrap();
         got.push(s);
         Ok(format!("Q{}", got.len()))
+    }
+
+    fn rejected(&self, r: crate::smtp::ports::Rejected) {
+        self.rejected.lock().unwrap().push(r);
     }
 }
 
@@ -330,7 +334,7 @@ async fn size_limits_at_mail_and_while_reading() {
 
 #[tokio::test]
 async fn recipient_cap() {
-    let (mut s, _) = tls_session();
+    let (mut s, intake) = tls_session();
     login(&mut s).await;
     let r = codes(
         &mut s,
@@ -339,6 +343,54 @@ async fn recipient_cap() {
     )
     .await;
     assert_eq!(r.last().unwrap(), &c(452, "4.5.3"));
+    // The refused RCPT is reported for its `rejected` event, with the rule.
+    let rejected = intake.rejected.lock().unwrap();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let e = &rejected[0];
+    assert_eq!(
+        (e.sender.as_str(), e.recipients.as_slice(), e.rule.as_str()),
+        (
+            "a@example.com",
+            &["4@y.example".to_string()][..],
+            "max_recipients"
+        )
+    );
+    assert!(e.reply.starts_with("452 4.5.3 "), "{}", e.reply);
+}
+
+#[tokio::test]
+async fn refusals_at_mail_and_of_the_content_are_reported_with_their_rule() {
+    let (mut s, intake) = tls_session();
+    login(&mut s).await;
+    let r = codes(
+        &mut s,
+        "MAIL FROM:<x@evil.example>\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<r@y.example>\r\n\
+         DATA\r\nbare\nLF\r\n.\r\n",
+    )
+    .await;
+    assert_eq!(
+        r,
+        [
+            c(553, "5.7.1"),
+            c(250, "2.1.0"),
+            c(250, "2.1.5"),
+            c(354, "2.0.0"),
+            c(550, "5.6.0")
+        ]
+    );
+    let rejected = intake.rejected.lock().unwrap();
+    let got: Vec<(&str, &str, usize)> = rejected
+        .iter()
+        .map(|e| (e.rule.as_str(), e.sender.as_str(), e.recipients.len()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("sender", "x@evil.example", 0),
+            ("bare_line_ending", "a@example.com", 1)
+        ]
+    );
+    assert!(rejected.iter().all(|e| e.username == "bob"), "{rejected:?}");
 }
 
 #[tokio::test]
@@ -498,8 +550,8 @@ async fn rate_limited_message_and_store_failure() {
     assert_eq!((r[1].code, r[2].code), (503, 503));
 
     let intake = Arc::new(FakeIntake {
-        got: Mutex::default(),
         fail: true,
+        ..Default::default()
     });
     let mut s = session_with(settings(), intake, Arc::new(NoLimits), Some(tls()));
     login(&mut s).await;
@@ -712,8 +764,8 @@ async fn every_auth_outcome_and_refusal_is_counted_once() {
 #[tokio::test]
 async fn server_side_refusals_do_not_count_as_client_errors() {
     let intake = Arc::new(FakeIntake {
-        got: Mutex::default(),
         fail: true,
+        ..Default::default()
     });
     let mut s = session_with(settings(), intake, Arc::new(NoLimits), Some(tls()));
     login(&mut s).await;
@@ -867,8 +919,8 @@ async fn quotas_are_checked_at_mail_and_rcpt_and_charged_on_commit() {
         ..Default::default()
     });
     let failing = Arc::new(FakeIntake {
-        got: Mutex::default(),
         fail: true,
+        ..Default::default()
     });
     let mut s = session_with(settings(), failing, limits.clone(), Some(tls()));
     login(&mut s).await;

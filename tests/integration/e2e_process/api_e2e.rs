@@ -46,22 +46,22 @@ except smtplib.SMTPDataError as e:
 const QUOTA_SMTP: &str = "quota-smtp";
 const QUOTA_HTTP: &str = "quota-http";
 
-struct Api {
-    port: u16,
-    cacert: PathBuf,
-    dir: PathBuf,
+pub(super) struct Api {
+    pub(super) port: u16,
+    pub(super) cacert: PathBuf,
+    pub(super) dir: PathBuf,
 }
 
 /// What curl got: status, JSON body, response headers (lower-case names).
-struct HttpAnswer {
-    status: u16,
-    body: Value,
-    headers: String,
+pub(super) struct HttpAnswer {
+    pub(super) status: u16,
+    pub(super) body: Value,
+    pub(super) headers: String,
 }
 
 impl Api {
     /// curl with `args` (after the common ones) to `path`.
-    async fn curl(&self, path: &str, args: &[&str]) -> HttpAnswer {
+    pub(super) async fn curl(&self, path: &str, args: &[&str]) -> HttpAnswer {
         let headers = self
             .dir
             .join(format!("headers-{}", uuid::Uuid::new_v4().simple()));
@@ -101,7 +101,7 @@ impl Api {
     }
 
     /// POST a JSON submission with HTTP Basic credentials.
-    async fn post_json(&self, user: &str, password: &str, doc: &Value) -> HttpAnswer {
+    pub(super) async fn post_json(&self, user: &str, password: &str, doc: &Value) -> HttpAnswer {
         let file = self
             .dir
             .join(format!("req-{}.json", uuid::Uuid::new_v4().simple()));

@@ -265,7 +265,7 @@ retry_max = "500ms"
 }
 
 /// GET /metrics (plain HTTP/1.0, whole answer).
-async fn reqwest_metrics(addr: SocketAddr) -> String {
+pub(super) async fn reqwest_metrics(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         .await
@@ -273,4 +273,137 @@ async fn reqwest_metrics(addr: SocketAddr) -> String {
     let mut out = String::new();
     let _ = timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await;
     out
+}
+
+/// `rejected` events at submission: a refused RCPT (SMTP) and a refused
+/// API call each produce one event naming the rule, seen by a webhook
+/// that subscribed to `rejected` only and by `postgate events list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_at_rcpt_and_api_are_rejected_events() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in store_urls(dir.path()).await {
+        rejected(dir.path(), &url).await;
+    }
+}
+
+async fn rejected(dir: &Path, url: &str) {
+    let tag = if url.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "pg"
+    };
+    let up = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
+    let mut receiver = Receiver::new(&dir.join(format!("rejected-{tag}")));
+    receiver.up().await;
+    let api_port = free_port();
+    let extra = format!(
+        r#"
+[smtp]
+max_recipients = 1
+
+[api]
+enabled = true
+address = "127.0.0.1:{api_port}"
+
+[[webhook]]
+name = "refusals"
+url = "http://127.0.0.1:{}/hook"
+secret = "{SECRET}"
+events = ["rejected"]
+retry_min = "100ms"
+retry_max = "500ms"
+"#,
+        receiver.port
+    );
+    let mut settings = Settings::new(url, up.addr.port());
+    settings.extra = &extra;
+    let mut files = write_node(dir, &format!("rejected-{tag}"), &settings);
+    add_user(&files.config).await;
+    let node = Serve::start(&mut files).await;
+
+    let (mut c, code) = Client::login(files.smtp_port, USER, PASSWORD).await;
+    assert_eq!(code, 235);
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{FROM}>")).await.0, 250);
+    assert_eq!(c.cmd("RCPT TO:<ok@dest.example>").await.0, 250);
+    let (code, text) = c.cmd("RCPT TO:<over@dest.example>").await;
+    assert_eq!(code, 452, "{text}");
+    drop(c);
+    let api = super::api_e2e::Api {
+        port: api_port,
+        cacert: dir.join("cert.pem"),
+        dir: dir.to_path_buf(),
+    };
+    let r = api
+        .post_json(
+            USER,
+            PASSWORD,
+            &serde_json::json!({
+                "from": "mallory@evil.example",
+                "to": ["victim@dest.example"],
+                "message": message("forged"),
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{tag}: {}", r.body);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let events = receiver.events();
+        if events.len() >= 2 {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{tag}: webhook got {events:?}\n{}",
+            node.logs()
+        );
+        sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(receiver.bad_signatures(), 0);
+    let brief = |e: &serde_json::Value| {
+        (
+            e["kind"].as_str().unwrap().to_string(),
+            e["rule"].as_str().unwrap_or("").to_string(),
+            e["sender"].as_str().unwrap_or("").to_string(),
+            e["recipient"].as_str().unwrap_or("").to_string(),
+            e["username"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let want = [
+        (
+            "rejected".to_string(),
+            "max_recipients".to_string(),
+            FROM.to_string(),
+            "over@dest.example".to_string(),
+            USER.to_string(),
+        ),
+        (
+            "rejected".to_string(),
+            "sender".to_string(),
+            "mallory@evil.example".to_string(),
+            String::new(),
+            USER.to_string(),
+        ),
+    ];
+    assert_eq!(got.iter().map(brief).collect::<Vec<_>>(), want, "{tag}");
+    assert!(got[0]["reply"].as_str().unwrap().starts_with("452 4.5.3 "));
+    assert!(got[1]["reply"].as_str().unwrap().starts_with("553 5.7.1 "));
+    // The CLI shows the same two (the accepted recipient was never queued).
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli(&files.config, &["events", "list", "--json"], None).await)
+            .unwrap();
+    let listed: Vec<_> = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(brief)
+        .collect();
+    assert_eq!(listed, want, "{tag}");
+    let metrics = reqwest_metrics(files.http).await;
+    assert!(
+        metrics.contains("postgate_rejected_events_total{result=\"written\"} 2"),
+        "{tag}: {metrics}"
+    );
+    receiver.down().await;
+    drop(node);
 }

@@ -91,8 +91,14 @@ pub struct StoreConfig {
     /// `sqlite://PATH` (embedded, one node) or `postgres://USER:PASS@HOST/DB`.
     /// A secret: may be `{ env = "DATABASE_URL" }`.
     pub url: Secret,
-    /// Connection pool size.
+    /// Connection pool size (sessions, the API, administration).
     pub max_connections: u32,
+    /// PostgreSQL: connections of delivery's own pool (claims, outcome
+    /// commits, lease renewals, DSNs), apart from `max_connections`, so a
+    /// burst of submissions never queues delivery's commits behind its own:
+    /// an upstream connection waits for its last outcome's commit before it
+    /// carries the next message (issue #13). SQLite has one writer: unused.
+    pub delivery_connections: u32,
     /// How long to wait for a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -105,6 +111,7 @@ impl Default for StoreConfig {
         StoreConfig {
             url: Secret::inline("sqlite://postgate.db"),
             max_connections: 16,
+            delivery_connections: 4,
             connect_timeout: Duration::from_secs(5),
             migrate_on_start: true,
         }
@@ -116,6 +123,14 @@ impl StoreConfig {
     pub fn options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
             max_connections: self.max_connections,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
+    /// Options for delivery's own pool ([`crate::store::open_for_delivery`]).
+    pub fn delivery_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            max_connections: self.delivery_connections,
             connect_timeout: self.connect_timeout,
         }
     }
@@ -226,6 +241,12 @@ impl Config {
         if self.store.max_connections == 0 {
             return Err(invalid(
                 "store.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.store.delivery_connections == 0 {
+            return Err(invalid(
+                "store.delivery_connections",
                 "must be at least 1".into(),
             ));
         }
@@ -401,6 +422,14 @@ mod tests {
         let c = Config::parse("", "t.toml").unwrap();
         assert_eq!(c.store.url.expose(), "sqlite://postgate.db");
         assert!(c.store.migrate_on_start);
+    }
+
+    #[test]
+    fn delivery_pool_of_zero_connections_is_refused_by_name() {
+        let e = Config::parse("[store]\ndelivery_connections = 0\n", "p.toml").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("store.delivery_connections"), "{text}");
+        assert!(text.contains("must be at least 1"), "{text}");
     }
 
     #[test]

@@ -251,6 +251,16 @@ pub struct Signer {
     store: Arc<dyn DkimStore>,
     config: DkimConfig,
     keys: RwLock<Arc<HashMap<String, Vec<Arc<LoadedKey>>>>>,
+    /// RSA signings running at once on the blocking pool, at most one per
+    /// CPU: a burst of submissions then queues here instead of starting a
+    /// blocking thread per message, whose CPU the async threads (every
+    /// session, delivery's outcome commits) would have to share.
+    rsa_signings: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many RSA signings run at once: the CPUs this process may use.
+fn rsa_signing_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 impl std::fmt::Debug for Signer {
@@ -273,6 +283,7 @@ impl Signer {
             store,
             config,
             keys: RwLock::new(Arc::new(HashMap::new())),
+            rsa_signings: Arc::new(tokio::sync::Semaphore::new(rsa_signing_slots())),
         };
         signer.reload().await?;
         Ok(signer)
@@ -360,13 +371,21 @@ impl Signer {
         let any_rsa = keys.iter().any(|k| k.algorithm == DkimAlgorithm::RsaSha256);
         let job = move || sign_with(&keys, &domain, &headers, expiry, &message);
         if any_rsa {
-            // Only RSA signing is slow enough for the blocking pool.
-            tokio::task::spawn_blocking(job)
-                .await
-                .map_err(|e| DkimError::Sign {
-                    algorithm: DkimAlgorithm::RsaSha256,
-                    reason: e.to_string(),
-                })?
+            // Only RSA signing is slow enough for the blocking pool. The
+            // slot goes with the job, so it is held exactly while the CPU
+            // works (also when this future is dropped meanwhile); the
+            // semaphore is never closed.
+            let slot = self.rsa_signings.clone().acquire_owned().await.ok();
+            tokio::task::spawn_blocking(move || {
+                let signed = job();
+                drop(slot);
+                signed
+            })
+            .await
+            .map_err(|e| DkimError::Sign {
+                algorithm: DkimAlgorithm::RsaSha256,
+                reason: e.to_string(),
+            })?
         } else {
             job()
         }

@@ -93,7 +93,7 @@ pub async fn run(config: Config, bound: Bound, control: Control) -> Result<(), R
     let delivery_shutdown = CancellationToken::new();
     // Stops delivery if starting the rest fails below.
     let _stop_delivery = delivery_shutdown.clone().drop_guard();
-    let delivery = node.start_delivery(delivery_shutdown.clone())?;
+    let delivery = node.start_delivery(delivery_shutdown.clone()).await?;
 
     let draining = CancellationToken::new();
     let http_shutdown = CancellationToken::new();
@@ -258,18 +258,25 @@ impl Node {
         .with_metrics(self.metrics.clone()))
     }
 
-    /// Starts the delivery workers. `serve` refuses a config without
-    /// upstreams; in-process callers may run an intake-only node (delivery
-    /// then starts no workers; messages stay queued).
-    fn start_delivery(
+    /// Starts the delivery workers, on a store pool of their own on
+    /// PostgreSQL (`[store] delivery_connections`). `serve` refuses a config
+    /// without upstreams; in-process callers may run an intake-only node
+    /// (delivery then starts no workers; messages stay queued).
+    async fn start_delivery(
         &self,
         shutdown: CancellationToken,
     ) -> Result<crate::delivery::Started, RunError> {
         let mut delivery_config = self.config.delivery();
         // DSNs are signed like the messages intake accepts.
         delivery_config.dsn_signer = self.signer.clone();
+        let store = crate::store::open_for_delivery(
+            self.config.store.url.expose(),
+            &self.config.store.delivery_options(),
+            &self.store,
+        )
+        .await?;
         Ok(crate::delivery::Delivery::start_with(
-            self.store.clone(),
+            store,
             delivery_config,
             shutdown,
             self.metrics.clone(),

@@ -352,6 +352,26 @@ pub async fn open(url: &str, options: &StoreOptions) -> StoreResult<Arc<dyn Stor
     }
 }
 
+/// The store delivery uses, beside `shared` (the one sessions use, opened
+/// from the same `url`): on PostgreSQL a pool of its own, of
+/// `options.max_connections` sessions named `postgate-delivery` (the shared
+/// pool's are `postgate`), so delivery's claims and outcome commits never
+/// wait behind submissions for a connection; on SQLite `shared` itself (one
+/// writer per database file).
+pub async fn open_for_delivery(
+    url: &str,
+    options: &StoreOptions,
+    shared: &Arc<dyn Store>,
+) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            postgres::PgStore::connect_as(url, options, "postgate-delivery").await?,
+        ))
+    } else {
+        Ok(shared.clone())
+    }
+}
+
 /// Opens the store named by `url` and applies pending migrations.
 pub async fn open_and_migrate(url: &str, options: &StoreOptions) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -15,9 +15,22 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to `url`; fails with `Unavailable` naming the host (never the password).
     pub async fn connect(url: &str, options: &StoreOptions) -> StoreResult<Self> {
-        let connect: PgConnectOptions = url.parse().map_err(|e| {
+        Self::connect_as(url, options, "postgate").await
+    }
+
+    /// [`connect`](Self::connect), its sessions named `application_name` in
+    /// `pg_stat_activity` unless `url` names them.
+    pub async fn connect_as(
+        url: &str,
+        options: &StoreOptions,
+        application_name: &str,
+    ) -> StoreResult<Self> {
+        let mut connect: PgConnectOptions = url.parse().map_err(|e| {
             StoreError::Invalid(format!("bad postgres url {}: {e}", redact_url(url)))
         })?;
+        if connect.get_application_name().is_none() {
+            connect = connect.application_name(application_name);
+        }
         // One direct connection first: the pool retries until its timeout and
         // would hide the real reason (refused, auth failed, no such database).
         use sqlx::Connection;

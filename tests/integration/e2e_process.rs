@@ -536,3 +536,4 @@ mod outcome_outage;
 mod session_security;
 mod signals;
 mod store_outage;
+mod store_pools;

@@ -98,6 +98,14 @@ async fn outcomes_outlive_a_store_outage_and_nothing_is_sent_twice_on_every_back
             "pg"
         };
         let (node, files, up, subjects) = loaded_node(dir.path(), &url, name, 12).await;
+        // Deliveries must be under way when the store goes (else there is
+        // no outcome to keep): the upstream has taken a first message, whose
+        // 250 is still 150 ms away and whose outcome is not recorded yet.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while received_subjects(&up).is_empty() {
+            assert!(Instant::now() < deadline, "{url}: nothing delivered");
+            sleep(Duration::from_millis(5)).await;
+        }
         let before = received_subjects(&up).len();
         assert!(
             before < subjects.len(),

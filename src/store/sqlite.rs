@@ -30,8 +30,20 @@ pub struct SqliteStore {
 /// the file lock whenever it is released (issue 16). Other writes
 /// (finishing a message that was not all delivered, administration,
 /// limits, events) still wait in SQLite's handler.
+///
+/// Outcome commits ([`urgent_turn`](Self::urgent_turn)) wait behind at most
+/// the write running and one other: every other write first queues in a
+/// lane, one at a time, before the lock itself. Upstream connections wait
+/// for their outcome's commit before their next message (issue #13's
+/// crash bound), so an outcome queued behind every claim loop's claim and
+/// the enqueue writer held up all delivery (a backlog of 25,000 at C=100).
+/// There is one outcome committer per node, so the others are never held
+/// back by more than one outcome commit per turn.
 #[derive(Clone, Default)]
-pub(crate) struct WriteGate(std::sync::Arc<tokio::sync::Mutex<()>>);
+pub(crate) struct WriteGate {
+    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    lane: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
 
 /// A write's hold on the [`WriteGate`], released on drop.
 pub(crate) type WriteTurn = tokio::sync::OwnedMutexGuard<()>;
@@ -39,7 +51,13 @@ pub(crate) type WriteTurn = tokio::sync::OwnedMutexGuard<()>;
 impl WriteGate {
     /// Waits for the writes queued before this one.
     pub(crate) async fn turn(&self) -> WriteTurn {
-        self.0.clone().lock_owned().await
+        let _lane = self.lane.clone().lock_owned().await;
+        self.lock.clone().lock_owned().await
+    }
+
+    /// Waits for the write running and at most one other (see the type).
+    pub(crate) async fn urgent_turn(&self) -> WriteTurn {
+        self.lock.clone().lock_owned().await
     }
 }
 
@@ -161,5 +179,43 @@ super::sql_api::api_store!(SqliteStore);
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::WriteGate;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Three ordinary writes queue while one runs, then an outcome commit
+    /// asks: it goes after the running write and at most one other, not
+    /// after all three (issue #13's connections wait for it).
+    #[tokio::test]
+    async fn an_urgent_turn_waits_behind_at_most_one_queued_write() {
+        let gate = WriteGate::default();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let running = gate.turn().await;
+        let mut tasks = Vec::new();
+        for name in ["a", "b", "c"] {
+            let (gate, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _t = gate.turn().await;
+                order.lock().unwrap().push(name);
+            }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (g, o) = (gate.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let _t = g.urgent_turn().await;
+            o.lock().unwrap().push("outcome");
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(running);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order, ["a", "outcome", "b", "c"]);
     }
 }

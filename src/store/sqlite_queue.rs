@@ -144,7 +144,7 @@ impl SqliteStore {
         now: i64,
         outcomes: &[RecipientOutcome],
     ) -> StoreResult<u64> {
-        let _held = self.write_gate.turn().await;
+        let _held = self.write_gate.urgent_turn().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")

@@ -6,19 +6,22 @@
 #
 #   bench/perf.sh [--duration 60] [--warmup 10] [--runs 3] [--quick]
 #                 [--cells SUBSTR,...] [--baseline PATH_TO_OLD_POSTGATE]
-#                 [--drain 120] [--no-pg]
+#                 [--drain 120] [--no-pg] [--no-build]
 #
 # --quick: 5 s runs, 2 s warm-up, 1 run (development). --cells: only cells
 # whose name contains one of the strings (e.g. sqlite-c10-,pg-c100-2k-rsa;
 # -http and -events: the issue #17 cells, HTTP submission and webhooks).
 # --baseline: the same cells with an older binary, alternated run by run.
+# --no-build: use the release binary and driver already built (each build
+# takes minutes on a loaded 2-core machine; rebuild after changing src/).
 # Needs root (PostgreSQL runs as user postgres via runuser) and psql.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-args=() pg=1
+args=() pg=1 build=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-pg) pg=0; shift ;;
+    --no-build) build=0; shift ;;
     --baseline) [ -x "${2:-}" ] || { echo "perf.sh: --baseline needs an executable" >&2; exit 2; }
                 args+=(--baseline "$(realpath "$2")"); shift 2 ;;
     --quick) args+=("$1"); shift ;;
@@ -27,10 +30,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 target=${CARGO_TARGET_DIR:-target}
-cargo build --release --bin postgate
-cargo bench --bench perf --no-run
-driver=$(cargo bench --bench perf --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
-[ -x "$driver" ] || { echo "perf.sh: could not build bench/perf.rs" >&2; exit 1; }
+if [ "$build" = 1 ]; then
+  cargo build --release --bin postgate
+  cargo bench --bench perf --no-run
+  driver=$(cargo bench --bench perf --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
+else
+  driver=$(ls -t "$target"/release/deps/perf-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+fi
+[ -x "$driver" ] || { echo "perf.sh: no driver built from bench/perf.rs (run once without --no-build)" >&2; exit 1; }
+[ -x "$target/release/postgate" ] || { echo "perf.sh: no $target/release/postgate (run once without --no-build)" >&2; exit 1; }
 bin=$(realpath "$target/release/postgate")
 
 tmp=$(mktemp -d /tmp/postgate-perf.XXXXXX)

@@ -63,9 +63,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             hash: HashParams::default(),
-            max_concurrent_verifications: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            max_concurrent_verifications: crate::cpus(),
         }
     }
 }

@@ -258,11 +258,6 @@ pub struct Signer {
     rsa_signings: Arc<tokio::sync::Semaphore>,
 }
 
-/// How many RSA signings run at once: the CPUs this process may use.
-fn rsa_signing_slots() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-
 impl std::fmt::Debug for Signer {
     /// The signing domains only: never key material.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -283,7 +278,7 @@ impl Signer {
             store,
             config,
             keys: RwLock::new(Arc::new(HashMap::new())),
-            rsa_signings: Arc::new(tokio::sync::Semaphore::new(rsa_signing_slots())),
+            rsa_signings: Arc::new(tokio::sync::Semaphore::new(crate::cpus())),
         };
         signer.reload().await?;
         Ok(signer)

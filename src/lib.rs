@@ -32,3 +32,10 @@ pub mod store;
 pub mod submission;
 pub mod time;
 pub mod tls;
+
+/// The CPUs this process may use (2 when that is unknown): how many
+/// CPU-bound jobs run at once on the blocking pool (password hashing, RSA
+/// signing), so they never crowd out the async threads.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}

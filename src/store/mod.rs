@@ -338,10 +338,15 @@ impl Default for StoreOptions {
     }
 }
 
+/// Whether `url` names a PostgreSQL store (else SQLite, or an error).
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Opens the store named by `url` (`postgres://…`/`postgresql://…` or
 /// `sqlite://PATH`, `sqlite::memory:`), without migrating it.
 pub async fn open(url: &str, options: &StoreOptions) -> StoreResult<Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         Ok(Arc::new(postgres::PgStore::connect(url, options).await?))
     } else if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::connect(url, options).await?))
@@ -363,7 +368,7 @@ pub async fn open_for_delivery(
     options: &StoreOptions,
     shared: &Arc<dyn Store>,
 ) -> StoreResult<Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         Ok(Arc::new(
             postgres::PgStore::connect_as(url, options, "postgate-delivery").await?,
         ))
@@ -374,7 +379,7 @@ pub async fn open_for_delivery(
 
 /// Opens the store named by `url` and applies pending migrations.
 pub async fn open_and_migrate(url: &str, options: &StoreOptions) -> StoreResult<Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         let store = postgres::PgStore::connect(url, options).await?;
         store.migrate().await?;
         Ok(Arc::new(store))
@@ -396,7 +401,7 @@ pub async fn exists(url: &str, options: &StoreOptions) -> StoreResult<bool> {
     if let Some(path) = sqlite_path(url) {
         return Ok(path.is_empty() || path == ":memory:" || std::path::Path::new(path).exists());
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         let store = postgres::PgStore::connect(url, options).await?;
         return store.has_schema().await;
     }

@@ -10,6 +10,8 @@ use super::*;
 #[derive(Clone)]
 pub struct PgStore {
     pub(crate) pool: PgPool,
+    /// The queue's group-commit writer tasks (see `postgres_writer`).
+    pub(crate) writer: super::group_commit::EnqueueSender,
 }
 
 impl PgStore {
@@ -58,7 +60,8 @@ impl PgStore {
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.connect_timeout)
             .connect_lazy_with(connect);
-        Ok(PgStore { pool })
+        let writer = super::postgres_writer::spawn_writers(&pool);
+        Ok(PgStore { pool, writer })
     }
 
     /// Whether postgate's migration table exists in this database (on the

@@ -1,6 +1,7 @@
-//! The queue on PostgreSQL. Concurrent enqueues are independent transactions
-//! that PostgreSQL group-commits by itself; claims use `FOR UPDATE SKIP
-//! LOCKED` so any number of nodes share the queue without blocking each other.
+//! The queue on PostgreSQL. Enqueues are group-committed by a few writer
+//! tasks (`postgres_writer.rs`): every enqueue waiting at that moment goes
+//! in one statement and one commit. Claims use `FOR UPDATE SKIP LOCKED` so
+//! any number of nodes share the queue without blocking each other.
 //! Enqueue, claim and outcome recording are each ONE statement (data-modifying
 //! CTEs): enqueue and outcomes run as their own transaction, one round trip
 //! and one commit (issue #4's throughput: statements and round trips per
@@ -13,42 +14,102 @@ use std::collections::HashMap;
 use sqlx::{PgConnection, Row};
 
 use super::postgres::PgStore;
-use super::sql_queue::{bind_message, group_claims, insert_message_sql, message_of, recipient_of};
+use super::sql_queue::{group_claims, message_of, recipient_of};
 use super::*;
 
-/// Inserts message and recipients in ONE statement (a data-modifying CTE):
-/// on the pool it is its own transaction, so an enqueue costs one round trip
-/// and one commit instead of BEGIN, two INSERTs and COMMIT; inside a caller's
-/// transaction (a DSN) it is one statement of it.
+/// Inserts `m` (and its journal copy) in ONE statement; see [`insert_messages`].
 pub(crate) async fn insert_message<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     m: &NewMessage,
 ) -> StoreResult<()> {
-    if m.recipients.is_empty() {
-        return Err(StoreError::Invalid("a message needs a recipient".into()));
+    insert_messages(exec, &[m]).await
+}
+
+/// Inserts `messages`, their journal copies and all their recipients in ONE
+/// statement (a data-modifying CTE over arrays): on the pool it is its own
+/// transaction, so a group commit of any size costs one round trip and one
+/// commit; inside a caller's transaction (a DSN) it is one statement of it.
+pub(crate) async fn insert_messages<'e, E: sqlx::PgExecutor<'e>>(
+    exec: E,
+    messages: &[&NewMessage],
+) -> StoreResult<()> {
+    let mut all: Vec<&NewMessage> = Vec::with_capacity(messages.len());
+    for m in messages {
+        if m.recipients.is_empty() {
+            return Err(StoreError::Invalid("a message needs a recipient".into()));
+        }
+        all.push(m);
+        // Its journal copy, in the same statement (never one alone).
+        all.extend(m.journal.as_deref());
     }
-    let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
-    let notify: Vec<Option<&str>> = m.recipients.iter().map(|r| r.notify.as_deref()).collect();
-    let orcpt: Vec<Option<&str>> = m.recipients.iter().map(|r| r.orcpt.as_deref()).collect();
-    // The recipients' foreign key is checked at the end of the statement, when
-    // the message row of the CTE is visible; ORDER BY keeps their ids in the
-    // order given (DSNs and `queue show` list recipients by id).
-    let q = sqlx::query(concat!(
-        "WITH m AS (",
-        insert_message_sql!(),
-        " RETURNING id, received_at)
+    let column = |f: fn(&NewMessage) -> Option<&str>| -> Vec<Option<&str>> {
+        all.iter().map(|m| f(m)).collect()
+    };
+    let (ids, senders) = (column(|m| Some(&m.id)), column(|m| Some(&m.sender)));
+    let (usernames, credentials) = (
+        column(|m| m.username.as_deref()),
+        column(|m| m.credential.as_deref()),
+    );
+    let (envids, rets) = (
+        column(|m| m.envid.as_deref()),
+        column(|m| m.dsn_ret.as_deref()),
+    );
+    let user_ids: Vec<Option<i64>> = all.iter().map(|m| m.user_id).collect();
+    let sizes: Vec<i64> = all.iter().map(|m| m.body.len() as i64).collect();
+    let bodies: Vec<&[u8]> = all.iter().map(|m| &m.body[..]).collect();
+    let is_dsn: Vec<bool> = all.iter().map(|m| m.is_dsn).collect();
+    let smtputf8: Vec<bool> = all.iter().map(|m| m.smtputf8).collect();
+    let received: Vec<i64> = all.iter().map(|m| m.received_at).collect();
+    let expires: Vec<i64> = all.iter().map(|m| m.expires_at).collect();
+    let recipients = all
+        .iter()
+        .flat_map(|m| m.recipients.iter().map(move |r| (*m, r)));
+    let (mut r_ids, mut r_addresses, mut r_notify, mut r_orcpt, mut r_due) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (m, r) in recipients {
+        r_ids.push(m.id.as_str());
+        r_addresses.push(r.address.as_str());
+        r_notify.push(r.notify.as_deref());
+        r_orcpt.push(r.orcpt.as_deref());
+        r_due.push(m.received_at);
+    }
+    // The recipients' foreign key is checked at the end of the statement,
+    // when the message rows of the CTE are visible; ORDER BY keeps their ids
+    // in the order given (DSNs and `queue show` list recipients by id).
+    sqlx::query(
+        "WITH m AS (
+             INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body,
+                                         envid, dsn_ret, is_dsn, smtputf8, received_at, expires_at)
+             SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[],
+                                  $6::BIGINT[], $7::BYTEA[], $8::TEXT[], $9::TEXT[],
+                                  $10::BOOLEAN[], $11::BOOLEAN[], $12::BIGINT[], $13::BIGINT[]))
          INSERT INTO queue_recipients (message_id, recipient, notify, orcpt, next_attempt_at)
-         SELECT m.id, t.r, t.n, t.o, m.received_at
-         FROM m, unnest($14::TEXT[], $15::TEXT[], $16::TEXT[]) WITH ORDINALITY AS t(r, n, o, i)
-         ORDER BY t.i"
-    ));
-    bind_message(q, m)
-        .bind(&addresses)
-        .bind(&notify)
-        .bind(&orcpt)
-        .execute(exec)
-        .await
-        .map_err(|e| map_sqlx(e, "queued message"))?;
+         SELECT t.m, t.r, t.n, t.o, t.due
+         FROM unnest($14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::BIGINT[])
+              WITH ORDINALITY AS t(m, r, n, o, due, i)
+         ORDER BY t.i",
+    )
+    .bind(&ids)
+    .bind(&senders)
+    .bind(&user_ids)
+    .bind(&usernames)
+    .bind(&credentials)
+    .bind(&sizes)
+    .bind(&bodies)
+    .bind(&envids)
+    .bind(&rets)
+    .bind(&is_dsn)
+    .bind(&smtputf8)
+    .bind(&received)
+    .bind(&expires)
+    .bind(&r_ids)
+    .bind(&r_addresses)
+    .bind(&r_notify)
+    .bind(&r_orcpt)
+    .bind(&r_due)
+    .execute(exec)
+    .await
+    .map_err(|e| map_sqlx(e, "queued message"))?;
     Ok(())
 }
 
@@ -91,16 +152,10 @@ super::sql_queue::queue_admin_store!(PgStore, SELECT_WHERE);
 
 impl PgStore {
     async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
-        // One statement on the pool: its own transaction, committed (WAL
-        // flushed, synchronous_commit) before this returns and the 250 goes out.
-        let Some(journal) = &m.journal else {
-            return insert_message(&self.pool, m).await;
-        };
-        // With its journal copy: both in one transaction (never one alone).
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "queue"))?;
-        insert_message(&mut *tx, m).await?;
-        insert_message(&mut *tx, journal).await?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
+        // Through the group-commit writers: committed (WAL flushed,
+        // synchronous_commit) with whatever else was waiting, before this
+        // returns and the 250 goes out.
+        super::group_commit::enqueue(&self.writer, m.clone()).await
     }
 
     async fn claim_due(

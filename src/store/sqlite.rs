@@ -15,7 +15,7 @@ use super::*;
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
     /// The queue's group-commit writer task (see `sqlite_queue`).
-    pub(crate) writer: super::sqlite_writer::EnqueueSender,
+    pub(crate) writer: super::group_commit::EnqueueSender,
     /// See [`WriteGate`].
     pub(crate) write_gate: WriteGate,
 }

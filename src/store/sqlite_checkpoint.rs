@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use sqlx::SqlitePool;
 use tokio::sync::mpsc::WeakSender;
 
+use super::group_commit::WriterJob;
 use super::sqlite::WriteGate;
-use super::sqlite_writer::WriterJob;
 
 /// How often the WAL is checkpointed.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(250);

@@ -48,7 +48,7 @@ super::sql_queue::queue_admin_store!(SqliteStore, SELECT_WHERE);
 
 impl SqliteStore {
     async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
-        super::sqlite_writer::enqueue(&self.writer, m.clone()).await
+        super::group_commit::enqueue(&self.writer, m.clone()).await
     }
 
     async fn claim_due(

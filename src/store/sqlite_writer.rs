@@ -8,65 +8,27 @@
 //! enqueue commit now", not "does some connection answer" (issue 13: a
 //! probe on another path said ready while every enqueue failed).
 
+use futures::FutureExt;
 use sqlx::{SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use super::group_commit::{self, EnqueueJob, EnqueueSender};
 use super::sql_queue::{bind_message, insert_message_sql};
 use super::sqlite::WriteGate;
 use super::{map_sqlx, NewMessage, StoreError, StoreResult};
 
-/// Most messages one group commit carries.
-const BATCH_MESSAGES: usize = 256;
-/// Most body bytes one group commit carries (a batch always takes at least one).
-const BATCH_BYTES: usize = 64 * 1024 * 1024;
-
-/// One enqueue waiting for the writer task.
-pub(crate) struct EnqueueJob {
-    message: NewMessage,
-    done: oneshot::Sender<StoreResult<()>>,
-}
-
-/// What the writer task is asked to do.
-pub(crate) enum WriterJob {
-    Enqueue(Box<EnqueueJob>),
-    /// Commit the readiness probe row (see [`probe`]).
-    Probe(oneshot::Sender<StoreResult<()>>),
-}
-
-/// Handle to the writer task; dropping every clone stops the task.
-pub(crate) type EnqueueSender = mpsc::Sender<WriterJob>;
-
 /// Starts the writer task that group-commits enqueues on `pool`, each
 /// commit under `gate`.
 pub(crate) fn spawn_writer(pool: SqlitePool, gate: WriteGate) -> EnqueueSender {
-    let (tx, mut rx) = mpsc::channel::<WriterJob>(1024);
+    let (tx, jobs) = group_commit::channel();
     tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            // The gate first, then the group: what arrives while another
-            // write holds the gate joins this commit.
-            let _held = gate.turn().await;
-            let first = match first {
-                WriterJob::Enqueue(job) => *job,
-                WriterJob::Probe(done) => {
-                    answer_probe(&pool, done).await;
-                    continue;
-                }
-            };
-            let mut bytes = first.message.body.len();
-            let mut batch = vec![first];
-            let mut probes = Vec::new();
-            while batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(WriterJob::Enqueue(job)) => {
-                        bytes += job.message.body.len();
-                        batch.push(*job);
-                    }
-                    Ok(WriterJob::Probe(done)) => probes.push(done),
-                    Err(_) => break,
-                }
+        // The gate after the first job, then the group: what arrives while
+        // another write holds the gate joins this commit.
+        while let Some((batch, _held)) = group_commit::next_batch(&jobs, gate.turn()).await {
+            if !batch.enqueues.is_empty() {
+                commit_batch(&pool, batch.enqueues).await;
             }
-            commit_batch(&pool, batch).await;
-            for done in probes {
+            for done in batch.probes {
                 answer_probe(&pool, done).await;
             }
         }
@@ -105,46 +67,26 @@ async fn commit_probe(pool: &SqlitePool) -> StoreResult<()> {
 }
 
 async fn commit_batch(pool: &SqlitePool, batch: Vec<EnqueueJob>) {
-    let all = async {
-        let mut tx = pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| map_sqlx(e, "queue"))?;
-        for job in &batch {
-            insert_message(&mut tx, &job.message).await?;
-        }
-        tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
-    }
+    let messages: Vec<&NewMessage> = batch.iter().map(|job| &job.message).collect();
+    let all = commit_messages(pool, &messages).await;
+    drop(messages);
+    group_commit::answer(batch, all, |m| {
+        let pool = pool.clone();
+        async move { commit_messages(&pool, &[m]).await }.boxed()
+    })
     .await;
-    match all {
-        Ok(()) => {
-            for job in batch {
-                let _ = job.done.send(Ok(()));
-            }
-        }
-        Err(_) if batch.len() > 1 => {
-            // One bad message (e.g. a duplicate id) must not fail the others:
-            // commit them one by one so each gets its own answer.
-            for job in batch {
-                let one = async {
-                    let mut tx = pool
-                        .begin_with("BEGIN IMMEDIATE")
-                        .await
-                        .map_err(|e| map_sqlx(e, "queue"))?;
-                    insert_message(&mut tx, &job.message).await?;
-                    tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
-                }
-                .await;
-                let _ = job.done.send(one);
-            }
-        }
-        Err(e) => {
-            // A batch of one: its own error, as is.
-            if let Some(job) = batch.into_iter().next() {
-                let _ = job.done.send(Err(e));
-            }
-        }
+}
+
+/// Commits `messages` in one `BEGIN IMMEDIATE` transaction.
+async fn commit_messages(pool: &SqlitePool, messages: &[&NewMessage]) -> StoreResult<()> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| map_sqlx(e, "queue"))?;
+    for m in messages {
+        insert_message(&mut tx, m).await?;
     }
+    tx.commit().await.map_err(|e| map_sqlx(e, "queue"))
 }
 
 /// Inserts message and recipients on `conn` (inside the caller's transaction).
@@ -177,26 +119,8 @@ pub(crate) async fn insert_message(conn: &mut SqliteConnection, m: &NewMessage) 
     Ok(())
 }
 
-/// Hands `message` to the writer; returns once its group commit is done
-/// (or failed). `Unavailable` when the writer has stopped.
-pub(crate) async fn enqueue(writer: &EnqueueSender, message: NewMessage) -> StoreResult<()> {
-    let (done, wait) = oneshot::channel();
-    writer
-        .send(WriterJob::Enqueue(Box::new(EnqueueJob { message, done })))
-        .await
-        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?;
-    wait.await
-        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?
-}
-
 /// Commits the readiness probe through the writer task: `Ok` when an
 /// enqueue could commit now (write lock taken, WAL appended, synced).
 pub(crate) async fn probe(writer: &EnqueueSender) -> StoreResult<()> {
-    let (done, wait) = oneshot::channel();
-    writer
-        .send(WriterJob::Probe(done))
-        .await
-        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?;
-    wait.await
-        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?
+    group_commit::probe(writer).await
 }

@@ -584,3 +584,39 @@ async fn a_journal_copy_commits_with_its_message_or_neither_does() {
         assert_eq!(s.events_recent(None, 100).await.unwrap().len(), 1, "{b}");
     }
 }
+
+/// Enqueues are group-committed (`store/group_commit.rs`; on PostgreSQL one
+/// statement carries the whole group): each message of a group keeps exactly
+/// its own body and recipients (the bad-message case is
+/// `concurrent_enqueues_all_commit_and_a_bad_one_fails_alone_on_every_backend`).
+#[tokio::test]
+async fn group_committed_messages_keep_their_own_recipients_and_bodies() {
+    for t in all_stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        let messages: Vec<NewMessage> = (0..64)
+            .map(|i| {
+                let rcpts: Vec<String> = (0..=i % 3)
+                    .map(|k| format!("r{i}-{k}@dest.example"))
+                    .collect();
+                let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+                message("a@example.com", &rcpts, format!("body {i}").as_bytes(), T0)
+            })
+            .collect();
+        for r in futures::future::join_all(messages.iter().map(|m| s.enqueue(m))).await {
+            r.unwrap();
+        }
+        let claimed = s.claim_due("n1", T0 + 1, 60_000, 1_000).await.unwrap();
+        assert_eq!(claimed.len(), 64, "{b}");
+        for c in &claimed {
+            let m = messages
+                .iter()
+                .find(|m| m.id == c.id)
+                .expect("a message enqueued here");
+            let got: Vec<&str> = c.recipients.iter().map(|r| r.address.as_str()).collect();
+            let want: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
+            assert_eq!(got, want, "{b}: recipients of {}, in the order given", c.id);
+            assert_eq!(s.load_body(&c.id).await.unwrap(), m.body, "{b}");
+        }
+    }
+}

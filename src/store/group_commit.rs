@@ -1,0 +1,138 @@
+//! Group commit of enqueues, shared by both backends: sessions hand their
+//! message to a writer task, which commits every enqueue waiting at that
+//! moment in ONE transaction. Each caller's `Ok` is that shared commit, so
+//! the 250 still follows a durable commit of its own message (RFC 5321
+//! §4.1.1.4; DESIGN rule "250 only after commit"); many sessions share one
+//! disk flush and one transaction's fixed cost instead of paying one each.
+//!
+//! SQLite runs one writer (it has one writer at a time); PostgreSQL runs a
+//! few, each with its own connection, so one batch gathers while another
+//! commits.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::{NewMessage, StoreError, StoreResult};
+
+/// Most messages one group commit carries.
+const BATCH_MESSAGES: usize = 256;
+/// Most body bytes one group commit carries (a batch always takes at least one).
+const BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// One enqueue waiting for a writer task.
+pub(crate) struct EnqueueJob {
+    pub(crate) message: NewMessage,
+    done: oneshot::Sender<StoreResult<()>>,
+}
+
+/// What a writer task is asked to do.
+pub(crate) enum WriterJob {
+    Enqueue(Box<EnqueueJob>),
+    /// Commit the backend's readiness probe (SQLite; see `sqlite_writer`).
+    Probe(oneshot::Sender<StoreResult<()>>),
+}
+
+/// Handle to the writer tasks; dropping every clone stops them.
+pub(crate) type EnqueueSender = mpsc::Sender<WriterJob>;
+
+/// The writers' side of the channel: several PostgreSQL writers take
+/// turns at it (the one holding it gathers the next batch).
+pub(crate) type JobReceiver = Arc<Mutex<mpsc::Receiver<WriterJob>>>;
+
+/// A new channel between sessions and writer tasks.
+pub(crate) fn channel() -> (EnqueueSender, JobReceiver) {
+    let (tx, rx) = mpsc::channel::<WriterJob>(1024);
+    (tx, Arc::new(Mutex::new(rx)))
+}
+
+/// One batch taken from the channel: enqueues (at least one) and probes.
+pub(crate) struct Batch {
+    pub(crate) enqueues: Vec<EnqueueJob>,
+    pub(crate) probes: Vec<oneshot::Sender<StoreResult<()>>>,
+}
+
+/// Waits for the next job, then for `ready` (SQLite: its turn at the write
+/// gate; what arrives meanwhile joins this batch), then takes every job
+/// already waiting, up to [`BATCH_MESSAGES`] messages and [`BATCH_BYTES`]
+/// of bodies. `None` when every sender is gone. A batch may hold only probes.
+pub(crate) async fn next_batch<R>(
+    jobs: &JobReceiver,
+    ready: impl std::future::Future<Output = R>,
+) -> Option<(Batch, R)> {
+    let mut rx = jobs.lock().await;
+    let mut job = Some(rx.recv().await?);
+    let ready = ready.await;
+    let mut batch = Batch {
+        enqueues: Vec::new(),
+        probes: Vec::new(),
+    };
+    let mut bytes = 0;
+    while let Some(next) = job.take() {
+        match next {
+            WriterJob::Enqueue(e) => {
+                bytes += e.message.body.len();
+                batch.enqueues.push(*e);
+            }
+            WriterJob::Probe(done) => batch.probes.push(done),
+        }
+        if batch.enqueues.len() >= BATCH_MESSAGES || bytes >= BATCH_BYTES {
+            break;
+        }
+        job = rx.try_recv().ok();
+    }
+    Some((batch, ready))
+}
+
+/// Answers every enqueue of `batch` after its group commit ended with
+/// `all`. When that failed for a batch of several, one bad message (a
+/// duplicate id, say) must not fail the others: each is committed again on
+/// its own by `one` and gets its own answer.
+pub(crate) async fn answer(
+    batch: Vec<EnqueueJob>,
+    all: StoreResult<()>,
+    one: impl for<'a> Fn(&'a NewMessage) -> BoxFuture<'a, StoreResult<()>>,
+) {
+    match all {
+        Ok(()) => {
+            for job in batch {
+                let _ = job.done.send(Ok(()));
+            }
+        }
+        Err(_) if batch.len() > 1 => {
+            for job in batch {
+                let result = one(&job.message).await;
+                let _ = job.done.send(result);
+            }
+        }
+        Err(e) => {
+            if let Some(job) = batch.into_iter().next() {
+                let _ = job.done.send(Err(e));
+            }
+        }
+    }
+}
+
+/// Hands `message` to the writers; returns once its group commit is done
+/// (or failed). `Unavailable` when the writers have stopped.
+pub(crate) async fn enqueue(writer: &EnqueueSender, message: NewMessage) -> StoreResult<()> {
+    let (done, wait) = oneshot::channel();
+    writer
+        .send(WriterJob::Enqueue(Box::new(EnqueueJob { message, done })))
+        .await
+        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?;
+    wait.await
+        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?
+}
+
+/// Sends a probe job through the writers and waits for its answer.
+pub(crate) async fn probe(writer: &EnqueueSender) -> StoreResult<()> {
+    let (done, wait) = oneshot::channel();
+    writer
+        .send(WriterJob::Probe(done))
+        .await
+        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?;
+    wait.await
+        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?
+}

@@ -5,9 +5,9 @@
 //! §4.1.1.4; DESIGN rule "250 only after commit"); many sessions share one
 //! disk flush and one transaction's fixed cost instead of paying one each.
 //!
-//! SQLite runs one writer (it has one writer at a time); PostgreSQL runs a
-//! few, each with its own connection, so one batch gathers while another
-//! commits.
+//! Each backend runs one writer task (SQLite has one writer at a time; on
+//! PostgreSQL one writer's batches beat two writers' smaller ones); the
+//! channel's receiving side can be shared should a backend want several.
 
 use std::sync::Arc;
 

@@ -87,17 +87,27 @@ pub(crate) async fn next_batch<R>(
 
 /// Answers every enqueue of `batch` after its group commit ended with
 /// `all`. When that failed for a batch of several, one bad message (a
-/// duplicate id, say) must not fail the others: each is committed again on
-/// its own by `one` and gets its own answer.
+/// duplicate id, a value the database refuses) must not fail the others:
+/// each is committed again on its own by `one` and gets its own answer.
+/// Unless `store_failed` (the database could not be reached or broke the
+/// connection: nothing a message holds): then every message gets that
+/// error at once, instead of one connect timeout after another.
 pub(crate) async fn answer(
     batch: Vec<EnqueueJob>,
     all: StoreResult<()>,
+    store_failed: bool,
     one: impl for<'a> Fn(&'a NewMessage) -> BoxFuture<'a, StoreResult<()>>,
 ) {
     match all {
         Ok(()) => {
             for job in batch {
                 let _ = job.done.send(Ok(()));
+            }
+        }
+        Err(e) if store_failed => {
+            let reason = e.to_string();
+            for job in batch {
+                let _ = job.done.send(Err(StoreError::Unavailable(reason.clone())));
             }
         }
         Err(_) if batch.len() > 1 => {

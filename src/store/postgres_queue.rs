@@ -33,11 +33,24 @@ pub(crate) async fn insert_messages<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     messages: &[&NewMessage],
 ) -> StoreResult<()> {
+    if messages.iter().any(|m| m.recipients.is_empty()) {
+        return Err(StoreError::Invalid("a message needs a recipient".into()));
+    }
+    insert_messages_sql(exec, messages)
+        .await
+        .map_err(|e| map_sqlx(e, "queued message"))
+}
+
+/// The statement of [`insert_messages`], its error as the driver gave it
+/// (the group-commit writer tells the database's refusals from a lost
+/// connection). It does not check that each message has a recipient:
+/// callers do, first.
+pub(crate) async fn insert_messages_sql<'e, E: sqlx::PgExecutor<'e>>(
+    exec: E,
+    messages: &[&NewMessage],
+) -> Result<(), sqlx::Error> {
     let mut all: Vec<&NewMessage> = Vec::with_capacity(messages.len());
     for m in messages {
-        if m.recipients.is_empty() {
-            return Err(StoreError::Invalid("a message needs a recipient".into()));
-        }
         all.push(m);
         // Its journal copy, in the same statement (never one alone).
         all.extend(m.journal.as_deref());
@@ -108,8 +121,7 @@ pub(crate) async fn insert_messages<'e, E: sqlx::PgExecutor<'e>>(
     .bind(&r_orcpt)
     .bind(&r_due)
     .execute(exec)
-    .await
-    .map_err(|e| map_sqlx(e, "queued message"))?;
+    .await?;
     Ok(())
 }
 

@@ -9,8 +9,8 @@ use futures::FutureExt;
 use sqlx::PgPool;
 
 use super::group_commit::{self, EnqueueJob, EnqueueSender};
-use super::postgres_queue::insert_messages;
-use super::NewMessage;
+use super::postgres_queue::{insert_messages, insert_messages_sql};
+use super::{map_sqlx, NewMessage, StoreError};
 
 /// Writer tasks per store. One: its batches grow with the load (while it
 /// commits, the next group gathers), and that beat two writers' smaller
@@ -43,11 +43,64 @@ async fn commit_batch(pool: &PgPool, batch: Vec<EnqueueJob>) {
         return;
     }
     let messages: Vec<&NewMessage> = batch.iter().map(|job| &job.message).collect();
-    let all = insert_messages(pool, &messages).await;
+    let (all, store_failed) = if messages.iter().any(|m| m.recipients.is_empty()) {
+        // Refused below, one by one, each with its own answer.
+        let refused = StoreError::Invalid("a message needs a recipient".into());
+        (Err(refused), false)
+    } else {
+        match insert_messages_sql(pool, &messages).await {
+            Ok(()) => (Ok(()), false),
+            Err(e) => {
+                let store_failed = is_store_failure(&e);
+                (Err(map_sqlx(e, "queued message")), store_failed)
+            }
+        }
+    };
     drop(messages);
-    group_commit::answer(batch, all, |m| {
+    group_commit::answer(batch, all, store_failed, |m| {
         let pool = pool.clone();
         async move { insert_messages(&pool, &[m]).await }.boxed()
     })
     .await;
+}
+
+/// Whether `e` is the store's failure rather than something one message
+/// holds: anything but an error the database raised (a lost connection, a
+/// pool timeout, TLS trouble), or a database error of a class about the
+/// server rather than the statement ([`is_server_sqlstate`]).
+fn is_store_failure(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => is_server_sqlstate(&db.code().unwrap_or_default()),
+        _ => true,
+    }
+}
+
+/// SQLSTATE classes about the server, not the statement (PostgreSQL
+/// documentation, Appendix A): 08 connection exception, 53 insufficient
+/// resources (disk full, out of memory), 57 operator intervention
+/// (shutdown, terminated backend), 58 system error (I/O).
+fn is_server_sqlstate(code: &str) -> bool {
+    ["08", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_servers_troubles_fail_a_whole_group() {
+        assert!(is_store_failure(&sqlx::Error::PoolTimedOut));
+        assert!(is_store_failure(&sqlx::Error::Io(std::io::Error::other(
+            "reset"
+        ))));
+        for server in ["08006", "53100", "57P01", "58030"] {
+            assert!(is_server_sqlstate(server), "{server}");
+        }
+        // unique violation, value too long, invalid byte sequence, check violation
+        for message in ["23505", "22001", "22021", "23514"] {
+            assert!(!is_server_sqlstate(message), "{message}");
+        }
+    }
 }

@@ -70,7 +70,9 @@ async fn commit_batch(pool: &SqlitePool, batch: Vec<EnqueueJob>) {
     let messages: Vec<&NewMessage> = batch.iter().map(|job| &job.message).collect();
     let all = commit_messages(pool, &messages).await;
     drop(messages);
-    group_commit::answer(batch, all, |m| {
+    // SQLite's errors are the file's own and come at once: retrying each
+    // message alone costs little, so `store_failed` is never claimed.
+    group_commit::answer(batch, all, false, |m| {
         let pool = pool.clone();
         async move { commit_messages(&pool, &[m]).await }.boxed()
     })

@@ -163,13 +163,6 @@ super::sql_queue::queue_store!(PgStore, PgConnection, u32_of, insert_message);
 super::sql_queue::queue_admin_store!(PgStore, SELECT_WHERE);
 
 impl PgStore {
-    async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
-        // Through the group-commit writers: committed (WAL flushed,
-        // synchronous_commit) with whatever else was waiting, before this
-        // returns and the 250 goes out.
-        super::group_commit::enqueue(&self.writer, m.clone()).await
-    }
-
     async fn claim_due(
         &self,
         owner: &str,

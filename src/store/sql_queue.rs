@@ -2,10 +2,12 @@
 //! written once: [`queue_store!`] implements [`QueueStore`] and
 //! [`queue_admin_store!`] [`QueueAdminStore`] for a backend. What differs
 //! stays in the backend files as inherent methods of the same names, which
-//! the macros call: enqueue, claim, outcome recording, the checks before a
-//! message is finished, marking delay notices and lease renewal
-//! (`postgres_queue.rs`, `sqlite_queue.rs`), and the admin filter's `WHERE`
-//! clause.
+//! the macros call: claim, outcome recording, the checks before a message is
+//! finished, marking delay notices and lease renewal (`postgres_queue.rs`,
+//! `sqlite_queue.rs`), and the admin filter's `WHERE` clause. Enqueues go
+//! through each backend's group-commit writer (`group_commit.rs`), whose
+//! insert statements differ (`postgres_queue::insert_messages`,
+//! `sqlite_writer::insert_message`).
 
 use std::collections::HashMap;
 
@@ -16,46 +18,6 @@ use super::*;
 /// A count read as `bigint`: negative is 0, too large is `u32::MAX`.
 pub(super) fn count_u32(v: i64) -> u32 {
     u32::try_from(v.max(0)).unwrap_or(u32::MAX)
-}
-
-/// The `queue_messages` insert of an enqueue, `$1`..`$13` bound by
-/// [`bind_message`]; a literal, for `concat!`.
-macro_rules! insert_message_sql {
-    () => {
-        "INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body,
-                envid, dsn_ret, is_dsn, smtputf8, received_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    };
-}
-pub(super) use insert_message_sql;
-
-/// Binds the columns of [`insert_message_sql!`] from `m`.
-pub(super) fn bind_message<'q, DB>(
-    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    m: &'q NewMessage,
-) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-where
-    DB: sqlx::Database,
-    String: sqlx::Encode<'q, DB> + Type<DB>,
-    Option<String>: sqlx::Encode<'q, DB> + Type<DB>,
-    Option<i64>: sqlx::Encode<'q, DB> + Type<DB>,
-    i64: sqlx::Encode<'q, DB> + Type<DB>,
-    bool: sqlx::Encode<'q, DB> + Type<DB>,
-    &'q [u8]: sqlx::Encode<'q, DB> + Type<DB>,
-{
-    q.bind(&m.id)
-        .bind(&m.sender)
-        .bind(m.user_id)
-        .bind(&m.username)
-        .bind(&m.credential)
-        .bind(m.body.len() as i64)
-        .bind(&m.body[..])
-        .bind(&m.envid)
-        .bind(&m.dsn_ret)
-        .bind(m.is_dsn)
-        .bind(m.smtputf8)
-        .bind(m.received_at)
-        .bind(m.expires_at)
 }
 
 /// The [`ClaimedMessage`] (no recipients yet) of a `queue_messages` row;
@@ -189,7 +151,8 @@ where
 }
 
 /// Implements [`QueueStore`] for `$store`: a backend with a `pool` field,
-/// a `begin_write` method (the transaction of a write), inherent `enqueue`,
+/// a `writer` field (its group-commit writer, `group_commit.rs`), a
+/// `begin_write` method (the transaction of a write), inherent
 /// `claim_due`, `record_outcomes`, `lock_message`, `renew_leases_until`,
 /// `IN_ID_LIST` (` IN` a set of ids bound as `$1`) and `id_list` (that
 /// set's value); `$conn` is its connection type, `$u32_of` reads its
@@ -200,7 +163,10 @@ macro_rules! queue_store {
         #[async_trait::async_trait]
         impl QueueStore for $store {
             async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
-                <$store>::enqueue(self, m).await
+                // Through the store's group-commit writer: committed (SQLite
+                // synced, PostgreSQL's WAL flushed) with whatever else was
+                // waiting, before this returns and the 250 goes out.
+                super::group_commit::enqueue(&self.writer, m.clone()).await
             }
 
             async fn claim_due(

@@ -47,10 +47,6 @@ super::sql_queue::queue_store!(SqliteStore, SqliteConnection, u32_of, insert_mes
 super::sql_queue::queue_admin_store!(SqliteStore, SELECT_WHERE);
 
 impl SqliteStore {
-    async fn enqueue(&self, m: &NewMessage) -> StoreResult<()> {
-        super::group_commit::enqueue(&self.writer, m.clone()).await
-    }
-
     async fn claim_due(
         &self,
         owner: &str,

@@ -13,7 +13,6 @@ use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::oneshot;
 
 use super::group_commit::{self, EnqueueJob, EnqueueSender};
-use super::sql_queue::{bind_message, insert_message_sql};
 use super::sqlite::WriteGate;
 use super::{map_sqlx, NewMessage, StoreError, StoreResult};
 
@@ -96,10 +95,27 @@ pub(crate) async fn insert_message(conn: &mut SqliteConnection, m: &NewMessage) 
     if m.recipients.is_empty() {
         return Err(StoreError::Invalid("a message needs a recipient".into()));
     }
-    bind_message(sqlx::query(insert_message_sql!()), m)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| map_sqlx(e, "queued message"))?;
+    sqlx::query(
+        "INSERT INTO queue_messages (id, sender, user_id, username, credential, size, body,
+                envid, dsn_ret, is_dsn, smtputf8, received_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .bind(&m.id)
+    .bind(&m.sender)
+    .bind(m.user_id)
+    .bind(&m.username)
+    .bind(&m.credential)
+    .bind(m.body.len() as i64)
+    .bind(&m.body[..])
+    .bind(&m.envid)
+    .bind(&m.dsn_ret)
+    .bind(m.is_dsn)
+    .bind(m.smtputf8)
+    .bind(m.received_at)
+    .bind(m.expires_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| map_sqlx(e, "queued message"))?;
     for r in &m.recipients {
         sqlx::query(
             "INSERT INTO queue_recipients (message_id, recipient, notify, orcpt, next_attempt_at)

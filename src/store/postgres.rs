@@ -10,7 +10,7 @@ use super::*;
 #[derive(Clone)]
 pub struct PgStore {
     pub(crate) pool: PgPool,
-    /// The queue's group-commit writer tasks (see `postgres_writer`).
+    /// The queue's group-commit writer task (see `postgres_writer`).
     pub(crate) writer: super::group_commit::EnqueueSender,
 }
 
@@ -60,7 +60,7 @@ impl PgStore {
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.connect_timeout)
             .connect_lazy_with(connect);
-        let writer = super::postgres_writer::spawn_writers(&pool);
+        let writer = super::postgres_writer::spawn_writer(&pool);
         Ok(PgStore { pool, writer })
     }
 

@@ -19,11 +19,11 @@ use super::{map_sqlx, NewMessage, StoreError, StoreResult};
 /// Starts the writer task that group-commits enqueues on `pool`, each
 /// commit under `gate`.
 pub(crate) fn spawn_writer(pool: SqlitePool, gate: WriteGate) -> EnqueueSender {
-    let (tx, jobs) = group_commit::channel();
+    let (tx, mut jobs) = group_commit::channel();
     tokio::spawn(async move {
         // The gate after the first job, then the group: what arrives while
         // another write holds the gate joins this commit.
-        while let Some((batch, _held)) = group_commit::next_batch(&jobs, gate.turn()).await {
+        while let Some((batch, _held)) = group_commit::next_batch(&mut jobs, gate.turn()).await {
             if !batch.enqueues.is_empty() {
                 commit_batch(&pool, batch.enqueues).await;
             }

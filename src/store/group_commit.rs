@@ -28,7 +28,8 @@ pub(crate) struct EnqueueJob {
 /// What a writer task is asked to do.
 pub(crate) enum WriterJob {
     Enqueue(Box<EnqueueJob>),
-    /// Commit the backend's readiness probe (SQLite; see `sqlite_writer`).
+    /// Commit the backend's readiness probe after the group ahead of it
+    /// (`commit_probe` in `sqlite_writer.rs` and `postgres_writer.rs`).
     Probe(oneshot::Sender<StoreResult<()>>),
 }
 

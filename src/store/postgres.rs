@@ -103,13 +103,9 @@ impl PgStore {
 #[async_trait]
 impl HealthStore for PgStore {
     async fn check_ready(&self) -> StoreResult<()> {
-        // A write that changes nothing proves the file is writable (not read-only, disk not full).
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(e, "health"))?;
-        sqlx::query("DELETE FROM limit_counters WHERE false")
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "health"))?;
-        tx.rollback().await.map_err(|e| map_sqlx(e, "health"))
+        // The enqueue path itself: the writer task, a transaction, a flushed
+        // commit (`postgres_writer::commit_probe`).
+        super::group_commit::probe(&self.writer).await
     }
 }
 

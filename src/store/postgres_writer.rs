@@ -5,14 +5,15 @@
 //! waiting and commits them in one statement ([`insert_messages`]); while it
 //! commits, the next group gathers, so a lone message waits for no timer.
 //! One writer beat two in every cell measured (README, Performance): its
-//! groups are larger. It holds one pool connection while it commits.
+//! groups are larger. It holds one pool connection while it commits. The
+//! readiness probe goes through it too ([`commit_probe`]).
 
 use futures::FutureExt;
 use sqlx::PgPool;
 
 use super::group_commit::{self, EnqueueJob, EnqueueSender};
 use super::postgres_queue::{insert_messages, insert_messages_sql};
-use super::{map_sqlx, NewMessage, StoreError};
+use super::{map_sqlx, NewMessage, StoreError, StoreResult};
 
 /// Starts the writer task that group-commits enqueues on `pool`.
 pub(crate) fn spawn_writer(pool: &PgPool) -> EnqueueSender {
@@ -21,15 +22,36 @@ pub(crate) fn spawn_writer(pool: &PgPool) -> EnqueueSender {
     tokio::spawn(async move {
         while let Some((batch, ())) = group_commit::next_batch(&mut jobs, async {}).await {
             commit_batch(&pool, batch.enqueues).await;
-            // PostgreSQL's readiness is checked on the pool (`check_ready`):
-            // no probe is sent here, and one that were would get `Ok` only
-            // after this group, which is what it asks.
             for done in batch.probes {
-                let _ = done.send(Ok(()));
+                // Unless its caller stopped waiting (a `/readyz` that timed
+                // out while the writer was blocked).
+                if !done.is_closed() {
+                    let _ = done.send(commit_probe(&pool).await);
+                }
             }
         }
     });
     tx
+}
+
+/// The readiness probe (`HealthStore::check_ready`), answered by the writer
+/// after the group ahead of it, so it says whether an enqueue could commit
+/// now (issue 13: a probe on another path said ready while every enqueue
+/// failed). One statement, its own transaction: a write to the queue that
+/// changes nothing fails in a read-only database or without the right to
+/// write the queue, and taking a transaction id makes the commit write a
+/// record that is flushed before it returns (`synchronous_commit`), so a
+/// WAL that cannot be written fails it too. It changes no row, so probes of
+/// several nodes never wait for each other.
+async fn commit_probe(pool: &PgPool) -> StoreResult<()> {
+    sqlx::query(
+        "WITH nothing AS (DELETE FROM queue_messages WHERE false RETURNING 1)
+         SELECT pg_current_xact_id()",
+    )
+    .execute(pool)
+    .await
+    .map_err(|e| map_sqlx(e, "health"))?;
+    Ok(())
 }
 
 async fn commit_batch(pool: &PgPool, batch: Vec<EnqueueJob>) {

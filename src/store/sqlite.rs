@@ -169,7 +169,7 @@ impl SqliteStore {
 impl HealthStore for SqliteStore {
     async fn check_ready(&self) -> StoreResult<()> {
         // The enqueue path itself: the writer task, BEGIN IMMEDIATE, a commit.
-        super::sqlite_writer::probe(&self.writer).await
+        super::group_commit::probe(&self.writer).await
     }
 }
 

@@ -136,9 +136,3 @@ pub(crate) async fn insert_message(conn: &mut SqliteConnection, m: &NewMessage) 
     }
     Ok(())
 }
-
-/// Commits the readiness probe through the writer task: `Ok` when an
-/// enqueue could commit now (write lock taken, WAL appended, synced).
-pub(crate) async fn probe(writer: &EnqueueSender) -> StoreResult<()> {
-    group_commit::probe(writer).await
-}

@@ -272,6 +272,55 @@ async fn ops_readyz_fails_while_the_store_is_down_and_recovers() {
     }
 }
 
+/// PostgreSQL's readiness probe goes through the enqueue writer (issue 13:
+/// a probe on another path said ready while every enqueue failed): while an
+/// enqueue group is blocked, here on another transaction's uncommitted row
+/// with the same queue id, `/readyz` is 503; once the group commits, 200.
+#[tokio::test]
+async fn ops_readyz_waits_behind_a_blocked_enqueue_on_postgres() {
+    use sqlx::Connection;
+    for ts in common::all_stores().await {
+        if ts.backend != "postgres" {
+            continue;
+        }
+        let mut state = HttpState::new(metrics(), ts.store.clone());
+        state.readiness_timeout = Duration::from_secs(1);
+        let server = start(state).await;
+        assert_eq!(ready(&server).await.0, 200);
+
+        let m = crate::delivery_queue::message("a@example.com", &["r@x.org"], b"x\r\n", 1);
+        let mut other = sqlx::PgConnection::connect(&ts.url).await.unwrap();
+        pg_exec(&mut other, "BEGIN").await;
+        pg_exec(
+            &mut other,
+            &format!(
+                "INSERT INTO queue_messages (id, sender, size, body, received_at, expires_at)
+                 VALUES ('{}', '', 1, '\\x00', 0, 0)",
+                m.id
+            ),
+        )
+        .await;
+        let store = ts.store.clone();
+        let enqueue = tokio::spawn(async move { store.enqueue(&m).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !enqueue.is_finished(),
+            "the enqueue waits for the other transaction"
+        );
+        let (status, body) = ready(&server).await;
+        assert_eq!(status, 503, "an enqueue cannot commit now: {body}");
+
+        pg_exec(&mut other, "ROLLBACK").await;
+        enqueue
+            .await
+            .unwrap()
+            .expect("the enqueue commits once the row is gone");
+        let (status, body) = ready(&server).await;
+        assert_eq!(status, 200, "{body}");
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn ops_readyz_ignores_upstreams_which_health_upstreams_reports_and_draining_is_503() {
     let ts = common::sqlite_store().await;

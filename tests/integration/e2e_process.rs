@@ -109,6 +109,16 @@ impl NodeFiles {
     }
 }
 
+/// A short name of the backend `url` names, for file names and messages:
+/// `sqlite` or `pg`.
+fn backend_tag(url: &str) -> &'static str {
+    if url.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "pg"
+    }
+}
+
 /// Writes `dir/NAME.toml` for `s`, with a self-signed certificate in
 /// `dir/cert.pem` + `dir/key.pem` (made once per dir).
 fn write_node(dir: &Path, name: &str, s: &Settings) -> NodeFiles {

@@ -199,11 +199,7 @@ async fn both_front_doors_apply_the_same_rules() {
 
 async fn both_doors(dir: &Path, url: &str) {
     let up = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
-    let tag = if url.starts_with("sqlite") {
-        "sqlite"
-    } else {
-        "pg"
-    };
+    let tag = backend_tag(url);
     let api_port = free_port();
     let extra = format!(
         r#"

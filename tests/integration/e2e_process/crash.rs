@@ -28,11 +28,7 @@ async fn crash_and_restart(dir: &Path, url: &str) {
         );
     }
     let up = UpstreamServer::start(b).await;
-    let tag = if url.starts_with("sqlite") {
-        "sqlite"
-    } else {
-        "pg"
-    };
+    let tag = backend_tag(url);
     let mut files = write_node(
         dir,
         &format!("crash-{tag}"),
@@ -108,11 +104,7 @@ async fn no_late_duplicate(dir: &Path, url: &str) {
     let mut b = Behavior::new(ServerTls::None);
     b.reply_delay = Duration::from_secs(3);
     let slow = UpstreamServer::start(b).await;
-    let tag = if url.starts_with("sqlite") {
-        "sqlite"
-    } else {
-        "pg"
-    };
+    let tag = backend_tag(url);
     // One worker, polling rarely: both messages land in one claim.
     let extra = format!(
         r#"
@@ -232,11 +224,7 @@ async fn bounded_duplicates(dir: &Path, url: &str) {
     let mut b = Behavior::new(ServerTls::None);
     b.greeting = "421 4.3.2 not now".into();
     let up = UpstreamServer::start(b).await;
-    let tag = if url.starts_with("sqlite") {
-        "sqlite"
-    } else {
-        "pg"
-    };
+    let tag = backend_tag(url);
     let upstream_extra = format!("max_connections = {CONNECTIONS}");
     let mut settings = Settings::new(url, up.addr.port());
     settings.upstream_extra = &upstream_extra;

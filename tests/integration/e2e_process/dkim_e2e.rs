@@ -35,11 +35,7 @@ fn headers(msg: &str) -> Vec<(String, String)> {
 
 async fn dkim_end_to_end(dir: &Path, url: &str) {
     let up = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
-    let tag = if url.starts_with("sqlite") {
-        "sqlite"
-    } else {
-        "pg"
-    };
+    let tag = backend_tag(url);
     let mut files = write_node(
         dir,
         &format!("dkim-{tag}"),

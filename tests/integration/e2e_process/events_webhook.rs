@@ -113,11 +113,7 @@ async fn every_final_event_reaches_the_webhook_across_sigkill_and_receiver_outag
 }
 
 async fn outages(dir: &Path, url: &str) {
-    let tag = if url.starts_with("sqlite") {
-        "sqlite"
-    } else {
-        "pg"
-    };
+    let tag = backend_tag(url);
     // r0 is refused for good (bounced), r1 deferred until the restart.
     let mut b = Behavior::new(ServerTls::None);
     b.rcpt_replies
@@ -287,11 +283,7 @@ async fn refusals_at_rcpt_and_api_are_rejected_events() {
 }
 
 async fn rejected(dir: &Path, url: &str) {
-    let tag = if url.starts_with("sqlite") {
-        "sqlite"
-    } else {
-        "pg"
-    };
+    let tag = backend_tag(url);
     let up = UpstreamServer::start(Behavior::new(ServerTls::None)).await;
     let mut receiver = Receiver::new(&dir.join(format!("rejected-{tag}")));
     receiver.up().await;

@@ -42,11 +42,7 @@ fn copies_of(up: &UpstreamServer, subject: &str) -> Vec<(Vec<String>, String)> {
 }
 
 async fn journal(dir: &Path, url: &str) {
-    let tag = if url.starts_with("sqlite") {
-        "sqlite"
-    } else {
-        "pg"
-    };
+    let tag = backend_tag(url);
     let mut b = Behavior::new(ServerTls::None);
     b.rcpt_replies
         .insert(REFUSING.into(), "550 5.1.1 no such archive".into());

@@ -20,11 +20,7 @@ async fn legacy_plain_in_xoauth2_out_without_secrets_in_the_log() {
 }
 
 async fn run(dir: &Path, url: &str) {
-    let tag = if url.starts_with("sqlite") {
-        "sqlite"
-    } else {
-        "pg"
-    };
+    let tag = backend_tag(url);
     let tokens = TokenServer::start(
         vec![OAuthClient::Secret {
             id: "app-e2e".into(),

@@ -17,11 +17,7 @@ async fn sigterm(dir: &Path, url: &str) {
     let mut b = Behavior::new(ServerTls::None);
     b.reply_delay = Duration::from_millis(200);
     let up = UpstreamServer::start(b).await;
-    let tag = if url.starts_with("sqlite") {
-        "sqlite"
-    } else {
-        "pg"
-    };
+    let tag = backend_tag(url);
     let grace = Duration::from_secs(3);
     let mut settings = Settings::new(url, up.addr.port());
     settings.grace = "3s";

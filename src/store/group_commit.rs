@@ -44,7 +44,7 @@ pub(crate) fn channel() -> (EnqueueSender, JobReceiver) {
     mpsc::channel::<WriterJob>(1024)
 }
 
-/// One batch taken from the channel: enqueues (at least one) and probes.
+/// One batch taken from the channel: enqueues and probes (either may be empty).
 pub(crate) struct Batch {
     pub(crate) enqueues: Vec<EnqueueJob>,
     pub(crate) probes: Vec<oneshot::Sender<StoreResult<()>>>,
@@ -123,22 +123,24 @@ pub(crate) async fn answer(
 /// Hands `message` to the writer; returns once its group commit is done
 /// (or failed). `Unavailable` when the writer has stopped.
 pub(crate) async fn enqueue(writer: &EnqueueSender, message: NewMessage) -> StoreResult<()> {
-    let (done, wait) = oneshot::channel();
-    writer
-        .send(WriterJob::Enqueue(Box::new(EnqueueJob { message, done })))
-        .await
-        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?;
-    wait.await
-        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?
+    ask(writer, |done| {
+        WriterJob::Enqueue(Box::new(EnqueueJob { message, done }))
+    })
+    .await
 }
 
 /// Sends a probe job through the writer and waits for its answer.
 pub(crate) async fn probe(writer: &EnqueueSender) -> StoreResult<()> {
+    ask(writer, WriterJob::Probe).await
+}
+
+/// Sends the job `job` builds around its answer channel, and waits for the answer.
+async fn ask(
+    writer: &EnqueueSender,
+    job: impl FnOnce(oneshot::Sender<StoreResult<()>>) -> WriterJob,
+) -> StoreResult<()> {
+    let stopped = || StoreError::Unavailable("queue writer stopped".into());
     let (done, wait) = oneshot::channel();
-    writer
-        .send(WriterJob::Probe(done))
-        .await
-        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?;
-    wait.await
-        .map_err(|_| StoreError::Unavailable("queue writer stopped".into()))?
+    writer.send(job(done)).await.map_err(|_| stopped())?;
+    wait.await.map_err(|_| stopped())?
 }

@@ -34,7 +34,7 @@ pub(crate) async fn insert_messages<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     messages: &[&NewMessage],
 ) -> StoreResult<()> {
-    if messages.iter().any(|m| m.recipients.is_empty()) {
+    if messages.iter().any(|m| lacks_recipient(m)) {
         return Err(StoreError::Invalid("a message needs a recipient".into()));
     }
     insert_messages_sql(exec, messages)
@@ -42,10 +42,15 @@ pub(crate) async fn insert_messages<'e, E: sqlx::PgExecutor<'e>>(
         .map_err(|e| map_sqlx(e, "queued message"))
 }
 
+/// Whether `m` or its journal copy has no recipient (the statement below
+/// would store it without one).
+pub(crate) fn lacks_recipient(m: &NewMessage) -> bool {
+    m.recipients.is_empty() || m.journal.as_ref().is_some_and(|j| j.recipients.is_empty())
+}
+
 /// The statement of [`insert_messages`], its error as the driver gave it
 /// (the group-commit writer tells the database's refusals from a lost
-/// connection). It does not check that each message has a recipient:
-/// callers do, first.
+/// connection). Callers first refuse messages that [`lacks_recipient`].
 pub(crate) async fn insert_messages_sql<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     messages: &[&NewMessage],

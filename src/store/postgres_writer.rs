@@ -12,7 +12,7 @@ use futures::FutureExt;
 use sqlx::PgPool;
 
 use super::group_commit::{self, EnqueueJob, EnqueueSender};
-use super::postgres_queue::{insert_messages, insert_messages_sql};
+use super::postgres_queue::{insert_messages, insert_messages_sql, lacks_recipient};
 use super::{map_sqlx, NewMessage, StoreError, StoreResult};
 
 /// Starts the writer task that group-commits enqueues on `pool`.
@@ -21,7 +21,9 @@ pub(crate) fn spawn_writer(pool: &PgPool) -> EnqueueSender {
     let pool = pool.clone();
     tokio::spawn(async move {
         while let Some((batch, ())) = group_commit::next_batch(&mut jobs, async {}).await {
-            commit_batch(&pool, batch.enqueues).await;
+            if !batch.enqueues.is_empty() {
+                commit_batch(&pool, batch.enqueues).await;
+            }
             for done in batch.probes {
                 // Unless its caller stopped waiting (a `/readyz` that timed
                 // out while the writer was blocked).
@@ -55,11 +57,8 @@ async fn commit_probe(pool: &PgPool) -> StoreResult<()> {
 }
 
 async fn commit_batch(pool: &PgPool, batch: Vec<EnqueueJob>) {
-    if batch.is_empty() {
-        return;
-    }
     let messages: Vec<&NewMessage> = batch.iter().map(|job| &job.message).collect();
-    let (all, store_failed) = if messages.iter().any(|m| m.recipients.is_empty()) {
+    let (all, store_failed) = if messages.iter().any(|m| lacks_recipient(m)) {
         // Refused below, one by one, each with its own answer.
         let refused = StoreError::Invalid("a message needs a recipient".into());
         (Err(refused), false)
